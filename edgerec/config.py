@@ -7,9 +7,22 @@ reading the file. The daemon, the CLI and config reload all go through ``load_co
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
+import re
+import shlex
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import yaml
+
+from .errors import ConfigError, KeyFormatError
 from .health import HealthThresholds
 
 # Sources that the recorder decodes and encodes itself (everything else is copied as it comes).
@@ -134,3 +147,880 @@ class Config:
     @property
     def status_path(self) -> Path:
         return self.status_file or self.data_dir / "status.json"
+
+
+# ----- parsing ---------------------------------------------------------------------------------------------
+# Everything below turns untrusted YAML data into the dataclasses above. Each check appends one line per
+# problem ("<key path>: <what is wrong>") and parsing goes on, so the operator sees every mistake at once.
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KiB; anything this big is the wrong file
+SEGMENT_SECONDS_MIN = 1.0
+SEGMENT_SECONDS_MAX = 3600.0
+BITRATE_BPS_MIN = 10_000
+BITRATE_BPS_MAX = 200_000_000
+ENCODER_CODECS = ("auto", "h264_v4l2m2m", "libx264")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                "veryslow", "placebo")
+RTSP_TRANSPORTS = ("tcp", "udp")
+MQTT_TLS_PORT = 8883  # the default port when mqtt.tls is set
+
+# Camera names and the device id become file names, directory names and MQTT topic levels. ASCII only
+# (written out rather than IGNORECASE, which lets [a-z] match the Kelvin sign and similar letters).
+SAFE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_URL_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_BITRATE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmg])?(?:bps|b/s|bit/s)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1}
+for _i, _letter in enumerate("kmgt", start=1):
+    # A bare letter and the IEC "KiB" forms count in 1024s (as df -h and systemd do); "KB"/"GB" in 1000s.
+    _SIZE_UNITS[_letter] = _SIZE_UNITS[_letter + "ib"] = 1024**_i
+    _SIZE_UNITS[_letter + "b"] = 1000**_i
+_BITRATE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
+
+# The keys each mapping accepts. Health thresholds are read from HealthThresholds itself.
+_KEYS: dict[str, tuple[str, ...]] = {
+    "": ("device_id", "data_dir", "recipients", "segment_seconds", "durability", "cameras", "retention",
+         "incidents", "mqtt", "health", "status_file"),
+    "durability": ("flush_seconds", "fsync_seconds"),
+    "cameras[]": ("name", "url", "realtime", "loop", "enabled", "rtsp_transport", "timeout_seconds",
+                  "stall_seconds", "retention", "health", "input_options", "encoder"),
+    "cameras[].retention": ("days",),
+    "cameras[].encoder": ("codec", "bitrate", "gop_seconds", "preset"),
+    "retention": ("days", "sweep_interval_s", "min_free"),
+    "incidents": ("pre_roll_s", "post_roll_s", "release_grace_days"),
+    "mqtt": ("enabled", "host", "port", "client_id", "topic_prefix", "username", "password_file", "tls",
+             "keepalive_s", "status_interval_s", "discovery", "discovery_prefix", "site_topic",
+             "session_expiry_s"),
+    "mqtt.tls": ("ca_file", "cert_file", "key_file"),
+}
+_SECTION_NAMES = {"": "at the top level", "cameras[]": "in each camera entry under 'cameras'",
+                  "cameras[].encoder": "under a camera's 'encoder'",
+                  "cameras[].retention": "under a camera's 'retention'"}
+
+
+class _Invalid:
+    """Marks a value that failed its check (the problem is already recorded)."""
+
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+_INVALID: Any = _Invalid()
+_MISSING: Any = object()
+Check = Callable[[object, str, list[str]], Any]  # (value, key path, problems) -> parsed value or _INVALID
+
+
+def _describe(value: object) -> str:
+    """A short rendering of a YAML value for error messages, in YAML's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        try:
+            text = repr(value)
+        except ValueError:  # an int with more digits than Python will print
+            return "a very large number"
+        return text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:56] + "...'"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a value of type {type(value).__name__}"
+
+
+def _join(path: str, key: object) -> str:
+    if isinstance(key, str) and _IDENTIFIER_RE.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{_describe(key)}]"
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() and abs(number) < 1e15 else repr(number)
+
+
+class _Section:
+    """One YAML mapping being read: hands out checked values and reports the keys nobody asked for."""
+
+    def __init__(self, data: Mapping[Any, Any], path: str, kind: str, problems: list[str],
+                 keys: tuple[str, ...] | None = None):
+        self.data = data
+        self.path = path
+        self.kind = kind
+        self.problems = problems
+        self.keys = keys if keys is not None else _KEYS[kind]
+        self.bad: set[str] = set()  # keys present but invalid (cross-checks skip them)
+
+    def key_path(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def given(self, key: str) -> bool:
+        assert key in self.keys, key
+        return key in self.data
+
+    def get(self, key: str, check: Check, default: Any = _MISSING, *, required_hint: str = "") -> Any:
+        """The checked value of ``key``; ``default`` when absent; _INVALID (recorded) when wrong/missing."""
+        assert key in self.keys, key
+        if key not in self.data:
+            if default is _MISSING:
+                self.problems.append(f"{self.key_path(key)}: missing (required{required_hint})")
+                return _INVALID
+            return default
+        value = check(self.data[key], self.key_path(key), self.problems)
+        if value is _INVALID:
+            self.bad.add(key)
+        return value
+
+    def put(self, kw: dict[str, Any], key: str, check: Check, name: str | None = None) -> None:
+        """Store the checked value of an optional ``key`` in ``kw`` (under ``name``) when given and valid."""
+        value = self.get(key, check, None) if self.given(key) else _INVALID
+        if value is not _INVALID:
+            kw[name or key] = value
+
+    def finish(self) -> None:
+        """Report every key this section does not know, with the likely intended one."""
+        for key in self.data:
+            if key in self.keys:
+                continue
+            self.problems.append(f"{_join(self.path, key)}: unknown key{self._hint(key)}")
+
+    def _hint(self, key: object) -> str:
+        if not isinstance(key, str):
+            return ""
+        lowered = key.lower()
+        if lowered in self.keys:
+            return f" (did you mean '{lowered}'? keys are lower case)"
+        close = difflib.get_close_matches(lowered, self.keys, n=1, cutoff=0.7)
+        if close:
+            return f" (did you mean '{close[0]}'?)"
+        sections = {**_KEYS, "health": tuple(f.name for f in dataclasses.fields(HealthThresholds))}
+        # Prefer a top-level section ('retention') to a per-camera one ('cameras[].retention').
+        homes = sorted((kind for kind, keys in sections.items() if key in keys and kind != self.kind),
+                       key=lambda kind: "[]" in kind)
+        if homes:
+            where = _SECTION_NAMES.get(homes[0], f"under '{homes[0]}'")
+            return f" here (it belongs {where})"
+        return ""
+
+
+def _section(value: object, path: str, kind: str, problems: list[str],
+             keys: tuple[str, ...] | None = None) -> _Section | None:
+    """A _Section for a mapping value; null counts as empty (every key at its default)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        problems.append(f"{path}: expected a mapping of keys, got {_describe(value)}")
+        return None
+    return _Section(value, path, kind, problems, keys)
+
+
+# ----- checks for single values ----------------------------------------------------------------------------
+def _check_bool(value: object, path: str, problems: list[str]) -> Any:
+    if isinstance(value, bool):
+        return value
+    problems.append(f"{path}: expected true or false, got {_describe(value)}")
+    return _INVALID
+
+
+def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+            integer: bool = False) -> Check:
+    """A check for a finite number (an int if ``integer``) in [lo, hi], or (lo, hi] when ``lo_open``."""
+    noun = "an integer" if integer else "a number"
+    if lo is not None and hi is not None and not lo_open:
+        wanted = f"{noun} from {_fmt(lo)} to {_fmt(hi)}"
+    else:
+        bounds = [f"{'>' if lo_open else '>='} {_fmt(lo)}"] if lo is not None else []
+        bounds += [f"<= {_fmt(hi)}"] if hi is not None else []
+        wanted = " and ".join([f"{noun} {bounds[0]}", *bounds[1:]]) if bounds else noun
+
+    def check(value: object, path: str, problems: list[str]) -> Any:
+        ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        if ok and not isinstance(value, bool):
+            try:
+                number = value if integer else float(value)  # type: ignore[arg-type]
+            except OverflowError:  # an int too large for a float
+                number = math.inf
+            if ((integer or math.isfinite(number))
+                    and (lo is None or (number > lo if lo_open else number >= lo))
+                    and (hi is None or number <= hi)):
+                return number
+        problems.append(f"{path}: expected {wanted}, got {_describe(value)}")
+        return _INVALID
+
+    return check
+
+
+def _check_str(value: object, path: str, problems: list[str]) -> Any:
+    if isinstance(value, str) and value.strip() and value.isprintable():
+        return value
+    if isinstance(value, str):
+        problems.append(f"{path}: expected a non-empty string without control characters, "
+                        f"got {_describe(value)}")
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        problems.append(f"{path}: expected a string, got {_describe(value)} (put it in quotes)")
+    else:
+        problems.append(f"{path}: expected a string, got {_describe(value)}")
+    return _INVALID
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    def check(value: object, path: str, problems: list[str]) -> Any:
+        if isinstance(value, str) and value in choices:
+            return value
+        problems.append(f"{path}: expected one of {', '.join(choices)}; got {_describe(value)}")
+        return _INVALID
+
+    return check
+
+
+def _check_safe_name(value: object, path: str, problems: list[str]) -> Any:
+    if isinstance(value, str) and SAFE_NAME_RE.fullmatch(value):
+        return value
+    if isinstance(value, str):
+        problems.append(f"{path}: {_describe(value)} is not a safe name: use 1 to 64 letters, digits, '_' "
+                        "or '-', starting with a letter or digit (it is used in file names and MQTT topics)")
+        return _INVALID
+    return _check_str(value, path, problems)
+
+
+def _check_topic(value: object, path: str, problems: list[str]) -> Any:
+    """An MQTT topic (or prefix) we publish to or subscribe under: no wildcards, no empty levels."""
+    if _check_str(value, path, problems) is _INVALID:
+        return _INVALID
+    assert isinstance(value, str)
+    if "+" in value or "#" in value:
+        why = "must not contain the MQTT wildcards '+' or '#'"
+    elif value.startswith("$"):
+        why = "must not start with '$' (reserved for the broker)"
+    elif value.startswith("/") or value.endswith("/") or "//" in value:
+        why = "must not start or end with '/' or contain empty levels ('//')"
+    elif len(value.encode()) > 1024:
+        why = "is too long (at most 1024 bytes)"
+    else:
+        return value
+    problems.append(f"{path}: {_describe(value)} {why}")
+    return _INVALID
+
+
+def _path_check(base_dir: Path) -> Check:
+    """A check for a file or directory path; relative paths are taken from the config file's directory."""
+
+    def check(value: object, path: str, problems: list[str]) -> Any:
+        if _check_str(value, path, problems) is _INVALID:
+            return _INVALID
+        assert isinstance(value, str)
+        if "\x00" in value:
+            problems.append(f"{path}: a path cannot contain a NUL character")
+            return _INVALID
+        p = Path(value)
+        return p if p.is_absolute() else base_dir / p
+
+    return check
+
+
+def _optional(check: Check) -> Check:
+    def optional(value: object, path: str, problems: list[str]) -> Any:
+        return None if value is None else check(value, path, problems)
+
+    return optional
+
+
+def parse_size_bytes(text: str) -> int | None:
+    """Bytes from ``"2G"``, ``"500MiB"``, ``"1.5 GB"``, ``"1024"``; None when ``text`` is not a size.
+
+    A bare unit letter and the ``KiB`` forms are powers of 1024 (``2G`` = 2 GiB, as ``df -h`` shows it);
+    ``KB``, ``MB``, ``GB``, ``TB`` are powers of 1000.
+    """
+    match = _SIZE_RE.fullmatch(text.strip())
+    if not match:
+        return None
+    size = float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+    return round(size) if math.isfinite(size) else None
+
+
+def parse_bitrate_bps(value: object) -> int | None:
+    """Bits per second from ``2000000``, ``"2M"``, ``"2500k"``, ``"2.5Mbps"`` (decimal units); else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    if isinstance(value, float):
+        return round(value) if math.isfinite(value) and value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    match = _BITRATE_RE.fullmatch(value.strip())
+    if not match:
+        return None
+    bps = float(match.group(1)) * _BITRATE_UNITS[(match.group(2) or "").lower()]
+    return round(bps) if math.isfinite(bps) else None
+
+
+def _check_bitrate(value: object, path: str, problems: list[str]) -> Any:
+    bps = parse_bitrate_bps(value)
+    if bps is not None and BITRATE_BPS_MIN <= bps <= BITRATE_BPS_MAX:
+        return bps
+    problems.append(f"{path}: expected bits per second from {BITRATE_BPS_MIN} to {BITRATE_BPS_MAX} "
+                    f"(2000000, \"2M\", \"2500k\"), got {_describe(value)}")
+    return _INVALID
+
+
+def _check_min_free(value: object, path: str, problems: list[str]) -> Any:
+    """``(min_free_bytes, min_free_pct)`` with exactly one of the two set."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value, None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%"):
+            try:
+                pct = float(text[:-1])
+            except ValueError:
+                pct = math.nan
+            if 0 <= pct < 100:
+                return None, pct
+            problems.append(f"{path}: a percentage must be from 0% to below 100%, got {_describe(value)}")
+            return _INVALID
+        size = parse_size_bytes(text)
+        if size is not None:
+            return size, None
+    problems.append(f"{path}: expected bytes (2000000000, \"2G\", \"500MiB\") or a percentage of the disk "
+                    f"(\"5%\"), got {_describe(value)}")
+    return _INVALID
+
+
+def _fits_text(number: float) -> bool:
+    """Whether str() can render this number (Python refuses ints of more than a few thousand digits)."""
+    try:
+        str(number)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_input_options(value: object, path: str, problems: list[str]) -> Any:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append(f"{path}: expected a mapping of FFmpeg option names to values, "
+                        f"got {_describe(value)}")
+        return _INVALID
+    options: dict[str, str] = {}
+    ok = True
+    for key, option in value.items():
+        key_path = _join(path, key)
+        if not isinstance(key, str) or not key.strip() or not key.isprintable():
+            problems.append(f"{key_path}: an option name must be a non-empty string")
+            ok = False
+        elif isinstance(option, str):
+            options[key] = option
+        elif isinstance(option, int | float) and not isinstance(option, bool) and _fits_text(option):
+            options[key] = str(option)
+        else:
+            problems.append(f"{key_path}: expected a string or a number, got {_describe(option)}"
+                            + (" (put it in quotes)" if isinstance(option, bool) else ""))
+            ok = False
+    return options if ok else _INVALID
+
+
+def _exec_problem(command: str) -> str:
+    """What is wrong with the command of an ``exec:`` url (split like a shell would), or ''."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        return f"cannot split the exec: command into arguments: {exc}"
+    if not argv:
+        return "exec: needs a command after it, like 'exec:rpicam-vid -t 0 --inline -o -'"
+    return ""
+
+
+def _testsrc_problem(rest: str) -> str:
+    """What is wrong with the options of a ``testsrc:size=640x360:rate=25`` url, or ''."""
+    for item in filter(None, rest.lstrip(":").split(":")):
+        if "=" not in item:
+            return f"testsrc option {item!r} is not key=value (example: testsrc:size=640x360:rate=25)"
+    return ""
+
+
+def _url_check(base_dir: Path) -> Check:
+    """A camera url: the scheme decides what must be in it. Files are not checked for existence."""
+
+    def check(value: object, path: str, problems: list[str]) -> Any:
+        if _check_str(value, path, problems) is _INVALID:
+            return _INVALID
+        assert isinstance(value, str)
+        if value != value.strip():
+            problems.append(f"{path}: remove the spaces around the url")
+            return _INVALID
+        kind = source_kind(value)
+        why = ""
+        if kind in ("rtsp", "http", "tcp"):
+            try:
+                parts = urlsplit(value)
+                host, _port = parts.hostname, parts.port  # .port raises ValueError when not a port number
+            except ValueError as exc:
+                host, why = None, f"not a valid {kind} url ({exc})"
+            if not host and not why:
+                example = {"rtsp": "rtsp://192.168.1.20:554/stream", "http": "http://192.168.1.20/video.ts",
+                           "tcp": "tcp://192.168.1.20:9000"}[kind]
+                why = f"the url has no host (expected something like {example})"
+        elif kind == "exec":
+            why = _exec_problem(value[len("exec:"):])
+        elif kind == "testsrc":
+            why = _testsrc_problem(value[len("testsrc"):])
+        elif kind == "lavfi" and not value[len("lavfi:"):].strip():
+            why = "lavfi: needs a filter graph after it, like 'lavfi:testsrc2=size=640x360:rate=25'"
+        elif kind == "file" and _URL_SCHEME_RE.match(value):
+            scheme = value.split(":", 1)[0]
+            why = (f"unsupported url scheme '{scheme}': use rtsp://, rtsps://, http://, https://, tcp://, "
+                   "exec:, lavfi:, testsrc, /dev/videoN or a file path")
+        if why:
+            problems.append(f"{path}: {why}")
+            return _INVALID
+        if kind == "file" and not Path(value).is_absolute():
+            return str(base_dir / value)
+        return value
+
+    return check
+
+
+def _check_recipients(value: object, path: str, problems: list[str]) -> Any:
+    if not isinstance(value, list | tuple):
+        problems.append(f"{path}: expected a list of public keys (made by 'edgerec keygen'), "
+                        f"got {_describe(value)}")
+        return _INVALID
+    if not value:
+        problems.append(f"{path}: at least one recipient public key is needed, or nobody can ever decrypt "
+                        "the footage")
+        return _INVALID
+    try:
+        from . import keys as keys_module
+    except ModuleNotFoundError as exc:  # only while the keys module is not written yet
+        if exc.name != f"{__package__}.keys":
+            raise
+        keys_module = None
+    keys: list[str] = []
+    first_index: dict[str, int] = {}
+    for i, item in enumerate(value):
+        item_path = f"{path}[{i}]"
+        if not isinstance(item, str):
+            problems.append(f"{item_path}: expected a public key string, got {_describe(item)}")
+            continue
+        text = item.strip()
+        if keys_module is not None:
+            try:
+                # Stored in its canonical spelling, so the same key typed in upper case is a duplicate.
+                text = keys_module.format_public_key(keys_module.parse_public_key(text, source=item_path))
+            except KeyFormatError as exc:
+                message = str(exc)
+                problems.append(message if message.startswith(item_path) else f"{item_path}: {message}")
+                continue
+        if text in first_index:
+            problems.append(f"{item_path}: the same key as {path}[{first_index[text]}]")
+            continue
+        first_index[text] = i
+        keys.append(text)
+    return tuple(keys) if len(keys) == len(value) else _INVALID
+
+
+# ----- sections --------------------------------------------------------------------------------------------
+def _durability(value: object, problems: list[str]) -> Any:
+    s = _section(value, "durability", "durability", problems)
+    if s is None:
+        return _INVALID
+    kw: dict[str, Any] = {}
+    s.put(kw, "flush_seconds", _number(0, 60, lo_open=True))
+    s.put(kw, "fsync_seconds", _number(0, 600, lo_open=True))
+    s.finish()
+    result = DurabilityConfig(**kw)
+    if not s.bad and result.fsync_seconds < result.flush_seconds:
+        problems.append(f"durability.fsync_seconds: must be at least flush_seconds "
+                        f"({_fmt(result.flush_seconds)}), got {_fmt(result.fsync_seconds)}: "
+                        "chunks are synced after they are written")
+        return _INVALID
+    return result if not s.bad else _INVALID
+
+
+def _encoder(value: object, path: str, problems: list[str]) -> Any:
+    s = _section(value, path, "cameras[].encoder", problems)
+    if s is None:
+        return _INVALID
+    kw: dict[str, Any] = {}
+    s.put(kw, "codec", _one_of(ENCODER_CODECS))
+    s.put(kw, "bitrate", _check_bitrate, "bitrate_bps")
+    s.put(kw, "gop_seconds", _number(0, 60, lo_open=True))
+    s.put(kw, "preset", _one_of(X264_PRESETS))
+    s.finish()
+    return EncoderConfig(**kw) if not s.bad else _INVALID
+
+
+def _camera_retention_days(value: object, path: str, problems: list[str]) -> Any:
+    s = _section(value, path, "cameras[].retention", problems)
+    if s is None:
+        return _INVALID
+    days = s.get("days", _optional(_number(0, 36500, lo_open=True)), None)
+    s.finish()
+    return days
+
+
+def _camera(value: object, path: str, base_dir: Path, segment_seconds: float | None,
+            problems: list[str]) -> CameraConfig | None:
+    s = _section(value, path, "cameras[]", problems)
+    if s is None or value is None:
+        if value is None:
+            problems.append(f"{path}: expected a camera (a mapping with name and url), got null")
+        return None
+    name = s.get("name", _check_safe_name)
+    url = s.get("url", _url_check(base_dir))
+    kw: dict[str, Any] = {}
+    for key in ("realtime", "loop", "enabled", "health"):
+        s.put(kw, key, _check_bool)
+    s.put(kw, "rtsp_transport", _one_of(RTSP_TRANSPORTS))
+    s.put(kw, "timeout_seconds", _number(0, 3600, lo_open=True))
+    s.put(kw, "stall_seconds", _number(0, 3600, lo_open=True))
+    s.put(kw, "retention", _camera_retention_days, "retention_days")
+    s.put(kw, "input_options", _check_input_options)
+    encoder = s.get("encoder", lambda v, p, pr: _encoder(v, p, pr), EncoderConfig())
+    s.finish()
+    gop_given = isinstance(value.get("encoder"), Mapping) and "gop_seconds" in value["encoder"]
+    if encoder is not _INVALID and segment_seconds is not None and encoder.gop_seconds > segment_seconds \
+            and not gop_given:
+        # Short segments (tests, demos) need keyframes at least as often: follow them unless told otherwise.
+        encoder = dataclasses.replace(encoder, gop_seconds=segment_seconds)
+    if encoder is not _INVALID and url is not _INVALID and segment_seconds is not None \
+            and source_kind(url) in RAW_SOURCE_KINDS and encoder.gop_seconds > segment_seconds:
+        problems.append(f"{path}.encoder.gop_seconds: must not exceed segment_seconds "
+                        f"({_fmt(segment_seconds)}), got {_fmt(encoder.gop_seconds)}: "
+                        "segments start on keyframes")
+        return None
+    if name is _INVALID or url is _INVALID or encoder is _INVALID or s.bad:
+        return None
+    return CameraConfig(name=name, url=url, encoder=encoder, **kw)
+
+
+def _cameras(value: object, base_dir: Path, segment_seconds: float | None, problems: list[str]) -> Any:
+    if not isinstance(value, list | tuple):
+        problems.append(f"cameras: expected a list of cameras, got {_describe(value)}")
+        return _INVALID
+    if not value:
+        problems.append("cameras: at least one camera is needed")
+        return _INVALID
+    cameras: list[CameraConfig] = []
+    seen: dict[str, int] = {}
+    ok = True
+    for i, item in enumerate(value):
+        path = f"cameras[{i}]"
+        camera = _camera(item, path, base_dir, segment_seconds, problems)
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if isinstance(name, str) and SAFE_NAME_RE.fullmatch(name):
+            # Case-insensitive: the footage may sit on a FAT/exFAT disk where Gate and gate are one folder.
+            folded = name.lower()
+            if folded in seen:
+                problems.append(f"{path}.name: {name!r} is already the name of cameras[{seen[folded]}]")
+                ok = False
+            else:
+                seen[folded] = i
+        if camera is None:
+            ok = False
+        else:
+            cameras.append(camera)
+    return tuple(cameras) if ok else _INVALID
+
+
+def _retention(value: object, problems: list[str]) -> Any:
+    s = _section(value, "retention", "retention", problems)
+    if s is None:
+        return _INVALID
+    kw: dict[str, Any] = {}
+    s.put(kw, "days", _number(0, 36500, lo_open=True))
+    s.put(kw, "sweep_interval_s", _number(1, 86400))
+    min_free = s.get("min_free", _check_min_free, None)
+    if min_free not in (None, _INVALID):
+        kw["min_free_bytes"], kw["min_free_pct"] = min_free
+    s.finish()
+    return RetentionConfig(**kw) if not s.bad else _INVALID
+
+
+def _incidents(value: object, problems: list[str]) -> Any:
+    s = _section(value, "incidents", "incidents", problems)
+    if s is None:
+        return _INVALID
+    kw: dict[str, Any] = {}
+    s.put(kw, "pre_roll_s", _number(0, 86400))
+    s.put(kw, "post_roll_s", _number(0, 86400))
+    s.put(kw, "release_grace_days", _number(0, 36500))
+    s.finish()
+    return IncidentsConfig(**kw) if not s.bad else _INVALID
+
+
+def _tls(value: object, base_dir: Path, problems: list[str]) -> Any:
+    s = _section(value, "mqtt.tls", "mqtt.tls", problems)
+    if s is None:
+        return _INVALID
+    check = _path_check(base_dir)
+    ca_file = s.get("ca_file", check, required_hint=" when mqtt.tls is set")
+    kw: dict[str, Any] = {}
+    s.put(kw, "cert_file", _optional(check))
+    s.put(kw, "key_file", _optional(check))
+    s.finish()
+    if ("cert_file" in kw) != ("key_file" in kw) and not s.bad:
+        have, lacking = ("cert_file", "key_file") if "cert_file" in kw else ("key_file", "cert_file")
+        problems.append(f"mqtt.tls.{lacking}: missing (required when {have} is set: a client certificate "
+                        "needs its private key)")
+        return _INVALID
+    if ca_file is _INVALID or s.bad:
+        return _INVALID
+    return TlsConfig(ca_file=ca_file, **{k: v for k, v in kw.items() if v is not None})
+
+
+def _check_client_id(value: object, path: str, problems: list[str]) -> Any:
+    if value == "":
+        return ""
+    if _check_str(value, path, problems) is _INVALID:
+        return _INVALID
+    assert isinstance(value, str)
+    if len(value.encode()) > 256 or value != value.strip():
+        problems.append(f"{path}: expected at most 256 bytes without surrounding spaces, "
+                        f"got {_describe(value)}")
+        return _INVALID
+    return value
+
+
+def _check_host(value: object, path: str, problems: list[str]) -> Any:
+    if _check_str(value, path, problems) is _INVALID:
+        return _INVALID
+    assert isinstance(value, str)
+    if "://" in value or any(c.isspace() for c in value) or "/" in value:
+        problems.append(f"{path}: expected a host name or address only (set port and tls separately), "
+                        f"got {_describe(value)}")
+        return _INVALID
+    return value
+
+
+def _check_site_topic(value: object, path: str, problems: list[str]) -> Any:
+    if value is None or value is False:
+        return None
+    if value is True:
+        problems.append(f"{path}: expected a topic such as 'edgerec/all', or false to turn it off; got true")
+        return _INVALID
+    return _check_topic(value, path, problems)
+
+
+def _mqtt(value: object, device_id: str | None, base_dir: Path, problems: list[str]) -> Any:
+    s = _section(value, "mqtt", "mqtt", problems)
+    if s is None:
+        return _INVALID
+    kw: dict[str, Any] = {}
+    s.put(kw, "enabled", _check_bool)
+    s.put(kw, "host", _check_host)
+    s.put(kw, "port", _number(1, 65535, integer=True))
+    s.put(kw, "client_id", _check_client_id)
+    s.put(kw, "topic_prefix", _check_topic)
+    s.put(kw, "username", _optional(_check_str))
+    s.put(kw, "password_file", _optional(_path_check(base_dir)))
+    tls = s.get("tls", lambda v, p, pr: None if v is None else _tls(v, base_dir, pr), None)
+    s.put(kw, "keepalive_s", _number(1, 65535, integer=True))
+    s.put(kw, "status_interval_s", _number(1, 86400))
+    s.put(kw, "discovery", _check_bool)
+    s.put(kw, "discovery_prefix", _check_topic)
+    s.put(kw, "site_topic", _check_site_topic)
+    s.put(kw, "session_expiry_s", _number(0, 0xFFFFFFFF, integer=True))  # MQTT v5: 32 bits; max = never
+    s.finish()
+    if not {"username", "password_file"} & s.bad:
+        if kw.get("username") is not None and kw.get("password_file") is None:
+            problems.append("mqtt.password_file: missing (required when mqtt.username is set)")
+            s.bad.add("password_file")
+        elif kw.get("password_file") is not None and kw.get("username") is None:
+            problems.append("mqtt.username: missing (required when mqtt.password_file is set)")
+            s.bad.add("username")
+    if s.bad or tls is _INVALID:
+        return _INVALID
+    if not kw.get("client_id"):
+        kw["client_id"] = f"edgerec-{device_id}"
+    if tls is not None and "port" not in kw:
+        kw["port"] = MQTT_TLS_PORT
+    return MqttConfig(tls=tls, **kw)
+
+
+def _health_check_for(annotation: object) -> Check:
+    """A check derived from a HealthThresholds field type: numbers >= 0, bools, optional ones may be null."""
+    if isinstance(annotation, str):  # type hints could not be resolved: map the plain names
+        annotation = {"float": float, "int": int, "bool": bool, "str": str}.get(annotation, annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        inner = _health_check_for(members[0]) if len(members) == 1 else (lambda v, p, pr: v)
+        return _optional(inner) if len(members) < len(typing.get_args(annotation)) else inner
+    if annotation is bool:
+        return _check_bool
+    if annotation is int:
+        return _number(0, integer=True)
+    if annotation is float:
+        return _number(0)
+    if annotation is str:
+        return _check_str
+    return lambda value, path, problems: value  # a type this loader cannot judge: passed on as written
+
+
+def _health(value: object, problems: list[str]) -> Any:
+    fields = [f for f in dataclasses.fields(HealthThresholds) if f.init]
+    try:
+        hints = typing.get_type_hints(HealthThresholds)
+    except Exception:  # a forward reference that cannot be resolved: fall back to the annotation text
+        hints = {}
+    s = _section(value, "health", "health", problems, keys=tuple(f.name for f in fields))
+    if s is None:
+        return _INVALID
+    kw: dict[str, Any] = {}
+    for f in fields:
+        check = _health_check_for(hints.get(f.name, f.type))
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        if has_default:
+            s.put(kw, f.name, check)
+        else:
+            value_ = s.get(f.name, check)
+            if value_ is not _INVALID:
+                kw[f.name] = value_
+    s.finish()
+    if s.bad or any(f.name not in kw and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING for f in fields):
+        return _INVALID
+    return HealthThresholds(**kw)
+
+
+def parse_config(data: object, *, base_dir: Path, source: str | None = None) -> Config:
+    """Validate YAML data (as ``yaml.safe_load`` returns it) into a Config.
+
+    Raises ConfigError listing every problem found, one line each, naming the key path. Relative paths are
+    taken from ``base_dir`` (the config file's directory). Nothing is read from disk: files named by the
+    config may appear later (a camera clip on a disk mounted after boot).
+    """
+    problems: list[str] = []
+    if data is None:
+        raise ConfigError(["the file is empty: expected a mapping with device_id, data_dir, recipients and "
+                           "cameras"], source)
+    s = _section(data, "top level", "", problems)
+    if s is None:
+        raise ConfigError(problems, source)
+    s.path = ""
+    device_id = s.get("device_id", _check_safe_name)
+    data_dir = s.get("data_dir", _path_check(base_dir))
+    recipients = s.get("recipients", _check_recipients)
+    segment_seconds = s.get("segment_seconds", _number(SEGMENT_SECONDS_MIN, SEGMENT_SECONDS_MAX), 60.0)
+    durability = s.get("durability", lambda v, p, pr: _durability(v, pr), DurabilityConfig())
+    cameras = s.get("cameras", lambda v, p, pr: _cameras(
+        v, base_dir, None if segment_seconds is _INVALID else segment_seconds, pr))
+    retention = s.get("retention", lambda v, p, pr: _retention(v, pr), RetentionConfig())
+    incidents = s.get("incidents", lambda v, p, pr: _incidents(v, pr), IncidentsConfig())
+    known_device_id = None if device_id is _INVALID else device_id
+    mqtt = s.get("mqtt", lambda v, p, pr: _mqtt(v, known_device_id, base_dir, pr), None)
+    if mqtt is None:
+        mqtt = MqttConfig(client_id=f"edgerec-{device_id}")
+    health = s.get("health", lambda v, p, pr: _health(v, pr), None)
+    if health is None:
+        health = _health({}, problems)
+    status_file = s.get("status_file", _optional(_path_check(base_dir)), None)
+    s.finish()
+    if problems:
+        raise ConfigError(problems, source)
+    return Config(
+        device_id=device_id,
+        data_dir=data_dir,
+        recipients=recipients,
+        cameras=cameras,
+        segment_seconds=segment_seconds,
+        durability=durability,
+        retention=retention,
+        incidents=incidents,
+        mqtt=mqtt,
+        health=health,
+        status_file=status_file,
+    )
+
+
+# ----- reading the file ------------------------------------------------------------------------------------
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):  # '!!map 0': the base class reports it
+            return super().construct_mapping(node, deep=deep)
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *defaults' overrides on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # unhashable: the base class reports it
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {_describe(key)} is given twice (first on line {first.line + 1})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # PyYAML lets Python's own errors escape for values it recognises but cannot build (a date such as
+        # 2024-13-01, an int of more digits than Python converts, an empty !!timestamp): report them like
+        # any YAML error.
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:
+            value = _describe(node.value) if isinstance(node.value, str) else "this value"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {value}: {exc} (put it in quotes if it is text)", node.start_mark,
+            ) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None)
+    context = getattr(exc, "context", None)
+    what = f"{context}: {problem}" if context and problem else problem or str(exc)
+    what = " ".join(what.split())  # one problem, one line
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}invalid YAML: {what}"
+
+
+def parse_yaml(text: str, source: str | None = None) -> object:
+    """The data of a YAML config text; ConfigError naming line and column when it is not valid YAML."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds plain data only
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(exc)], source) from None
+    except RecursionError:
+        raise ConfigError(["invalid YAML: nested too deeply"], source) from None
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file; ConfigError when it cannot be read."""
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(["file not found"], source) from None
+    except IsADirectoryError:
+        raise ConfigError(["is a directory, not a config file"], source) from None
+    except PermissionError:
+        raise ConfigError(["permission denied (the service user must be able to read it)"], source) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror or exc}"], source) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"larger than {MAX_CONFIG_BYTES} bytes: not a config file"], source)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text (byte {exc.start})"], source) from None
+
+
+def load_config(path: Path) -> Config:
+    """Read, parse and validate a config file; relative paths in it are taken from its directory."""
+    path = Path(path).absolute()
+    source = str(path)
+    data = parse_yaml(read_config_text(path), source)
+    config = parse_config(data, base_dir=path.parent, source=source)
+    return dataclasses.replace(config, source_path=path)

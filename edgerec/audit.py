@@ -1,0 +1,246 @@
+"""The audit log: an append-only file of JSON lines, each carrying the SHA-256 of the line before it.
+
+Who held what and why, every deletion, export, configuration change, clock jump and tamper alarm is
+appended here (``<data_dir>/audit.log``). A line is::
+
+    {"n": 7, "ts": "2026-11-20T09:55:00.123Z", "event": "incident_opened", ...fields, "prev": "<hex>"}
+
+``n`` counts lines from 1; ``prev`` is the SHA-256 (hex) of the previous line's bytes without its newline
+(64 zeros on the first line). Removing, inserting or editing a line breaks the chain at that point, and
+``verify_audit`` names the line. (Rewriting the whole tail from some line on cannot be detected from the
+file alone; publishing the head hash elsewhere, see ``AuditLog.head``, anchors it.)
+
+Each append is fsynced: the events are rare and each one is a promise. A line torn by a power cut (no
+final newline) was never acknowledged; it is cut off when the log is next opened and the cut is itself
+recorded as an ``audit_torn_tail`` event.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+GENESIS_PREV = "0" * 64
+_TAIL_READ_BYTES = 1 << 16
+
+
+def _rfc3339(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def line_hash(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+def encode_line(n: int, ts: str, event: str, fields: dict[str, Any], prev: str) -> bytes:
+    """The bytes of one audit line (without the newline)."""
+    obj: dict[str, Any] = {"n": n, "ts": ts, "event": event}
+    for key, value in fields.items():
+        if key in ("n", "ts", "event", "prev"):
+            raise ValueError(f"audit field name {key!r} is reserved")
+        obj[key] = value
+    obj["prev"] = prev
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, default=str).encode("ascii")
+
+
+def _read_last_line(f: Any, size: int) -> bytes:
+    """The last complete line of a file whose size is ``size`` and which ends with a newline."""
+    start = size
+    chunk = b""
+    while start > 0:
+        step = min(_TAIL_READ_BYTES, start)
+        start -= step
+        f.seek(start)
+        chunk = f.read(step) + chunk
+        body = chunk[:-1]
+        cut = body.rfind(b"\n")
+        if cut >= 0:
+            return body[cut + 1 :]
+    return chunk[:-1]
+
+
+class AuditLog:
+    """Appends hash-chained lines to an audit file; safe to share between threads.
+
+    The file is opened per append (append mode), so several processes (the daemon and the CLI) can
+    write the same log; the chain head is re-read under an exclusive ``flock`` before each append.
+    """
+
+    def __init__(self, path: Path | str, *, clock_ns: Callable[[], int] = time.time_ns):
+        self.path = Path(path)
+        self._clock_ns = clock_ns
+        self._lock = threading.Lock()
+
+    def head(self) -> tuple[int, str]:
+        """(number of lines, hash of the last line): publish it elsewhere to anchor the chain."""
+        with self._lock, open(self._open_rw(), "rb", closefd=True) as f:
+            n, prev, _ = self._tail_state(f)
+            return n, prev
+
+    def append(self, event: str, **fields: Any) -> None:
+        """Append one event and fsync it; raises OSError when the disk refuses."""
+        with self._lock:
+            fd = self._open_rw()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                with open(fd, "r+b", closefd=False) as f:
+                    n, prev, torn = self._tail_state(f)
+                    if torn is not None:
+                        n, prev = self._cut_torn_tail(f, fd, n, prev, torn)
+                    line = encode_line(n + 1, _rfc3339(self._clock_ns()), event, fields, prev)
+                    f.seek(0, os.SEEK_END)
+                    f.write(line + b"\n")
+                    f.flush()
+                    os.fsync(fd)
+            finally:
+                os.close(fd)  # also releases the flock
+
+    def _open_rw(self) -> int:
+        existed = self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        if not existed:
+            _fsync_dir(self.path.parent)
+        return fd
+
+    @staticmethod
+    def _tail_state(f: Any) -> tuple[int, str, bytes | None]:
+        """(n of the last complete line, its hash, torn tail bytes or None)."""
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0, GENESIS_PREV, None
+        f.seek(size - 1)
+        torn: bytes | None = None
+        if f.read(1) != b"\n":
+            f.seek(0)
+            data = f.read()
+            cut = data.rfind(b"\n") + 1
+            torn = data[cut:]
+            size = cut
+            if size == 0:
+                return 0, GENESIS_PREV, torn
+        last = _read_last_line(f, size)
+        try:
+            n = int(json.loads(last)["n"])
+        except (ValueError, KeyError, TypeError):
+            n = 0  # a damaged last line: keep chaining; verify_audit reports it
+        return n, line_hash(last), torn
+
+    def _cut_torn_tail(self, f: Any, fd: int, n: int, prev: str, torn: bytes) -> tuple[int, str]:
+        size = f.seek(0, os.SEEK_END)
+        f.truncate(size - len(torn))
+        log.warning("audit log torn tail cut path=%s bytes=%d", self.path, len(torn))
+        line = encode_line(n + 1, _rfc3339(self._clock_ns()), "audit_torn_tail",
+                           {"bytes": len(torn), "sha256": line_hash(torn)}, prev)
+        f.seek(0, os.SEEK_END)
+        f.write(line + b"\n")
+        f.flush()
+        return n + 1, line_hash(line)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class AuditVerifyResult:
+    """The outcome of checking an audit log. ``line`` is the 1-based number of the first broken line."""
+
+    ok: bool
+    lines: int
+    line: int | None = None
+    problem: str | None = None
+
+    @property
+    def message(self) -> str:
+        if self.ok:
+            return f"audit log OK: {self.lines} lines, hash chain intact"
+        return f"audit log BROKEN at line {self.line}: {self.problem}"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "lines": self.lines, "line": self.line, "problem": self.problem}
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("prev"), str) or not isinstance(obj.get("n"), int):
+        return None
+    return obj
+
+
+def verify_audit(path: Path | str) -> AuditVerifyResult:
+    """Check every line's JSON, sequence number and hash link; name the first broken line and why.
+
+    How a break is told apart: a line whose ``prev`` matches the line two back means the line between
+    was inserted; a jump in ``n`` means lines were removed; otherwise the line before the break was
+    edited.
+    """
+    path = Path(path)
+    if not path.exists():
+        return AuditVerifyResult(True, 0)
+    data = path.read_bytes()
+    if not data:
+        return AuditVerifyResult(True, 0)
+    raw_lines = data.split(b"\n")
+    if raw_lines[-1] == b"":
+        raw_lines.pop()
+    else:
+        return AuditVerifyResult(False, len(raw_lines), len(raw_lines),
+                                 "last line is incomplete (torn write; cut at the next append)")
+    hashes = [line_hash(raw) for raw in raw_lines]
+    for i, raw in enumerate(raw_lines):
+        number = i + 1
+        obj = _parse(raw)
+        if obj is None:
+            return AuditVerifyResult(False, len(raw_lines), number,
+                                     "not a valid audit entry (JSON object with n and prev)")
+        expected_prev = hashes[i - 1] if i > 0 else GENESIS_PREV
+        expected_n = (_parse(raw_lines[i - 1]) or {}).get("n", 0) + 1 if i > 0 else 1
+        if obj["prev"] == expected_prev and obj["n"] == expected_n:
+            continue
+        if i >= 2 and obj["prev"] == hashes[i - 2]:
+            return AuditVerifyResult(False, len(raw_lines), number - 1,
+                                     "line was inserted (the next line chains to the one before it)")
+        if i >= 1 and obj["prev"] == expected_prev:
+            # Hash link intact but the numbering is off: the line before was inserted with a forged
+            # number, or this line's own number was edited.
+            return AuditVerifyResult(False, len(raw_lines), number,
+                                     f"sequence number {obj['n']} where {expected_n} was expected")
+        if obj["n"] > expected_n:
+            missing = obj["n"] - expected_n
+            return AuditVerifyResult(False, len(raw_lines), number,
+                                     f"{missing} line(s) removed before this line "
+                                     f"(entries {expected_n}..{obj['n'] - 1} are missing)")
+        if i == 0:
+            return AuditVerifyResult(False, len(raw_lines), number,
+                                     "first line does not start the chain (edited, or lines removed)")
+        if obj["n"] < expected_n:
+            return AuditVerifyResult(False, len(raw_lines), number,
+                                     f"line was inserted (sequence number {obj['n']} repeats)")
+        if i + 1 < len(raw_lines) and (_parse(raw_lines[i + 1]) or {}).get("prev") == hashes[i - 1]:
+            return AuditVerifyResult(False, len(raw_lines), number,
+                                     "line was inserted (the next line chains to the one before it)")
+        return AuditVerifyResult(False, len(raw_lines), number - 1,
+                                 "line was edited (its hash no longer matches the next line's prev)")
+    return AuditVerifyResult(True, len(raw_lines))

@@ -1,0 +1,330 @@
+"""The ``edgerec`` command: run the daemon and the operator's tools (keys, listing, verify, export, incidents,
+retention, audit, status).
+
+Every expected failure is an EdgerecError: it is printed as one line on stderr and sets the exit code
+(2 for bad configuration or usage, 1 otherwise). Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, load_config
+from .errors import EdgerecError, UsageError
+
+log = logging.getLogger("edgerec.cli")
+
+
+def _add_config(p: argparse.ArgumentParser, *, data_dir: bool = False) -> None:
+    if data_dir:
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("-c", "--config", type=Path, help="the daemon's config file")
+        g.add_argument("--data-dir", type=Path, help="a data directory (e.g. copied off the device)")
+    else:
+        p.add_argument("-c", "--config", type=Path, required=True, help="the daemon's config file")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgerec", description="Edge video recorder.")
+    p.add_argument("--version", action="version", version=f"edgerec {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="record the configured cameras until stopped")
+    _add_config(run)
+    run.add_argument("--exit-at-eof", action="store_true",
+                     help="exit once every file source has ended and is sealed")
+
+    kg = sub.add_parser("keygen", help="make the privacy officer's key pair (do this off the device)")
+    kg.add_argument("--out", type=Path, required=True, help="private key file to write (and OUT.pub)")
+
+    ls = sub.add_parser("ls", help="list recorded segments and gaps")
+    _add_config(ls, data_dir=True)
+    ls.add_argument("--camera")
+    ls.add_argument("--json", action="store_true")
+
+    vf = sub.add_parser("verify", help="check every segment's framing, signature and hash chain")
+    _add_config(vf, data_dir=True)
+    vf.add_argument("--key", type=Path, help="private key: also decrypt and authenticate every chunk")
+    vf.add_argument("--camera")
+    vf.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("export", help="decrypt a time range of one camera into an MP4")
+    _add_config(ex, data_dir=True)
+    ex.add_argument("--key", type=Path, required=True, help="the privacy officer's private key file")
+    ex.add_argument("--camera", required=True)
+    ex.add_argument("--from", dest="from_", required=True, metavar="TIME")
+    ex.add_argument("--to", required=True, metavar="TIME")
+    ex.add_argument("-o", "--out", type=Path, required=True)
+    ex.add_argument("--by", default="", help="who exports (recorded in the audit log)")
+
+    inc = sub.add_parser("incident", help="open, close or list incidents (holds on footage)")
+    isub = inc.add_subparsers(dest="incident_command", required=True, metavar="ACTION")
+    io = isub.add_parser("open", help="hold footage of a time window")
+    _add_config(io)
+    io.add_argument("--id", required=True)
+    io.add_argument("--camera", default="*", help="camera name or * for all (default)")
+    io.add_argument("--from", dest="from_", required=True, metavar="TIME")
+    io.add_argument("--to", metavar="TIME", help="end of the window; omit for open-ended")
+    io.add_argument("--reason", default="")
+    io.add_argument("--by", default="")
+    io.add_argument("--json", action="store_true")
+    ic = isub.add_parser("close", help="close an incident (its footage is released after the grace period)")
+    _add_config(ic)
+    ic.add_argument("--id", required=True)
+    ic.add_argument("--by", default="")
+    ic.add_argument("--json", action="store_true")
+    il = isub.add_parser("ls", help="list incidents")
+    _add_config(il)
+    il.add_argument("--all", action="store_true", help="include closed incidents")
+    il.add_argument("--json", action="store_true")
+
+    rt = sub.add_parser("retention", help="run one retention sweep, or show what it would delete")
+    _add_config(rt)
+    rt.add_argument("--dry-run", action="store_true")
+    rt.add_argument("--now", metavar="TIME", help="pretend it is this time (checks and tests)")
+    rt.add_argument("--json", action="store_true")
+
+    au = sub.add_parser("audit", help="audit log tools")
+    asub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    av = asub.add_parser("verify", help="check the audit log's hash chain")
+    _add_config(av, data_dir=True)
+
+    st = sub.add_parser("status", help="what the running daemon reports")
+    _add_config(st)
+    st.add_argument("--json", action="store_true")
+    return p
+
+
+# ----- helpers --------------------------------------------------------------------------------------------
+def _data_dir(args: argparse.Namespace) -> tuple[Path, Config | None]:
+    if getattr(args, "config", None) is not None:
+        cfg = load_config(args.config)
+        return cfg.data_dir, cfg
+    if not args.data_dir.is_dir():
+        raise UsageError(f"--data-dir {args.data_dir}: not a directory")
+    return args.data_dir, None
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+def _parse_time(text: str, what: str) -> int:
+    from .incidents import parse_time
+
+    try:
+        return parse_time(text)
+    except EdgerecError as exc:
+        raise UsageError(f"{what} {text!r}: {exc}") from None
+
+
+# ----- commands -------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from .supervisor import Daemon
+
+    cfg = load_config(args.config)
+    return Daemon(cfg, exit_at_eof=args.exit_at_eof).run()
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from . import keys
+
+    public = keys.generate_recipient(args.out)
+    print(f"private key: {args.out} (keep it off the device)")
+    print(f"public key:  {public}")
+    print(f"fingerprint: {keys.fingerprint(keys.parse_public_key(public))}")
+    print(f"Add the public key (also in {args.out}.pub) to 'recipients:' in the device's config.")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from . import inventory
+
+    data_dir, _ = _data_dir(args)
+    listing = inventory.listing(data_dir, camera=args.camera)
+    if args.json:
+        _print_json(listing)
+    else:
+        print(inventory.format_listing(listing))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from . import inventory, keys
+
+    data_dir, _ = _data_dir(args)
+    private = keys.load_private_key(args.key) if args.key else None
+    report = inventory.verify_tree(data_dir, private_key=private, camera=args.camera)
+    if args.json:
+        _print_json(report.to_json_dict())
+    else:
+        for line in report.lines():
+            print(line)
+    return 0 if report.ok else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import inventory, keys
+    from .audit import AuditLog
+    from .export import export_segments
+
+    data_dir, cfg = _data_dir(args)
+    from_ns = _parse_time(args.from_, "--from")
+    to_ns = _parse_time(args.to, "--to")
+    if to_ns <= from_ns:
+        raise UsageError("--to must be after --from")
+    private = keys.load_private_key(args.key)
+    paths = inventory.segments_in_range(data_dir, args.camera, from_ns, to_ns)
+    if not paths:
+        raise EdgerecError(f"no footage of camera {args.camera!r} between {args.from_} and {args.to}")
+
+    def progress(done: int, total: int) -> None:
+        print(f"export: {done}/{total} segments", file=sys.stderr, flush=True)
+
+    result = export_segments(paths, private, args.out, progress=progress)
+    if cfg is not None:
+        AuditLog(data_dir / "audit.log").append(
+            "export", camera=args.camera, **{"from": args.from_, "to": args.to}, out=str(args.out),
+            segments=len(paths), by=args.by)
+    print(f"wrote {args.out} ({result.segments_ok} segments, {result.frames} frames); "
+          f"manifest {args.out}.manifest.json")
+    if result.problems:
+        for problem in result.problems:
+            print(f"problem: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _incident_service(cfg: Config) -> tuple[Any, Any]:
+    from .audit import AuditLog
+    from .catalog import Catalog
+    from .incidents import IncidentService
+
+    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    catalog = Catalog.open(cfg.data_dir)
+    return IncidentService(catalog, AuditLog(cfg.data_dir / "audit.log"), cfg), catalog
+
+
+def cmd_incident(args: argparse.Namespace) -> int:
+    from .incidents import parse_command
+
+    cfg = load_config(args.config)
+    service, catalog = _incident_service(cfg)
+    try:
+        if args.incident_command == "ls":
+            items = service.list_all() if args.all else service.list_open()
+            rows = [i.to_json_dict() for i in items]
+            if args.json:
+                _print_json(rows)
+            else:
+                for r in rows:
+                    print(" ".join(f"{k}={v}" for k, v in r.items()))
+                if not rows:
+                    print("no incidents" if args.all else "no open incidents")
+            return 0
+        obj: dict[str, Any] = {"action": args.incident_command, "id": args.id, "by": args.by}
+        if args.incident_command == "open":
+            obj.update({"camera": args.camera, "reason": args.reason,
+                        "from": _rfc3339_arg(args.from_, "--from"),
+                        "to": _rfc3339_arg(args.to, "--to") if args.to else None})
+        now_ns = time.time_ns()
+        cmd = parse_command(obj, cameras=[c.name for c in cfg.cameras], now_ns=now_ns)
+        result = service.apply(cmd, now_ns)
+        if args.json:
+            _print_json(result.to_json_dict())
+        else:
+            print(" ".join(f"{k}={v}" for k, v in result.to_json_dict().items() if v is not None))
+        return 0 if result.ok else 1
+    finally:
+        catalog.close()
+
+
+def _rfc3339_arg(text: str, what: str) -> str:
+    """CLI times may be local 'YYYY-MM-DD HH:MM'; commands carry RFC 3339 UTC, so convert once here."""
+    from .supervisor import rfc3339
+
+    return rfc3339(_parse_time(text, what)) or ""
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from .audit import AuditLog
+    from .catalog import Catalog
+    from .retention import Sweeper
+
+    cfg = load_config(args.config)
+    now_ns = _parse_time(args.now, "--now") if args.now else None
+    catalog = Catalog.open(cfg.data_dir)
+    try:
+        sweeper = Sweeper(catalog, AuditLog(cfg.data_dir / "audit.log"), cfg, cfg.data_dir)
+        report = sweeper.sweep(now_ns=now_ns, dry_run=args.dry_run)
+    finally:
+        catalog.close()
+    if args.json:
+        _print_json(report.to_json_dict())
+    else:
+        for line in report.lines():
+            print(line)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import verify_audit
+
+    data_dir, _ = _data_dir(args)
+    result = verify_audit(data_dir / "audit.log")
+    print(result.message)
+    return 0 if result.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .statusfile import format_status, read_status
+
+    cfg = load_config(args.config)
+    status = read_status(cfg.status_path)
+    if args.json:
+        _print_json(status)
+    else:
+        print(format_status(status, time.time()))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "keygen": cmd_keygen,
+    "ls": cmd_ls,
+    "verify": cmd_verify,
+    "export": cmd_export,
+    "incident": cmd_incident,
+    "retention": cmd_retention,
+    "audit": cmd_audit,
+    "status": cmd_status,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .logsetup import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        return COMMANDS[args.command](args)
+    except EdgerecError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"edgerec: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

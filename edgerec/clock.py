@@ -1,0 +1,218 @@
+"""Trusted time: is the wall clock synchronised, has it jumped, and which wall times can be believed.
+
+A Raspberry Pi has no battery-backed clock: it boots with the last saved time (or 1970) and jumps when
+NTP syncs. Retention must never delete footage because of such a jump, so this module gives
+
+- readings of the kernel's state (``clock_synced``, ``boot_id``, ``monotonic_ns``, ``read_clock``),
+- pure rules over readings: ``plausible`` (can a wall time be believed), ``ClockWatch`` (did the wall
+  clock jump relative to the monotonic clock), ``SweepClock`` (which "now" a retention sweep may use)
+  and ``redate`` (new dates for footage recorded under a wrong clock, from the boot id and the
+  monotonic clock, once the clock is right).
+
+Tests feed readings; nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+log = logging.getLogger(__name__)
+
+# No wall time before this software's release date is plausible (a Pi booting at 1970, or a stale
+# fake-hwclock image, is caught by this floor).
+RELEASE_FLOOR_NS = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp()) * 1_000_000_000
+
+# Segment boundaries and thread scheduling make consecutive timestamps disagree by milliseconds; a wall
+# time this much earlier than the newest footage is still taken as a normal, plausible reading.
+PLAUSIBLE_SLACK_NS = 5 * 1_000_000_000
+
+# adjtimex(2): the kernel's clock state and status bits.
+_TIME_ERROR = 5
+_STA_UNSYNC = 0x0040
+_BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+class _Timex(ctypes.Structure):
+    # Only the fields up to ``status`` are read; they have the same layout on every Linux ABI (int, then
+    # longs). The tail is padding large enough for the rest of ``struct timex`` on 32 and 64 bit.
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("_rest", ctypes.c_byte * 256),
+    ]
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def clock_synced() -> bool:
+    """True when the kernel says the wall clock is synchronised (NTP/timesyncd disciplines it).
+
+    Reads ``adjtimex`` with modes=0 (read-only, needs no privilege). Not synchronised when the call
+    returns TIME_ERROR or STA_UNSYNC is set; False when the call is unavailable.
+    """
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        tx = _Timex()
+        state = _libc.adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        return False
+    if state < 0:
+        return False
+    return state != _TIME_ERROR and not (tx.status & _STA_UNSYNC)
+
+
+_boot_id_cache: str | None = None
+
+
+def boot_id() -> str:
+    """The kernel's random id of this boot (changes at every boot); 'unknown' where there is none."""
+    global _boot_id_cache
+    if _boot_id_cache is None:
+        try:
+            with open(_BOOT_ID_PATH, encoding="ascii") as f:
+                _boot_id_cache = f.read().strip() or "unknown"
+        except OSError:
+            _boot_id_cache = "unknown"
+    return _boot_id_cache
+
+
+def monotonic_ns() -> int:
+    """A clock that never jumps: CLOCK_BOOTTIME where available (it keeps counting during suspend)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is not None:
+        return time.clock_gettime_ns(boottime)
+    return time.monotonic_ns()
+
+
+@dataclass(frozen=True)
+class ClockReading:
+    """One simultaneous look at the clocks."""
+
+    wall_ns: int
+    mono_ns: int
+    boot_id: str
+    synced: bool
+
+
+def read_clock() -> ClockReading:
+    return ClockReading(time.time_ns(), monotonic_ns(), boot_id(), clock_synced())
+
+
+def plausible(wall_ns: int, newest_catalogued_ns: int | None, release_floor_ns: int = RELEASE_FLOOR_NS,
+              *, slack_ns: int = PLAUSIBLE_SLACK_NS) -> bool:
+    """Can ``wall_ns`` be believed? Not before the release floor, not before the newest footage already
+    catalogued (less a few seconds of slack)."""
+    if wall_ns < release_floor_ns:
+        return False
+    return newest_catalogued_ns is None or wall_ns >= newest_catalogued_ns - slack_ns
+
+
+class ClockWatch:
+    """Detects wall-clock jumps: the wall clock moved by more than ``threshold_s`` more (or less) than the
+    monotonic clock since the previous reading. Pure: feed it readings.
+
+    ``observe`` returns the jump in ns (positive = forward) or None.
+    """
+
+    def __init__(self, threshold_s: float):
+        self.threshold_ns = int(threshold_s * 1e9)
+        self._last: tuple[int, int] | None = None
+
+    def observe(self, wall_ns: int, mono_ns: int) -> int | None:
+        last, self._last = self._last, (wall_ns, mono_ns)
+        if last is None:
+            return None
+        jump_ns = (wall_ns - last[0]) - (mono_ns - last[1])
+        return jump_ns if abs(jump_ns) > self.threshold_ns else None
+
+
+@dataclass(frozen=True)
+class SweepTime:
+    """The "now" a retention sweep may use, and how it was chosen.
+
+    ``source`` is ``wall`` (the wall clock, believed) or ``monotonic`` (a line advanced by the monotonic
+    clock from the last believed time, because the wall clock is implausible or jumped without being
+    synchronised). ``jump_ns`` is the jump seen at this reading, if any. ``trusted`` says the wall clock
+    may be used to re-date footage (it is believed *and* synchronised).
+    """
+
+    now_ns: int
+    source: str
+    jump_ns: int | None
+    trusted: bool
+
+
+class SweepClock:
+    """Chooses the time retention sweeps run on, so that clock jumps do not delete or keep footage wrongly.
+
+    - A plausible wall clock that moves with the monotonic clock is used as it is (unsynchronised too:
+      many machines never report sync, and the 28-day promise must hold there).
+    - A forward jump is followed only when the kernel says the clock is synchronised (NTP correcting a
+      stale boot time); otherwise the sweep keeps to the monotonic line, so a wrongly set clock cannot
+      age recent footage.
+    - A wall clock behind the newest footage is implausible: the sweep follows the monotonic line from
+      the last believed time (or from the newest footage at start), so footage keeps ageing and a
+      backward jump cannot keep it forever.
+    - When the wall clock comes back to the line (within the threshold), or is synchronised and
+      plausible, it is believed again.
+    """
+
+    def __init__(self, threshold_s: float):
+        self.threshold_ns = int(threshold_s * 1e9)
+        self._last: tuple[ClockReading, int] | None = None  # reading and the now chosen for it
+
+    def observe(self, reading: ClockReading, newest_catalogued_ns: int | None) -> SweepTime:
+        wall_ok = plausible(reading.wall_ns, newest_catalogued_ns)
+        last = self._last
+        line_ns: int | None = None
+        jump_ns: int | None = None
+        if last is not None and last[0].boot_id == reading.boot_id:
+            prev, prev_now = last
+            line_ns = prev_now + (reading.mono_ns - prev.mono_ns)
+            delta = (reading.wall_ns - prev.wall_ns) - (reading.mono_ns - prev.mono_ns)
+            if abs(delta) > self.threshold_ns:
+                jump_ns = delta
+        on_line = line_ns is not None and abs(reading.wall_ns - line_ns) <= self.threshold_ns
+        if wall_ok and (line_ns is None or on_line or reading.synced):
+            chosen = SweepTime(reading.wall_ns, "wall", jump_ns, reading.synced)
+        else:
+            floor_ns = max(newest_catalogued_ns or RELEASE_FLOOR_NS, RELEASE_FLOOR_NS)
+            # Never earlier than the newest footage: time cannot be before what was already recorded.
+            now_ns = max(line_ns, floor_ns) if line_ns is not None else floor_ns
+            chosen = SweepTime(now_ns, "monotonic", jump_ns, False)
+        self._last = (reading, chosen.now_ns)
+        return chosen
+
+
+@dataclass(frozen=True)
+class Redate:
+    """New wall times for a segment recorded under a wrong clock."""
+
+    segment_id: int
+    start_ns: int
+    end_ns: int
+
+
+def redate(segments: Iterable[tuple[int, str, int, int, int]], anchor: ClockReading) -> list[Redate]:
+    """Re-date footage of the anchor's boot: start = anchor wall time − (anchor monotonic − segment
+    monotonic). ``segments`` are (id, boot_id, monotonic_ns at start, start_ns, end_ns); those of other
+    boots cannot be re-dated this way and are left out."""
+    out = []
+    for seg_id, seg_boot, seg_mono, start_ns, end_ns in segments:
+        if seg_boot != anchor.boot_id or seg_mono > anchor.mono_ns:
+            continue
+        new_start = anchor.wall_ns - (anchor.mono_ns - seg_mono)
+        out.append(Redate(seg_id, new_start, new_start + max(0, end_ns - start_ns)))
+    return out

@@ -1,0 +1,372 @@
+"""Incidents: the command parser shared by the CLI and MQTT, hold windows, and the service that records
+opens and closes in the catalog and the audit log.
+
+An incident holds footage of its camera (or of every camera, ``*``) overlapping [from − pre-roll,
+(to or open-ended) + post-roll] while it is open, and for ``release_grace_days`` after it is closed, so a
+mistaken close cannot destroy evidence at once. Holds are computed from incidents, never copied onto
+segments, so closing one releases exactly what it held and nothing else.
+
+Commands are idempotent by id: the same open again is ok (``duplicate``), a conflicting open is an
+error, closing a closed incident is ok (``duplicate``), closing an unknown one is an error.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .catalog import Catalog, IncidentRow
+from .errors import CommandError
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+MAX_REASON_CHARS = 1000
+MAX_BY_CHARS = 200
+ACTIONS = ("open", "close")
+_OPEN_KEYS = frozenset({"action", "id", "camera", "from", "to", "reason", "by"})
+_CLOSE_KEYS = frozenset({"action", "id", "by", "reason"})
+DAY_NS = 86_400 * 1_000_000_000
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$")
+_LOCAL = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2}))?$")
+
+
+# ----- times ------------------------------------------------------------------------------------------
+def parse_rfc3339(text: str) -> int:
+    """An RFC 3339 time (offset required, up to ns precision) as UTC ns; raises ValueError."""
+    m = _RFC3339.match(text.strip())
+    if m is None:
+        raise ValueError("not an RFC 3339 time")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    frac, offset = m.group(7), m.group(8)
+    tz = UTC if offset in ("Z", "z") else datetime.strptime(offset.replace(":", ""), "%z").tzinfo
+    if second == 60:  # leap second: RFC 3339 allows it; count it as the last instant of the minute
+        second = 59
+        frac = "999999999"
+    dt = datetime(year, month, day, hour, minute, second, tzinfo=tz)
+    return int(dt.timestamp()) * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+
+
+def parse_time(text: str) -> int:
+    """A time as typed by an operator: RFC 3339 (``2026-11-20T09:55:00Z``) or local time
+    ``YYYY-MM-DD HH:MM[:SS]``. Returns UTC ns; raises CommandError with a hint."""
+    stripped = text.strip()
+    try:
+        return parse_rfc3339(stripped)
+    except ValueError:
+        pass
+    m = _LOCAL.match(stripped)
+    if m is not None:
+        try:
+            dt = datetime(*(int(g or 0) for g in m.groups()))
+            return int(dt.timestamp()) * 1_000_000_000  # naive: local time of this machine
+        except ValueError:
+            pass
+    raise CommandError(f"{text!r} is not a time; use RFC 3339 (2026-11-20T09:55:00Z) "
+                       "or local 'YYYY-MM-DD HH:MM[:SS]'")
+
+
+def rfc3339(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ----- commands ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IncidentCommand:
+    """A validated incident command. For ``close`` only id, by (and reason) are set."""
+
+    action: str
+    id: str
+    camera: str | None = None
+    from_ns: int | None = None
+    to_ns: int | None = None
+    reason: str = ""
+    by: str = ""
+
+
+def _text(obj: Mapping[str, Any], key: str, limit: int, default: str = "") -> str:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise CommandError(f"field '{key}' must be a string, not {_json_type(value)}")
+    if len(value) > limit:
+        raise CommandError(f"field '{key}' is too long ({len(value)} characters, limit {limit})")
+    if any(ord(c) < 32 and c not in "\t" for c in value):
+        raise CommandError(f"field '{key}' contains control characters")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _time_field(obj: Mapping[str, Any], key: str) -> int:
+    value = obj[key]
+    if not isinstance(value, str):
+        raise CommandError(f"field '{key}' must be an RFC 3339 time string, not {_json_type(value)}")
+    try:
+        return parse_rfc3339(value)
+    except (ValueError, OverflowError):
+        raise CommandError(f"field '{key}': {value[:64]!r} is not an RFC 3339 time "
+                           "(like 2026-11-20T09:55:00Z)") from None
+
+
+def parse_command(obj: Mapping[str, Any], *, cameras: Collection[str], now_ns: int,
+                  incidents: Any = None) -> IncidentCommand:
+    """Validate an incident command object; raises CommandError with a one-line message.
+
+    ``open``: ``id``, ``camera`` (a configured camera or ``*``), ``from`` (RFC 3339; defaults to now, may
+    lie in the past), ``to`` (RFC 3339 or null = open-ended; not before ``from``), ``reason``, ``by``.
+    ``close``: ``id``, ``by`` (and an optional ``reason``). Unknown keys are refused. ``incidents`` (the
+    IncidentsConfig) is accepted for symmetry with the service; the rolls are applied when opening.
+    """
+    del incidents  # pre/post roll are taken from the service's config when the incident is opened
+    if not isinstance(obj, Mapping):
+        raise CommandError(f"command must be an object, not {_json_type(obj)}")
+    action = obj.get("action")
+    if action is None:
+        raise CommandError("field 'action' is missing (open or close)")
+    if not isinstance(action, str):
+        raise CommandError(f"field 'action' must be a string, not {_json_type(action)}")
+    if action not in ACTIONS:
+        raise CommandError(f"unknown action {action[:32]!r} (open or close)")
+    allowed = _OPEN_KEYS if action == "open" else _CLOSE_KEYS
+    unknown = sorted(str(k) for k in obj if k not in allowed)
+    if unknown:
+        raise CommandError(f"unknown field(s) for {action}: {', '.join(repr(k[:32]) for k in unknown)}")
+    incident_id = obj.get("id")
+    if incident_id is None:
+        raise CommandError("field 'id' is missing")
+    if not isinstance(incident_id, str):
+        raise CommandError(f"field 'id' must be a string, not {_json_type(incident_id)}")
+    if not ID_PATTERN.match(incident_id):
+        raise CommandError(f"field 'id' {incident_id[:80]!r} must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+    by = _text(obj, "by", MAX_BY_CHARS)
+    reason = _text(obj, "reason", MAX_REASON_CHARS)
+    if action == "close":
+        return IncidentCommand("close", incident_id, by=by, reason=reason)
+
+    camera = obj.get("camera")
+    if camera is None:
+        raise CommandError("field 'camera' is missing (a camera name or '*')")
+    if not isinstance(camera, str):
+        raise CommandError(f"field 'camera' must be a string, not {_json_type(camera)}")
+    if camera != "*" and camera not in cameras:
+        known = ", ".join(sorted(cameras)) or "none configured"
+        raise CommandError(f"field 'camera': unknown camera {camera[:64]!r} (known: {known}; or '*')")
+    from_ns = _time_field(obj, "from") if obj.get("from") is not None else now_ns
+    to_ns = _time_field(obj, "to") if obj.get("to") is not None else None
+    if to_ns is not None and to_ns < from_ns:
+        raise CommandError("field 'to' is before 'from'")
+    return IncidentCommand("open", incident_id, camera, from_ns, to_ns, reason, by)
+
+
+# ----- results ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CommandResult:
+    id: str | None
+    action: str | None
+    ok: bool
+    error: str | None = None
+    duplicate: bool = False
+    held_segments: int = 0
+    held_bytes: int = 0
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "action": self.action, "ok": self.ok, "error": self.error,
+                "duplicate": self.duplicate, "held_segments": self.held_segments,
+                "held_bytes": self.held_bytes}
+
+
+def command_result_for_error(obj: Any, error: str | BaseException) -> CommandResult:
+    """The reply to a command that could not be parsed (id and action echoed when they are strings)."""
+    def text(key: str) -> str | None:
+        value = obj.get(key) if isinstance(obj, Mapping) else None
+        return value if isinstance(value, str) else None
+
+    return CommandResult(text("id"), text("action"), False, str(error))
+
+
+# ----- hold windows (pure) ----------------------------------------------------------------------------
+def overlaps(start_ns: int, end_ns: int, lo_ns: int, hi_ns: int | None) -> bool:
+    return end_ns >= lo_ns and (hi_ns is None or start_ns <= hi_ns)
+
+
+def holds(incident: IncidentRow, camera: str, start_ns: int, end_ns: int, now_ns: int, grace_ns: int) -> bool:
+    """Does ``incident`` hold footage [start_ns, end_ns] of ``camera`` at ``now_ns``?"""
+    return (incident.covers(camera) and incident.holds_at(now_ns, grace_ns)
+            and overlaps(start_ns, end_ns, incident.hold_start_ns, incident.hold_end_ns))
+
+
+class WindowIndex:
+    """Windows per camera (with '*' windows applied to every camera), queried by overlap in O(log n).
+
+    Built once per sweep from the incidents; windows are merged into disjoint blocks, and each block keeps
+    its member windows for the queries that need them (which incident released a segment, and when).
+    """
+
+    def __init__(self, windows: Iterable[tuple[str, int, int | None, Any]]):
+        self._by_camera: dict[str, list[tuple[int, int | None, Any]]] = {}
+        self._star: list[tuple[int, int | None, Any]] = []
+        for camera, lo, hi, payload in windows:
+            target = self._star if camera == "*" else self._by_camera.setdefault(camera, [])
+            target.append((lo, hi, payload))
+        self._blocks: dict[str, tuple[list[int], list[int | None], list[list[Any]]]] = {}
+
+    def _camera_blocks(self, camera: str) -> tuple[list[int], list[int | None], list[list[Any]]]:
+        blocks = self._blocks.get(camera)
+        if blocks is None:
+            starts: list[int] = []
+            ends: list[int | None] = []
+            members: list[list[Any]] = []
+            for lo, hi, payload in sorted(self._by_camera.get(camera, []) + self._star, key=lambda w: w[0]):
+                if starts and (ends[-1] is None or lo <= ends[-1]):  # type: ignore[operator]
+                    ends[-1] = None if ends[-1] is None or hi is None else max(ends[-1], hi)
+                    members[-1].append((lo, hi, payload))
+                else:
+                    starts.append(lo)
+                    ends.append(hi)
+                    members.append([(lo, hi, payload)])
+            blocks = (starts, ends, members)
+            self._blocks[camera] = blocks
+        return blocks
+
+    def _overlapping_blocks(self, camera: str, start_ns: int, end_ns: int) -> Iterable[int]:
+        starts, ends, _ = self._camera_blocks(camera)
+        # Blocks are disjoint and sorted: the candidates start at or before end_ns; walk back while they
+        # still reach start_ns.
+        i = bisect.bisect_right(starts, end_ns) - 1
+        while i >= 0:
+            hi = ends[i]
+            if hi is not None and hi < start_ns:
+                break
+            yield i
+            i -= 1
+
+    def any_overlap(self, camera: str, start_ns: int, end_ns: int) -> bool:
+        return next(iter(self._overlapping_blocks(camera, start_ns, end_ns)), None) is not None
+
+    def overlapping(self, camera: str, start_ns: int, end_ns: int) -> list[Any]:
+        _, _, members = self._camera_blocks(camera)
+        out = []
+        for i in self._overlapping_blocks(camera, start_ns, end_ns):
+            out += [p for lo, hi, p in members[i] if overlaps(start_ns, end_ns, lo, hi)]
+        return out
+
+
+# ----- the service ------------------------------------------------------------------------------------
+class IncidentService:
+    """Applies incident commands: catalog row and audit line are committed before ``apply`` returns.
+
+    Shared by the CLI and the MQTT thread (the catalog serialises them).
+    """
+
+    def __init__(self, catalog: Catalog, audit: Any, config: Any):
+        self.catalog = catalog
+        self.audit = audit
+        inc = config.incidents
+        self.pre_roll_ns = int(inc.pre_roll_s * 1e9)
+        self.post_roll_ns = int(inc.post_roll_s * 1e9)
+        self.grace_ns = int(inc.release_grace_days * DAY_NS)
+        self.cameras = tuple(c.name for c in config.cameras)
+
+    def handle(self, obj: Any, now_ns: int) -> CommandResult:
+        """Parse and apply a command object; every failure becomes a CommandResult (never raises
+        CommandError)."""
+        try:
+            cmd = parse_command(obj, cameras=self.cameras, now_ns=now_ns)
+        except CommandError as exc:
+            return command_result_for_error(obj, exc)
+        return self.apply(cmd, now_ns)
+
+    def apply(self, cmd: IncidentCommand, now_ns: int) -> CommandResult:
+        try:
+            if cmd.action == "open":
+                return self._open(cmd, now_ns)
+            return self._close(cmd, now_ns)
+        except CommandError as exc:
+            log.warning("incident command refused id=%s action=%s error=%s", cmd.id, cmd.action, exc)
+            return CommandResult(cmd.id, cmd.action, False, str(exc))
+
+    def _held(self, inc: IncidentRow) -> tuple[int, int]:
+        return self.catalog.window_totals(inc.camera, inc.hold_start_ns, inc.hold_end_ns)
+
+    def _open(self, cmd: IncidentCommand, now_ns: int) -> CommandResult:
+        assert cmd.camera is not None and cmd.from_ns is not None
+        with self.catalog.transaction():
+            existing = self.catalog.get_incident(cmd.id)
+            if existing is not None:
+                if (existing.camera, existing.from_ns, existing.to_ns) != (cmd.camera, cmd.from_ns,
+                                                                            cmd.to_ns):
+                    window = f"{rfc3339(existing.from_ns)} .. {rfc3339(existing.to_ns) or 'open'}"
+                    raise CommandError(f"incident {cmd.id} already exists with a different window or camera "
+                                       f"({existing.camera} {window}); use a new id")
+                n, size = self._held(existing)
+                return CommandResult(cmd.id, "open", True, duplicate=True, held_segments=n, held_bytes=size)
+            inc = IncidentRow(cmd.id, cmd.camera, cmd.from_ns, cmd.to_ns, cmd.reason, cmd.by, now_ns,
+                              pre_roll_ns=self.pre_roll_ns, post_roll_ns=self.post_roll_ns)
+            self.catalog.insert_incident(inc)
+            n, size = self._held(inc)
+            # Inside the transaction: if the audit line cannot be written, the incident is not recorded.
+            self.audit.append("incident_opened", id=inc.id, camera=inc.camera,
+                              **{"from": rfc3339(inc.from_ns)}, to=rfc3339(inc.to_ns), reason=inc.reason,
+                              by=inc.by, pre_roll_s=inc.pre_roll_ns / 1e9, post_roll_s=inc.post_roll_ns / 1e9,
+                              held_segments=n, held_bytes=size)
+        log.info("incident opened id=%s camera=%s from=%s to=%s by=%s held_segments=%d", inc.id, inc.camera,
+                 rfc3339(inc.from_ns), rfc3339(inc.to_ns), inc.by, n)
+        return CommandResult(cmd.id, "open", True, held_segments=n, held_bytes=size)
+
+    def _close(self, cmd: IncidentCommand, now_ns: int) -> CommandResult:
+        with self.catalog.transaction():
+            existing = self.catalog.get_incident(cmd.id)
+            if existing is None:
+                raise CommandError(f"unknown incident id {cmd.id}")
+            if not existing.is_open:
+                n, size = self._held(existing)
+                return CommandResult(cmd.id, "close", True, duplicate=True, held_segments=n, held_bytes=size)
+            self.catalog.close_incident(cmd.id, now_ns, cmd.by)
+            closed = self.catalog.get_incident(cmd.id)
+            assert closed is not None
+            n, size = self._held(closed)
+            self.audit.append("incident_closed", id=cmd.id, by=cmd.by, reason=cmd.reason,
+                              released=rfc3339(closed.released_ns(self.grace_ns)), held_segments=n,
+                              held_bytes=size)
+        log.info("incident closed id=%s by=%s released=%s", cmd.id, cmd.by,
+                 rfc3339(closed.released_ns(self.grace_ns)))
+        return CommandResult(cmd.id, "close", True, held_segments=n, held_bytes=size)
+
+    def list_open(self) -> list[IncidentRow]:
+        return self.catalog.incidents(open_only=True)
+
+    def list_all(self) -> list[IncidentRow]:
+        return self.catalog.incidents()
+
+    def incidents_payload(self) -> list[dict[str, Any]]:
+        """Open incidents with their windows and held segment counts (for the retained MQTT topic)."""
+        out = []
+        for inc in self.list_open():
+            n, size = self._held(inc)
+            out.append({**inc.to_json_dict(), "held_segments": n, "held_bytes": size})
+        return out

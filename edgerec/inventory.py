@@ -1,0 +1,186 @@
+"""What footage a data directory holds: listing, whole-tree verification and time-range selection.
+
+These work from the segment files themselves (the truth), so they also work on a copy of a data directory
+taken off the device; the catalog, when present, adds gaps and is checked against the files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import segfile
+from .errors import SegmentError
+
+SEGMENT_SUFFIX = ".seg"
+# <camera>/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.mmmZ>.seg, as written by the recorder.
+_NAME = re.compile(r"^(\d{8}T\d{6})\.(\d{3})Z\.seg$")
+
+
+def start_ns_from_name(path: Path) -> int | None:
+    m = _NAME.match(path.name)
+    if m is None:
+        return None
+    dt = datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000_000 + int(m.group(2)) * 1_000_000
+
+
+def camera_dirs(data_dir: Path, camera: str | None = None) -> list[Path]:
+    if camera is not None:
+        d = data_dir / camera
+        return [d] if d.is_dir() else []
+    return sorted(p for p in data_dir.iterdir() if p.is_dir() and any(p.glob(f"*/*{SEGMENT_SUFFIX}")))
+
+
+def segment_files(data_dir: Path, camera: str) -> list[Path]:
+    """A camera's segment files in time order (by their names, which sort by start time)."""
+    return sorted((data_dir / camera).glob(f"*/*{SEGMENT_SUFFIX}"), key=lambda p: p.name)
+
+
+def segments_in_range(data_dir: Path, camera: str, from_ns: int, to_ns: int) -> list[Path]:
+    """Segment files of ``camera`` whose time span overlaps [from_ns, to_ns).
+
+    A segment's end is taken as the next segment's start (cheap: no file is opened); the last one is
+    opened to read its end.
+    """
+    files = [(start_ns_from_name(p), p) for p in segment_files(data_dir, camera)]
+    files = [(s, p) for s, p in files if s is not None]
+    chosen = []
+    for i, (start, path) in enumerate(files):
+        if i + 1 < len(files):
+            end = files[i + 1][0]
+        else:
+            try:
+                end = segfile.read_info(path).end_ns
+            except SegmentError:
+                end = start
+        if start < to_ns and end > from_ns:
+            chosen.append(path)
+    return chosen
+
+
+def _device_key(data_dir: Path) -> Any:
+    from . import keys
+
+    pub = data_dir / "device.pub"
+    return keys.load_device_public_key(pub) if pub.exists() else None
+
+
+def _rfc3339(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def listing(data_dir: Path, camera: str | None = None) -> dict[str, Any]:
+    """Segments and gaps per camera, from the catalog when there is one, else from the files."""
+    cameras: dict[str, Any] = {}
+    catalog_path = data_dir / "catalog.sqlite3"
+    if catalog_path.exists():
+        from .catalog import Catalog
+
+        cat = Catalog.open(data_dir)
+        try:
+            for row in cat.segments(camera=camera):
+                cameras.setdefault(row.camera, {"segments": [], "gaps": []})["segments"].append({
+                    "start": _rfc3339(row.start_ns), "end": _rfc3339(row.end_ns), "path": row.path,
+                    "bytes": row.size_bytes, "frames": row.frames, "state": row.state,
+                    "sequence": row.sequence, "digest": row.digest})
+            for gap in cat.gaps(camera=camera):
+                cameras.setdefault(gap.camera, {"segments": [], "gaps": []})["gaps"].append({
+                    "from": _rfc3339(gap.from_ns), "to": _rfc3339(gap.to_ns), "reason": gap.reason})
+        finally:
+            cat.close()
+    else:
+        for cam_dir in camera_dirs(data_dir, camera):
+            segs = cameras.setdefault(cam_dir.name, {"segments": [], "gaps": []})["segments"]
+            for path in segment_files(data_dir, cam_dir.name):
+                try:
+                    info = segfile.read_info(path)
+                except SegmentError as exc:
+                    segs.append({"path": str(path.relative_to(data_dir)), "error": exc.what})
+                    continue
+                segs.append({"start": _rfc3339(info.meta.start_ns), "end": _rfc3339(info.end_ns),
+                             "path": str(path.relative_to(data_dir)), "bytes": info.size_bytes,
+                             "frames": info.frames, "state": info.state, "sequence": info.meta.sequence,
+                             "digest": info.digest.hex()})
+    return {"cameras": cameras}
+
+
+def format_listing(listing_: dict[str, Any]) -> str:
+    lines = []
+    for name, cam in sorted(listing_["cameras"].items()):
+        segs = cam["segments"]
+        total = sum(s.get("bytes", 0) for s in segs)
+        lines.append(f"{name}: {len(segs)} segments, {total / 1e6:.1f} MB, {len(cam['gaps'])} gaps")
+        events = [(s.get("start", ""), "seg", s) for s in segs] + [(g["from"], "gap", g) for g in cam["gaps"]]
+        for _, kind, item in sorted(events, key=lambda e: e[0]):
+            if kind == "gap":
+                lines.append(f"  GAP  {item['from']} .. {item['to']}  {item['reason']}")
+            elif "error" in item:
+                lines.append(f"  BAD  {item['path']}: {item['error']}")
+            else:
+                lines.append(f"  {item['start']} .. {item['end']}  {item['frames']:>6} frames "
+                             f"{item['bytes'] / 1e6:8.2f} MB  {item['state']}  {item['path']}")
+    return "\n".join(lines) if lines else "no footage"
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        verdict = "OK" if self.ok else f"{len(self.problems)} problem(s)"
+        return [*(f"problem: {p}" for p in self.problems), *(f"note: {n}" for n in self.notes),
+                f"{self.checked} segments checked: {verdict}"]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": self.checked, "problems": self.problems, "notes": self.notes}
+
+
+def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None = None) -> VerifyReport:
+    """Verify every segment file (framing, signature, chain; with a key also every chunk) and the catalog."""
+    report = VerifyReport()
+    device_key = _device_key(data_dir)
+    if device_key is None:
+        report.notes.append(f"no device.pub in {data_dir}: signatures checked with the key in each header")
+    on_disk: set[str] = set()
+    for cam_dir in camera_dirs(data_dir, camera):
+        prev_digest: bytes | None = None
+        for path in segment_files(data_dir, cam_dir.name):
+            on_disk.add(str(path.relative_to(data_dir)))
+            report.checked += 1
+            errors = segfile.verify(path, private_key=private_key, device_key=device_key,
+                                    prev_digest=prev_digest)
+            report.problems.extend(str(e) for e in errors)
+            try:
+                prev_digest = segfile.read_info(path, device_key=device_key).digest
+            except SegmentError:
+                prev_digest = None  # the next one's chain link cannot be checked
+        for partial in sorted(cam_dir.glob("*/*.partial")):
+            report.notes.append(f"{partial}: unfinished segment (recording, or recovered at next start)")
+    _check_catalog(data_dir, camera, on_disk, report)
+    return report
+
+
+def _check_catalog(data_dir: Path, camera: str | None, on_disk: set[str], report: VerifyReport) -> None:
+    if not (data_dir / "catalog.sqlite3").exists():
+        return
+    from .catalog import Catalog
+
+    cat = Catalog.open(data_dir)
+    try:
+        rows = {r.path for r in cat.segments(camera=camera)}
+    finally:
+        cat.close()
+    for missing in sorted(rows - on_disk):
+        report.problems.append(f"{data_dir / missing}: in the catalog but the file is missing")
+    for extra in sorted(on_disk - rows):
+        report.notes.append(f"{data_dir / extra}: not in the catalog (adopted at next start)")

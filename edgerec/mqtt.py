@@ -1,0 +1,640 @@
+"""The MQTT link: availability, retained status and incidents, events, Home Assistant discovery and
+incident commands with replies.
+
+The decisions are plain functions over data (``Topics.from_config``, ``decode_command``,
+``expand_open_now``, ``error_reply``, ``discovery_messages``); ``MqttLink`` is the paho client around
+them. The link never owns incident logic: a decoded command object goes to ``on_command``, whose reply
+is published as it is (plus the ``transaction`` echo). Nothing here raises into paho's network thread:
+an exception there would stop the thread without a word.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from . import __version__
+from .config import Config
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 16 * 1024  # larger command payloads are refused before decoding
+RECONNECT_MIN_DELAY_S = 1
+RECONNECT_MAX_DELAY_S = 60
+STOP_PUBLISH_TIMEOUT_S = 5.0  # how long stop() waits for `offline` to reach the broker
+STATUS_MIN_INTERVAL_S = 1.0  # on-change status publications are at least this far apart
+MAX_QUEUED_MESSAGES = 1000  # outgoing QoS 1 messages kept while the broker is away (events mostly)
+QOS = 1
+
+ONLINE = "online"
+OFFLINE = "offline"
+OPEN_NOW = "open_now"
+INTERNAL_ERROR = "internal error"
+
+# Event kinds the daemon publishes on <base>/events (documented in docs/mqtt.md); others are allowed too.
+EVENT_KINDS = frozenset({
+    "camera_down", "camera_up", "disk_low", "disk_full", "disk_ok", "tamper", "retention_swept",
+    "incident_opened", "incident_closed", "clock_jump",
+})
+
+CommandHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+def rfc3339(ns: int) -> str:
+    """UTC nanoseconds → ``2026-11-20T09:55:00Z`` (whole seconds; enough for ids and event stamps)."""
+    return dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ----- topics ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Topics:
+    """Every topic the link uses, derived from the configuration."""
+
+    base: str
+    availability: str
+    status: str
+    incidents: str
+    events: str
+    command: str
+    result: str
+    site_command: str | None
+    ha_status: str | None
+    discovery_prefix: str
+
+    @classmethod
+    def from_config(cls, config: Config) -> Topics:
+        m = config.mqtt
+        base = f"{m.topic_prefix.rstrip('/')}/{config.device_id}"
+        return cls(
+            base=base,
+            availability=f"{base}/availability",
+            status=f"{base}/status",
+            incidents=f"{base}/incidents",
+            events=f"{base}/events",
+            command=f"{base}/incident/set",
+            result=f"{base}/incident/result",
+            site_command=f"{m.site_topic.rstrip('/')}/incident/set" if m.site_topic else None,
+            ha_status=f"{m.discovery_prefix}/status" if m.discovery else None,
+            discovery_prefix=m.discovery_prefix,
+        )
+
+    @property
+    def command_topics(self) -> tuple[str, ...]:
+        return (self.command,) if self.site_command is None else (self.command, self.site_command)
+
+
+# ----- command envelope -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Envelope:
+    """A command message after decoding: the command object, or the reason it was refused.
+
+    ``transaction`` is taken out of the object (the incident parser refuses unknown keys) and echoed in
+    the reply when ``has_transaction``.
+    """
+
+    command: dict[str, Any] | None
+    error: str | None = None
+    transaction: Any = None
+    has_transaction: bool = False
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_command(payload: bytes, *, max_bytes: int = MAX_COMMAND_BYTES) -> Envelope:
+    """Check size, UTF-8, JSON and object-ness of a command payload; never raises."""
+    if len(payload) > max_bytes:
+        return Envelope(None, f"payload too large: {len(payload)} bytes (limit {max_bytes})")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return Envelope(None, "payload is not valid UTF-8")
+    try:
+        obj = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays fit in 16 KiB
+        return Envelope(None, "payload is not valid JSON")
+    if not isinstance(obj, dict):
+        return Envelope(None, f"command must be a JSON object, not {type(obj).__name__}")
+    has_transaction = "transaction" in obj
+    transaction = obj.pop("transaction", None)
+    return Envelope(obj, None, transaction, has_transaction)
+
+
+def open_now_id(now_ns: int) -> str:
+    """The id given to an ``open_now`` command without one: ``NOW-20261120T095500Z``."""
+    return "NOW-" + rfc3339(now_ns).replace("-", "").replace(":", "")
+
+
+def expand_open_now(command: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
+    """Turn ``{"action": "open_now", ...}`` (what a button can send) into an ordinary ``open``.
+
+    The window starts now (the configured pre-roll reaches back before it) and stays open until closed;
+    ``camera`` defaults to ``*`` and ``id`` to ``open_now_id(now)``. ``reason``, ``by`` and any other key
+    pass through, so the incident parser still judges them. ``from``/``to`` are left in place when given,
+    and the parser's checks apply to them as to any open.
+    """
+    expanded: dict[str, Any] = {
+        "action": "open",
+        "id": open_now_id(now_ns),
+        "camera": "*",
+        "from": rfc3339(now_ns),
+        "to": None,
+        "reason": "opened now over MQTT",
+        "by": "mqtt",
+    }
+    expanded.update({k: v for k, v in command.items() if k != "action"})
+    return expanded
+
+
+def error_reply(command: Mapping[str, Any] | None, error: str) -> dict[str, Any]:
+    """A reply refusing a command, shaped like the incident service's replies."""
+    def text_field(name: str) -> str | None:
+        value = command.get(name) if command is not None else None
+        return value if isinstance(value, str) else None
+
+    return {"id": text_field("id"), "action": text_field("action"), "ok": False, "error": error,
+            "duplicate": False, "held_segments": 0, "held_bytes": 0}
+
+
+def finish_reply(reply: Mapping[str, Any], envelope: Envelope, device_id: str) -> bytes:
+    """Serialise a reply, adding the device id and the request's transaction; raises TypeError/ValueError."""
+    out = dict(reply)
+    out.setdefault("device_id", device_id)
+    if envelope.has_transaction:
+        out["transaction"] = envelope.transaction
+    return json.dumps(out, allow_nan=False).encode()
+
+
+# ----- Home Assistant discovery -----------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+OPEN_NOW_BUTTON_PAYLOAD = json.dumps(
+    {"action": OPEN_NOW, "camera": "*", "by": "home-assistant", "reason": "opened from Home Assistant"})
+
+
+def _camera_template(camera: str, expression: str) -> str:
+    # .get keeps the template quiet when a camera is missing from status (stopped, just removed).
+    return "{% set c = value_json.cameras.get(" + json.dumps(camera) + ") or {} %}{{ " + expression + " }}"
+
+
+def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, str]]:
+    """(topic, retained JSON payload) for every Home Assistant entity of this device."""
+    node = _slug(f"edgerec_{config.device_id}")
+    device = {
+        "identifiers": [node],
+        "name": f"edgerec {config.device_id}",
+        "manufacturer": "edgerec",
+        "model": "edgerec video recorder",
+        "sw_version": __version__,
+    }
+    common = {"availability_topic": topics.availability, "payload_available": ONLINE,
+              "payload_not_available": OFFLINE, "device": device, "qos": QOS}
+
+    def entity(component: str, object_id: str, name: str, **fields: Any) -> tuple[str, str]:
+        unique = f"{node}_{_slug(object_id)}"
+        cfg = {"name": name, "unique_id": unique, "object_id": unique, **common, **fields}
+        return f"{topics.discovery_prefix}/{component}/{node}/{_slug(object_id)}/config", json.dumps(cfg)
+
+    out = []
+    for cam in config.cameras:
+        if not cam.enabled:
+            continue
+        oid = f"cam_{cam.name}"
+        out += [
+            entity("binary_sensor", f"{oid}_recording", f"{cam.name} recording", state_topic=topics.status,
+                   device_class="running", value_template=_camera_template(
+                       cam.name, "'ON' if c.get('state') == 'recording' else 'OFF'")),
+            entity("sensor", f"{oid}_last_packet_age", f"{cam.name} last packet age",
+                   state_topic=topics.status, device_class="duration", unit_of_measurement="s",
+                   state_class="measurement",
+                   value_template=_camera_template(cam.name, "c.get('last_packet_age_s')")),
+            entity("sensor", f"{oid}_fps", f"{cam.name} frame rate", state_topic=topics.status,
+                   unit_of_measurement="fps", state_class="measurement", icon="mdi:filmstrip",
+                   value_template=_camera_template(cam.name, "c.get('fps')")),
+            entity("sensor", f"{oid}_bitrate", f"{cam.name} bitrate", state_topic=topics.status,
+                   device_class="data_rate", unit_of_measurement="bit/s", state_class="measurement",
+                   value_template=_camera_template(cam.name, "c.get('bitrate_bps')")),
+        ]
+    out += [
+        entity("sensor", "disk_free", "disk free", state_topic=topics.status, device_class="data_size",
+               unit_of_measurement="B", state_class="measurement",
+               value_template="{{ (value_json.disk or {}).get('free_bytes') }}"),
+        entity("sensor", "oldest_footage_age", "oldest footage age", state_topic=topics.status,
+               device_class="duration", unit_of_measurement="d", state_class="measurement",
+               value_template="{% set a = value_json.get('oldest_footage_age_s') %}"
+                              "{{ (a / 86400) | round(2) if a is not none else None }}"),
+        entity("sensor", "incidents_open", "open incidents", state_topic=topics.status,
+               state_class="measurement", icon="mdi:alert-octagon",
+               value_template="{{ value_json.get('incidents_open') }}"),
+        entity("button", "open_incident_now", "open incident now", command_topic=topics.command,
+               payload_press=OPEN_NOW_BUTTON_PAYLOAD, icon="mdi:record-rec"),
+    ]
+    return out
+
+
+def discovery_removals(old: list[tuple[str, str]], new: list[tuple[str, str]]) -> list[str]:
+    """Config topics present before and gone now: publishing an empty retained payload removes them."""
+    keep = {t for t, _ in new}
+    return [t for t, _ in old if t not in keep]
+
+
+# ----- the link ---------------------------------------------------------------------------------------------
+def read_password_file(path: Any) -> str:
+    """The password in ``path`` without its trailing newline; ConfigError when the file cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"mqtt.password_file: cannot read {path}: {exc}") from None
+
+
+def _set_tcp_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    # Measured on loopback: with Nagle's algorithm on (paho's default) a command round trip takes ~90 ms,
+    # waiting on delayed ACKs; with TCP_NODELAY here and on the broker (set_tcp_nodelay) ~0.5 ms.
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError) as exc:  # not a TCP socket (a proxy, a unix socket)
+        log.debug("mqtt TCP_NODELAY not set error=%s", exc)
+
+
+@dataclass
+class _Stats:
+    connects: int = 0
+    disconnects: int = 0
+    commands: int = 0
+    command_errors: int = 0
+    internal_errors: int = 0
+    published: int = 0
+    publish_failures: int = 0
+    last_connect: str | None = None
+    last_disconnect: str | None = None
+    last_error: str | None = None
+    session_present: bool = False
+
+
+@dataclass
+class _Schedule:
+    """What the publisher thread has to do next (guarded by MqttLink._lock)."""
+
+    connected: bool = False  # a (re)connect happened: publish everything
+    discovery: bool = False
+    incidents: bool = False
+    status_due_monotonic: float = 0.0
+    last_status_monotonic: float = float("-inf")
+    removals: list[str] = field(default_factory=list)
+
+
+class MqttLink:
+    """The daemon's MQTT client.
+
+    ``status()`` and ``incidents()`` give the payloads of the retained status and incidents topics;
+    ``on_command(obj)`` handles a decoded incident command and returns the reply object (it must commit
+    before returning: the MQTT message is acknowledged only afterwards, so a crash before the commit
+    makes the broker deliver the command again).
+
+    Threads: paho's network thread (``loop_start``) receives commands and runs ``on_command``; a
+    publisher thread of the link publishes availability, discovery, status (every ``status_interval_s``
+    and on request) and incidents, so a slow ``status()`` never holds up the network thread.
+    """
+
+    def __init__(self, config: Config, *, status: Callable[[], dict[str, Any]],
+                 incidents: Callable[[], list[dict[str, Any]]], on_command: CommandHandler,
+                 clock_ns: Callable[[], int] = time.time_ns):
+        self._config = config
+        self._status = status
+        self._incidents = incidents
+        self._on_command = on_command
+        self._clock_ns = clock_ns
+        self.topics = Topics.from_config(config)
+        self._client: mqtt.Client | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._schedule = _Schedule()
+        self._stats = _Stats()
+        self._publisher: threading.Thread | None = None
+        self._connected = False
+        self._subscribed = False  # the broker acknowledged our subscriptions on this connection
+
+    # ----- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background (the broker may be down) and start publishing."""
+        if self._client is not None:
+            raise RuntimeError("MqttLink already started")
+        m = self._config.mqtt
+        client_id = m.client_id or f"edgerec-{self._config.device_id}"
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                             manual_ack=True)
+        client.suppress_exceptions = True  # belt and braces: our callbacks catch everything themselves
+        client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        if m.username is not None:
+            password = read_password_file(m.password_file) if m.password_file is not None else None
+            client.username_pw_set(m.username, password)
+        if m.tls is not None:
+            try:
+                client.tls_set(ca_certs=str(m.tls.ca_file),
+                               certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                               keyfile=str(m.tls.key_file) if m.tls.key_file else None)
+            except OSError as exc:  # ssl.SSLError is an OSError too
+                raise ConfigError(f"mqtt.tls: cannot load the CA, certificate or key: {exc}") from None
+        client.will_set(self.topics.availability, OFFLINE, qos=QOS, retain=True)
+        client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
+        client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_socket_open = _set_tcp_nodelay
+        props = Properties(PacketTypes.CONNECT)
+        # clean_start=False alone is not enough: without a session expiry the broker forgets the session
+        # (and the commands queued for us) the moment we disconnect.
+        props.SessionExpiryInterval = m.session_expiry_s
+        client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
+        self._client = client
+        self._stopping.clear()
+        client.loop_start()
+        self._publisher = threading.Thread(target=self._publisher_main, name="mqtt-publisher", daemon=True)
+        self._publisher.start()
+        log.info("mqtt starting host=%s port=%d client_id=%s base=%s tls=%s", m.host, m.port, client_id,
+                 self.topics.base, m.tls is not None)
+
+    def stop(self) -> None:
+        """Publish ``offline`` (a clean disconnect does not fire the will), then disconnect and stop."""
+        client = self._client
+        if client is None:
+            return
+        self._stopping.set()
+        self._wake.set()
+        if self._publisher is not None:
+            self._publisher.join(timeout=STOP_PUBLISH_TIMEOUT_S)
+        if client.is_connected():
+            info = client.publish(self.topics.availability, OFFLINE, qos=QOS, retain=True)
+            try:
+                info.wait_for_publish(STOP_PUBLISH_TIMEOUT_S)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("mqtt offline not sent error=%s", exc)
+        client.disconnect()
+        client.loop_stop()
+        self._client = None
+        self._connected = self._subscribed = False
+        log.info("mqtt stopped")
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def thread_alive(self) -> bool:
+        """True while paho's network thread and the publisher thread run (for the daemon's watchdog)."""
+        client = self._client
+        if client is None or self._publisher is None or not self._publisher.is_alive():
+            return False
+        # paho has no public accessor for the thread loop_start() made.
+        thread = getattr(client, "_thread", None)
+        return thread is not None and thread.is_alive()
+
+    def stats(self) -> dict[str, Any]:
+        """A small dict for the daemon's status."""
+        s = self._stats
+        return {"enabled": True, "connected": self._connected, "subscribed": self._subscribed,
+                "session_present": s.session_present, "connects": s.connects, "disconnects": s.disconnects,
+                "commands": s.commands, "command_errors": s.command_errors,
+                "internal_errors": s.internal_errors, "published": s.published,
+                "publish_failures": s.publish_failures, "last_connect": s.last_connect,
+                "last_disconnect": s.last_disconnect, "last_error": s.last_error}
+
+    # ----- publishing API (any thread; none of these block on the network) ---------------------------
+    def publish_status(self) -> None:
+        """Publish the retained status now (from the publisher thread)."""
+        with self._lock:
+            self._schedule.status_due_monotonic = 0.0
+        self._wake.set()
+
+    def status_changed(self) -> None:
+        """Something in the status changed: publish soon, at most once per STATUS_MIN_INTERVAL_S."""
+        with self._lock:
+            s = self._schedule
+            soonest = s.last_status_monotonic + STATUS_MIN_INTERVAL_S
+            s.status_due_monotonic = min(s.status_due_monotonic, soonest)
+        self._wake.set()
+
+    def publish_incidents(self) -> None:
+        """Publish the retained list of open incidents (from the publisher thread)."""
+        with self._lock:
+            self._schedule.incidents = True
+        self._wake.set()
+
+    def publish_event(self, kind: str, **fields: Any) -> bool:
+        """Publish one event on ``<base>/events`` (not retained); queued while the broker is away."""
+        payload = {"event": kind, "at": rfc3339(self._clock_ns()), "device_id": self._config.device_id,
+                   **fields}
+        log.info("mqtt event kind=%s", kind)
+        return self._publish(self.topics.events, json.dumps(payload, default=str), retain=False, queue=True)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a new configuration with the same MQTT settings (cameras added or removed):
+        remove the discovery entities of cameras that are gone and publish the new ones."""
+        old = discovery_messages(self._config, self.topics)
+        self._config = config
+        with self._lock:
+            self._schedule.removals += discovery_removals(old, discovery_messages(config, self.topics))
+            self._schedule.discovery = True
+        self._wake.set()
+
+    # ----- publisher thread -----------------------------------------------------------------------------
+    def _publisher_main(self) -> None:
+        interval_s = self._config.mqtt.status_interval_s
+        while not self._stopping.is_set():
+            with self._lock:
+                wait_s = self._schedule.status_due_monotonic - time.monotonic()
+            if wait_s > 0:
+                self._wake.wait(wait_s)
+            if self._stopping.is_set():
+                return
+            self._wake.clear()
+            with self._lock:
+                s = self._schedule
+                connected, s.connected = s.connected, False
+                discovery, s.discovery = s.discovery or connected, False
+                incidents, s.incidents = s.incidents or connected, False
+                removals, s.removals = s.removals, []
+                status = connected or time.monotonic() >= s.status_due_monotonic
+                if status:
+                    s.last_status_monotonic = time.monotonic()
+                    s.status_due_monotonic = s.last_status_monotonic + interval_s
+            try:
+                self._publish_due(connected, removals, discovery, status, incidents)
+            except Exception:  # a failing callback must not end the thread
+                log.exception("mqtt publish failed")
+                self._stats.last_error = "publish failed (see log)"
+
+    def _publish_due(self, connected: bool, removals: list[str], discovery: bool, status: bool,
+                     incidents: bool) -> None:
+        if not self._connected:
+            return  # everything is published again on connect
+        if connected:
+            self._publish(self.topics.availability, ONLINE, retain=True)
+        for topic in removals:
+            self._publish(topic, b"", retain=True)
+        if discovery and self._config.mqtt.discovery:
+            for topic, payload in discovery_messages(self._config, self.topics):
+                self._publish(topic, payload, retain=True)
+        if status:
+            self._publish(self.topics.status, json.dumps(self._status(), default=str), retain=True)
+        if incidents:
+            self._publish(self.topics.incidents, json.dumps(self._incidents(), default=str), retain=True)
+
+    def _publish(self, topic: str, payload: str | bytes, *, retain: bool, queue: bool = False,
+                 properties: Properties | None = None) -> bool:
+        client = self._client
+        if client is None or (not queue and not self._connected):
+            return False
+        try:
+            info = client.publish(topic, payload, qos=QOS, retain=retain, properties=properties)
+        except (ValueError, TypeError) as exc:  # bad topic (wildcards in a ResponseTopic) or payload
+            log.warning("mqtt publish refused topic=%s error=%s", topic, exc)
+            self._stats.publish_failures += 1
+            return False
+        # NO_CONN: paho keeps a QoS 1 message and sends it after the next connect.
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning("mqtt publish failed topic=%s error=%s", topic, mqtt.error_string(info.rc))
+            self._stats.publish_failures += 1
+            return False
+        self._stats.published += 1
+        return True
+
+    # ----- paho callbacks (network thread; each catches everything) -------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        try:
+            if reason.is_failure:
+                self._stats.last_error = f"connect refused: {reason}"
+                log.error("mqtt connect refused reason=%s", reason)
+                return
+            self._connected = True
+            self._stats.connects += 1
+            self._stats.last_connect = rfc3339(self._clock_ns())
+            self._stats.session_present = bool(flags.session_present)
+            # Subscribe every time: the broker may have lost the session. Commands are events, not state:
+            # a retained command must not run again on each reconnect, hence RETAIN_DO_NOT_SEND.
+            no_retained = SubscribeOptions(qos=QOS, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            subs = [(t, no_retained) for t in self.topics.command_topics]
+            if self.topics.ha_status is not None:
+                subs.append((self.topics.ha_status, no_retained))
+            client.subscribe(subs)
+            with self._lock:
+                self._schedule.connected = True
+            self._wake.set()
+            log.info("mqtt connected session_present=%s", bool(flags.session_present))
+        except Exception:
+            log.exception("mqtt on_connect failed")
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        try:
+            was_connected, self._connected = self._connected, False
+            self._subscribed = False
+            if was_connected:
+                self._stats.disconnects += 1
+                self._stats.last_disconnect = rfc3339(self._clock_ns())
+            if not self._stopping.is_set():
+                log.warning("mqtt disconnected reason=%s", reason)
+        except Exception:
+            log.exception("mqtt on_disconnect failed")
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        try:
+            refused = [code for code in reasons if code.is_failure]
+            for code in refused:
+                self._stats.last_error = f"subscribe refused: {code}"
+                log.error("mqtt subscribe refused reason=%s", code)
+            self._subscribed = not refused
+        except Exception:
+            log.exception("mqtt on_subscribe failed")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            if msg.topic == self.topics.ha_status:
+                self._on_ha_status(msg.payload)
+            elif msg.topic in self.topics.command_topics:
+                self._handle_command(msg)
+            else:
+                log.warning("mqtt message on unexpected topic=%s", msg.topic)
+        except Exception:
+            log.exception("mqtt message handling failed topic=%s", msg.topic)
+        finally:
+            # manual_ack: only now, after on_command has returned (and committed), may the broker forget
+            # the message. A crash before this line leaves it unacknowledged and the broker redelivers.
+            if msg.qos > 0:
+                try:
+                    client.ack(msg.mid, msg.qos)
+                except Exception:
+                    log.exception("mqtt ack failed mid=%s", msg.mid)
+
+    def _on_ha_status(self, payload: bytes) -> None:
+        if payload.strip() == ONLINE.encode():
+            log.info("home assistant online: republishing discovery")
+            with self._lock:
+                self._schedule.discovery = True
+                self._schedule.status_due_monotonic = 0.0
+            self._wake.set()
+
+    def _handle_command(self, msg: mqtt.MQTTMessage) -> None:
+        self._stats.commands += 1
+        envelope = decode_command(bytes(msg.payload))
+        if envelope.command is None:
+            reply: Mapping[str, Any] = error_reply(None, envelope.error or "malformed command")
+        else:
+            command: Mapping[str, Any] = envelope.command
+            if command.get("action") == OPEN_NOW:
+                command = expand_open_now(command, self._clock_ns())
+            reply = self._call_on_command(command)
+        if not reply.get("ok"):
+            self._stats.command_errors += 1
+        log.info("incident command topic=%s action=%s id=%s ok=%s duplicate=%s error=%s redelivered=%s",
+                 msg.topic, reply.get("action"), reply.get("id"), reply.get("ok"), reply.get("duplicate"),
+                 reply.get("error"), bool(msg.dup))
+        self._publish_reply(msg, envelope, reply)
+
+    def _call_on_command(self, command: Mapping[str, Any]) -> Mapping[str, Any]:
+        try:
+            reply = self._on_command(command)
+            if not isinstance(reply, Mapping):
+                raise TypeError(f"on_command returned {type(reply).__name__}, not a mapping")
+            return reply
+        except Exception:
+            log.exception("incident command handler failed action=%s id=%s", command.get("action"),
+                          command.get("id"))
+            self._stats.internal_errors += 1
+            return error_reply(command, INTERNAL_ERROR)
+
+    def _publish_reply(self, msg: mqtt.MQTTMessage, envelope: Envelope, reply: Mapping[str, Any]) -> None:
+        device_id = self._config.device_id
+        try:
+            payload = finish_reply(reply, envelope, device_id)
+        except (TypeError, ValueError):
+            log.exception("incident reply not serialisable id=%s", reply.get("id"))
+            self._stats.internal_errors += 1
+            payload = finish_reply(error_reply(reply, INTERNAL_ERROR), envelope, device_id)
+        self._publish(self.topics.result, payload, retain=False, queue=True)
+        response_topic = getattr(msg.properties, "ResponseTopic", None) if msg.properties else None
+        if response_topic:
+            props = Properties(PacketTypes.PUBLISH)
+            correlation = getattr(msg.properties, "CorrelationData", None)
+            if correlation is not None:
+                props.CorrelationData = correlation
+            self._publish(response_topic, payload, retain=False, queue=True, properties=props)

@@ -1,0 +1,484 @@
+"""One camera's recorder: source -> keyframe segmenter -> encrypted segment files, in its own thread.
+
+The recorder connects to the camera, hands every packet to the segmenter (which muxes MPEG-TS straight
+into an encrypting ``SegmentWriter``), seals segments, reconnects with capped exponential backoff and
+jitter, and reports the gaps in the footage. A small timer thread polls the open writer so footage
+reaches the disk within ``flush_seconds`` even when the camera is quiet. Nothing decoded, and nothing
+unencrypted, is ever written to the data directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from . import clock as kernel_clock
+from .config import CameraConfig, DurabilityConfig
+from .errors import EdgerecError, SourceError
+from .segfile import PARTIAL_SUFFIX, SealedSegment, SegmentMeta, SegmentWriter
+from .segmenter import Segmenter, SegmentSummary, SinkFailed
+from .source import Source, open_source
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SUFFIX = ".seg"
+CONTAINER = "mpegts"
+POLL_INTERVAL_S = 0.2
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAX_S = 30.0
+RATE_WINDOW_S = 5  # fps and bitrate are averaged over this many whole seconds
+NS_PER_MS = 1_000_000
+NAME_COLLISION_TRIES = 1000
+
+
+# ----- pure helpers -------------------------------------------------------------------------------------
+def segment_path(data_dir: Path, camera: str, start_ns: int) -> Path:
+    """``<data_dir>/<camera>/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.mmmZ>.seg`` (UTC): sortable, filesystem-safe."""
+    seconds, rest_ns = divmod(start_ns, 1_000_000_000)
+    when = datetime.fromtimestamp(seconds, UTC)
+    name = f"{when:%Y%m%dT%H%M%S}.{rest_ns // NS_PER_MS:03d}Z{SEGMENT_SUFFIX}"
+    return Path(data_dir) / camera / f"{when:%Y-%m-%d}" / name
+
+
+def backoff_delay(attempt: int, rand: Callable[[], float] = random.random,
+                  initial_s: float = BACKOFF_INITIAL_S, max_s: float = BACKOFF_MAX_S) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0-based): doubling from ``initial_s`` up to ``max_s``,
+    with "equal jitter" (between half and all of it) so that many cameras do not retry in step."""
+    base = min(max_s, initial_s * 2 ** min(attempt, 30))
+    return base / 2 + base / 2 * rand()
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """Where this camera's hash chain continues: from the catalog's last segment of the camera."""
+
+    next_sequence: int
+    prev_digest: bytes
+
+
+@dataclass(frozen=True)
+class RecorderClock:
+    """The clocks the recorder reads; injectable for tests."""
+
+    wall_ns: Callable[[], int] = time.time_ns
+    monotonic_ns: Callable[[], int] = kernel_clock.monotonic_ns
+    clock_synced: Callable[[], bool] = kernel_clock.clock_synced
+    boot_id: Callable[[], str] = kernel_clock.boot_id
+
+
+@dataclass(frozen=True)
+class RecorderStats:
+    """A snapshot of one recorder, cheap to take from any thread."""
+
+    camera: str
+    state: str  # connecting | recording | backoff | waiting_disk | stopped | error
+    connected: bool
+    fps: float
+    bitrate_bps: float
+    last_packet_monotonic: float | None
+    last_packet_age_s: float | None
+    segments: int  # sealed by this recorder since it started
+    bytes: int  # segment file bytes sealed by this recorder
+    last_error: str | None
+    reconnects: int
+    dropped_packets: int = 0  # leading non-keyframes, refused by the muxer, or while the disk was full
+    health: dict[str, Any] | None = None
+
+
+class _RateWindow:
+    """Packets and bytes per second over the last whole seconds (1-second buckets; O(1) per packet)."""
+
+    def __init__(self, seconds: int = RATE_WINDOW_S):
+        self.seconds = seconds
+        self._buckets: dict[int, list[int]] = {}
+
+    def add(self, now_s: float, size: int) -> None:
+        second = int(now_s)
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            for old in [s for s in self._buckets if s <= second - self.seconds - 1]:
+                del self._buckets[old]
+            bucket = self._buckets[second] = [0, 0]
+        bucket[0] += 1
+        bucket[1] += size
+
+    def rates(self, now_s: float) -> tuple[float, float]:
+        """(packets/s, bits/s) over the last ``seconds`` complete seconds."""
+        current = int(now_s)
+        seen = {s: b for s, b in list(self._buckets.items()) if current - self.seconds <= s < current}
+        if not seen:
+            return 0.0, 0.0
+        span_s = current - min(seen)  # shorter than the window just after (re)connecting
+        return (sum(b[0] for b in seen.values()) / span_s, sum(b[1] for b in seen.values()) * 8 / span_s)
+
+
+class Recorder:
+    """Records one camera in a thread named ``rec-<camera>``."""
+
+    def __init__(
+        self,
+        camera: CameraConfig,
+        *,
+        data_dir: Path,
+        device_id: str,
+        segment_seconds: float,
+        durability: DurabilityConfig,
+        recipients: Sequence[X25519PublicKey],
+        signing_key: Ed25519PrivateKey,
+        chain: ChainState,
+        on_sealed: Callable[[SealedSegment], None],
+        on_gap: Callable[[str, int, int, str], None] = lambda camera, from_ns, to_ns, reason: None,
+        may_start_segment: Callable[[], bool] = lambda: True,
+        exit_at_eof: bool = False,
+        clock: RecorderClock | None = None,
+        health_thresholds: Any = None,
+        on_health: Callable[[str, Any], None] | None = None,
+        open_source_fn: Callable[..., Source] = open_source,
+        rand: Callable[[], float] = random.random,
+    ):
+        self.camera = camera
+        self.data_dir = Path(data_dir)
+        self.device_id = device_id
+        self.segment_seconds = segment_seconds
+        self.durability = durability
+        self.recipients = list(recipients)
+        self.signing_key = signing_key
+        self.chain = chain
+        self.exit_at_eof = exit_at_eof
+        self._on_sealed = on_sealed
+        self._on_gap = on_gap
+        self._may_start_segment = may_start_segment
+        self._clock = clock or RecorderClock()
+        self._open_source = open_source_fn
+        self._rand = rand
+        self._health_thresholds = health_thresholds
+        self._on_health = on_health
+
+        self._stop = threading.Event()
+        self._done = threading.Event()  # set when the recording thread has finished
+        self._lock = threading.Lock()  # guards the fields read by stats()
+        self._thread = threading.Thread(target=self._run, name=f"rec-{camera.name}", daemon=True)
+        self._flusher = threading.Thread(target=self._flush_loop, name=f"rec-{camera.name}-flush",
+                                         daemon=True)
+        self._source: Source | None = None
+        self._writer: SegmentWriter | None = None
+        self._codec = "h264"
+        self._health: Any = None
+        self.finished = False
+
+        self._state = "connecting"
+        self._connected = False
+        self._rate = _RateWindow()
+        self._last_packet_mono: float | None = None
+        self._segments = 0
+        self._bytes = 0
+        self._last_error: str | None = None
+        self._reconnects = 0
+        self._dropped = 0
+        self._gap_from_ns: int | None = None  # start of a gap in the footage not reported yet
+        self._gap_reason = ""
+        self._last_end_ns: int | None = None
+        self._started_wall_ns = 0
+
+    # ----- public ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._start_health()
+        self._thread.start()
+        self._flusher.start()
+
+    def stop(self, timeout: float) -> None:
+        """Seal the open segment, close the source and join the threads (waits at most ``timeout``)."""
+        self._stop.set()
+        source = self._source
+        if source is not None:
+            source.interrupt()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("recorder did not stop in time camera=%s timeout_s=%.1f", self.camera.name, timeout)
+        if self._flusher.is_alive():
+            self._flusher.join(max(1.0, POLL_INTERVAL_S * 5))
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stats(self) -> RecorderStats:
+        now = time.monotonic()
+        with self._lock:
+            fps, bitrate = self._rate.rates(now)
+            last = self._last_packet_mono
+            health = self._health.snapshot() if self._health is not None else None
+            return RecorderStats(
+                camera=self.camera.name,
+                state=self._state,
+                connected=self._connected,
+                fps=fps,
+                bitrate_bps=bitrate,
+                last_packet_monotonic=last,
+                last_packet_age_s=None if last is None else max(0.0, now - last),
+                segments=self._segments,
+                bytes=self._bytes,
+                last_error=self._last_error,
+                reconnects=self._reconnects,
+                dropped_packets=self._dropped,
+                health=health,
+            )
+
+    # ----- the recording thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        attempt = 0
+        self._started_wall_ns = self._clock.wall_ns()
+        try:
+            while not self._stop.is_set():
+                self._set(state="connecting")
+                got_packets, ended, error = self._record_once()
+                if self._stop.is_set():
+                    break
+                if ended and (self.exit_at_eof or (self.camera.kind == "file" and not self.camera.loop)):
+                    self.finished = True
+                    log.info("source ended camera=%s", self.camera.name)
+                    break
+                if got_packets:
+                    attempt = 0
+                reason = error or "end of input"
+                if self._gap_from_ns is None:
+                    self._gap_from_ns = self._last_end_ns or self._started_wall_ns
+                    self._gap_reason = reason
+                delay = backoff_delay(attempt, self._rand)
+                attempt += 1
+                with self._lock:
+                    self._reconnects += 1
+                    self._state = "backoff"
+                log.warning("camera disconnected camera=%s reason=%s retry_in_s=%.1f", self.camera.name,
+                            reason, delay)
+                self._stop.wait(delay)
+        except Exception as exc:
+            self._set(state="error", last_error=f"{type(exc).__name__}: {exc}")
+            log.exception("recorder failed camera=%s", self.camera.name)
+            raise
+        finally:
+            self._report_pending_gap(self._clock.wall_ns())
+            self._stop_health()
+            with self._lock:
+                self._connected = False
+                if self._state != "error":
+                    self._state = "stopped"
+            self._done.set()
+
+    def _record_once(self) -> tuple[bool, bool, str | None]:
+        """One connection: open, record until the input ends or fails. Returns (got packets, ended, error)."""
+        try:
+            source = self._open_source(self.camera, cancel=self._stop)
+        except SourceError as exc:
+            self._set(last_error=str(exc))
+            return False, False, str(exc)
+        self._source = source
+        if self._stop.is_set():
+            source.interrupt()
+        self._codec = source.info.codec
+        segmenter = Segmenter(source.stream, segment_seconds=self.segment_seconds,
+                              open_sink=self._open_writer, close_sink=self._seal_writer,
+                              abort_sink=self._abandon_writer, camera=self.camera.name)
+        self._set(state="recording", connected=True)
+        packets = 0
+        error: str | None = None
+        try:
+            error, packets = self._pump(source, segmenter)
+        finally:
+            try:
+                segmenter.finish()
+            except SinkFailed as exc:
+                error = f"segment write failed: {exc}"
+                self._set(last_error=error)
+            finally:
+                self._add_dropped(segmenter)
+                source.close()
+                self._source = None
+                self._set(connected=False)
+        if error is None and not self._stop.is_set():
+            return packets > 0, source.ended, None
+        return packets > 0, False, error
+
+    def _pump(self, source: Source, segmenter: Segmenter) -> tuple[str | None, int]:
+        """The packet loop: (error message, or None at the end of input or on stop; packets read)."""
+        wall_ns = self._clock.wall_ns
+        health = self._health
+        codec_context = source.stream.codec_context
+        count = 0
+        try:
+            for packet in source.packets():
+                if self._stop.is_set():
+                    return None, count
+                count += 1
+                arrival_ns = wall_ns()
+                now = time.monotonic()
+                with self._lock:
+                    self._last_packet_mono = now
+                    self._rate.add(now, packet.size)
+                if health is not None and packet.is_keyframe:
+                    health.offer(packet, codec_context=codec_context)
+                segmenter.push(packet, arrival_ns)
+        except SourceError as exc:
+            self._set(last_error=str(exc))
+            return str(exc), count
+        except SinkFailed as exc:
+            message = f"segment write failed: {exc}"
+            self._set(state="error", last_error=message)
+            return message, count
+        return None, count
+
+    # ----- segment files -----------------------------------------------------------------------------------
+    def _open_writer(self, start_ns: int) -> SegmentWriter | None:
+        """The segmenter's ``open_sink``: a new encrypted segment file, or None while the disk is full."""
+        if not self._may_start_segment():
+            if self._state != "waiting_disk":
+                log.warning("segment not started: disk full camera=%s", self.camera.name)
+                self._set(state="waiting_disk")
+                if self._gap_from_ns is None:
+                    self._gap_from_ns = self._last_end_ns or start_ns
+                    self._gap_reason = "disk full"
+            return None
+        path = self._free_path(start_ns)
+        now_wall, now_mono = self._clock.wall_ns(), self._clock.monotonic_ns()
+        meta = SegmentMeta(
+            device_id=self.device_id,
+            camera=self.camera.name,
+            sequence=self.chain.next_sequence,
+            start_ns=start_ns,
+            clock_synced=self._clock.clock_synced(),
+            boot_id=self._clock.boot_id(),
+            # The monotonic time at start_ns (which lies in the past, or ahead during a fast file ingest).
+            monotonic_ns=now_mono - (now_wall - start_ns),
+            codec=self._codec,
+            container=CONTAINER,
+            prev_digest=self.chain.prev_digest,
+        )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            writer = SegmentWriter(path, meta, self.recipients, self.signing_key,
+                                   flush_seconds=self.durability.flush_seconds,
+                                   fsync_seconds=self.durability.fsync_seconds)
+        except OSError as exc:
+            raise SinkFailed(f"cannot create {path}: {exc.strerror or exc}") from exc
+        self._writer = writer
+        self._report_pending_gap(start_ns)
+        if self._state != "recording":
+            self._set(state="recording")
+        return writer
+
+    def _free_path(self, start_ns: int) -> Path:
+        """The segment's path; a start time already taken (same millisecond) moves on by 1 ms."""
+        for bump in range(NAME_COLLISION_TRIES):
+            path = segment_path(self.data_dir, self.camera.name, start_ns + bump * NS_PER_MS)
+            if not path.exists() and not path.with_name(path.name + PARTIAL_SUFFIX).exists():
+                return path
+        raise EdgerecError(f"camera {self.camera.name}: no free segment name near {path}")
+
+    def _seal_writer(self, writer: SegmentWriter, summary: SegmentSummary) -> None:
+        """The segmenter's ``close_sink``: seal, advance the hash chain, hand the segment to the catalog."""
+        self._writer = None
+        try:
+            sealed = writer.close()
+        except Exception as exc:
+            raise SinkFailed(f"cannot seal {writer.path}: {exc}") from exc
+        self._after_seal(sealed, summary.end_ns)
+
+    def _abandon_writer(self, writer: SegmentWriter, error: BaseException) -> None:
+        """The segmenter's ``abort_sink`` after a write failure: seal what is there if the disk lets us;
+        otherwise the ``.partial`` stays for start-up recovery."""
+        self._writer = None
+        log.error("segment write failed camera=%s path=%s error=%s", self.camera.name, writer.path, error)
+        try:
+            sealed = writer.close()
+        except Exception as exc:
+            log.error("segment left for recovery camera=%s path=%s error=%s", self.camera.name,
+                      writer.partial_path, exc)
+            return
+        self._after_seal(sealed, sealed.end_ns)
+
+    def _after_seal(self, sealed: SealedSegment, end_ns: int) -> None:
+        self.chain = ChainState(next_sequence=sealed.meta.sequence + 1, prev_digest=sealed.digest)
+        self._last_end_ns = end_ns
+        with self._lock:
+            self._segments += 1
+            self._bytes += sealed.size_bytes
+        try:
+            self._on_sealed(sealed)
+        except Exception:
+            # The sealed file is the truth; start-up reconciliation adopts a file the catalog missed.
+            log.exception("sealed-segment callback failed camera=%s path=%s", self.camera.name, sealed.path)
+
+    def _report_pending_gap(self, to_ns: int) -> None:
+        """Report the footage gap that began at the last disconnect (or start), now that it has ended."""
+        from_ns, self._gap_from_ns = self._gap_from_ns, None
+        if from_ns is None:
+            return
+        if self._last_end_ns is not None:
+            from_ns = max(from_ns, self._last_end_ns)
+        if to_ns <= from_ns:
+            return
+        log.info("footage gap camera=%s from_ns=%d to_ns=%d reason=%s", self.camera.name, from_ns, to_ns,
+                 self._gap_reason)
+        try:
+            self._on_gap(self.camera.name, from_ns, to_ns, self._gap_reason)
+        except Exception:
+            log.exception("gap callback failed camera=%s", self.camera.name)
+
+    # ----- flush timer, health, bookkeeping ----------------------------------------------------------
+    def _flush_loop(self) -> None:
+        """Seal pending chunks on time even when no packet arrives (a quiet or stalled camera)."""
+        while not self._done.wait(POLL_INTERVAL_S):
+            writer = self._writer
+            if writer is not None:
+                try:
+                    writer.poll()
+                except Exception as exc:
+                    self._set(last_error=f"flush failed: {exc}")
+                    log.error("segment flush failed camera=%s error=%s", self.camera.name, exc)
+
+    def _start_health(self) -> None:
+        if self._health_thresholds is None or not self.camera.health:
+            return
+        from .health import HealthWorker
+
+        on_health = self._on_health
+        name = self.camera.name
+
+        def on_change(change: Any) -> None:
+            if on_health is not None:
+                on_health(name, change)
+
+        self._health = HealthWorker(name, self._health_thresholds, on_change)
+
+    def _stop_health(self) -> None:
+        health = self._health
+        if health is not None:
+            health.stop()
+
+    def _add_dropped(self, segmenter: Segmenter) -> None:
+        c = segmenter.counters
+        with self._lock:
+            self._dropped += c.dropped_leading + c.dropped_no_sink + c.mux_errors
+
+    def _set(self, *, state: str | None = None, connected: bool | None = None,
+             last_error: str | None = None) -> None:
+        with self._lock:
+            if state is not None:
+                self._state = state
+            if connected is not None:
+                self._connected = connected
+            if last_error is not None:
+                self._last_error = last_error

@@ -1,0 +1,470 @@
+"""Retention: the pure policy that decides which segments to delete and why, and the sweeper that
+applies it with the delete protocol and writes the audit log.
+
+The policy (``plan_deletions``) takes candidate segments, the incidents, a time, the policy values and
+the disk state, and returns deletions with their reasons:
+
+- ``age``: the segment ended more than ``retention_days`` (per camera, default 28) ago;
+- ``released``: the same, but an incident held it past its age; it goes once the hold is released
+  (close + grace period);
+- ``disk_pressure``: free space is under ``min_free``; the oldest *unheld* footage across cameras goes
+  first, even if younger than its age, until back above the mark. Held footage never goes for space;
+  when only held footage is left the plan says ``disk_full``.
+
+Footage with an implausible recording time is never chosen (the catalog marks it; it is re-dated or
+bounded first, see ``clock``).
+
+Cost: the sweeper hands the policy only candidates, never the whole catalog: per camera the segments
+older than its cutoff (an index range), and, only under disk pressure, the oldest segments across
+cameras a page at a time until the plan frees enough. A sweep's cost therefore grows with what it
+deletes (plus footage held past its age), not with the size of the catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import clock as clockmod
+from .catalog import Catalog, IncidentRow, SegmentRow
+from .incidents import WindowIndex
+
+log = logging.getLogger(__name__)
+
+DAY_NS = 86_400 * 1_000_000_000
+DEFAULT_RETENTION_DAYS = 28.0
+REASONS = ("age", "released", "disk_pressure")
+DELETE_BATCH = 1000  # rows per mark/unlink/drop round: the catalog lock is never held for long
+AUDIT_PATHS_PER_LINE = 500
+PRESSURE_FIRST_PAGE = 1024
+QUARANTINE_DIR = "quarantine"
+_DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+# ----- the policy (pure) ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiskState:
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    default_days: float = DEFAULT_RETENTION_DAYS
+    camera_days: Mapping[str, float] = field(default_factory=dict)
+    min_free_bytes: int | None = None
+    min_free_pct: float | None = 5.0
+    release_grace_ns: int = 7 * DAY_NS
+
+    @classmethod
+    def from_config(cls, config: Any) -> RetentionPolicy:
+        r = config.retention
+        return cls(
+            default_days=r.days,
+            camera_days={c.name: c.retention_days for c in config.cameras if c.retention_days is not None},
+            min_free_bytes=r.min_free_bytes,
+            min_free_pct=r.min_free_pct,
+            release_grace_ns=int(config.incidents.release_grace_days * DAY_NS),
+        )
+
+    def retention_ns(self, camera: str) -> int:
+        return int(self.camera_days.get(camera, self.default_days) * DAY_NS)
+
+    @property
+    def max_retention_ns(self) -> int:
+        return int(max([self.default_days, *self.camera_days.values()]) * DAY_NS)
+
+    def min_free_target(self, disk: DiskState) -> int:
+        """Free bytes the disk should keep."""
+        if self.min_free_bytes is not None:
+            return self.min_free_bytes
+        if self.min_free_pct is not None:
+            return int(disk.total_bytes * self.min_free_pct / 100.0)
+        return 0
+
+
+@dataclass(frozen=True)
+class Deletion:
+    segment_id: int
+    reason: str  # age | released | disk_pressure
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """What to delete; ``disk_full``: under the free-space mark and only held (or undatable) footage left.
+    ``shortfall_bytes``: how far the plan stays below the mark (0 when it reaches it)."""
+
+    deletions: tuple[Deletion, ...]
+    disk_full: bool = False
+    shortfall_bytes: int = 0
+    freed_bytes: int = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.deletions)
+
+    def __len__(self) -> int:
+        return len(self.deletions)
+
+
+def plan_deletions(segments: Iterable[SegmentRow], incidents: Iterable[IncidentRow], now_ns: int,
+                   policy: RetentionPolicy, disk: DiskState, *, complete: bool = True) -> RetentionPlan:
+    """Decide which of ``segments`` to delete at ``now_ns`` and why.
+
+    ``segments`` are the candidates (duplicates are ignored); ``complete`` says they include every
+    deletable segment, so that a remaining shortfall means the disk is full of held footage (when
+    False, the caller fetches more candidates and plans again).
+    """
+    grace_ns = policy.release_grace_ns
+    holding: list[tuple[str, int, int | None, Any]] = []
+    released: list[tuple[str, int, int | None, Any]] = []
+    for inc in incidents:
+        window = (inc.camera, inc.hold_start_ns, inc.hold_end_ns)
+        if inc.holds_at(now_ns, grace_ns):
+            holding.append((*window, None))
+        else:
+            released.append((*window, inc.released_ns(grace_ns)))
+    held = WindowIndex(holding)
+    released_index = WindowIndex(released)
+
+    deletions: list[Deletion] = []
+    spare: list[SegmentRow] = []  # unheld and not yet of age: what disk pressure may take
+    seen: set[int] = set()
+    freed = 0
+    for seg in segments:
+        if seg.id in seen or not seg.time_ok or seg.deleting_ns is not None:
+            continue
+        seen.add(seg.id)
+        if held.any_overlap(seg.camera, seg.start_ns, seg.end_ns):
+            continue
+        expiry_ns = seg.end_ns + policy.retention_ns(seg.camera)
+        if expiry_ns <= now_ns:
+            kept_past_age = any(r > expiry_ns for r in released_index.overlapping(seg.camera, seg.start_ns,
+                                                                                    seg.end_ns))
+            deletions.append(Deletion(seg.id, "released" if kept_past_age else "age"))
+            freed += seg.size_bytes
+        else:
+            spare.append(seg)
+
+    shortfall = max(0, policy.min_free_target(disk) - disk.free_bytes - freed)
+    if shortfall:
+        spare.sort(key=lambda s: (s.start_ns, s.id))
+        for seg in spare:
+            if shortfall <= 0:
+                break
+            deletions.append(Deletion(seg.id, "disk_pressure"))
+            freed += seg.size_bytes
+            shortfall -= seg.size_bytes
+        shortfall = max(0, shortfall)
+    return RetentionPlan(tuple(deletions), disk_full=bool(shortfall) and complete, shortfall_bytes=shortfall,
+                         freed_bytes=freed)
+
+
+# ----- the sweeper (I/O) ------------------------------------------------------------------------------
+def statvfs_disk_state(path: Path) -> DiskState:
+    st = os.statvfs(path)
+    return DiskState(total_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bavail * st.f_frsize)
+
+
+def _rfc3339(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class DeletedSegment:
+    id: int
+    camera: str
+    path: str
+    start_ns: int
+    end_ns: int
+    size_bytes: int
+    reason: str
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "camera": self.camera, "path": self.path, "start": _rfc3339(self.start_ns),
+                "end": _rfc3339(self.end_ns), "bytes": self.size_bytes, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    now_ns: int
+    time_source: str  # given | wall | monotonic
+    dry_run: bool
+    deleted: tuple[DeletedSegment, ...]
+    disk_full: bool
+    free_bytes: int
+    min_free_bytes: int
+    shortfall_bytes: int = 0
+    clock_jump_ns: int | None = None
+    redated: int = 0
+    finished_pending: int = 0
+    quarantine_deleted: int = 0
+    errors: tuple[str, ...] = ()
+    elapsed_s: float = 0.0
+
+    @property
+    def deleted_bytes(self) -> int:
+        return sum(d.size_bytes for d in self.deleted)
+
+    def by_reason(self) -> dict[str, int]:
+        counts = dict.fromkeys(REASONS, 0)
+        for d in self.deleted:
+            counts[d.reason] = counts.get(d.reason, 0) + 1
+        return counts
+
+    def lines(self) -> list[str]:
+        verb = "would delete" if self.dry_run else "deleted"
+        out = [f"{verb} {d.reason:<13} {d.path}  {_rfc3339(d.start_ns)} .. {_rfc3339(d.end_ns)}  "
+               f"{d.size_bytes} bytes" for d in self.deleted]
+        reasons = ", ".join(f"{k} {v}" for k, v in self.by_reason().items() if v) or "nothing"
+        out.append(f"retention at {_rfc3339(self.now_ns)} ({self.time_source} time): {verb} "
+                   f"{len(self.deleted)} segments, {self.deleted_bytes} bytes ({reasons})")
+        if self.disk_full:
+            out.append(f"DISK FULL: {self.shortfall_bytes} bytes short of the free-space mark and only held "
+                       "footage left; recording pauses until space returns")
+        out += [f"error: {e}" for e in self.errors]
+        return out
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "now": _rfc3339(self.now_ns), "time_source": self.time_source, "dry_run": self.dry_run,
+            "deleted": [d.to_json_dict() for d in self.deleted], "deleted_count": len(self.deleted),
+            "deleted_bytes": self.deleted_bytes, "by_reason": self.by_reason(), "disk_full": self.disk_full,
+            "free_bytes": self.free_bytes, "min_free_bytes": self.min_free_bytes,
+            "shortfall_bytes": self.shortfall_bytes,
+            "clock_jump_s": None if self.clock_jump_ns is None else self.clock_jump_ns / 1e9,
+            "redated": self.redated, "finished_pending": self.finished_pending,
+            "quarantine_deleted": self.quarantine_deleted, "errors": list(self.errors),
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+class Sweeper:
+    """Runs retention sweeps over a data directory: plan, then mark → unlink → drop, with audit lines.
+
+    ``free_space`` reads the disk (statvfs of the data directory by default); ``clock`` gives clock
+    readings (``clock.read_clock`` by default). Without an explicit ``now_ns`` a sweep runs on the time
+    ``clock.SweepClock`` allows, so clock jumps neither delete recent footage nor keep old footage forever.
+    """
+
+    def __init__(self, catalog: Catalog, audit: Any, config: Any, data_dir: Path | str,
+                 free_space: Callable[[], DiskState] | None = None,
+                 clock: Callable[[], clockmod.ClockReading] | None = None):
+        self.catalog = catalog
+        self.audit = audit
+        self.data_dir = Path(data_dir)
+        self.policy = RetentionPolicy.from_config(config)
+        self._free_space = free_space or (lambda: statvfs_disk_state(self.data_dir))
+        self._clock = clock or clockmod.read_clock
+        self._sweep_clock = clockmod.SweepClock(threshold_s=config.retention.sweep_interval_s)
+
+    def reconfigure(self, config: Any) -> None:
+        """Take a reloaded configuration, keeping what the sweep clock has learnt (a fresh Sweeper would
+        believe a wall clock that jumped ahead while unsynchronised)."""
+        self.policy = RetentionPolicy.from_config(config)
+        self._sweep_clock.threshold_ns = int(config.retention.sweep_interval_s * 1e9)
+
+    def below_min_free(self) -> bool:
+        """Is free space under the mark? (Cheap: one statvfs; the daemon asks every tick.)"""
+        disk = self._free_space()
+        return disk.free_bytes < self.policy.min_free_target(disk)
+
+    # ----- one sweep --------------------------------------------------------------------------------
+    def sweep(self, now_ns: int | None = None, dry_run: bool = False) -> SweepReport:
+        started = time.monotonic()
+        errors: list[str] = []
+        jump_ns = None
+        redated = finished = 0
+        if now_ns is None:
+            reading = self._clock()
+            chosen = self._sweep_clock.observe(reading, self.catalog.newest_plausible_end_ns())
+            now_ns, source, jump_ns = chosen.now_ns, chosen.source, chosen.jump_ns
+            if source != "wall":
+                log.warning("retention on monotonic time now=%s wall=%s (wall clock not believed)",
+                            _rfc3339(now_ns), _rfc3339(reading.wall_ns))
+            if chosen.trusted and not dry_run:
+                redated = self._redate(reading)
+        else:
+            source = "given"
+        if not dry_run:
+            finished = self._finish_pending(now_ns, errors)
+
+        plan, rows, disk = self._plan(now_ns)
+        deleted = tuple(DeletedSegment(r.id, r.camera, r.path, r.start_ns, r.end_ns, r.size_bytes, d.reason)
+                        for d in plan.deletions for r in (rows[d.segment_id],))
+        quarantine_deleted = 0
+        if not dry_run:
+            deleted = self._apply(deleted, now_ns, errors)
+            self.catalog.prune_gaps(now_ns - self.policy.max_retention_ns)
+            quarantine_deleted = self._expire_quarantine(now_ns, errors)
+        report = SweepReport(now_ns, source, dry_run, deleted, plan.disk_full, disk.free_bytes,
+                             self.policy.min_free_target(disk), plan.shortfall_bytes, jump_ns, redated,
+                             finished, quarantine_deleted, tuple(errors), time.monotonic() - started)
+        self._log(report)
+        return report
+
+    def _plan(self, now_ns: int) -> tuple[RetentionPlan, dict[int, SegmentRow], DiskState]:
+        cat, policy = self.catalog, self.policy
+        candidates: list[SegmentRow] = []
+        for camera in cat.cameras():
+            candidates += cat.expired_candidates(camera, now_ns - policy.retention_ns(camera))
+        candidates += cat.bounded_suspects()
+        relevant_since_ns = now_ns - policy.release_grace_ns - policy.max_retention_ns
+        incidents = cat.incidents(relevant_since_ns=relevant_since_ns)
+        disk = self._free_space()
+        plan = plan_deletions(candidates, incidents, now_ns, policy, disk, complete=False)
+        page, after = PRESSURE_FIRST_PAGE, None
+        while plan.shortfall_bytes:
+            # Under pressure: add the oldest footage across cameras, a growing page at a time.
+            more = cat.oldest_segments(page, after)
+            candidates += more
+            complete = len(more) < page
+            plan = plan_deletions(candidates, incidents, now_ns, policy, disk, complete=complete)
+            if complete:
+                break
+            after = (more[-1].start_ns, more[-1].id)
+            page *= 2
+        rows: dict[int, SegmentRow] = {}
+        for seg in candidates:
+            rows.setdefault(seg.id, seg)  # the first entry wins: a bounded suspect keeps its bounds
+        return plan, rows, disk
+
+    # ----- the delete protocol ----------------------------------------------------------------------
+    def _apply(self, planned: Sequence[DeletedSegment], now_ns: int,
+               errors: list[str]) -> tuple[DeletedSegment, ...]:
+        done: list[DeletedSegment] = []
+        for i in range(0, len(planned), DELETE_BATCH):
+            batch = planned[i : i + DELETE_BATCH]
+            ids = [d.id for d in batch]
+            self.catalog.mark_deleting(ids, now_ns)
+            # The audit line is written once the deletion is decided and marked: if power fails now,
+            # reconciliation finishes the unlinks and the log already says why.
+            self._audit_deletions(batch)
+            gone, dirs = self._unlink([(d.id, d.path) for d in batch], errors)
+            self.catalog.drop(gone)
+            gone_set = set(gone)
+            done += [d for d in batch if d.id in gone_set]
+            self._remove_empty_date_dirs(dirs, now_ns)
+        return tuple(done)
+
+    def _audit_deletions(self, batch: Sequence[DeletedSegment]) -> None:
+        by_reason: dict[str, list[DeletedSegment]] = {}
+        for d in batch:
+            by_reason.setdefault(d.reason, []).append(d)
+        for reason, items in by_reason.items():
+            for j in range(0, len(items), AUDIT_PATHS_PER_LINE):
+                part = items[j : j + AUDIT_PATHS_PER_LINE]
+                self.audit.append("segments_deleted", reason=reason, count=len(part),
+                                  bytes=sum(d.size_bytes for d in part), ids=[d.id for d in part],
+                                  paths=[d.path for d in part])
+        early = by_reason.get("disk_pressure")
+        if early:
+            log.warning("retention early deletion reason=disk_pressure segments=%d bytes=%d", len(early),
+                        sum(d.size_bytes for d in early))
+
+    def _unlink(self, items: Sequence[tuple[int, str]], errors: list[str]) -> tuple[list[int], set[str]]:
+        """Unlink segment files (a missing file counts as deleted); returns the ids gone and their
+        directories (plain strings: pathlib costs more than the unlink itself at tens of thousands)."""
+        gone: list[int] = []
+        dirs: set[str] = set()
+        root = os.fspath(self.data_dir) + "/"
+        for seg_id, rel in items:
+            try:
+                os.unlink(root + rel)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                errors.append(f"{root + rel}: cannot delete: {exc.strerror}")
+                log.error("segment delete failed path=%s error=%s", root + rel, exc)
+                continue
+            gone.append(seg_id)
+            dirs.add(root + rel.rpartition("/")[0])
+        for d in dirs:
+            _fsync_dir(d)
+        return gone, dirs
+
+    def _finish_pending(self, now_ns: int, errors: list[str]) -> int:
+        """Rows left marked by an earlier sweep (a failed unlink): delete their files and rows now."""
+        pending = self.catalog.marked_deleting()
+        if not pending:
+            return 0
+        gone, dirs = self._unlink([(r.id, r.path) for r in pending], errors)
+        self.catalog.drop(gone)
+        self._remove_empty_date_dirs(dirs, now_ns)
+        log.info("retention finished pending deletions segments=%d", len(gone))
+        return len(gone)
+
+    def _remove_empty_date_dirs(self, dirs: Iterable[str], now_ns: int) -> None:
+        """Remove emptied ``YYYY-MM-DD`` directories of days before yesterday (today's may be in use)."""
+        limit = datetime.fromtimestamp(now_ns / 1e9 - 86_400, UTC).strftime("%Y-%m-%d")
+        for d in dirs:
+            name = os.path.basename(d)
+            if not _DATE_DIR.match(name) or name >= limit or Path(d) == self.data_dir:
+                continue
+            try:
+                os.rmdir(d)
+            except OSError:
+                continue  # not empty, or already gone
+            log.info("retention removed empty directory path=%s", d)
+
+    def _redate(self, reading: clockmod.ClockReading) -> int:
+        suspects = self.catalog.suspect_segments(reading.boot_id)
+        if not suspects:
+            return 0
+        redates = clockmod.redate([(s.id, s.boot_id, s.monotonic_ns, s.start_ns, s.end_ns) for s in suspects],
+                                  reading)
+        n = self.catalog.apply_redates(redates)
+        if n:
+            self.audit.append("segments_redated", count=n, boot_id=reading.boot_id,
+                              ids=[r.segment_id for r in redates][:AUDIT_PATHS_PER_LINE])
+            log.warning("segments re-dated after clock sync count=%d boot_id=%s", n, reading.boot_id)
+        return n
+
+    def _expire_quarantine(self, now_ns: int, errors: list[str]) -> int:
+        """Quarantined files (damaged segments set aside at start-up) follow the default retention too."""
+        qdir = self.data_dir / QUARANTINE_DIR
+        if not qdir.is_dir():
+            return 0
+        cutoff_s = (now_ns - int(self.policy.default_days * DAY_NS)) / 1e9
+        removed = []
+        for path in sorted(qdir.rglob("*")):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff_s:
+                    path.unlink()
+                    removed.append(str(path.relative_to(self.data_dir)))
+            except OSError as exc:
+                errors.append(f"{path}: cannot delete: {exc.strerror}")
+        if removed:
+            self.audit.append("segments_deleted", reason="quarantine_age", count=len(removed), paths=removed)
+            log.info("retention deleted quarantined files count=%d", len(removed))
+        return len(removed)
+
+    @staticmethod
+    def _log(report: SweepReport) -> None:
+        reasons = " ".join(f"{k}={v}" for k, v in report.by_reason().items())
+        log.info("retention swept dry_run=%s now=%s time_source=%s deleted=%d bytes=%d %s disk_full=%s "
+                 "elapsed_s=%.3f", report.dry_run, _rfc3339(report.now_ns), report.time_source,
+                 len(report.deleted), report.deleted_bytes, reasons, report.disk_full, report.elapsed_s)
+        if report.disk_full:
+            log.error("disk full: only held footage left shortfall_bytes=%d", report.shortfall_bytes)
+
+
+def _fsync_dir(path: str | Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,1097 @@
+"""The encrypted segment file format, version 1: writer, crash recovery, reader and verifier.
+
+Pure file format: bytes in, an encrypted and signed file out, and back; it knows nothing of video or of
+the catalog. The byte-exact specification is ``docs/segment-format.md``; the constants and the small
+``encode_*``/``seal_chunk``/``open_chunk`` functions below are that specification in code, and the
+known-answer vectors in ``tests/vectors/`` pin them.
+
+In one paragraph: each segment has a fresh random file key, wrapped with HPKE for every recipient; the
+payload is cut into AES-256-GCM chunks (STREAM construction: nonce = chunk counter || last flag), each
+framed with an authenticated length, the writer's latest media end time and frame count, and a keyless
+integrity check; a trailer signed by the device's Ed25519 key commits to a SHA-256 of everything before
+it. A ``.partial`` file left by a crash keeps all its complete chunks (``recover_partial``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import SegmentError
+from .keys import device_key_id, format_key_id, key_id
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------------------- format constants
+
+MAGIC = b"EDGERSEG"
+FORMAT_VERSION = 1
+SUITE_V1 = 1  # HPKE(X25519, HKDF-SHA256, AES-256-GCM) + AES-256-GCM STREAM + SHA-256 + Ed25519
+PARTIAL_SUFFIX = ".partial"
+
+FILE_KEY_BYTES = 32
+STREAM_NONCE_BYTES = 16
+DIGEST_BYTES = 32
+KEY_ID_BYTES = 8
+HPKE_WRAPPED_BYTES = 32 + FILE_KEY_BYTES + 16  # enc || AES-256-GCM(file key) || tag
+STANZA_BYTES = KEY_ID_BYTES + HPKE_WRAPPED_BYTES
+HEADER_MAC_BYTES = 32
+TAG_BYTES = 16
+CHECK_BYTES = 16
+SIGNATURE_BYTES = 64
+STRING_MAX_BYTES = 255
+RECIPIENTS_MAX = 16
+HEADER_MAX_BYTES = 65536
+CHUNK_MAX_LIMIT_BYTES = 16 * 1024 * 1024
+FRAMES_MAX = 2**32 - 1
+
+# magic, version, suite, header_len, chunk_max_bytes, stream nonce, device public key, prev digest,
+# sequence, start_ns, monotonic_ns, clock_synced
+_HEADER_FIXED = struct.Struct(">8sHHII16s32s32sQqqB")
+_HEADER_STRINGS = ("device_id", "camera", "boot_id", "codec", "container")
+HEADER_MIN_BYTES = _HEADER_FIXED.size + len(_HEADER_STRINGS) + 1 + STANZA_BYTES + HEADER_MAC_BYTES
+
+KIND_CHUNK = 0x01
+KIND_FINAL_CHUNK = 0x02
+KIND_TRAILER = 0x03
+_CHUNK_PREFIX = struct.Struct(">BIqI")  # kind, ciphertext length, end_ns, frames
+CHUNK_OVERHEAD_BYTES = _CHUNK_PREFIX.size + TAG_BYTES + CHECK_BYTES
+
+STATE_SEALED = 1
+STATE_RECOVERED = 2
+_STATE_NAMES = {STATE_SEALED: "sealed", STATE_RECOVERED: "recovered"}
+_TRAILER_BODY = struct.Struct(">BBIQQqI32s")  # kind, state, chunks, payload, body bytes, end_ns, frames, hash
+TRAILER_BYTES = _TRAILER_BODY.size + SIGNATURE_BYTES
+
+# Domain-separation labels (ASCII); the spec lists them byte for byte.
+WRAP_INFO_LABEL = b"edgerec segment v1 wrap\x00"
+PAYLOAD_KEY_INFO = b"edgerec segment v1 payload"
+HEADER_MAC_KEY_INFO = b"edgerec segment v1 header mac"
+CHECK_LABEL = b"edgerec segment v1 chunk check\x00"
+TRAILER_SIG_LABEL = b"edgerec segment v1 trailer\x00"
+
+_HPKE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+_MAX_REPORTED_PROBLEMS = 100
+
+
+# -------------------------------------------------------------------------------------------- value types
+
+
+@dataclass(frozen=True)
+class SegmentMeta:
+    device_id: str
+    camera: str
+    sequence: int  # per-camera counter
+    start_ns: int  # UTC wall-clock ns of the first media
+    clock_synced: bool  # kernel said the clock was synchronised
+    boot_id: str  # /proc/sys/kernel/random/boot_id
+    monotonic_ns: int  # CLOCK_MONOTONIC (or BOOTTIME) at start_ns
+    codec: str  # "h264", "hevc", ...
+    container: str  # "mpegts"
+    prev_digest: bytes = bytes(DIGEST_BYTES)  # digest of this camera's previous segment; zeros for the first
+
+
+@dataclass(frozen=True)
+class SealedSegment:
+    """A closed, recovered or inspected segment."""
+
+    path: Path
+    meta: SegmentMeta
+    digest: bytes  # SHA-256 of the whole file, header to end of trailer: the hash-chain link
+    size_bytes: int
+    chunks: int
+    payload_bytes: int
+    frames: int  # as noted by the writer (recovered: as of the last complete chunk)
+    end_ns: int  # UTC ns of the end of the media (recovered: from the last complete chunk)
+    state: str  # "sealed" | "recovered"
+    device_key_id: bytes = b""  # id of the Ed25519 key that signed the trailer
+    recipient_key_ids: tuple[bytes, ...] = ()
+
+    @property
+    def duration_ns(self) -> int:
+        return max(0, self.end_ns - self.meta.start_ns)
+
+
+@dataclass(frozen=True)
+class Stanza:
+    offset: int
+    key_id: bytes
+    wrapped: bytes  # HPKE enc || ciphertext
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed header. Parsing checks structure only; the MAC needs the file key."""
+
+    raw: bytes
+    core_len: int  # bytes before the first stanza (what the HPKE info commits to)
+    chunk_max_bytes: int
+    stream_nonce: bytes
+    device_public: bytes  # raw Ed25519 public key
+    meta: SegmentMeta
+    stanzas: tuple[Stanza, ...]
+
+    @property
+    def mac(self) -> bytes:
+        return self.raw[-HEADER_MAC_BYTES:]
+
+    @property
+    def hash(self) -> bytes:
+        return hashlib.sha256(self.raw).digest()
+
+
+# ----------------------------------------------------------------------------- pure codec (the spec in code)
+
+
+def derive_keys(file_key: bytes, stream_nonce: bytes) -> tuple[bytes, bytes]:
+    """(payload key, header MAC key) = HKDF-SHA256(IKM=file key, salt=stream nonce, info=label)."""
+
+    def hkdf(info: bytes) -> bytes:
+        return HKDF(algorithm=SHA256(), length=32, salt=stream_nonce, info=info).derive(file_key)
+
+    return hkdf(PAYLOAD_KEY_INFO), hkdf(HEADER_MAC_KEY_INFO)
+
+
+def wrap_info(core: bytes) -> bytes:
+    """HPKE ``info`` for a header: label || SHA-256(header core). 56 bytes, below every HPKE info limit."""
+    return WRAP_INFO_LABEL + hashlib.sha256(core).digest()
+
+
+def header_mac(mac_key: bytes, header_without_mac: bytes) -> bytes:
+    return hmac.new(mac_key, header_without_mac, hashlib.sha256).digest()
+
+
+def _encode_string(name: str, value: str) -> bytes:
+    data = value.encode("utf-8")
+    if len(data) > STRING_MAX_BYTES:
+        raise ValueError(f"{name} is {len(data)} bytes in UTF-8; at most {STRING_MAX_BYTES} fit a header")
+    return bytes([len(data)]) + data
+
+
+def encode_header_core(
+    meta: SegmentMeta, chunk_max_bytes: int, stream_nonce: bytes, device_public: bytes, recipients: int
+) -> bytes:
+    """The header up to and including the recipient count (everything the stanzas and the MAC bind)."""
+    if len(meta.prev_digest) != DIGEST_BYTES:
+        raise ValueError(f"prev_digest must be {DIGEST_BYTES} bytes")
+    if not 1 <= recipients <= RECIPIENTS_MAX:
+        raise ValueError(f"a segment needs 1..{RECIPIENTS_MAX} recipients, got {recipients}")
+    if not 1 <= chunk_max_bytes <= CHUNK_MAX_LIMIT_BYTES:
+        raise ValueError(f"chunk_bytes must be 1..{CHUNK_MAX_LIMIT_BYTES}")
+    strings = b"".join(_encode_string(n, getattr(meta, n)) for n in _HEADER_STRINGS)
+    header_len = _HEADER_FIXED.size + len(strings) + 1 + recipients * STANZA_BYTES + HEADER_MAC_BYTES
+    fixed = _HEADER_FIXED.pack(
+        MAGIC, FORMAT_VERSION, SUITE_V1, header_len, chunk_max_bytes, stream_nonce, device_public,
+        meta.prev_digest, meta.sequence, meta.start_ns, meta.monotonic_ns, 1 if meta.clock_synced else 0,
+    )
+    return fixed + strings + bytes([recipients])
+
+
+def encode_header(
+    meta: SegmentMeta,
+    recipients: Sequence[X25519PublicKey],
+    device_public: bytes,
+    file_key: bytes,
+    stream_nonce: bytes,
+    chunk_max_bytes: int,
+) -> bytes:
+    """A complete header: core, one HPKE stanza per recipient, HMAC-SHA256 over all of it."""
+    core = encode_header_core(meta, chunk_max_bytes, stream_nonce, device_public, len(recipients))
+    info = wrap_info(core)
+    stanzas = []
+    for recipient in recipients:
+        wrapped = _HPKE.encrypt(file_key, recipient, info=info)
+        if len(wrapped) != HPKE_WRAPPED_BYTES:  # pragma: no cover - fixed by the suite
+            raise RuntimeError(f"HPKE output is {len(wrapped)} bytes, expected {HPKE_WRAPPED_BYTES}")
+        stanzas.append(key_id(recipient) + wrapped)
+    body = core + b"".join(stanzas)
+    return body + header_mac(derive_keys(file_key, stream_nonce)[1], body)
+
+
+def chunk_nonce(index: int, last: bool) -> bytes:
+    """STREAM nonce: 11-byte big-endian chunk counter || 0x01 for the final chunk, else 0x00."""
+    return index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+def chunk_prefix(last: bool, plaintext_len: int, end_ns: int, frames: int) -> bytes:
+    kind = KIND_FINAL_CHUNK if last else KIND_CHUNK
+    return _CHUNK_PREFIX.pack(kind, plaintext_len + TAG_BYTES, end_ns, frames)
+
+
+def chunk_check(header_hash: bytes, offset: int, prefix: bytes, ciphertext: bytes) -> bytes:
+    """Keyless integrity check of a chunk record: binds it to its header and its byte offset."""
+    h = hashlib.sha256(CHECK_LABEL)
+    h.update(header_hash)
+    h.update(offset.to_bytes(8, "big"))
+    h.update(prefix)
+    h.update(ciphertext)
+    return h.digest()[:CHECK_BYTES]
+
+
+def seal_chunk(
+    aead: AESGCM, header_hash: bytes, offset: int, index: int, last: bool, end_ns: int, frames: int,
+    plaintext: bytes,
+) -> bytes:
+    """One complete chunk record (prefix || ciphertext || tag || check) for file offset ``offset``."""
+    prefix = chunk_prefix(last, len(plaintext), end_ns, frames)
+    ciphertext = aead.encrypt(chunk_nonce(index, last), plaintext, header_hash + prefix)
+    return prefix + ciphertext + chunk_check(header_hash, offset, prefix, ciphertext)
+
+
+def open_chunk(aead: AESGCM, header_hash: bytes, index: int, prefix: bytes, ciphertext: bytes) -> bytes:
+    """Authenticate and decrypt chunk ``index``; raises InvalidTag."""
+    last = prefix[0] == KIND_FINAL_CHUNK
+    return aead.decrypt(chunk_nonce(index, last), ciphertext, header_hash + prefix)
+
+
+def trailer_signed_bytes(body: bytes) -> bytes:
+    return TRAILER_SIG_LABEL + body
+
+
+def encode_trailer(
+    state: int, chunks: int, payload_bytes: int, body_bytes: int, end_ns: int, frames: int,
+    file_hash: bytes, signing_key: Ed25519PrivateKey,
+) -> bytes:
+    body = _TRAILER_BODY.pack(
+        KIND_TRAILER, state, chunks, payload_bytes, body_bytes, end_ns, frames, file_hash
+    )
+    return body + signing_key.sign(trailer_signed_bytes(body))
+
+
+def _raw_public(pub: Ed25519PublicKey) -> bytes:
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def parse_header(raw: bytes, path: object = "<header>") -> Header:
+    """Parse complete header bytes (``header_len`` of them); SegmentError names the failing field."""
+
+    def fail(offset: int, what: str) -> SegmentError:
+        return SegmentError(path, offset, what)
+
+    if len(raw) < 16:
+        raise fail(len(raw), f"not an edgerec segment: only {len(raw)} bytes")
+    if raw[:8] != MAGIC:
+        raise fail(0, "not an edgerec segment (bad magic)")
+    version, suite, header_len = struct.unpack_from(">HHI", raw, 8)
+    if version != FORMAT_VERSION:
+        raise fail(8, f"unsupported format version {version} (this edgerec reads version {FORMAT_VERSION})")
+    if suite != SUITE_V1:
+        raise fail(10, f"unknown cipher suite {suite}")
+    if not HEADER_MIN_BYTES <= header_len <= HEADER_MAX_BYTES:
+        raise fail(12, f"header length {header_len} out of range {HEADER_MIN_BYTES}..{HEADER_MAX_BYTES}")
+    if len(raw) != header_len:
+        raise fail(len(raw), f"truncated header: {len(raw)} of {header_len} bytes")
+    (_, _, _, _, chunk_max, nonce, device_public, prev_digest, sequence, start_ns, mono_ns, synced) = (
+        _HEADER_FIXED.unpack_from(raw, 0)
+    )
+    if not 1 <= chunk_max <= CHUNK_MAX_LIMIT_BYTES:
+        raise fail(16, f"chunk size {chunk_max} out of range 1..{CHUNK_MAX_LIMIT_BYTES}")
+    if synced not in (0, 1):
+        raise fail(_HEADER_FIXED.size - 1, f"clock_synced flag is {synced}, must be 0 or 1")
+    pos = _HEADER_FIXED.size
+    strings: dict[str, str] = {}
+    for name in _HEADER_STRINGS:
+        n = raw[pos]
+        if pos + 1 + n > header_len - HEADER_MAC_BYTES:
+            raise fail(pos, f"{name} length {n} runs past the header")
+        try:
+            strings[name] = raw[pos + 1 : pos + 1 + n].decode("utf-8")
+        except UnicodeDecodeError:
+            raise fail(pos + 1, f"{name} is not valid UTF-8") from None
+        pos += 1 + n
+    count = raw[pos]
+    if not 1 <= count <= RECIPIENTS_MAX:
+        raise fail(pos, f"recipient count {count} out of range 1..{RECIPIENTS_MAX}")
+    core_len = pos + 1
+    expected_len = core_len + count * STANZA_BYTES + HEADER_MAC_BYTES
+    if expected_len != header_len:
+        raise fail(12, f"header length {header_len} does not match its contents ({expected_len} bytes)")
+    stanzas = tuple(
+        Stanza(o, raw[o : o + KEY_ID_BYTES], raw[o + KEY_ID_BYTES : o + STANZA_BYTES])
+        for o in range(core_len, core_len + count * STANZA_BYTES, STANZA_BYTES)
+    )
+    meta = SegmentMeta(
+        device_id=strings["device_id"], camera=strings["camera"], sequence=sequence, start_ns=start_ns,
+        clock_synced=bool(synced), boot_id=strings["boot_id"], monotonic_ns=mono_ns,
+        codec=strings["codec"], container=strings["container"], prev_digest=prev_digest,
+    )
+    return Header(raw, core_len, chunk_max, nonce, device_public, meta, stanzas)
+
+
+# ---------------------------------------------------------------------------------------------- the writer
+
+
+def partial_path_for(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentWriter:
+    """Writes one segment: encrypts as it goes, seals a chunk when full or ``flush_seconds`` old.
+
+    ``write``/``note``/``poll``/``close``/``abort`` may be called from different threads (one lock).
+    ``poll`` runs the time-based seal and the periodic ``fdatasync``; call it at least every
+    ``flush_seconds / 2`` from a timer thread. The ``fdatasync`` itself runs outside the main lock, so a
+    slow SD card never blocks ``write`` in the packet loop.
+
+    If an ``os.write`` fails (disk full), the torn bytes are cut off again and the error propagates; the
+    data stays buffered and a later call may succeed. If even that repair fails, the writer refuses
+    further work and the ``.partial`` is left for ``recover_partial``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        meta: SegmentMeta,
+        recipients: Sequence[X25519PublicKey],
+        signing_key: Ed25519PrivateKey,
+        *,
+        flush_seconds: float = 1.0,
+        fsync_seconds: float = 2.0,
+        chunk_bytes: int = 65536,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
+        if not 1 <= chunk_bytes <= CHUNK_MAX_LIMIT_BYTES:
+            raise ValueError(f"chunk_bytes must be 1..{CHUNK_MAX_LIMIT_BYTES}, got {chunk_bytes}")
+        _check_int64("start_ns", meta.start_ns)
+        _check_int64("monotonic_ns", meta.monotonic_ns)
+        if not 0 <= meta.sequence < 2**64:
+            raise ValueError("sequence must fit an unsigned 64-bit integer")
+        self._path = Path(path)
+        self._partial = partial_path_for(self._path)
+        self.meta = meta
+        self._signing_key = signing_key
+        self._flush_seconds = flush_seconds
+        self._fsync_seconds = fsync_seconds
+        self._chunk_bytes = chunk_bytes
+        self._monotonic = monotonic
+
+        file_key = os.urandom(FILE_KEY_BYTES)
+        stream_nonce = os.urandom(STREAM_NONCE_BYTES)
+        device_public = _raw_public(signing_key.public_key())
+        recipients = list(recipients)
+        header = encode_header(meta, recipients, device_public, file_key, stream_nonce, chunk_bytes)
+        self._aead = AESGCM(derive_keys(file_key, stream_nonce)[0])
+        del file_key  # only the derived payload key stays in RAM while the segment is open
+        self._header_hash = hashlib.sha256(header).digest()
+        self._recipient_ids = tuple(key_id(r) for r in recipients)
+
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._buf = bytearray()
+        self._first_pending: float | None = None
+        self._end_ns = meta.start_ns
+        self._frames = 0
+        self._index = 0
+        self._payload_bytes = 0
+        self._offset = 0
+        self._synced_offset = 0
+        self._hasher = hashlib.sha256()
+        self._closed = False
+        self._broken: BaseException | None = None
+
+        if self._path.exists():
+            raise FileExistsError(f"{self._path} already exists")
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            self._append(header)
+            os.fdatasync(self._fd)
+            # The directory entry must survive a power cut too, or recovery never finds the footage.
+            _fsync_dir(self._partial.parent)
+        except BaseException:
+            os.close(self._fd)
+            self._partial.unlink(missing_ok=True)
+            raise
+        self._last_sync = monotonic()
+        self._synced_offset = self._offset
+        log.debug("segment opened camera=%s sequence=%d path=%s", meta.camera, meta.sequence, self._partial)
+
+    # -- properties
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def partial_path(self) -> Path:
+        return self._partial
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes in the file so far (header and sealed chunks; not the data still buffered)."""
+        return self._offset
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._buf)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Plaintext bytes accepted so far, sealed or still buffered."""
+        return self._payload_bytes + len(self._buf)
+
+    @property
+    def chunks(self) -> int:
+        return self._index
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- public operations
+    def write(self, data: bytes) -> None:
+        """Buffer ``data``; seal and write a chunk when ``chunk_bytes`` are pending or the flush is due."""
+        if not data:
+            return
+        with self._lock:
+            self._check_usable()
+            now = self._monotonic()
+            if not self._buf:
+                self._first_pending = now
+            self._buf += data
+            while len(self._buf) >= self._chunk_bytes:
+                self._seal(last=False)
+            if self._buf and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
+                self._seal(last=False)
+
+    def note(self, end_ns: int, frames: int) -> None:
+        """Latest media end time (UTC ns) and frame count; stored in every chunk sealed from now on."""
+        _check_int64("end_ns", end_ns)
+        if not 0 <= frames <= FRAMES_MAX:
+            raise ValueError(f"frames must be 0..{FRAMES_MAX}")
+        with self._lock:
+            self._end_ns = end_ns
+            self._frames = frames
+
+    def poll(self) -> None:
+        """Seal pending data older than ``flush_seconds``; fdatasync if ``fsync_seconds`` have passed."""
+        with self._lock:
+            if self._closed or self._broken is not None:
+                return
+            now = self._monotonic()
+            if self._buf and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
+                self._seal(last=False)
+            sync_to = self._offset
+            if sync_to <= self._synced_offset or now - self._last_sync < self._fsync_seconds:
+                return
+            self._last_sync = now
+        with self._sync_lock:
+            if self._closed:
+                return
+            os.fdatasync(self._fd)
+        with self._lock:
+            self._synced_offset = max(self._synced_offset, sync_to)
+
+    def close(self) -> SealedSegment:
+        """Final chunk, signed trailer, fdatasync, rename ``.partial`` to the final name, fsync the dir.
+
+        On an exception the file stays as ``.partial`` for ``recover_partial`` and the writer is done.
+        """
+        with self._lock:
+            self._check_usable()
+            try:
+                while len(self._buf) > self._chunk_bytes:
+                    self._seal(last=False)
+                self._seal(last=True)
+                body_bytes = self._offset
+                trailer = encode_trailer(
+                    STATE_SEALED, self._index, self._payload_bytes, body_bytes, self._end_ns, self._frames,
+                    self._hasher.digest(), self._signing_key,
+                )
+                self._append(trailer)
+            except BaseException:
+                self._release_fd()
+                raise
+            self._release_fd(sync=True)
+            os.rename(self._partial, self._path)
+            _fsync_dir(self._path.parent)
+            sealed = SealedSegment(
+                path=self._path, meta=self.meta, digest=self._hasher.digest(), size_bytes=self._offset,
+                chunks=self._index, payload_bytes=self._payload_bytes, frames=self._frames,
+                end_ns=self._end_ns, state="sealed",
+                device_key_id=device_key_id(self._signing_key.public_key()),
+                recipient_key_ids=self._recipient_ids,
+            )
+        log.info(
+            "segment sealed camera=%s sequence=%d path=%s chunks=%d bytes=%d",
+            self.meta.camera, self.meta.sequence, self._path, sealed.chunks, sealed.size_bytes,
+        )
+        return sealed
+
+    def abort(self) -> None:
+        """Stop and delete the ``.partial`` (the segment is discarded). Does nothing after ``close``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._release_fd()
+            self._buf.clear()
+            self._partial.unlink(missing_ok=True)
+        log.info("segment aborted camera=%s sequence=%d path=%s", self.meta.camera, self.meta.sequence,
+                 self._partial)
+
+    # -- internals (called with self._lock held)
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"segment writer for {self._path} is closed")
+        if self._broken is not None:
+            raise SegmentError(
+                self._partial, self._offset,
+                f"writer stopped after an I/O error ({self._broken}); recover the .partial file",
+            )
+
+    def _seal(self, last: bool) -> None:
+        n = len(self._buf) if last else min(len(self._buf), self._chunk_bytes)
+        plaintext = bytes(self._buf[:n])
+        record = seal_chunk(
+            self._aead, self._header_hash, self._offset, self._index, last, self._end_ns, self._frames,
+            plaintext,
+        )
+        self._append(record)
+        del self._buf[:n]
+        self._index += 1
+        self._payload_bytes += n
+        self._first_pending = self._monotonic() if self._buf else None
+
+    def _append(self, data: bytes) -> None:
+        """Write ``data`` at the end of the file in one ``os.write``; on failure cut the torn bytes."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._offset)
+                os.lseek(self._fd, self._offset, os.SEEK_SET)
+            except OSError:
+                self._broken = exc
+            log.error("segment write failed path=%s offset=%d error=%s", self._partial, self._offset, exc)
+            raise
+        self._hasher.update(data)
+        self._offset += len(data)
+
+    def _release_fd(self, *, sync: bool = False) -> None:
+        self._closed = True
+        with self._sync_lock:
+            try:
+                if sync:
+                    os.fdatasync(self._fd)
+            finally:
+                os.close(self._fd)
+
+
+def _check_int64(name: str, value: int) -> None:
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"{name} must fit a signed 64-bit integer")
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    index: int
+    offset: int
+    prefix: bytes
+    ciphertext: bytes
+    check_ok: bool
+
+    @property
+    def last(self) -> bool:
+        return self.prefix[0] == KIND_FINAL_CHUNK
+
+    @property
+    def end_ns(self) -> int:
+        return _CHUNK_PREFIX.unpack(self.prefix)[2]
+
+    @property
+    def frames(self) -> int:
+        return _CHUNK_PREFIX.unpack(self.prefix)[3]
+
+    @property
+    def end_offset(self) -> int:
+        return self.offset + _CHUNK_PREFIX.size + len(self.ciphertext) + CHECK_BYTES
+
+
+@dataclass(frozen=True)
+class _Trailer:
+    offset: int
+    raw: bytes
+    computed_hash: bytes  # SHA-256 of the file before the trailer, as read
+
+    @property
+    def fields(self) -> tuple[int, int, int, int, int, int, int, bytes]:
+        return _TRAILER_BODY.unpack_from(self.raw, 0)
+
+
+@dataclass
+class _Tally:
+    """What the chunks read so far add up to (compared against the trailer)."""
+
+    chunks: int = 0
+    payload_bytes: int = 0
+    end_ns: int = 0
+    frames: int = 0
+    seen_final: bool = False
+
+    def add(self, chunk: _Chunk) -> None:
+        self.chunks += 1
+        self.payload_bytes += len(chunk.ciphertext) - TAG_BYTES
+        self.end_ns, self.frames = chunk.end_ns, chunk.frames
+        self.seen_final = self.seen_final or chunk.last
+
+
+class _Source:
+    """A segment file being read front to back: bounded reads, running SHA-256, offset for errors."""
+
+    def __init__(self, f: BinaryIO, path: Path):
+        self.f = f
+        self.path = path
+        self.size = os.fstat(f.fileno()).st_size
+        self.offset = 0
+        self.hasher = hashlib.sha256()
+
+    def read(self, n: int, what: str) -> bytes:
+        data = self.f.read(n)
+        if len(data) < n:
+            raise SegmentError(
+                self.path, self.offset, f"truncated {what}: needs {n} bytes, the file has {len(data)} left"
+            )
+        self.hasher.update(data)
+        self.offset += n
+        return data
+
+    def read_kind(self) -> tuple[int | None, bytes]:
+        """Read a record's type byte; for a trailer also SHA-256 of the file before it."""
+        data = self.f.read(1)
+        before = self.hasher.digest() if data == bytes([KIND_TRAILER]) else b""
+        self.hasher.update(data)
+        self.offset += len(data)
+        return (data[0] if data else None), before
+
+
+Report = Callable[[SegmentError], None]
+
+
+def _raise(error: SegmentError) -> None:
+    raise error
+
+
+def _read_header(src: _Source) -> Header:
+    if src.size < 16:
+        raise SegmentError(src.path, src.size, f"not an edgerec segment: only {src.size} bytes")
+    fixed = src.read(16, "header")
+    if fixed[:8] != MAGIC:
+        raise SegmentError(src.path, 0, "not an edgerec segment (bad magic)")
+    header_len = struct.unpack_from(">I", fixed, 12)[0]
+    if (
+        fixed[8:12] == struct.pack(">HH", FORMAT_VERSION, SUITE_V1)
+        and HEADER_MIN_BYTES <= header_len <= HEADER_MAX_BYTES
+    ):
+        return parse_header(fixed + src.read(header_len - 16, "header"), src.path)
+    return parse_header(fixed, src.path)  # raises, naming the bad field
+
+
+def _scan(src: _Source, header: Header, report: Report) -> Iterator[_Chunk | _Trailer]:
+    """Yield every chunk record, then the trailer; problems that keep the framing go to ``report``,
+    framing-breaking ones raise."""
+    header_hash = header.hash
+    max_ct = header.chunk_max_bytes + TAG_BYTES
+    index = 0
+    seen_final = False
+    while True:
+        start = src.offset
+        kind, hash_before = src.read_kind()
+        if kind is None:
+            raise SegmentError(
+                src.path, start,
+                f"missing trailer: the file ends after {index} chunks (not closed, or truncated)",
+            )
+        if kind in (KIND_CHUNK, KIND_FINAL_CHUNK):
+            rest = src.read(_CHUNK_PREFIX.size - 1, f"chunk {index} header")
+            prefix = bytes([kind]) + rest
+            _, ct_len, _, _ = _CHUNK_PREFIX.unpack(prefix)
+            if not TAG_BYTES <= ct_len <= max_ct:
+                raise SegmentError(
+                    src.path, start + 1,
+                    f"chunk {index} length {ct_len} out of range {TAG_BYTES}..{max_ct} (framing lost)",
+                )
+            if seen_final:
+                report(SegmentError(src.path, start, f"chunk {index} follows the final chunk"))
+            if kind == KIND_CHUNK and ct_len == TAG_BYTES:
+                report(SegmentError(src.path, start, f"chunk {index} is empty but not final"))
+            ciphertext = src.read(ct_len, f"chunk {index}")
+            check_offset = src.offset
+            check = src.read(CHECK_BYTES, f"chunk {index} check")
+            check_ok = hmac.compare_digest(check, chunk_check(header_hash, start, prefix, ciphertext))
+            if not check_ok:
+                report(SegmentError(
+                    src.path, check_offset,
+                    f"chunk {index} check mismatch: altered, moved, or taken from another segment",
+                ))
+            yield _Chunk(index, start, prefix, ciphertext, check_ok)
+            index += 1
+            seen_final = seen_final or kind == KIND_FINAL_CHUNK
+        elif kind == KIND_TRAILER:
+            raw = bytes([kind]) + src.read(TRAILER_BYTES - 1, "trailer")
+            if src.size > src.offset:
+                report(SegmentError(
+                    src.path, src.offset,
+                    f"{src.size - src.offset} bytes of unexpected data after the trailer",
+                ))
+            yield _Trailer(start, raw, hash_before)
+            return
+        else:
+            raise SegmentError(src.path, start, f"unknown record type 0x{kind:02x} (framing lost)")
+
+
+def _check_trailer(
+    src: _Source, header: Header, trailer: _Trailer, tally: _Tally, report: Report,
+    device_key: Ed25519PublicKey | None,
+) -> None:
+    """Every trailer check, in the order the spec lists them."""
+    _, state, chunks, payload, body_bytes, end_ns, frames, file_hash = trailer.fields
+    off = trailer.offset
+
+    def bad(rel: int, what: str) -> None:
+        report(SegmentError(src.path, off + rel, what))
+
+    if state not in _STATE_NAMES:
+        bad(1, f"unknown trailer state {state}")
+    if body_bytes != off:
+        bad(14, f"trailer says the body is {body_bytes} bytes, it is {off}")
+    if chunks != tally.chunks:
+        bad(2, f"trailer says {chunks} chunks, the file has {tally.chunks}")
+    if payload != tally.payload_bytes:
+        bad(6, f"trailer says {payload} payload bytes, the chunks hold {tally.payload_bytes}")
+    expected_end, expected_frames = (
+        (tally.end_ns, tally.frames) if tally.chunks else (header.meta.start_ns, 0)
+    )
+    if end_ns != expected_end:
+        bad(22, f"trailer end time {end_ns} differs from the last chunk's {expected_end}")
+    if frames != expected_frames:
+        bad(30, f"trailer frame count {frames} differs from the last chunk's {expected_frames}")
+    if state == STATE_SEALED and not tally.seen_final:
+        bad(0, "sealed segment has no final chunk (truncated and given a new trailer?)")
+    if not hmac.compare_digest(file_hash, trailer.computed_hash):
+        bad(34, "trailer hash mismatch: the file before the trailer was altered")
+    try:
+        signer = Ed25519PublicKey.from_public_bytes(header.device_public)
+    except ValueError:
+        report(SegmentError(src.path, 36, "device public key in the header is invalid"))
+        return
+    if device_key is not None and _raw_public(device_key) != header.device_public:
+        report(SegmentError(
+            src.path, 36,
+            f"signed by device key {format_key_id(device_key_id(signer))}, "
+            f"expected {format_key_id(device_key_id(device_key))}",
+        ))
+    try:
+        body, signature = trailer.raw[: _TRAILER_BODY.size], trailer.raw[_TRAILER_BODY.size :]
+        signer.verify(signature, trailer_signed_bytes(body))
+    except InvalidSignature:
+        bad(_TRAILER_BODY.size, "trailer signature invalid: the trailer or the header's device key changed")
+
+
+def _open_path(path: Path, mode: str = "rb") -> BinaryIO:
+    try:
+        return open(path, mode)  # noqa: SIM115 - closed by the caller's with-block
+    except OSError as exc:
+        raise SegmentError(path, None, f"cannot open segment: {exc.strerror}") from None
+
+
+def _unwrap_file_key(header: Header, private_key: X25519PrivateKey, path: Path) -> bytes:
+    kid = key_id(private_key.public_key())
+    candidates = [s for s in header.stanzas if s.key_id == kid]
+    if not candidates:
+        listed = ", ".join(format_key_id(s.key_id) for s in header.stanzas)
+        raise SegmentError(
+            path, header.core_len,
+            f"recipient not in the header: key {format_key_id(kid)} is not one of {listed}",
+        )
+    info = wrap_info(header.raw[: header.core_len])
+    for stanza in candidates:
+        try:
+            file_key = _HPKE.decrypt(stanza.wrapped, private_key, info=info)
+        except (InvalidTag, ValueError):
+            continue
+        if len(file_key) == FILE_KEY_BYTES:
+            return file_key
+    raise SegmentError(
+        path, candidates[0].offset,
+        f"cannot unwrap the file key for key {format_key_id(kid)}: the header or the stanza was altered",
+    )
+
+
+def _payload_aead(header: Header, private_key: X25519PrivateKey, path: Path) -> AESGCM:
+    """Unwrap the file key, check the header MAC, return the payload cipher."""
+    file_key = _unwrap_file_key(header, private_key, path)
+    payload_key, mac_key = derive_keys(file_key, header.stream_nonce)
+    mac_offset = len(header.raw) - HEADER_MAC_BYTES
+    if not hmac.compare_digest(header.mac, header_mac(mac_key, header.raw[:mac_offset])):
+        raise SegmentError(path, mac_offset, "header MAC mismatch: the header was altered")
+    return AESGCM(payload_key)
+
+
+def _sealed_segment(path: Path, header: Header, trailer: _Trailer, digest: bytes, size: int) -> SealedSegment:
+    _, state, chunks, payload, _, end_ns, frames, _ = trailer.fields
+    signer = Ed25519PublicKey.from_public_bytes(header.device_public)
+    return SealedSegment(
+        path=path, meta=header.meta, digest=digest, size_bytes=size, chunks=chunks, payload_bytes=payload,
+        frames=frames, end_ns=end_ns, state=_STATE_NAMES.get(state, f"unknown({state})"),
+        device_key_id=device_key_id(signer), recipient_key_ids=tuple(s.key_id for s in header.stanzas),
+    )
+
+
+def read_header(path: Path) -> Header:
+    """Parse only the header of a segment (or ``.partial``): metadata without reading the chunks."""
+    path = Path(path)
+    with _open_path(path) as f:
+        return _read_header(_Source(f, path))
+
+
+def read_info(path: Path, device_key: Ed25519PublicKey | None = None) -> SealedSegment:
+    """Check a closed segment without any private key: framing, chunk checks, trailer hash, signature.
+
+    With ``device_key``, the trailer must be signed by that key. Raises SegmentError on the first problem.
+    """
+    path = Path(path)
+    with _open_path(path) as f:
+        src = _Source(f, path)
+        header = _read_header(src)
+        tally = _Tally()
+        for record in _scan(src, header, _raise):
+            if isinstance(record, _Chunk):
+                tally.add(record)
+            else:
+                _check_trailer(src, header, record, tally, _raise, device_key)
+                return _sealed_segment(path, header, record, src.hasher.digest(), src.offset)
+    raise AssertionError("unreachable: _scan ends with a trailer or raises")  # pragma: no cover
+
+
+def verify(
+    path: Path,
+    *,
+    private_key: X25519PrivateKey | None = None,
+    device_key: Ed25519PublicKey | None = None,
+    prev_digest: bytes | None = None,
+) -> list[SegmentError]:
+    """Every problem found in a segment (empty list: good).
+
+    Without ``private_key``: framing, chunk checks, trailer hash and signature, and the hash chain when
+    ``prev_digest`` is given. With it: also unwrap the file key, check the header MAC and authenticate
+    every chunk.
+    """
+    path = Path(path)
+    problems: list[SegmentError] = []
+
+    def report(error: SegmentError) -> None:
+        if len(problems) < _MAX_REPORTED_PROBLEMS:
+            problems.append(error)
+        elif len(problems) == _MAX_REPORTED_PROBLEMS:
+            problems.append(SegmentError(path, None, "too many problems; the rest are not listed"))
+
+    try:
+        with _open_path(path) as f:
+            src = _Source(f, path)
+            header = _read_header(src)
+            if prev_digest is not None and header.meta.prev_digest != prev_digest:
+                report(SegmentError(
+                    path, 68, "hash chain broken: prev_digest differs from the previous segment's digest"
+                ))
+            aead = None
+            if private_key is not None:
+                try:
+                    aead = _payload_aead(header, private_key, path)
+                except SegmentError as exc:
+                    report(exc)
+            header_hash = header.hash
+            tally = _Tally()
+            for record in _scan(src, header, report):
+                if isinstance(record, _Trailer):
+                    _check_trailer(src, header, record, tally, report, device_key)
+                    break
+                tally.add(record)
+                if aead is not None and record.check_ok:
+                    try:
+                        open_chunk(aead, header_hash, record.index, record.prefix, record.ciphertext)
+                    except InvalidTag:
+                        report(_auth_error(path, record))
+    except SegmentError as exc:
+        report(exc)
+    return problems
+
+
+def _auth_error(path: Path, chunk: _Chunk) -> SegmentError:
+    return SegmentError(
+        path, chunk.offset,
+        f"chunk {chunk.index} authentication failed: altered, reordered, a chunk dropped, or spliced",
+    )
+
+
+def decrypt(
+    path: Path,
+    private_key: X25519PrivateKey,
+    *,
+    recover: bool = False,
+    errors: list[SegmentError] | None = None,
+) -> Iterator[bytes]:
+    """Yield the plaintext chunk by chunk.
+
+    Strict (default): raises SegmentError on the first problem, including a missing final chunk (a
+    segment recovered after a crash has none: read it with ``recover=True``) and a bad trailer. A
+    chunk is yielded only after it authenticated, so the caller has to consume to the end before
+    trusting the whole. ``recover=True``: yields every chunk that authenticates and stops at the first
+    problem, appending it to ``errors`` (when given) so the caller can report it; a segment that
+    ``recover_partial`` closed reads to its end with no error.
+    """
+    if not recover:
+        return _decrypt_strict(Path(path), private_key, accept_recovered=False)
+    return _decrypt_recovering(_decrypt_strict(Path(path), private_key, accept_recovered=True), errors)
+
+
+def _decrypt_recovering(strict: Iterator[bytes], errors: list[SegmentError] | None) -> Iterator[bytes]:
+    try:
+        yield from strict
+    except SegmentError as exc:
+        log.warning("segment read stopped early path=%s offset=%s what=%s", exc.path, exc.offset, exc.what)
+        if errors is not None:
+            errors.append(exc)
+
+
+def _decrypt_strict(path: Path, private_key: X25519PrivateKey, *, accept_recovered: bool) -> Iterator[bytes]:
+    """Yield authenticated chunks; raise on the first problem. ``accept_recovered``: a valid trailer of
+    state ``recovered`` ends the segment without a final chunk (its signature is by the header's device
+    key, which the header MAC authenticated, so a truncation by anyone else is still detected)."""
+    with _open_path(path) as f:
+        src = _Source(f, path)
+        header = _read_header(src)
+        aead = _payload_aead(header, private_key, path)
+        header_hash = header.hash
+        tally = _Tally()
+        for record in _scan(src, header, _raise):
+            if isinstance(record, _Trailer):
+                _check_trailer(src, header, record, tally, _raise, None)
+                recovered = record.fields[1] == STATE_RECOVERED
+                if not tally.seen_final and not (accept_recovered and recovered):
+                    raise SegmentError(
+                        path, record.offset,
+                        "no final chunk: the segment was cut short (recovered after a crash?); "
+                        "read it in recovery mode",
+                    )
+                return
+            try:
+                plaintext = open_chunk(aead, header_hash, record.index, record.prefix, record.ciphertext)
+            except InvalidTag:
+                raise _auth_error(path, record) from None
+            tally.add(record)
+            yield plaintext
+
+
+# ----------------------------------------------------------------------------------------------- recovery
+
+
+@dataclass
+class _GoodPrefix:
+    """The longest run of intact records at the start of a partial file."""
+
+    end_offset: int
+    hasher: Any  # hashlib sha256 state at end_offset
+    tally: _Tally = field(default_factory=_Tally)
+    complete_trailer: _Trailer | None = None
+    cut_reason: SegmentError | None = None
+
+
+def _good_prefix(src: _Source, header: Header, signing_pub: Ed25519PublicKey) -> _GoodPrefix:
+    good = _GoodPrefix(src.offset, src.hasher.copy())
+    try:
+        for record in _scan(src, header, _raise):
+            if isinstance(record, _Chunk):
+                good.tally.add(record)
+                good.end_offset = src.offset
+                good.hasher = src.hasher.copy()
+            else:
+                _check_trailer(src, header, record, good.tally, _raise, signing_pub)
+                good.complete_trailer = record
+    except SegmentError as exc:
+        good.cut_reason = exc
+    return good
+
+
+def recover_partial(partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegment:
+    """Turn a ``.partial`` left by a crash into a closed segment with state ``recovered``.
+
+    Keeps every complete chunk whose framing and keyless check are intact (the GCM tags need a private
+    key and are not checked), cuts off the rest, appends a trailer signed with ``signing_key``, fsyncs
+    and renames to the final name. A partial that is in fact complete (crash between trailer and
+    rename) is only renamed and keeps state ``sealed``. A partial without even a complete header raises
+    SegmentError: the caller deletes or quarantines it.
+    """
+    partial = Path(partial)
+    if not partial.name.endswith(PARTIAL_SUFFIX):
+        raise SegmentError(partial, None, f"not a {PARTIAL_SUFFIX} file")
+    final = partial.with_name(partial.name[: -len(PARTIAL_SUFFIX)])
+    if final.exists():
+        raise SegmentError(final, None, f"already exists; not replacing it with the recovered {partial.name}")
+    signing_pub = signing_key.public_key()
+    with _open_path(partial, "r+b") as f:
+        src = _Source(f, partial)
+        header = _read_header(src)
+        if header.device_public != _raw_public(signing_pub):
+            raise SegmentError(
+                partial, 36, "written with a different device key than this device's; not re-signing it"
+            )
+        good = _good_prefix(src, header, signing_pub)
+        if good.complete_trailer is not None and good.cut_reason is None:
+            os.fdatasync(f.fileno())
+            sealed_trailer = good.complete_trailer
+            size = src.offset
+            digest = src.hasher.digest()
+        else:
+            tally = good.tally
+            end_ns, frames = (tally.end_ns, tally.frames) if tally.chunks else (header.meta.start_ns, 0)
+            trailer = encode_trailer(
+                STATE_RECOVERED, tally.chunks, tally.payload_bytes, good.end_offset, end_ns, frames,
+                good.hasher.digest(), signing_key,
+            )
+            f.truncate(good.end_offset)
+            f.seek(good.end_offset)
+            f.write(trailer)
+            f.flush()
+            os.fdatasync(f.fileno())
+            good.hasher.update(trailer)
+            digest = good.hasher.digest()
+            size = good.end_offset + len(trailer)
+            sealed_trailer = _Trailer(good.end_offset, trailer, b"")
+            cut = good.cut_reason
+            log.warning(
+                "segment recovered path=%s chunks=%d kept_bytes=%d cut_bytes=%d reason=%r",
+                final, tally.chunks, good.end_offset, src.size - good.end_offset, cut.what if cut else "",
+            )
+    os.rename(partial, final)
+    _fsync_dir(final.parent)
+    return _sealed_segment(final, header, sealed_trailer, digest, size)

@@ -1,0 +1,405 @@
+"""Keyframe-aligned cutting of a packet stream into MPEG-TS segments, muxed straight into a byte sink.
+
+The segmenter takes compressed packets with their arrival wall-clock time and muxes them with PyAV into
+a file-like object whose ``write()`` goes to the segment sink (the encrypting ``SegmentWriter``); no
+plaintext ever touches a file. A segment starts on a keyframe with valid timestamps and is cut at the
+first keyframe at or after ``segment_seconds``; the packet that triggers a cut opens the next segment,
+so nothing is lost or duplicated between segments.
+
+Time: a *run* is the packets of one connection. Its first packet's arrival wall-clock time anchors the
+stream's own timestamps, so a segment starts at ``wall0 + (pts - pts0) * time_base``: a file ingested
+faster than real time keeps its real timeline. Timestamps are kept as the stream has them and only
+shifted when needed (a negative start, a jump, a step backwards) so that concatenated segments play
+continuously. The repair rules are pure functions (``repair_timestamps``) so they can be hardened alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Any, Protocol
+
+import av
+
+log = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+# A step in decode timestamps larger than this (backwards, or forwards beyond the arrival time that
+# passed) is a discontinuity: the stream is re-based to continue where it was, not trusted.
+MAX_TIMESTAMP_JUMP_S = 10.0
+DEFAULT_FRAME_RATE = Fraction(25)
+MUX_TIME_BASE = Fraction(1, 90_000)  # MPEG-TS counts in 90 kHz ticks
+TS_MUXER_OPTIONS = {"flush_packets": "1"}  # hand each packet's bytes to the sink at once
+
+
+class SegmentSink(Protocol):
+    """Where a segment's bytes go (``SegmentWriter`` fulfils this)."""
+
+    def write(self, data: bytes) -> Any: ...
+
+    def note(self, end_ns: int, frames: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class SegmentSummary:
+    """One finished segment, as the segmenter saw it."""
+
+    start_ns: int
+    end_ns: int
+    frames: int
+    bytes: int
+    first_pts: int  # in the run's time base, after repair
+    time_base: Fraction
+
+
+@dataclass(frozen=True)
+class SegmenterCounters:
+    dropped_leading: int = 0  # before the first keyframe with timestamps (of a run or after a refusal)
+    dropped_no_sink: int = 0  # while ``open_sink`` refused to start a segment (disk full)
+    repaired: int = 0  # timestamps changed by ``repair_timestamps``
+    discontinuities: int = 0  # jumps that re-based the stream
+    mux_errors: int = 0  # packets the muxer refused (dropped)
+    segments: int = 0
+
+
+class SinkFailed(Exception):
+    """The sink's ``write`` raised; ``__cause__`` is the original error (I/O error, disk full...)."""
+
+
+# ----- timestamp repair (pure) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class TimestampState:
+    """What the repair of the next packet needs to know (all in the run's time base)."""
+
+    offset: int = 0  # added to every incoming timestamp
+    last_dts: int | None = None  # last dts handed on (after offset)
+    frame_ticks: int = 1  # one frame's duration, for continuing after a jump
+    last_arrival_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class Repaired:
+    pts: int
+    dts: int
+    state: TimestampState
+    changed: bool = False
+    rebased: bool = False
+
+
+def repair_timestamps(
+    state: TimestampState,
+    pts: int | None,
+    dts: int | None,
+    arrival_ns: int,
+    time_base: Fraction,
+    max_jump_s: float = MAX_TIMESTAMP_JUMP_S,
+) -> Repaired | None:
+    """Make one packet's timestamps usable by the muxer: present, strictly increasing dts, pts >= dts.
+
+    Returns None when nothing can be made of the packet (no timestamp and nothing before it).
+    """
+    changed = rebased = False
+    if dts is None and pts is None:
+        if state.last_dts is None:
+            return None
+        out_dts = state.last_dts + state.frame_ticks
+        return Repaired(out_dts, out_dts, replace(state, last_dts=out_dts, last_arrival_ns=arrival_ns), True)
+    if dts is None:
+        dts = pts
+        changed = True
+    assert dts is not None
+    if pts is None:
+        pts = dts
+        changed = True
+    offset = state.offset
+    out_dts = dts + offset
+    if state.last_dts is not None:
+        tick_s = time_base.numerator / time_base.denominator  # float: jump detection needs no exactness
+        step_s = (out_dts - state.last_dts) * tick_s
+        waited_s = 0.0
+        if state.last_arrival_ns is not None:
+            waited_s = max(0.0, (arrival_ns - state.last_arrival_ns) / NS_PER_S)
+        if step_s < -max_jump_s or step_s > max_jump_s + waited_s:
+            # Re-base: continue one frame (or the real waiting time) after the last packet.
+            advance = max(state.frame_ticks, round(waited_s / tick_s)) if step_s > 0 else state.frame_ticks
+            offset = state.last_dts + advance - dts
+            out_dts = dts + offset
+            changed = rebased = True
+        elif out_dts <= state.last_dts:
+            out_dts = state.last_dts + 1
+            changed = True
+    out_pts = pts + offset
+    if out_pts < out_dts:
+        out_pts = out_dts
+        changed = True
+    new_state = TimestampState(offset, out_dts, state.frame_ticks, arrival_ns)
+    return Repaired(out_pts, out_dts, new_state, changed, rebased)
+
+
+def is_segment_start(is_keyframe: bool, pts: int | None, dts: int | None) -> bool:
+    """A segment may only start on a keyframe that has its timestamps."""
+    return is_keyframe and dts is not None and pts is not None
+
+
+def cut_ticks_for(segment_seconds: float, time_base: Fraction) -> int:
+    """``segment_seconds`` in whole ticks of ``time_base`` (rounded up), so the per-packet test is integer."""
+    return math.ceil(Fraction(segment_seconds) / time_base)
+
+
+def should_cut(is_keyframe: bool, pts: int, segment_first_pts: int, cut_ticks: int) -> bool:
+    """Cut at the first keyframe at or after ``cut_ticks`` (``segment_seconds``) into the segment."""
+    return is_keyframe and pts - segment_first_pts >= cut_ticks
+
+
+def frame_ticks_for(template: Any, time_base: Fraction) -> int:
+    """One frame's duration in ``time_base`` ticks, from the stream's frame rate (25 fps if unknown)."""
+    rate = _fraction(getattr(template, "average_rate", None)) or _fraction(
+        getattr(template, "guessed_rate", None)) or DEFAULT_FRAME_RATE
+    return max(1, round(1 / (rate * time_base)))
+
+
+def rescale(ts: int | None, from_tb: Fraction, to_tb: Fraction) -> int | None:
+    """A timestamp in another time base, rounded to the nearest tick (exact integer arithmetic)."""
+    if ts is None or from_tb == to_tb:
+        return ts
+    num = ts * from_tb.numerator * to_tb.denominator
+    den = from_tb.denominator * to_tb.numerator
+    return (2 * num + den) // (2 * den)
+
+
+def _fraction(value: Any) -> Fraction | None:
+    if value is None or not value:
+        return None
+    return Fraction(int(value.numerator), int(value.denominator))
+
+
+# ----- muxing ---------------------------------------------------------------------------------------
+class _SinkAdapter:
+    """The file-like object PyAV muxes into: counts bytes and keeps the sink's own exception."""
+
+    def __init__(self, sink: SegmentSink):
+        self.sink = sink
+        self.bytes = 0
+        self.error: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is not None:
+            raise OSError("segment sink failed earlier")
+        try:
+            self.sink.write(bytes(data))
+        except BaseException as exc:
+            self.error = exc
+            raise
+        self.bytes += len(data)
+        return len(data)
+
+
+class _OpenSegment:
+    def __init__(self, template: Any, sink: SegmentSink, start_ns: int, first_pts: int, time_base: Fraction):
+        self.sink = sink
+        self.adapter = _SinkAdapter(sink)
+        self.start_ns = start_ns
+        self.first_pts = first_pts
+        self.time_base = time_base
+        self.end_ns = start_ns
+        self.frames = 0
+        self.container = av.open(self.adapter, "w", format="mpegts", options=dict(TS_MUXER_OPTIONS))
+        self.stream = self.container.add_stream_from_template(template)
+
+    def summary(self) -> SegmentSummary:
+        return SegmentSummary(self.start_ns, self.end_ns, self.frames, self.adapter.bytes, self.first_pts,
+                              self.time_base)
+
+
+OpenSink = Callable[[int], "SegmentSink | None"]
+CloseSink = Callable[[Any, SegmentSummary], None]
+AbortSink = Callable[[Any, BaseException], None]
+
+
+class Segmenter:
+    """Cuts one camera's packets into segments. Not thread-safe: one thread pushes.
+
+    ``open_sink(start_ns)`` returns the sink of a new segment, or None to refuse (disk full: packets are
+    dropped and counted until a later keyframe is accepted). ``close_sink(sink, summary)`` is called after
+    the muxer has written the segment's last bytes; ``abort_sink(sink, error)`` when writing failed.
+    """
+
+    def __init__(
+        self,
+        template: Any,
+        *,
+        segment_seconds: float,
+        open_sink: OpenSink,
+        close_sink: CloseSink,
+        abort_sink: AbortSink | None = None,
+        camera: str = "",
+    ):
+        if segment_seconds <= 0:
+            raise ValueError("segment_seconds must be positive")
+        self.template = template
+        self.segment_seconds = segment_seconds
+        self._open_sink = open_sink
+        self._close_sink = close_sink
+        self._abort_sink = abort_sink
+        self.camera = camera
+        self.counters = SegmenterCounters()
+        self._segment: _OpenSegment | None = None
+        self._reset_run()
+
+    # -- public --
+    @property
+    def open_segment(self) -> SegmentSummary | None:
+        return self._segment.summary() if self._segment is not None else None
+
+    def push(self, packet: Any, arrival_ns: int) -> None:
+        """Mux one packet (cutting a segment first when due). Raises SinkFailed when the sink fails."""
+        if self._in_tb is None:
+            if not is_segment_start(packet.is_keyframe, packet.pts, packet.dts):
+                self._count(dropped_leading=1)
+                return
+            self._start_run(packet, arrival_ns)
+        in_tb = self._in_tb
+        assert in_tb is not None and self._time_base is not None
+        # Work in the muxer's own time base: a repair step of one tick must survive the muxer's rescaling.
+        pts = rescale(packet.pts, in_tb, MUX_TIME_BASE)
+        dts = rescale(packet.dts, in_tb, MUX_TIME_BASE)
+        fixed = repair_timestamps(self._ts_state, pts, dts, arrival_ns, self._time_base)
+        if fixed is None:
+            self._count(dropped_leading=1)
+            return
+        self._ts_state = fixed.state
+        if fixed.changed:
+            self._count(repaired=1, discontinuities=int(fixed.rebased))
+            if fixed.rebased:
+                log.warning("timestamp discontinuity camera=%s rebased_to_dts=%d", self.camera, fixed.dts)
+        duration = rescale(packet.duration, in_tb, MUX_TIME_BASE) if packet.duration else 0
+        packet.pts, packet.dts = fixed.pts, fixed.dts
+        packet.time_base = self._time_base
+        if duration:
+            packet.duration = duration
+        self._route(packet, fixed.pts)
+
+    def finish(self) -> SegmentSummary | None:
+        """End the run (disconnect, stop): seal the open segment. The next push starts a new run."""
+        summary = self._close_segment()
+        self._reset_run()
+        return summary
+
+    def abort(self, error: BaseException) -> None:
+        """Drop the open segment after a failure without finishing it; the run ends too."""
+        segment, self._segment = self._segment, None
+        if segment is not None:
+            with contextlib.suppress(Exception):
+                segment.container.close()
+            if self._abort_sink is not None:
+                self._abort_sink(segment.sink, error)
+        self._reset_run()
+
+    # -- internals --
+    def _reset_run(self) -> None:
+        self._in_tb: Fraction | None = None  # the packets' own time base
+        self._time_base: Fraction | None = None  # the muxer's, in which the segmenter counts
+        self._cut_ticks = 0
+        self._ns_per_tick = Fraction(0)
+        self._wall0_ns = 0
+        self._pts0 = 0
+        self._ts_state = TimestampState()
+        self._frame_ticks = 1
+        self._refused = False
+
+    def _start_run(self, packet: Any, arrival_ns: int) -> None:
+        self._in_tb = _fraction(packet.time_base) or _fraction(self.template.time_base) or MUX_TIME_BASE
+        tb = self._time_base = MUX_TIME_BASE
+        self._cut_ticks = cut_ticks_for(self.segment_seconds, tb)
+        self._ns_per_tick = tb * NS_PER_S
+        self._frame_ticks = frame_ticks_for(self.template, tb)
+        # The TS muxer shifts a negative first dts per file, which would break continuity between segments.
+        first_dts = rescale(packet.dts, self._in_tb, tb)
+        offset = -first_dts if first_dts < 0 else 0
+        self._ts_state = TimestampState(offset=offset, frame_ticks=self._frame_ticks)
+        self._wall0_ns = arrival_ns
+        self._pts0 = rescale(packet.pts, self._in_tb, tb) + offset
+
+    def _wall_ns(self, pts: int) -> int:
+        ns = self._ns_per_tick
+        return self._wall0_ns + (pts - self._pts0) * ns.numerator // ns.denominator
+
+    def _route(self, packet: Any, pts: int) -> None:
+        assert self._time_base is not None
+        segment = self._segment
+        keyframe = bool(packet.is_keyframe)
+        if segment is not None and should_cut(keyframe, pts, segment.first_pts, self._cut_ticks):
+            self._close_segment()
+            segment = None
+        if segment is None:
+            if not keyframe:
+                if self._refused:
+                    self._count(dropped_no_sink=1)
+                else:
+                    self._count(dropped_leading=1)
+                return
+            segment = self._open_segment(pts)
+            if segment is None:
+                self._count(dropped_no_sink=1)
+                return
+        self._mux(segment, packet, pts)
+
+    def _open_segment(self, pts: int) -> _OpenSegment | None:
+        assert self._time_base is not None
+        start_ns = self._wall_ns(pts)
+        sink = self._open_sink(start_ns)
+        if sink is None:
+            self._refused = True
+            return None
+        self._refused = False
+        try:
+            self._segment = _OpenSegment(self.template, sink, start_ns, pts, self._time_base)
+        except (av.FFmpegError, ValueError) as exc:
+            if self._abort_sink is not None:
+                self._abort_sink(sink, exc)
+            raise
+        return self._segment
+
+    def _mux(self, segment: _OpenSegment, packet: Any, pts: int) -> None:
+        # Read before muxing: the muxer rescales the packet's fields to its own time base in place.
+        duration = packet.duration if packet.duration and packet.duration > 0 else self._frame_ticks
+        packet.stream = segment.stream
+        try:
+            segment.container.mux(packet)
+        except Exception as exc:
+            if segment.adapter.error is not None:
+                error = segment.adapter.error
+                self.abort(error)
+                raise SinkFailed(str(error)) from error
+            # The muxer refused this packet (bad timestamps it still sees as wrong): drop it, never raise.
+            self._count(mux_errors=1)
+            log.warning("packet dropped by the muxer camera=%s error=%s", self.camera, exc)
+            return
+        segment.end_ns = max(segment.end_ns, self._wall_ns(pts + duration))
+        segment.frames += 1
+        segment.sink.note(segment.end_ns, segment.frames)
+
+    def _close_segment(self) -> SegmentSummary | None:
+        segment, self._segment = self._segment, None
+        if segment is None:
+            return None
+        try:
+            segment.container.close()  # writes the muxer's last bytes into the sink
+        except Exception as exc:
+            error = segment.adapter.error or exc
+            if self._abort_sink is not None:
+                self._abort_sink(segment.sink, error)
+            self._reset_run()
+            raise SinkFailed(str(error)) from error
+        summary = segment.summary()
+        self._count(segments=1)
+        self._close_sink(segment.sink, summary)
+        return summary
+
+    def _count(self, **deltas: int) -> None:
+        current = self.counters
+        self.counters = replace(current, **{k: getattr(current, k) + v for k, v in deltas.items()})

@@ -1,0 +1,276 @@
+"""The daemon's status file: written atomically every few seconds, read and summarised by `edgerec status`.
+
+The layout of the status dict is documented in docs/operations.md ("The status file"). Reading never
+trusts the file to be current: a file older than ``STALE_AFTER_S`` is returned marked ``stale``.
+``format_status`` is pure (data in, text out) and tolerates missing fields, so an older or newer
+daemon's file still prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgerecError
+
+STATUS_FILE_MODE = 0o640
+# The daemon rewrites the file every few seconds; this much silence means it is stuck or gone.
+STALE_AFTER_S = 30.0
+
+
+def write_status(path: Path, status: dict[str, Any], *, fsync: bool = False) -> None:
+    """Replace ``path`` with ``status`` as JSON so that readers see the old or the new file, never half.
+
+    No fsync by default: the file is rewritten every few seconds, and after a power cut an old or
+    empty status is harmless (the daemon writes a fresh one at start).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    data = json.dumps(status, indent=2, default=str).encode() + b"\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, STATUS_FILE_MODE)
+    try:
+        os.fchmod(fd, STATUS_FILE_MODE)  # the umask (0077 under systemd) would narrow the create mode
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def read_status(
+    path: Path, now: float | None = None, stale_after_s: float = STALE_AFTER_S
+) -> dict[str, Any]:
+    """Load the status file; adds ``age_s`` (seconds since ``updated_at``) and ``stale`` (bool)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        mtime_s = path.stat().st_mtime
+    except FileNotFoundError:
+        raise EdgerecError(
+            f"no status file at {path}: is the daemon running? (systemctl status edgerec)"
+        ) from None
+    except PermissionError:
+        raise EdgerecError(f"cannot read {path}: permission denied; run as root or as user edgerec") from None
+    except OSError as exc:
+        raise EdgerecError(f"cannot read status file {path}: {exc.strerror or exc}") from None
+    try:
+        status = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgerecError(
+            f"status file {path} is damaged ({exc}); the daemon rewrites it within seconds"
+        ) from None
+    if not isinstance(status, dict):
+        raise EdgerecError(f"status file {path} is damaged (not a JSON object)")
+    return mark_staleness(status, now=now, fallback_updated_s=mtime_s, stale_after_s=stale_after_s)
+
+
+def mark_staleness(
+    status: dict[str, Any], now: float | None, fallback_updated_s: float | None, stale_after_s: float
+) -> dict[str, Any]:
+    now_s = _epoch_s(now)
+    updated_s = parse_time(status.get("updated_at"))
+    if updated_s is None:
+        updated_s = fallback_updated_s
+    age_s = None if updated_s is None else round(now_s - updated_s, 3)
+    stale = age_s is None or age_s > stale_after_s
+    return {**status, "age_s": age_s, "stale": stale}
+
+
+# ----- formatting ------------------------------------------------------------------------------------
+
+
+def parse_time(value: Any) -> float | None:
+    """RFC 3339 (``2024-05-01T12:00:00.123Z``) → seconds since the epoch; None when absent or invalid."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _epoch_s(now: float | datetime | None) -> float:
+    if now is None:
+        return datetime.now(UTC).timestamp()
+    if isinstance(now, datetime):
+        return now.timestamp()
+    return float(now)
+
+
+def human_bytes(n: Any) -> str:
+    if not isinstance(n, int | float):
+        return "?"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: Any) -> str:
+    """``0.4s``, ``42s``, ``5m 3s``, ``2h 10m``, ``3d 4h``."""
+    if not isinstance(seconds, int | float):
+        return "?"
+    s = max(0.0, float(seconds))
+    if s < 10:
+        return f"{s:.1f}s"
+    whole = int(s)
+    days, rem = divmod(whole, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, secs = divmod(rem, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def human_bitrate(bps: Any) -> str:
+    if not isinstance(bps, int | float):
+        return "?"
+    return f"{bps / 1e6:.2f} Mbit/s" if bps >= 100_000 else f"{bps / 1e3:.0f} kbit/s"
+
+
+def age_since(timestamp: Any, now_s: float) -> str:
+    t = parse_time(timestamp)
+    return "never" if t is None else f"{human_duration(now_s - t)} ago"
+
+
+def health_summary(health: Any) -> str:
+    """``ok``, or the alarms: a dict of flags (``{"frozen": true}``) or an ``alarms`` list."""
+    if not isinstance(health, dict) or not health:
+        return "n/a"
+    alarms = health.get("alarms")
+    if isinstance(alarms, list):
+        return ", ".join(map(str, alarms)) if alarms else "ok"
+    if isinstance(health.get("state"), str):
+        return health["state"]
+    raised = [k for k, v in health.items() if v is True]
+    return ", ".join(raised) if raised else "ok"
+
+
+def _camera_lines(name: str, cam: dict[str, Any], now_s: float) -> list[str]:
+    packet_age = cam.get("last_packet_age_s")
+    packet = "no packet yet" if packet_age is None else f"last packet {human_duration(packet_age)} ago"
+    connected = "connected" if cam.get("connected") else "not connected"
+    fps = cam.get("fps")
+    fps_text = f"{fps:.1f} fps" if isinstance(fps, int | float) else "? fps"
+    lines = [
+        f"  {name}: {cam.get('state', '?')}, {connected}, {packet}, {fps_text}, "
+        f"{human_bitrate(cam.get('bitrate_bps'))}",
+        f"    segments {cam.get('segments', '?')} ({human_bytes(cam.get('bytes'))}), "
+        f"oldest from {age_since(cam.get('oldest'), now_s)}, "
+        f"newest ends {age_since(cam.get('newest'), now_s)}",
+        f"    health {health_summary(cam.get('health'))}, reconnects {cam.get('reconnects', 0)}, "
+        f"gaps {cam.get('gaps', 0)}",
+    ]
+    if cam.get("last_error"):
+        lines.append(f"    last error: {cam['last_error']}")
+    return lines
+
+
+def _header_lines(status: dict[str, Any], now_s: float) -> list[str]:
+    lines = []
+    age_s = status.get("age_s")
+    if status.get("state") == "stopped":
+        lines.append(f"DAEMON STOPPED at {status.get('updated_at', '?')}: the figures below are its last.")
+    elif status.get("stale"):
+        lines.append(
+            f"WARNING: status is {human_duration(age_s)} old (updated {status.get('updated_at', '?')}): "
+            "the daemon is stuck or not running; check `systemctl status edgerec`."
+        )
+    uptime_s = status.get("uptime_s")
+    if uptime_s is None:
+        started_s = parse_time(status.get("started_at"))
+        uptime_s = None if started_s is None else now_s - started_s
+    lines.append(
+        f"edgerec {status.get('version', '?')} device {status.get('device_id', '?')}: "
+        f"{status.get('state', '?')} (pid {status.get('pid', '?')}, up {human_duration(uptime_s)})"
+    )
+    clock = status.get("clock") or {}
+    if clock.get("synced"):
+        lines.append("clock: synced")
+    else:
+        lines.append("clock: NOT SYNCED: new footage carries the local clock; it is re-dated once NTP syncs")
+    return lines
+
+
+def _storage_lines(status: dict[str, Any], now_s: float) -> list[str]:
+    disk = status.get("disk") or {}
+    pct = disk.get("free_pct")
+    pct_text = f"{pct:.1f}%" if isinstance(pct, int | float) else "?%"
+    lines = [
+        f"disk: {human_bytes(disk.get('free_bytes'))} free ({pct_text}) of "
+        f"{human_bytes(disk.get('total_bytes'))}, {human_bytes(disk.get('used_bytes'))} used"
+    ]
+    ret = status.get("retention") or {}
+    oldest_age = status.get("oldest_footage_age_s")
+    sweep = age_since(ret.get("last_sweep"), now_s)
+    deleted = ret.get("deleted_last_sweep")
+    lines.append(
+        f"retention: {ret.get('days', '?')} days, oldest footage "
+        f"{'none' if oldest_age is None else human_duration(oldest_age)}, last sweep {sweep}"
+        + (f" (deleted {deleted})" if deleted is not None else "")
+    )
+    if ret.get("disk_full"):
+        lines.append("DISK FULL: only footage held by incidents is left; recording is paused")
+    lines.append(
+        f"incidents: {status.get('incidents_open', '?')} open, {human_bytes(status.get('held_bytes'))} held"
+    )
+    return lines
+
+
+def _mqtt_line(mqtt: Any) -> str:
+    if not isinstance(mqtt, dict) or mqtt.get("enabled") is False:
+        return "mqtt: disabled"
+    state = "connected" if mqtt.get("connected") else "NOT CONNECTED"
+    extra = [f"{k}={v}" for k, v in mqtt.items() if k not in ("connected", "enabled") and
+             isinstance(v, int | float | str) and not isinstance(v, bool)]
+    return f"mqtt: {state}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def format_status(status: dict[str, Any], now: float | datetime | None = None) -> str:
+    """The human-readable summary `edgerec status` prints."""
+    now_s = _epoch_s(now)
+    lines = _header_lines(status, now_s)
+    cameras = status.get("cameras") or {}
+    lines.append(f"cameras: {len(cameras)}")
+    for name in sorted(cameras):
+        lines.extend(_camera_lines(name, cameras[name] or {}, now_s))
+    lines.extend(_storage_lines(status, now_s))
+    lines.append(_mqtt_line(status.get("mqtt")))
+    errors = status.get("last_errors") or []
+    if errors:
+        lines.append("last errors:")
+        for err in errors[-10:]:
+            if isinstance(err, dict):
+                lines.append(f"  {err.get('at', '?')} {err.get('message', '')}")
+            else:
+                lines.append(f"  {err}")
+    return "\n".join(lines)

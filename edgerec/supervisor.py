@@ -1,0 +1,425 @@
+"""The daemon: owns every recorder, the sweeper, the MQTT link and the status file, and answers to systemd.
+
+One main thread ticks a few times a second: it restarts dead recorder threads, runs retention sweeps,
+writes the status file, feeds systemd's watchdog only while the recorders are healthy, and applies
+signals (SIGTERM/SIGINT stop, SIGHUP reload) and config-file changes. Recorders run in their own threads
+and never wait on anything here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from . import __version__, clock, keys, notify, statusfile
+from .audit import AuditLog
+from .catalog import Catalog
+from .config import CameraConfig, Config, load_config
+from .errors import ConfigError, EdgerecError
+from .health import HealthChange
+from .incidents import IncidentService, command_result_for_error, parse_command
+from .reconcile import reconcile
+from .recorder import ChainState, Recorder
+from .retention import Sweeper
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.25
+STATUS_FILE_INTERVAL_S = 2.0
+RECORDER_RESTART_BACKOFF_S = (1.0, 30.0)
+# A recorder that has had no packet for this long (and is not deliberately backing off) is unhealthy.
+WATCHDOG_GRACE_FACTOR = 2.0
+
+
+def rfc3339(ns: int | float | None) -> str | None:
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _RecorderSlot:
+    camera: CameraConfig
+    recorder: Recorder
+    restarts: int = 0
+    next_restart_monotonic: float = 0.0
+
+
+@dataclass
+class _Signals:
+    stop: threading.Event = field(default_factory=threading.Event)
+    reload: threading.Event = field(default_factory=threading.Event)
+
+
+class Daemon:
+    """``edgerec run``: record every configured camera until stopped."""
+
+    def __init__(self, config: Config, *, exit_at_eof: bool = False):
+        self.config = config
+        self.exit_at_eof = exit_at_eof
+        self.signals = _Signals()
+        self.started_monotonic = time.monotonic()
+        self.started_wall_ns = time.time_ns()
+        self.slots: dict[str, _RecorderSlot] = {}
+        self.last_errors: deque[dict[str, Any]] = deque(maxlen=10)
+        self.disk_full = False
+        self.last_sweep: dict[str, Any] | None = None
+        self._next_sweep_monotonic = 0.0
+        self._next_status_monotonic = 0.0
+        self._clock_watch = clock.ClockWatch(threshold_s=config.retention.sweep_interval_s)
+        self._config_watcher = None
+        self.mqtt = None
+
+    # ----- set-up -------------------------------------------------------------------------------------
+    def _open_state(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.signing_key = keys.load_or_create_device_key(cfg.data_dir)
+        self.recipients = [keys.parse_public_key(r) for r in cfg.recipients]
+        self.catalog = Catalog.open(cfg.data_dir)
+        self.audit = AuditLog(cfg.data_dir / "audit.log")
+        report = reconcile(cfg.data_dir, self.catalog, self.signing_key)
+        for line in report.lines():
+            log.warning("reconcile %s", line)
+        self.incidents = IncidentService(self.catalog, self.audit, cfg)
+        self.sweeper = Sweeper(self.catalog, self.audit, cfg, cfg.data_dir)
+
+    def _start_mqtt(self) -> None:
+        if not self.config.mqtt.enabled:
+            self.mqtt = None
+            return
+        from .mqtt import MqttLink  # paho is only imported when MQTT is on
+
+        self.mqtt = MqttLink(
+            self.config,
+            status=self.status,
+            incidents=self._incidents_payload,
+            on_command=self.handle_command,
+        )
+        self.mqtt.start()
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.signals.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.signals.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.signals.reload.set())
+
+    def _watch_config_file(self) -> None:
+        path = self.config.source_path
+        if path is None:
+            return
+        from .configwatch import ConfigFileWatcher
+
+        self._config_watcher = ConfigFileWatcher(path, self.signals.reload.set)
+        self._config_watcher.start()
+
+    # ----- recorders ----------------------------------------------------------------------------------
+    def _chain_for(self, camera: str) -> ChainState:
+        last = self.catalog.last_segment(camera)
+        if last is None:
+            return ChainState(next_sequence=0, prev_digest=bytes(32))
+        return ChainState(next_sequence=last.sequence + 1, prev_digest=bytes.fromhex(last.digest))
+
+    def _make_recorder(self, camera: CameraConfig) -> Recorder:
+        cfg = self.config
+        return Recorder(
+            camera,
+            data_dir=cfg.data_dir,
+            device_id=cfg.device_id,
+            segment_seconds=cfg.segment_seconds,
+            durability=cfg.durability,
+            recipients=self.recipients,
+            signing_key=self.signing_key,
+            chain=self._chain_for(camera.name),
+            on_sealed=self._on_sealed,
+            on_gap=self._on_gap,
+            may_start_segment=lambda: not self.disk_full,
+            exit_at_eof=self.exit_at_eof,
+            health_thresholds=cfg.health,
+            on_health=self._on_health,
+        )
+
+    def _start_camera(self, camera: CameraConfig) -> None:
+        recorder = self._make_recorder(camera)
+        self.slots[camera.name] = _RecorderSlot(camera, recorder)
+        recorder.start()
+        log.info("camera started camera=%s url_kind=%s", camera.name, camera.kind)
+
+    def _stop_camera(self, name: str, timeout_s: float = 10.0) -> None:
+        slot = self.slots.pop(name, None)
+        if slot is not None:
+            slot.recorder.stop(timeout_s)
+            log.info("camera stopped camera=%s", name)
+
+    def _on_sealed(self, segment: Any) -> None:
+        self.catalog.add_segment(segment)
+
+    def _on_gap(self, camera: str, from_ns: int, to_ns: int, reason: str) -> None:
+        self.catalog.add_gap(camera, from_ns, to_ns, reason)
+        self._event("camera_down", camera=camera, reason=reason, since=rfc3339(from_ns))
+
+    def _on_health(self, camera: str, change: HealthChange) -> None:
+        fields = {"camera": camera, "condition": change.condition, "active": change.active,
+                  "detail": change.detail}
+        log.warning("health change camera=%s condition=%s active=%s detail=%s", camera, change.condition,
+                    change.active, change.detail)
+        self.audit.append("tamper", **fields)
+        self._event("tamper", **fields)
+
+    def _supervise_recorders(self, now: float) -> None:
+        for name, slot in list(self.slots.items()):
+            rec = slot.recorder
+            if rec.is_alive() or rec.finished:
+                continue
+            if now < slot.next_restart_monotonic:
+                continue
+            if slot.next_restart_monotonic == 0.0:
+                delay = min(RECORDER_RESTART_BACKOFF_S[0] * 2**slot.restarts, RECORDER_RESTART_BACKOFF_S[1])
+                slot.next_restart_monotonic = now + delay
+                self._error(f"recorder thread for {name} died; restarting in {delay:.0f} s")
+                continue
+            slot.restarts += 1
+            slot.next_restart_monotonic = 0.0
+            slot.recorder = self._make_recorder(slot.camera)
+            slot.recorder.start()
+
+    def recorders_healthy(self) -> bool:
+        """Feeds systemd's watchdog: every recorder alive and receiving, or backing off on purpose."""
+        for slot in self.slots.values():
+            rec = slot.recorder
+            if rec.finished:
+                continue
+            if not rec.is_alive():
+                return False
+            st = rec.stats()
+            if st.state in ("backoff", "connecting", "waiting_disk"):
+                continue
+            age = st.last_packet_age_s
+            if age is not None and age > slot.camera.stall_seconds * WATCHDOG_GRACE_FACTOR:
+                return False
+        return not (self.mqtt is not None and not self.mqtt.thread_alive())
+
+    # ----- incidents (CLI and MQTT share IncidentService; this is the MQTT entry) ------------------------
+    def handle_command(self, obj: dict[str, Any]) -> dict[str, Any]:
+        now_ns = time.time_ns()
+        try:
+            cmd = parse_command(obj, cameras=[c.name for c in self.config.cameras], now_ns=now_ns,
+                                incidents=self.config.incidents)
+        except EdgerecError as exc:
+            return command_result_for_error(obj, str(exc)).to_json_dict()
+        result = self.incidents.apply(cmd, now_ns)
+        if result.ok and not result.duplicate:
+            self._event(f"incident_{'opened' if cmd.action == 'open' else 'closed'}", id=cmd.id)
+            if self.mqtt is not None:
+                self.mqtt.publish_incidents()
+        return result.to_json_dict()
+
+    def _incidents_payload(self) -> list[dict[str, Any]]:
+        return [i.to_json_dict() for i in self.incidents.list_open()]
+
+    # ----- retention ----------------------------------------------------------------------------------
+    def _sweep(self, reason: str) -> None:
+        try:
+            report = self.sweeper.sweep()
+        except EdgerecError as exc:
+            self._error(f"retention sweep failed: {exc}")
+            return
+        was_full = self.disk_full
+        self.disk_full = report.disk_full
+        self.last_sweep = {"at": rfc3339(time.time_ns()), "deleted": len(report.deleted), "reason": reason}
+        if report.deleted:
+            self._event("retention_swept", deleted=len(report.deleted), bytes=report.deleted_bytes)
+        if self.disk_full and not was_full:
+            self._error("disk full: only held footage is left; not starting new segments")
+            self._event("disk_full")
+        elif was_full and not self.disk_full:
+            log.warning("disk space back; recording resumes")
+            self._event("disk_ok")
+
+    def _maybe_sweep(self, now: float) -> None:
+        jump = self._clock_watch.observe(time.time_ns(), time.monotonic_ns())
+        if jump is not None:
+            log.warning("clock jump seconds=%.1f", jump / 1e9)
+            self.audit.append("clock_jump", seconds=round(jump / 1e9, 3))
+            self._event("clock_jump", seconds=round(jump / 1e9, 3))
+            self._next_sweep_monotonic = 0.0  # re-evaluate at once
+        pressure = self.sweeper.below_min_free()
+        if pressure or self.disk_full or now >= self._next_sweep_monotonic:
+            self._next_sweep_monotonic = now + self.config.retention.sweep_interval_s
+            self._sweep("disk_pressure" if pressure else "interval")
+
+    # ----- status -------------------------------------------------------------------------------------
+    def _error(self, message: str) -> None:
+        log.error("%s", message)
+        self.last_errors.append({"at": rfc3339(time.time_ns()), "message": message})
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish_event(kind, **fields)
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.config
+        now_ns = time.time_ns()
+        cameras: dict[str, Any] = {}
+        summaries = self.catalog.camera_summaries()
+        for name, slot in self.slots.items():
+            st = slot.recorder.stats()
+            summary = summaries.get(name)
+            cameras[name] = {
+                "state": st.state,
+                "connected": st.connected,
+                "fps": round(st.fps, 2),
+                "bitrate_bps": int(st.bitrate_bps),
+                "last_packet_age_s": None if st.last_packet_age_s is None else round(st.last_packet_age_s, 2),
+                "segments": summary.segments if summary else 0,
+                "bytes": summary.bytes if summary else 0,
+                "oldest": rfc3339(summary.oldest_start_ns) if summary else None,
+                "newest": rfc3339(summary.newest_end_ns) if summary else None,
+                "health": st.health,
+                "last_error": st.last_error,
+                "reconnects": st.reconnects,
+                "gaps": self.catalog.count_gaps(name),
+                "thread_restarts": slot.restarts,
+            }
+        usage = shutil.disk_usage(cfg.data_dir)
+        oldest = min((s.oldest_start_ns for s in summaries.values() if s.oldest_start_ns), default=None)
+        return {
+            "version": __version__,
+            "device_id": cfg.device_id,
+            "pid": os.getpid(),
+            "started_at": rfc3339(self.started_wall_ns),
+            "updated_at": rfc3339(now_ns),
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
+            "state": "disk_full" if self.disk_full else "recording",
+            "clock": {"synced": clock.clock_synced(), "boot_id": clock.boot_id()},
+            "cameras": cameras,
+            "disk": {
+                "free_bytes": usage.free,
+                "free_pct": round(100.0 * usage.free / usage.total, 2) if usage.total else 0.0,
+                "used_bytes": usage.used,
+                "total_bytes": usage.total,
+            },
+            "oldest_footage_age_s": None if oldest is None else round((now_ns - oldest) / 1e9),
+            "retention": {
+                "days": cfg.retention.days,
+                "last_sweep": self.last_sweep and self.last_sweep["at"],
+                "deleted_last_sweep": self.last_sweep and self.last_sweep["deleted"],
+                "disk_full": self.disk_full,
+            },
+            "incidents_open": len(self.incidents.list_open()),
+            "held_bytes": self.catalog.held_bytes(now_ns, cfg.incidents),
+            "mqtt": self.mqtt.stats() if self.mqtt is not None else {"enabled": False},
+            "last_errors": list(self.last_errors),
+        }
+
+    def _write_status(self, now: float) -> None:
+        if now < self._next_status_monotonic:
+            return
+        self._next_status_monotonic = now + STATUS_FILE_INTERVAL_S
+        try:
+            status = self.status()
+            statusfile.write_status(self.config.status_path, status)
+        except OSError as exc:
+            log.warning("status file not written path=%s error=%s", self.config.status_path, exc)
+            return
+        notify.status(self._status_line(status))
+
+    @staticmethod
+    def _status_line(status: dict[str, Any]) -> str:
+        cams = status["cameras"]
+        recording = sum(1 for c in cams.values() if c["state"] == "recording")
+        return (f"{recording}/{len(cams)} cameras recording, {status['incidents_open']} open incidents, "
+                f"disk {status['disk']['free_pct']}% free")
+
+    # ----- reload -------------------------------------------------------------------------------------
+    def reload(self) -> None:
+        path = self.config.source_path
+        if path is None:
+            return
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                self._error(f"config reload rejected: {problem}")
+            return
+        if new == self.config:
+            return
+        immutable = [k for k in ("device_id", "data_dir") if getattr(new, k) != getattr(self.config, k)]
+        if immutable:
+            self._error(f"config reload rejected: {', '.join(immutable)} cannot change while running")
+            return
+        old = self.config
+        self.config = new
+        self.recipients = [keys.parse_public_key(r) for r in new.recipients]
+        old_cams = {c.name: c for c in old.cameras if c.enabled}
+        new_cams = {c.name: c for c in new.cameras if c.enabled}
+        recording_changed = (old.segment_seconds, old.durability, old.recipients, old.health) != (
+            new.segment_seconds, new.durability, new.recipients, new.health)
+        for name in old_cams.keys() - new_cams.keys():
+            self._stop_camera(name)
+        for name, cam in new_cams.items():
+            if name in old_cams and old_cams[name] == cam and not recording_changed:
+                continue
+            if name in self.slots:
+                self._stop_camera(name)  # seals the open segment: the restart is at a segment boundary
+            self._start_camera(cam)
+        self.incidents = IncidentService(self.catalog, self.audit, new)
+        self.sweeper = Sweeper(self.catalog, self.audit, new, new.data_dir)
+        if replace(old.mqtt) != new.mqtt:
+            if self.mqtt is not None:
+                self.mqtt.stop()
+            self._start_mqtt()
+        self.audit.append("config_changed", path=str(path))
+        log.info("config reloaded path=%s cameras=%s", path, ",".join(sorted(new_cams)))
+
+    # ----- main loop ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signal_handlers()
+        self._open_state()
+        try:
+            for cam in self.config.cameras:
+                if cam.enabled:
+                    self._start_camera(cam)
+            self._start_mqtt()
+            self._watch_config_file()
+            notify.ready()
+            log.info("edgerec running device_id=%s cameras=%d", self.config.device_id, len(self.slots))
+            watchdog = notify.Watchdog()
+            while not self.signals.stop.wait(TICK_SECONDS):
+                now = time.monotonic()
+                if self.signals.reload.is_set():
+                    self.signals.reload.clear()
+                    self.reload()
+                self._supervise_recorders(now)
+                self._maybe_sweep(now)
+                self._write_status(now)
+                watchdog.tick(self.recorders_healthy())
+                if self.exit_at_eof and self.slots and all(s.recorder.finished for s in self.slots.values()):
+                    log.info("all file sources ended; exiting")
+                    break
+        finally:
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        notify.stopping()
+        log.info("stopping: sealing open segments")
+        if self._config_watcher is not None:
+            self._config_watcher.stop()
+        for name in list(self.slots):
+            self._stop_camera(name)
+        try:
+            statusfile.write_status(self.config.status_path, {**self.status(), "state": "stopped"})
+        except OSError:
+            pass
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        self.catalog.close()
+        log.info("stopped")

@@ -1,0 +1,103 @@
+"""Helpers for tests that run the real ``edgerec`` command and daemon as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class OfficerKey:
+    private_path: Path
+    public: str
+
+
+def make_officer_key(path: Path) -> OfficerKey:
+    from edgerec import keys
+
+    public = keys.generate_recipient(path)
+    return OfficerKey(path, public)
+
+
+def write_config(path: Path, *, officer: OfficerKey, data_dir: Path, cameras: list[dict[str, Any]],
+                 **extra: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "device_id": "testdev",
+        "data_dir": str(data_dir),
+        "recipients": [officer.public],
+        "cameras": cameras,
+    }
+    cfg.update(extra)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def edgerec_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edgerec", *args]
+
+
+def run_cli(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(edgerec_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"edgerec {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Daemon:
+    """``edgerec run`` as a subprocess, its log in a file the test can read."""
+
+    def __init__(self, config: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None):
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
+        full_env = {**os.environ, **(env or {})}
+        cmd = edgerec_cmd("--log-level", "debug", "run", "-c", str(config), *extra_args)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=full_env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()

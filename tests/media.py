@@ -1,0 +1,247 @@
+"""Shared video test helpers: real H.264 clips made with PyAV, frame hashes, a real RTSP server, TS pushes.
+
+Nothing here is mocked: clips are encoded with libx264 from lavfi test patterns, the RTSP server is
+GStreamer's (run by the system Python, which has the GObject bindings), pushes are done by ffmpeg.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from av.video.frame import PictureType
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+RTSP_SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
+STARTUP_TIMEOUT_S = 15.0
+
+
+def make_h264_clip(
+    path: Path,
+    seconds: float,
+    fps: int = 25,
+    size: tuple[int, int] = (320, 240),
+    bframes: bool = False,
+    gop: int = 25,
+    pattern: str = "testsrc",
+    bitrate_bps: int | None = None,
+) -> int:
+    """Write a real H.264 clip (MP4 or MPEG-TS, chosen by the suffix); return its frame count.
+
+    Keyframes fall exactly every ``gop`` frames (scene-cut detection is off) so tests can predict cuts.
+    """
+    path = Path(path)
+    frames = round(seconds * fps)
+    width, height = size
+    fmt = "mpegts" if path.suffix == ".ts" else None
+    graph = f"{pattern}=size={width}x{height}:rate={fps}"
+    x264_params = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+    if bitrate_bps:
+        x264_params += f":bitrate={bitrate_bps // 1000}"
+    with (
+        av.open(graph, format="lavfi") as src,
+        av.open(str(path), "w", format=fmt) as out,
+    ):
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, fps)
+        stream.codec_context.gop_size = gop
+        stream.codec_context.max_b_frames = 2 if bframes else 0
+        stream.codec_context.options = {"preset": "ultrafast" if not bframes else "veryfast",
+                                        "x264-params": x264_params,
+                                        "bf": "2" if bframes else "0"}
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= frames:
+                break
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            frame.pict_type = PictureType.NONE  # keep the lavfi frame type from forcing keyframes
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return frames
+
+
+def decoded_frame_hashes(path: Path) -> list[str]:
+    """Decode every video frame of a file and return one SHA-256 per frame (of its YUV planes)."""
+    hashes = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            digest = hashlib.sha256()
+            for plane in frame.planes:
+                digest.update(bytes(plane))
+            hashes.append(digest.hexdigest())
+    return hashes
+
+
+def video_packets(path: Path) -> list[tuple[int | None, int | None, bool, bytes]]:
+    """The (pts, dts, keyframe, payload) of every video packet of a file, in file order."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [
+            (p.pts, p.dts, p.is_keyframe, bytes(p))
+            for p in container.demux(stream)
+            if p.size > 0
+        ]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    """Wait until 127.0.0.1:port accepts a connection (or the child exits, or the deadline passes)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def rtsp_server_available() -> bool:
+    """True when the system Python has GStreamer's RTSP server bindings."""
+    if not Path(SYSTEM_PYTHON).exists():
+        return False
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0');"
+         "from gi.repository import GstRtspServer"],
+        capture_output=True,
+        timeout=30,
+    )
+    return probe.returncode == 0
+
+
+def start_rtsp_server(clip: Path, *, loop: bool = False, mount: str = "/cam",
+                      port: int | None = None) -> tuple[str, subprocess.Popen]:
+    """Serve an H.264 clip over RTSP on a loopback port (a free one unless given); return (url, process).
+
+    Each client gets the clip from its start, paced in real time. ``loop`` plays it again and again and
+    needs an MPEG-TS clip (the server re-encodes to keep the timestamps running). Stop it with
+    ``stop_process``.
+    """
+    if loop and Path(clip).suffix != ".ts":
+        raise ValueError("a looping RTSP server needs a .ts clip")
+    port = port or free_port()
+    args = [SYSTEM_PYTHON, str(RTSP_SERVER_SCRIPT), str(clip), "--port", str(port), "--mount", mount]
+    if loop:
+        args.append("--loop")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, STARTUP_TIMEOUT_S, proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return f"rtsp://127.0.0.1:{port}{mount}", proc
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
+    """Terminate a child process started by a test and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+    for pipe in (proc.stdout, proc.stderr, proc.stdin):
+        if pipe is not None:
+            pipe.close()
+
+
+def ffmpeg_tcp_push(clip: Path, *, realtime: bool = True, loop: bool = False) -> tuple[str, subprocess.Popen]:
+    """Serve a clip as MPEG-TS on a free loopback tcp:// port with ffmpeg (listening, copy, no re-encode).
+
+    Returns (url, process); the recorder connects to the url as a ``tcp://`` camera.
+    """
+    port = free_port()
+    ffmpeg = shutil.which("ffmpeg") or "ffmpeg"
+    args = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin"]
+    if realtime:
+        args.append("-re")
+    if loop:
+        args += ["-stream_loop", "-1"]
+    args += ["-i", str(clip), "-c", "copy", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # ffmpeg accepts only one client, so probing the port would consume it: wait for the socket instead.
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline and not _port_listening(port):
+        if proc.poll() is not None:
+            raise RuntimeError(f"ffmpeg exited early with code {proc.returncode}")
+        time.sleep(0.05)
+    return f"tcp://127.0.0.1:{port}", proc
+
+
+def _port_listening(port: int) -> bool:
+    """True when a socket is in LISTEN state on 127.0.0.1:port (read from /proc, without connecting)."""
+    wanted = f"0100007F:{port:04X}"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1] == wanted and fields[3] == "0A":
+                return True
+    return False
+
+
+TS_PACKET_BYTES = 188
+
+
+def plaintext_video_findings(data: bytes) -> list[str]:
+    """Signs of unencrypted video in a byte string: runs of MPEG-TS sync bytes or H.264 parameter sets/IDRs.
+
+    Random (encrypted) data almost never shows eight 0x47 bytes 188 apart, nor a start code followed by
+    an SPS/PPS/IDR NAL header with a valid forbidden bit and nal_ref_idc, repeatedly.
+    """
+    findings = []
+    for offset in range(min(TS_PACKET_BYTES, len(data))):
+        run = data[offset::TS_PACKET_BYTES][:8]
+        if len(run) == 8 and all(b == 0x47 for b in run):
+            findings.append(f"MPEG-TS sync pattern at offset {offset}")
+            break
+    nal_hits = 0
+    for match in _iter_start_codes(data):
+        header_at = match
+        if header_at < len(data):
+            header = data[header_at]
+            nal_type = header & 0x1F
+            if header & 0x80 == 0 and header & 0x60 and nal_type in (5, 7, 8):
+                nal_hits += 1
+    # A random 3-byte start code plus a matching header byte turns up about once per 2 MB of noise.
+    if nal_hits >= 3 and nal_hits * 1_000_000 > len(data):
+        findings.append(f"{nal_hits} H.264 SPS/PPS/IDR start codes")
+    return findings
+
+
+def _iter_start_codes(data: bytes) -> Iterator[int]:
+    """Yield the offset just after every 00 00 01 start code (which also covers 00 00 00 01)."""
+    at = data.find(b"\x00\x00\x01")
+    while at != -1:
+        yield at + 3
+        at = data.find(b"\x00\x00\x01", at + 1)
+
+
+def scan_tree_for_plaintext(root: Path) -> dict[str, list[str]]:
+    """Map each file under root that looks like unencrypted video to what was found in it."""
+    found = {}
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file():
+            hits = plaintext_video_findings(path.read_bytes())
+            if hits:
+                found[str(path)] = hits
+    return found
+

@@ -1,0 +1,111 @@
+"""Helpers for tests that need real encrypted segments: keys, metadata and a one-call segment writer.
+
+Other test modules may import these (``from tests.segfile_helpers import make_keys, write_segment``).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from edgerec import segfile
+from edgerec.segfile import SealedSegment, SegmentMeta, SegmentWriter
+
+START_NS = 1_750_000_000_000_000_000
+
+
+@dataclass(frozen=True)
+class TestKeys:
+    """A recipient key pair (the officer) and a device signing key."""
+
+    __test__ = False  # not a pytest test class
+
+    recipient: X25519PrivateKey
+    device: Ed25519PrivateKey
+
+    @property
+    def recipient_public(self) -> X25519PublicKey:
+        return self.recipient.public_key()
+
+
+def make_keys() -> TestKeys:
+    return TestKeys(X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
+
+
+def make_meta(**overrides: object) -> SegmentMeta:
+    meta = SegmentMeta(
+        device_id="pi-test-01",
+        camera="front-door",
+        sequence=7,
+        start_ns=START_NS,
+        clock_synced=True,
+        boot_id="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+        monotonic_ns=123_456_789_000,
+        codec="h264",
+        container="mpegts",
+        prev_digest=bytes(range(32)),
+    )
+    return replace(meta, **overrides)  # type: ignore[arg-type]
+
+
+def write_segment(
+    path: Path,
+    data: bytes,
+    keys: TestKeys,
+    *,
+    recipients: Sequence[X25519PublicKey] | None = None,
+    meta: SegmentMeta | None = None,
+    chunk_bytes: int = 65536,
+    write_size: int = 1316,
+    seed: int = 0,
+) -> SealedSegment:
+    """Write ``data`` as a closed segment in writes of about ``write_size`` bytes (varied by ``seed``);
+    ``note`` is called after every write with a frame count and an end time derived from it."""
+    rng = random.Random(seed)
+    writer = SegmentWriter(
+        path,
+        meta or make_meta(),
+        recipients if recipients is not None else [keys.recipient_public],
+        keys.device,
+        chunk_bytes=chunk_bytes,
+    )
+    pos = frames = 0
+    while pos < len(data):
+        n = max(1, rng.randint(write_size // 2, write_size * 3 // 2))
+        writer.write(data[pos : pos + n])
+        pos += n
+        frames += 1
+        writer.note(START_NS + frames * 40_000_000, frames)
+    return writer.close()
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of a segment file, located by offsets (for tampering tests)."""
+
+    offset: int
+    kind: int
+    raw: bytes
+
+
+def split_records(blob: bytes) -> tuple[bytes, list[Record]]:
+    """Cut a segment file into its header and its records (chunks, then the trailer), trusting the framing."""
+    header_len = struct.unpack_from(">I", blob, 12)[0]
+    records = []
+    pos = header_len
+    while pos < len(blob):
+        kind = blob[pos]
+        if kind == segfile.KIND_TRAILER:
+            size = segfile.TRAILER_BYTES
+        else:
+            ct_len = struct.unpack_from(">I", blob, pos + 1)[0]
+            size = segfile.CHUNK_OVERHEAD_BYTES - segfile.TAG_BYTES + ct_len
+        records.append(Record(pos, kind, blob[pos : pos + size]))
+        pos += size
+    return blob[:header_len], records

@@ -1,0 +1,274 @@
+"""Incident commands: the shared parser, hold windows, and the service (idempotence, durability, audit)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgerec.audit import AuditLog, verify_audit
+from edgerec.catalog import Catalog, IncidentRow
+from edgerec.errors import CommandError
+from edgerec.incidents import (
+    IncidentService,
+    WindowIndex,
+    command_result_for_error,
+    holds,
+    parse_command,
+    parse_rfc3339,
+    parse_time,
+)
+from tests.test_catalog import DAY, MIN, T0, add_segment, make_config
+
+CAMERAS = ("gate", "yard")
+NOW = T0 + DAY
+
+
+def ns(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()) * 1_000_000_000
+
+
+def parse(obj):
+    return parse_command(obj, cameras=CAMERAS, now_ns=NOW)
+
+
+OPEN = {"action": "open", "id": "INC-2026-0042", "camera": "gate", "from": "2026-11-20T09:55:00Z",
+        "to": "2026-11-20T10:30:00Z", "reason": "bike stolen", "by": "officer"}
+
+
+# ----- parsing ------------------------------------------------------------------------------------------
+def test_full_open_command_parses():
+    cmd = parse(OPEN)
+    assert cmd.action == "open" and cmd.id == "INC-2026-0042" and cmd.camera == "gate"
+    assert cmd.from_ns == ns("2026-11-20T09:55:00Z") and cmd.to_ns == ns("2026-11-20T10:30:00Z")
+    assert cmd.reason == "bike stolen" and cmd.by == "officer"
+
+
+def test_open_defaults_from_to_now_and_to_open_ended():
+    cmd = parse({"action": "open", "id": "A", "camera": "*"})
+    assert cmd.from_ns == NOW and cmd.to_ns is None and cmd.camera == "*"
+    assert parse({**OPEN, "to": None}).to_ns is None
+
+
+def test_close_command_parses():
+    cmd = parse({"action": "close", "id": "INC-1", "by": "boss"})
+    assert cmd.action == "close" and cmd.id == "INC-1" and cmd.by == "boss" and cmd.camera is None
+
+
+@pytest.mark.parametrize(("obj", "message"), [
+    ({**OPEN, "colour": "red"}, "unknown field"),
+    ({"action": "close", "id": "A", "camera": "gate"}, "unknown field"),
+    ({**OPEN, "action": "delete"}, "unknown action"),
+    ({k: v for k, v in OPEN.items() if k != "action"}, "'action' is missing"),
+    ({**OPEN, "action": 1}, "'action' must be a string"),
+    ({k: v for k, v in OPEN.items() if k != "id"}, "'id' is missing"),
+    ({**OPEN, "id": ""}, "'id'"),
+    ({**OPEN, "id": "x" * 65}, "'id'"),
+    ({**OPEN, "id": "has space"}, "'id'"),
+    ({**OPEN, "id": "a/b"}, "'id'"),
+    ({**OPEN, "id": 42}, "'id' must be a string, not a number"),
+    ({**OPEN, "camera": "garage"}, "unknown camera"),
+    ({**OPEN, "camera": ["gate"]}, "'camera' must be a string, not an array"),
+    ({k: v for k, v in OPEN.items() if k != "camera"}, "'camera' is missing"),
+    ({**OPEN, "from": "yesterday"}, "'from'"),
+    ({**OPEN, "from": "2026-11-20 09:55"}, "'from'"),  # no offset: not RFC 3339
+    ({**OPEN, "from": 1_700_000_000}, "'from' must be an RFC 3339 time string, not a number"),
+    ({**OPEN, "to": "2026-11-20T09:00:00Z"}, "'to' is before 'from'"),
+    ({**OPEN, "to": True}, "'to' must be an RFC 3339 time string, not a boolean"),
+    ({**OPEN, "reason": "x" * 1001}, "'reason' is too long"),
+    ({**OPEN, "by": {"name": "x"}}, "'by' must be a string, not an object"),
+    ({**OPEN, "reason": "line\nbreak"}, "control characters"),
+    ("open", "must be an object"),
+])
+def test_bad_commands_are_refused_naming_the_problem(obj, message):
+    with pytest.raises(CommandError, match=message) as info:
+        parse(obj)
+    assert "\n" not in str(info.value)
+
+
+def test_rfc3339_variants():
+    assert parse_rfc3339("2026-11-20T09:55:00Z") == ns("2026-11-20T09:55:00Z")
+    assert parse_rfc3339("2026-11-20T10:55:00+01:00") == ns("2026-11-20T09:55:00Z")
+    assert parse_rfc3339("2026-11-20t09:55:00.123456789z") == ns("2026-11-20T09:55:00Z") + 123_456_789
+    assert parse_rfc3339("2026-11-20T09:55:00.5Z") == ns("2026-11-20T09:55:00Z") + 500_000_000
+    with pytest.raises(ValueError):
+        parse_rfc3339("2026-13-20T09:55:00Z")
+
+
+def test_parse_time_accepts_local_times_for_the_cli():
+    local = datetime(2026, 11, 20, 9, 55).timestamp()
+    assert parse_time("2026-11-20 09:55") == int(local) * 1_000_000_000
+    assert parse_time("2026-11-20 09:55:30") == int(local + 30) * 1_000_000_000
+    assert parse_time("2026-11-20T09:55:00Z") == ns("2026-11-20T09:55:00Z")
+    with pytest.raises(CommandError, match="RFC 3339"):
+        parse_time("next tuesday")
+
+
+@given(st.from_regex(r"\A[A-Za-z0-9._:-]{1,64}\Z"))
+def test_every_well_formed_id_is_accepted(incident_id):
+    assert parse({**OPEN, "id": incident_id}).id == incident_id
+
+
+@given(st.text(min_size=1, max_size=80).filter(lambda s: not all(c.isascii() and (c.isalnum() or c in "._:-")
+                                                                   for c in s) or len(s) > 64))
+def test_malformed_ids_are_refused(incident_id):
+    with pytest.raises(CommandError):
+        parse({**OPEN, "id": incident_id})
+
+
+@given(st.dictionaries(st.text(max_size=8), st.none() | st.booleans() | st.integers() | st.text(max_size=30)
+                       | st.lists(st.integers(), max_size=2), max_size=8))
+def test_arbitrary_objects_never_raise_anything_but_command_error(obj):
+    try:
+        parse(obj)
+    except CommandError:
+        pass
+
+
+# ----- hold windows -------------------------------------------------------------------------------------
+def test_hold_window_semantics():
+    inc = IncidentRow("A", "gate", T0, T0 + 10 * MIN, "", "", T0, pre_roll_ns=MIN, post_roll_ns=MIN)
+    grace = 7 * DAY
+    assert holds(inc, "gate", T0 - 2 * MIN, T0 - MIN, NOW, grace)  # pre-roll reaches back
+    assert not holds(inc, "gate", T0 - 3 * MIN, T0 - 2 * MIN - 1, NOW, grace)
+    assert holds(inc, "gate", T0 + 11 * MIN, T0 + 12 * MIN, NOW, grace)  # post-roll
+    assert not holds(inc, "yard", T0, T0 + MIN, NOW, grace)  # another camera
+    star = IncidentRow("B", "*", T0, None, "", "", T0)
+    assert holds(star, "yard", T0 + 300 * DAY, T0 + 300 * DAY + MIN, NOW, grace)  # open-ended: new footage
+
+
+def test_window_index_finds_overlaps_across_merged_blocks():
+    idx = WindowIndex([("gate", 0, 10, "a"), ("gate", 5, 20, "b"), ("*", 30, None, "c"), ("yard", 0, 1, "d")])
+    assert idx.any_overlap("gate", 15, 16) and not idx.any_overlap("gate", 21, 29)
+    assert sorted(idx.overlapping("gate", 9, 12)) == ["a", "b"]
+    assert idx.overlapping("gate", 11, 12) == ["b"]
+    assert idx.overlapping("yard", 1000, 2000) == ["c"]
+    assert idx.overlapping("other", 0, 5) == []
+
+
+# ----- the service --------------------------------------------------------------------------------------
+@pytest.fixture
+def env(tmp_path):
+    catalog = Catalog.open(tmp_path)
+    audit = AuditLog(tmp_path / "audit.log")
+    service = IncidentService(catalog, audit, make_config(tmp_path))
+    yield service, catalog, tmp_path
+    catalog.close()
+
+
+def audit_events(path):
+    return [json.loads(line) for line in (path / "audit.log").read_text().splitlines()]
+
+
+def open_cmd(**overrides):
+    return parse({**OPEN, **overrides})
+
+
+def test_open_is_committed_and_audited_before_returning(env):
+    service, catalog, data_dir = env
+    result = service.apply(open_cmd(), NOW)
+    assert result.ok and not result.duplicate and result.error is None
+    other = Catalog.open(data_dir)  # another connection sees it: committed
+    try:
+        row = other.get_incident("INC-2026-0042")
+    finally:
+        other.close()
+    assert row is not None and row.camera == "gate" and row.pre_roll_ns == 60 * 10**9 and row.opened_ns == NOW
+    events = audit_events(data_dir)
+    assert events[-1]["event"] == "incident_opened" and events[-1]["id"] == "INC-2026-0042"
+    assert events[-1]["from"] == "2026-11-20T09:55:00.000Z" and events[-1]["by"] == "officer"
+    assert verify_audit(data_dir / "audit.log").ok
+
+
+def test_same_open_again_is_a_duplicate(env):
+    service, _, data_dir = env
+    service.apply(open_cmd(), NOW)
+    again = service.apply(open_cmd(reason="other words"), NOW + MIN)
+    assert again.ok and again.duplicate
+    assert len(audit_events(data_dir)) == 1
+
+
+def test_conflicting_open_is_an_error(env):
+    service, catalog, _ = env
+    service.apply(open_cmd(), NOW)
+    result = service.apply(open_cmd(camera="yard"), NOW)
+    assert not result.ok and "different window or camera" in result.error
+    assert not service.apply(open_cmd(to=None), NOW).ok
+    assert catalog.get_incident("INC-2026-0042").camera == "gate"
+
+
+def test_close_then_close_again_is_a_duplicate_and_unknown_close_is_an_error(env):
+    service, catalog, data_dir = env
+    service.apply(open_cmd(), NOW)
+    closed = service.apply(parse({"action": "close", "id": "INC-2026-0042", "by": "boss"}), NOW + DAY)
+    assert closed.ok and not closed.duplicate
+    assert catalog.get_incident("INC-2026-0042").closed_ns == NOW + DAY
+    again = service.apply(parse({"action": "close", "id": "INC-2026-0042"}), NOW + 2 * DAY)
+    assert again.ok and again.duplicate
+    assert catalog.get_incident("INC-2026-0042").closed_ns == NOW + DAY
+    unknown = service.apply(parse({"action": "close", "id": "NOPE"}), NOW)
+    assert not unknown.ok and "unknown incident" in unknown.error
+    assert [e["event"] for e in audit_events(data_dir)] == ["incident_opened", "incident_closed"]
+    assert audit_events(data_dir)[-1]["by"] == "boss"
+
+
+def test_reopen_after_close_stays_closed_and_is_a_duplicate(env):
+    service, catalog, _ = env
+    service.apply(open_cmd(), NOW)
+    service.apply(parse({"action": "close", "id": "INC-2026-0042"}), NOW + DAY)
+    result = service.apply(open_cmd(), NOW + 2 * DAY)  # a redelivered old open
+    assert result.ok and result.duplicate and not catalog.get_incident("INC-2026-0042").is_open
+
+
+def test_held_counts_in_the_reply(env):
+    service, catalog, _ = env
+    start = ns("2026-11-20T09:55:00Z")
+    for i in range(60):
+        add_segment(catalog, "gate", i, start - 10 * MIN + i * MIN, size=100)
+        add_segment(catalog, "yard", i, start - 10 * MIN + i * MIN, size=1)
+    result = service.apply(open_cmd(), NOW)
+    # 09:55 - 1 min pre-roll .. 10:30 + 1 min post-roll on gate: segments starting 09:53 .. 10:31
+    assert result.held_segments == 39 and result.held_bytes == 3900
+    star = service.apply(parse({**OPEN, "id": "B", "camera": "*", "to": None}), NOW + 1)
+    assert star.held_segments == 2 * (60 - 8)
+    payload = service.incidents_payload()
+    assert [p["id"] for p in payload] == ["INC-2026-0042", "B"] and payload[0]["held_segments"] == 39
+
+
+def test_failed_audit_append_leaves_nothing_recorded(env, tmp_path):
+    service, catalog, _ = env
+
+    class BrokenAudit:
+        def append(self, event, **fields):
+            raise OSError(28, "No space left on device")
+
+    service.audit = BrokenAudit()
+    with pytest.raises(OSError):
+        service.apply(open_cmd(), NOW)
+    assert catalog.get_incident("INC-2026-0042") is None
+
+
+def test_handle_turns_parse_errors_into_replies(env):
+    service, _, _ = env
+    reply = service.handle({"action": "open", "id": "bad id", "camera": "gate"}, NOW)
+    assert not reply.ok and reply.id == "bad id" and reply.action == "open" and "'id'" in reply.error
+    assert reply.to_json_dict() == {"id": "bad id", "action": "open", "ok": False, "error": reply.error,
+                                    "duplicate": False, "held_segments": 0, "held_bytes": 0}
+    assert command_result_for_error(["not", "an", "object"], "boom").id is None
+    assert service.handle({**OPEN}, NOW).ok
+
+
+def test_list_open_and_all(env):
+    service, _, _ = env
+    service.apply(open_cmd(), NOW)
+    service.apply(parse({**OPEN, "id": "B"}), NOW + 1)
+    service.apply(parse({"action": "close", "id": "B"}), NOW + 2)
+    assert [i.id for i in service.list_open()] == ["INC-2026-0042"]
+    assert [i.id for i in service.list_all()] == ["INC-2026-0042", "B"]
+    d = service.list_open()[0].to_json_dict()
+    assert d["from"] == "2026-11-20T09:55:00.000Z" and d["to"] == "2026-11-20T10:30:00.000Z"
+    assert d["state"] == "open"
+    assert datetime.fromisoformat(d["opened"].replace("Z", "+00:00")).tzinfo == UTC

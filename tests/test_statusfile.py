@@ -1,0 +1,205 @@
+"""The status file: atomic replacement, clear errors when it is missing, staleness, and the summary text."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from edgerec.errors import EdgerecError
+from edgerec.statusfile import (
+    STALE_AFTER_S,
+    format_status,
+    human_bytes,
+    human_duration,
+    read_status,
+    write_status,
+)
+
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+
+
+def rfc3339(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def sample_status(**overrides) -> dict:
+    status = {
+        "version": "0.1.0",
+        "device_id": "pi-gate",
+        "pid": 4321,
+        "started_at": rfc3339(NOW - 3 * 86400 - 4 * 3600),
+        "updated_at": rfc3339(NOW - 2),
+        "uptime_s": 3 * 86400 + 4 * 3600,
+        "state": "recording",
+        "clock": {"synced": True, "boot_id": "0f3c"},
+        "cameras": {
+            "gate": {
+                "state": "recording", "connected": True, "fps": 25.0, "bitrate_bps": 2_100_000,
+                "last_packet_age_s": 0.04, "segments": 1234, "bytes": 12_300_000_000,
+                "oldest": rfc3339(NOW - 27 * 86400 - 23 * 3600), "newest": rfc3339(NOW - 30),
+                "health": {"frozen": False, "dark": False}, "last_error": None, "reconnects": 3, "gaps": 1,
+            },
+            "yard": {
+                "state": "backoff", "connected": False, "fps": 0.0, "bitrate_bps": 0,
+                "last_packet_age_s": None, "segments": 0, "bytes": 0, "oldest": None, "newest": None,
+                "health": {"covered": True}, "last_error": "rtsp://10.0.0.9/s1: connection refused",
+                "reconnects": 7, "gaps": 2,
+            },
+        },
+        "disk": {"free_bytes": 45_200_000_000, "free_pct": 62.07, "used_bytes": 12_800_000_000,
+                 "total_bytes": 58_000_000_000},
+        "oldest_footage_age_s": 27 * 86400 + 23 * 3600,
+        "retention": {
+            "days": 28, "last_sweep": rfc3339(NOW - 240), "deleted_last_sweep": 12, "disk_full": False,
+        },
+        "incidents_open": 2,
+        "held_bytes": 1_200_000_000,
+        "mqtt": {"connected": True, "queued": 0},
+        "last_errors": [{"at": rfc3339(NOW - 600), "message": "recorder for yard died"}],
+    }
+    status.update(overrides)
+    return status
+
+
+def test_written_status_reads_back_with_age_and_mode_0640(tmp_path):
+    path = tmp_path / "status.json"
+    old_umask = os.umask(0o077)  # as under systemd's UMask=0077
+    try:
+        write_status(path, sample_status())
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    got = read_status(path, now=NOW)
+    assert got["device_id"] == "pi-gate"
+    assert got["cameras"]["gate"]["segments"] == 1234
+    assert got["age_s"] == pytest.approx(2.0)
+    assert got["stale"] is False
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]  # no temp file left behind
+
+
+def test_status_older_than_the_limit_is_marked_stale_not_refused(tmp_path):
+    path = tmp_path / "status.json"
+    write_status(path, sample_status(updated_at=rfc3339(NOW - STALE_AFTER_S - 5)))
+    got = read_status(path, now=NOW)
+    assert got["stale"] is True
+    assert got["age_s"] == pytest.approx(STALE_AFTER_S + 5)
+    assert "WARNING: status is 35s old" in format_status(got, NOW)
+
+
+def test_status_without_updated_at_falls_back_to_file_mtime(tmp_path):
+    path = tmp_path / "status.json"
+    status = sample_status()
+    del status["updated_at"]
+    write_status(path, status)
+    os.utime(path, (NOW - 100, NOW - 100))
+    got = read_status(path, now=NOW)
+    assert got["stale"] is True and got["age_s"] == pytest.approx(100)
+
+
+def test_missing_status_file_says_to_check_the_daemon(tmp_path):
+    with pytest.raises(EdgerecError, match=r"no status file at .*status\.json: is the daemon running\?"):
+        read_status(tmp_path / "status.json", now=NOW)
+
+
+def test_damaged_status_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "status.json"
+    path.write_text('{"version": ')
+    with pytest.raises(EdgerecError, match="is damaged"):
+        read_status(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(EdgerecError, match="not a JSON object"):
+        read_status(path)
+
+
+def test_rewrite_replaces_the_whole_file_even_when_it_shrinks(tmp_path):
+    path = tmp_path / "status.json"
+    write_status(path, sample_status(last_errors=[{"at": "x", "message": "e" * 5000}]))
+    write_status(path, {"state": "stopped", "updated_at": rfc3339(NOW)})
+    assert json.loads(path.read_text()) == {"state": "stopped", "updated_at": rfc3339(NOW)}
+
+
+def test_concurrent_reader_never_sees_a_partial_file(tmp_path):
+    path = tmp_path / "status.json"
+    write_status(path, sample_status())
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                read_status(path, now=NOW)
+            except EdgerecError as exc:
+                problems.append(str(exc))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(300):
+            errors = [{"at": "x", "message": "m" * (i * 37)}]
+            write_status(path, sample_status(incidents_open=i, last_errors=errors))
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    assert problems == []
+    assert read_status(path, now=NOW)["incidents_open"] == 299
+
+
+def test_unserialisable_values_are_written_as_text_rather_than_crashing(tmp_path):
+    path = tmp_path / "status.json"
+    write_status(path, {"data_dir": tmp_path, "updated_at": rfc3339(NOW)})
+    assert read_status(path, now=NOW)["data_dir"] == str(tmp_path)
+
+
+def test_format_status_summarises_daemon_cameras_disk_incidents_and_errors():
+    text = format_status({**sample_status(), "age_s": 2.0, "stale": False}, NOW)
+    lines = text.splitlines()
+    assert lines[0] == "edgerec 0.1.0 device pi-gate: recording (pid 4321, up 3d 4h)"
+    assert "clock: synced" in lines
+    assert "  gate: recording, connected, last packet 0.0s ago, 25.0 fps, 2.10 Mbit/s" in lines
+    assert "    segments 1234 (12.3 GB), oldest from 27d 23h ago, newest ends 30s ago" in lines
+    assert "    health ok, reconnects 3, gaps 1" in lines
+    assert "  yard: backoff, not connected, no packet yet, 0.0 fps, 0 kbit/s" in lines
+    assert "    health covered, reconnects 7, gaps 2" in lines
+    assert "    last error: rtsp://10.0.0.9/s1: connection refused" in lines
+    assert "disk: 45.2 GB free (62.1%) of 58.0 GB, 12.8 GB used" in lines
+    assert "retention: 28 days, oldest footage 27d 23h, last sweep 4m 0s ago (deleted 12)" in lines
+    assert "incidents: 2 open, 1.2 GB held" in lines
+    assert "mqtt: connected (queued=0)" in lines
+    assert lines[-2:] == ["last errors:", "  2024-05-01T11:50:00.000Z recorder for yard died"]
+    assert "WARNING" not in text and "NOT SYNCED" not in text
+
+
+def test_format_status_flags_unsynced_clock_disk_full_and_stopped_daemon():
+    status = sample_status(
+        state="stopped", clock={"synced": False},
+        retention={"days": 28, "last_sweep": None, "deleted_last_sweep": None, "disk_full": True},
+        mqtt={"enabled": False},
+    )
+    text = format_status({**status, "stale": True, "age_s": 500.0}, NOW)
+    assert text.startswith("DAEMON STOPPED at ")
+    assert "clock: NOT SYNCED" in text
+    assert "DISK FULL" in text
+    assert "last sweep never" in text
+    assert "mqtt: disabled" in text
+
+
+def test_format_status_survives_a_nearly_empty_status():
+    text = format_status({"updated_at": rfc3339(NOW)}, datetime.fromtimestamp(NOW, UTC))
+    assert "edgerec ? device ?: ? (pid ?, up ?)" in text
+    assert "cameras: 0" in text
+
+
+def test_human_units():
+    assert human_bytes(999) == "999 B"
+    assert human_bytes(1_500_000) == "1.5 MB"
+    assert human_bytes(None) == "?"
+    assert human_duration(0.25) == "0.2s"
+    assert human_duration(42) == "42s"
+    assert human_duration(303) == "5m 3s"
+    assert human_duration(7800) == "2h 10m"
+    assert human_duration(3 * 86400 + 4 * 3600 + 59) == "3d 4h"
