@@ -1,51 +1,51 @@
-"""Ingest benchmark: CPU time of recording a file with edgerec's Recorder vs ``ffmpeg -c copy -f segment``.
+"""Ingest benchmark: CPU and memory of ``edgerec run`` against ``ffmpeg -c copy -f segment``, same input.
 
-Makes a 1080p25, 4 Mbit/s H.264 clip (or uses ``--clip``), then in the same run records it with
-``realtime: false`` through the Recorder (demux, TS mux, AES-256-GCM chunks, fsync, signed trailer) and
-segments it with ffmpeg, each in a child process, and compares their CPU time (user + system, from
-``wait4``) and peak RSS. A third child that only imports edgerec and makes the keys is measured too, so
-the Recorder's figure can be given without the interpreter's start-up.
+Makes (or takes with ``--clip``) a 1080p25, 4 Mbit/s H.264 clip and a short cut of its beginning (same
+content, stream copy). Then, in one run and interleaved so that background load hits both alike, it
+records each clip ``--reps`` times with
 
-    python bench/ingest.py [--minutes 3] [--clip FILE] [--keep DIR]
+- ``edgerec run --exit-at-eof`` (a child process: interpreter start-up, imports, catalog, one file
+  camera with ``realtime: false`` and ``health: false``, demux, TS mux, AES-256-GCM chunks, fdatasync,
+  signed trailers), and
+- ``ffmpeg -i CLIP -map 0:v -c copy -f segment -segment_time 60`` (no encryption, no fsync),
+
+taking CPU time (user + system) and peak RSS of each child from ``wait4``. Medians are reported. The
+steady-state cost (start-up excluded, for both) is the difference between the long and the short clip.
+
+Then it runs ``edgerec run`` with the long clip as a real-time looping file camera (the default
+``health: true``, as deployed) for ``--live-seconds`` and samples its RSS and CPU from ``/proc``, and
+does the same for ``ffmpeg -re``. Prints a markdown table.
+
+    .venv/bin/python bench/ingest.py [--minutes 3] [--short-seconds 30] [--reps 5] [--live-seconds 30]
+                                     [--clip FILE] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
+import shlex
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 TARGET_RATIO = 1.3
-
-RECORD_SCRIPT = """
-import sys, time
-from pathlib import Path
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from edgerec.config import CameraConfig, DurabilityConfig
-from edgerec.recorder import ChainState, Recorder
-
-clip, data_dir, only_setup = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
-recipient = X25519PrivateKey.generate().public_key()
-signing = Ed25519PrivateKey.generate()
-if only_setup:
-    sys.exit(0)
-sealed = []
-rec = Recorder(CameraConfig("bench", clip, realtime=False, loop=False), data_dir=data_dir, device_id="bench",
-               segment_seconds=60, durability=DurabilityConfig(), recipients=[recipient], signing_key=signing,
-               chain=ChainState(0, bytes(32)), on_sealed=sealed.append, exit_at_eof=True)
-rec.start()
-rec.join()
-rec.stop(10)
-assert rec.finished, rec.stats()
-print(len(sealed), sum(s.frames for s in sealed), sum(s.size_bytes for s in sealed))
-"""
+TARGET_RSS_MB = 100.0
+SEGMENT_SECONDS = 60
+LIVE_WARMUP_S = 10.0  # RSS and CPU of the live run are taken after this, when they are steady
+LIVE_SAMPLE_INTERVAL_S = 0.5
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TOOLS = ("edgerec", "ffmpeg", "ffmpeg+fsync")
 
 
 @dataclass(frozen=True)
@@ -53,24 +53,70 @@ class Usage:
     cpu_s: float
     wall_s: float
     max_rss_mb: float
-    output: str
 
 
-def run_measured(argv: list[str]) -> Usage:
-    """Run a child to completion and return its CPU time and peak RSS (from wait4)."""
+@dataclass(frozen=True)
+class LiveUsage:
+    cpu_pct: float  # of one core, over the steady window
+    rss_median_mb: float  # over the steady window
+    rss_peak_mb: float  # VmHWM at the end
+
+
+# ----- children ----------------------------------------------------------------
+def run_measured(argv: list[str], log_path: Path) -> Usage:
+    """Run a child to completion; its CPU time and peak RSS come from ``wait4`` (the child alone)."""
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    out = proc.stdout.read().decode()
-    err = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed ({proc.returncode}):\n{err}")
-    return Usage(usage.ru_utime + usage.ru_stime, time.monotonic() - started, usage.ru_maxrss / 1024,
-                 out.strip())
+        raise SystemExit(f"{argv[0]} failed ({proc.returncode}); see {log_path}")
+    return Usage(usage.ru_utime + usage.ru_stime, time.monotonic() - started, usage.ru_maxrss / 1024)
 
 
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def run_live(argv: list[str], seconds: float, log_path: Path) -> LiveUsage:
+    """Run a child for ``seconds``, sampling RSS and CPU from /proc after the warm-up, then SIGTERM it."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        started = time.monotonic()
+        rss_kb: list[int] = []
+        cpu0 = t0 = None
+        while (now := time.monotonic()) - started < seconds:
+            if proc.poll() is not None:
+                raise SystemExit(f"{argv[0]} exited early ({proc.returncode}); see {log_path}")
+            if now - started >= min(LIVE_WARMUP_S, seconds / 2):
+                if cpu0 is None:
+                    cpu0, t0 = proc_cpu_s(proc.pid), now
+                rss_kb.append(proc_status_kb(proc.pid, "VmRSS"))
+            time.sleep(LIVE_SAMPLE_INTERVAL_S)
+        cpu1, t1 = proc_cpu_s(proc.pid), time.monotonic()
+        peak_kb = proc_status_kb(proc.pid, "VmHWM")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert cpu0 is not None and t0 is not None and rss_kb
+    return LiveUsage(100 * (cpu1 - cpu0) / (t1 - t0), statistics.median(rss_kb) / 1024, peak_kb / 1024)
+
+
+# ----- inputs ----------------------------------------------------------------
 def make_clip(path: Path, minutes: float) -> None:
     subprocess.run(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
@@ -81,50 +127,226 @@ def make_clip(path: Path, minutes: float) -> None:
     )
 
 
+def cut_clip(src: Path, dst: Path, seconds: float) -> None:
+    """The first ``seconds`` of ``src`` by stream copy: the same bytes, so the same per-frame work."""
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src), "-map", "0:v",
+                    "-c", "copy", "-t", str(seconds), str(dst)], check=True)
+
+
+def clip_seconds(path: Path) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "format=duration", "-of", "default=nw=1:nk=1", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.strip())
+
+
+def write_config(path: Path, data_dir: Path, recipient: str, clip: Path, *, live: bool,
+                 health: bool = True) -> Path:
+    camera: dict[str, object] = {"name": "cam", "url": str(clip)}
+    if not live:  # ingest as fast as possible, no picture analysis: the same job as ffmpeg's
+        camera.update(realtime=False, loop=False, health=False)
+    elif not health:
+        camera.update(health=False)
+    cfg = {"device_id": "bench", "data_dir": str(data_dir), "recipients": [recipient],
+           "segment_seconds": SEGMENT_SECONDS, "cameras": [camera]}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def edgerec_argv(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "edgerec", "run", "-c", str(config), *extra]
+
+
+def ffmpeg_argv(clip: Path, out_dir: Path, *, live: bool = False) -> list[str]:
+    src = ["-re", "-stream_loop", "-1", "-i", str(clip)] if live else ["-i", str(clip)]
+    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *src, "-map", "0:v",
+            "-c", "copy", "-f", "segment", "-segment_time", str(SEGMENT_SECONDS),
+            str(out_dir / "seg%05d.ts")]
+
+
+def ffmpeg_synced_argv(clip: Path, out_dir: Path) -> list[str]:
+    """ffmpeg, then ``fdatasync`` of every file it wrote, in one child: the same durability as edgerec's
+    (without it the kernel writes ffmpeg's data back later, on CPU time charged to no one measured)."""
+    script = f"{shlex.join(ffmpeg_argv(clip, out_dir))} && sync -d {shlex.quote(str(out_dir))}/*.ts"
+    return ["sh", "-c", script]
+
+
+# ----- the machine ----------------------------------------------------------------
+def machine_description() -> str:
+    model = "unknown CPU"
+    flags: set[str] = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Model") and model == "unknown CPU":
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    has_sha = bool(flags & {"sha_ni", "sha2"})
+    has_aes = "aes" in flags
+    import av
+    import cryptography
+
+    ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return (f"{os.cpu_count()} CPUs, {model} (SHA extensions: {'yes' if has_sha else 'no'}, AES: "
+            f"{'yes' if has_aes else 'no'}); Python {platform.python_version()}, PyAV {av.__version__}, "
+            f"cryptography {cryptography.__version__}; {ffmpeg}")
+
+
+# ----- the run ----------------------------------------------------------------
+def median_usage(samples: list[Usage]) -> Usage:
+    return Usage(statistics.median(u.cpu_s for u in samples), statistics.median(u.wall_s for u in samples),
+                 max(u.max_rss_mb for u in samples))
+
+
+def measure_ingest(work: Path, clips: dict[str, Path], recipient: str, reps: int,
+                   progress: Callable[[str], None]) -> dict[tuple[str, str], Usage]:
+    """Median usage per (tool, clip name), the runs interleaved: rep 1 of everything, rep 2, ..."""
+    samples: dict[tuple[str, str], list[Usage]] = {}
+    for rep in range(reps):
+        for name, clip in clips.items():
+            data_dir = work / f"data-{name}"
+            seg_dir = work / f"ffmpeg-{name}"
+            for tool in TOOLS:
+                shutil.rmtree(data_dir, ignore_errors=True)
+                shutil.rmtree(seg_dir, ignore_errors=True)
+                seg_dir.mkdir(parents=True)
+                if tool == "edgerec":
+                    config = write_config(work / f"ingest-{name}.yaml", data_dir, recipient, clip, live=False)
+                    argv = edgerec_argv(config, "--exit-at-eof")
+                elif tool == "ffmpeg":
+                    argv = ffmpeg_argv(clip, seg_dir)
+                else:
+                    argv = ffmpeg_synced_argv(clip, seg_dir)
+                usage = run_measured(argv, work / f"{tool}-{name}.log")
+                samples.setdefault((tool, name), []).append(usage)
+                progress(f"rep {rep + 1}/{reps} {tool:12} {name:5}: cpu {usage.cpu_s:.3f} s, "
+                         f"max RSS {usage.max_rss_mb:.0f} MB")
+    return {key: median_usage(values) for key, values in samples.items()}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--clip", type=Path)
-    parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
+    parser.add_argument("--minutes", type=float, default=3.0, help="length of the clip made (default 3)")
+    parser.add_argument("--short-seconds", type=float, default=30.0,
+                        help="length of the short cut, for the start-up cost (default 30)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions; medians are reported (default 5)")
+    parser.add_argument("--live-seconds", type=float, default=30.0,
+                        help="length of the real-time run for RSS and CPU %% (0: skip; default 30)")
+    parser.add_argument("--clip", type=Path, help="use this H.264 file instead of making one")
+    parser.add_argument("--work", type=Path, help="work in this directory and keep it (the clip is reused)")
     args = parser.parse_args(argv)
 
-    work = args.keep or Path(tempfile.mkdtemp(prefix="edgerec-bench-"))
+    from edgerec import keys
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="edgerec-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     try:
-        clip = args.clip
-        if clip is None:
-            clip = work / "clip.mp4"
-            if not clip.exists():
-                print(f"making a {args.minutes} min 1080p25 4 Mbit/s clip ...", flush=True)
-                make_clip(clip, args.minutes)
-        size_mb = clip.stat().st_size / 1e6
+        long_clip = args.clip or work / "clip.mp4"
+        if not long_clip.exists():
+            progress(f"making a {args.minutes:g} min 1080p25 4 Mbit/s clip ...")
+            make_clip(long_clip, args.minutes)
+        short_clip = work / "short.mp4"
+        cut_clip(long_clip, short_clip, args.short_seconds)
+        clips = {"long": long_clip, "short": short_clip}
+        seconds = {name: clip_seconds(clip) for name, clip in clips.items()}
+        recipient_file = work / "officer.key"
+        recipient_file.unlink(missing_ok=True)
+        Path(f"{recipient_file}.pub").unlink(missing_ok=True)
+        recipient = keys.generate_recipient(recipient_file)
 
-        setup = run_measured([sys.executable, "-c", RECORD_SCRIPT, str(clip), str(work / "none"), "1"])
-        ours = run_measured([sys.executable, "-c", RECORD_SCRIPT, str(clip), str(work / "data"), "0"])
-        seg_dir = work / "ffmpeg"
-        seg_dir.mkdir(exist_ok=True)
-        theirs = run_measured(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-                               "-i", str(clip), "-map", "0:v", "-c", "copy", "-f", "segment",
-                               "-segment_time", "60", str(seg_dir / "seg%03d.ts")])
-
-        net = ours.cpu_s - setup.cpu_s
-        print(f"clip: {clip} ({size_mb:.1f} MB)")
-        print(f"edgerec Recorder: cpu {ours.cpu_s:.2f} s (without start-up {net:.2f} s), "
-              f"wall {ours.wall_s:.2f} s, max RSS {ours.max_rss_mb:.0f} MB; "
-              f"segments/frames/bytes: {ours.output}")
-        print(f"interpreter + imports + keys only: cpu {setup.cpu_s:.2f} s, "
-              f"max RSS {setup.max_rss_mb:.0f} MB")
-        print(f"ffmpeg -c copy -f segment: cpu {theirs.cpu_s:.2f} s, wall {theirs.wall_s:.2f} s,"
-              f" max RSS {theirs.max_rss_mb:.0f} MB")
-        ratio = net / theirs.cpu_s if theirs.cpu_s > 0 else float("inf")
-        ratio_total = ours.cpu_s / theirs.cpu_s if theirs.cpu_s > 0 else float("inf")
-        verdict = "OK" if ratio <= TARGET_RATIO else "ABOVE TARGET"
-        print(f"cpu ratio edgerec/ffmpeg: {ratio:.2f}x without start-up, {ratio_total:.2f}x with it "
-              f"(target <= {TARGET_RATIO}x: {verdict})")
+        med = measure_ingest(work, clips, recipient, args.reps, progress)
+        live: dict[str, LiveUsage] = {}
+        if args.live_seconds > 0:
+            for name, health in (("edgerec", True), ("edgerec-no-health", False)):
+                data_dir = work / f"data-{name}"
+                shutil.rmtree(data_dir, ignore_errors=True)
+                config = write_config(work / f"{name}.yaml", data_dir, recipient, long_clip, live=True,
+                                      health=health)
+                progress(f"live: {name}, real-time file camera, {args.live_seconds:g} s ...")
+                live[name] = run_live(edgerec_argv(config), args.live_seconds, work / f"{name}-live.log")
+            seg_dir = work / "ffmpeg-live"
+            shutil.rmtree(seg_dir, ignore_errors=True)
+            seg_dir.mkdir()
+            progress(f"live: ffmpeg -re, {args.live_seconds:g} s ...")
+            live["ffmpeg"] = run_live(ffmpeg_argv(long_clip, seg_dir, live=True), args.live_seconds,
+                                      work / "ffmpeg-live.log")
+        print(report(med, live, seconds, long_clip, args))
     finally:
-        if args.keep is None:
+        if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def report(med: dict[tuple[str, str], Usage], live: dict[str, LiveUsage], seconds: dict[str, float],
+           clip: Path, args: argparse.Namespace) -> str:
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}×" if b > 0 else "n/a"
+
+    span_s = seconds["long"] - seconds["short"]
+    long_cpu = {tool: med[tool, "long"].cpu_s for tool in TOOLS}
+    short_cpu = {tool: med[tool, "short"].cpu_s for tool in TOOLS}
+    steady = {tool: long_cpu[tool] - short_cpu[tool] for tool in TOOLS}
+    # The fixed cost: the short run minus its share of the steady-state cost.
+    fixed = {tool: short_cpu[tool] - steady[tool] * seconds["short"] / span_s for tool in TOOLS}
+    per_min_ms = {tool: 60_000 * steady[tool] / span_s for tool in TOOLS}
+
+    def row(what: str, values: dict[str, float], fmt: str, *, ratios: bool = True) -> str:
+        cells = [fmt.format(values[tool]) for tool in TOOLS]
+        e, f, fs = (values[tool] for tool in TOOLS)
+        tail = [ratio(e, f), ratio(e, fs)] if ratios else ["", ""]
+        return "| " + " | ".join([what, *cells, *tail]) + " |"
+
+    size_mb = clip.stat().st_size / 1e6
+    steady_ratio = steady["edgerec"] / steady["ffmpeg"] if steady["ffmpeg"] > 0 else float("inf")
+    verdict = "meets" if steady_ratio <= TARGET_RATIO else "misses"
+    long_s, short_s = f"{seconds['long']:.0f} s", f"{seconds['short']:.0f} s"
+    lines = [
+        f"Clip: {long_s} of 1080p25 H.264, {size_mb:.1f} MB ({size_mb * 8 / seconds['long']:.1f} Mbit/s); "
+        f"short cut: its first {short_s}. CPU = user + system of the child, medians of {args.reps} "
+        "interleaved runs.",
+        f"Machine: {machine_description()}.",
+        "",
+        "| measurement | edgerec | ffmpeg | ffmpeg + fdatasync | edgerec / ffmpeg "
+        "| edgerec / (ffmpeg + fdatasync) |",
+        "|---|---|---|---|---|---|",
+        row(f"CPU, {long_s} clip, whole process", long_cpu, "{:.2f} s"),
+        row(f"CPU, {short_s} clip, whole process", short_cpu, "{:.2f} s"),
+        row(f"CPU, steady state ({span_s:.0f} s of video, start-up excluded)", steady, "{:.3f} s"),
+        row("CPU per minute of video, steady state", per_min_ms, "{:.0f} ms", ratios=False),
+        row("CPU, fixed (start-up and exit)", fixed, "{:.2f} s", ratios=False),
+        row(f"wall, {long_s} clip", {t: med[t, "long"].wall_s for t in TOOLS}, "{:.2f} s", ratios=False),
+        row(f"peak RSS, {long_s} clip", {t: med[t, "long"].max_rss_mb for t in TOOLS}, "{:.0f} MB",
+            ratios=False),
+    ]
+    if live:
+        e, n, f = live["edgerec"], live["edgerec-no-health"], live["ffmpeg"]
+        warmup = min(LIVE_WARMUP_S, args.live_seconds / 2)
+        lines += [
+            "",
+            f"Real time ({args.live_seconds:g} s each, the {long_s} clip as a looping file camera; "
+            "`ffmpeg -re -stream_loop -1`):",
+            "",
+            "| measurement | edgerec (defaults: health analysis on) | edgerec, `health: false` | ffmpeg |",
+            "|---|---|---|---|",
+            f"| CPU, % of one core (after {warmup:g} s) | {e.cpu_pct:.1f} % | {n.cpu_pct:.1f} % "
+            f"| {f.cpu_pct:.1f} % |",
+            f"| RSS, steady (median after {warmup:g} s) | {e.rss_median_mb:.0f} MB "
+            f"| {n.rss_median_mb:.0f} MB | {f.rss_median_mb:.0f} MB |",
+            f"| RSS, peak (VmHWM) | {e.rss_peak_mb:.0f} MB | {n.rss_peak_mb:.0f} MB "
+            f"| {f.rss_peak_mb:.0f} MB |",
+        ]
+    rss_verdict = ""
+    if live:
+        ok = live["edgerec"].rss_peak_mb < TARGET_RSS_MB
+        rss_verdict = f"; RSS target < {TARGET_RSS_MB:.0f} MB: {'meets' if ok else 'misses'}"
+    lines += ["", f"Steady-state CPU ratio edgerec / ffmpeg: {steady_ratio:.2f}× (target ≤ {TARGET_RATIO}×: "
+                  f"{verdict}){rss_verdict}."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,8 @@ from .config import Config, load_config
 from .errors import EdgerecError, UsageError
 
 log = logging.getLogger("edgerec.cli")
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
 def _add_config(p: argparse.ArgumentParser, *, data_dir: bool = False) -> None:
@@ -35,13 +38,15 @@ def _add_config(p: argparse.ArgumentParser, *, data_dir: bool = False) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgerec", description="Edge video recorder.")
     p.add_argument("--version", action="version", version=f"edgerec {__version__}")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="record the configured cameras until stopped")
     _add_config(run)
     run.add_argument("--exit-at-eof", action="store_true",
                      help="exit once every file source has ended and is sealed")
+    # Also accepted after `run` (as in `edgerec run -c FILE --log-level debug`); it overrides the global one.
+    run.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS)
 
     kg = sub.add_parser("keygen", help="make the privacy officer's key pair (do this off the device)")
     kg.add_argument("--out", type=Path, required=True, help="private key file to write (and OUT.pub)")
@@ -112,6 +117,26 @@ def _data_dir(args: argparse.Namespace) -> tuple[Path, Config | None]:
     if not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir}: not a directory")
     return args.data_dir, None
+
+
+def refuse_root_on_foreign_data_dir(data_dir: Path, command: str, euid: int | None = None) -> None:
+    """Refuse to write the catalog as root in a data dir the service user owns: SQLite would leave root-owned
+    files there (the -wal and -shm files) that lock the daemon out of its own catalog."""
+    euid = os.geteuid() if euid is None else euid
+    try:
+        owner_uid = data_dir.stat().st_uid
+    except FileNotFoundError:
+        return
+    if euid != 0 or owner_uid == 0:
+        return
+    import pwd
+
+    try:
+        owner = pwd.getpwuid(owner_uid).pw_name
+    except KeyError:
+        owner = f"#{owner_uid}"
+    raise UsageError(f"refusing to run as root on {data_dir} (owned by {owner}): files created there would "
+                     f"lock the daemon out; run it as {owner}: sudo -u {owner} edgerec {command} ...")
 
 
 def _print_json(obj: Any) -> None:
@@ -219,6 +244,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
     from .incidents import parse_command
 
     cfg = load_config(args.config)
+    refuse_root_on_foreign_data_dir(cfg.data_dir, "incident")
     service, catalog = _incident_service(cfg)
     try:
         if args.incident_command == "ls":
@@ -263,6 +289,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     now_ns = _parse_time(args.now, "--now") if args.now else None
+    refuse_root_on_foreign_data_dir(cfg.data_dir, "retention")
     catalog = Catalog.open(cfg.data_dir)
     try:
         sweeper = Sweeper(catalog, AuditLog(cfg.data_dir / "audit.log"), cfg, cfg.data_dir)
@@ -287,14 +314,26 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .statusfile import format_status, read_status
+    from . import statusfile
+    from .errors import ConfigError
 
-    cfg = load_config(args.config)
-    status = read_status(cfg.status_path)
+    try:
+        cfg = load_config(args.config)
+        where = statusfile.StatusLocation(cfg.status_file, cfg.data_dir, cfg.device_id)
+    except ConfigError as exc:
+        # Right after a broken edit is when the status matters: the daemon still runs the previous config.
+        located = statusfile.location_from_raw_config(args.config)
+        if located is None:
+            raise
+        where = located
+        print(f"edgerec: warning: {args.config} has {len(exc.problems)} problem(s); a running daemon keeps "
+              "its previous configuration (see last errors below)", file=sys.stderr)
+    candidates = statusfile.status_path_candidates(where.status_file, where.data_dir, os.environ)
+    status = statusfile.read_daemon_status(candidates, device_id=where.device_id)
     if args.json:
         _print_json(status)
     else:
-        print(format_status(status, time.time()))
+        print(statusfile.format_status(status, time.time()))
     return 0
 
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .catalog import Catalog, IncidentRow
-from .errors import CommandError
+from .errors import CommandError, EdgerecError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class IncidentCommand:
     to_ns: int | None = None
     reason: str = ""
     by: str = ""
+    from_defaulted: bool = False  # no 'from' given: it is the time of the command, not part of its identity
 
 
 def _text(obj: Mapping[str, Any], key: str, limit: int, default: str = "") -> str:
@@ -176,11 +177,12 @@ def parse_command(obj: Mapping[str, Any], *, cameras: Collection[str], now_ns: i
     if camera != "*" and camera not in cameras:
         known = ", ".join(sorted(cameras)) or "none configured"
         raise CommandError(f"field 'camera': unknown camera {camera[:64]!r} (known: {known}; or '*')")
-    from_ns = _time_field(obj, "from") if obj.get("from") is not None else now_ns
+    from_defaulted = obj.get("from") is None
+    from_ns = now_ns if from_defaulted else _time_field(obj, "from")
     to_ns = _time_field(obj, "to") if obj.get("to") is not None else None
     if to_ns is not None and to_ns < from_ns:
         raise CommandError("field 'to' is before 'from'")
-    return IncidentCommand("open", incident_id, camera, from_ns, to_ns, reason, by)
+    return IncidentCommand("open", incident_id, camera, from_ns, to_ns, reason, by, from_defaulted)
 
 
 # ----- results ----------------------------------------------------------------------------------------
@@ -265,8 +267,18 @@ class WindowIndex:
             yield i
             i -= 1
 
+    def __bool__(self) -> bool:
+        return bool(self._star or self._by_camera)
+
     def any_overlap(self, camera: str, start_ns: int, end_ns: int) -> bool:
-        return next(iter(self._overlapping_blocks(camera, start_ns, end_ns)), None) is not None
+        starts, ends, _ = self._camera_blocks(camera)
+        # Only the last block starting at or before end_ns can reach start_ns: the ones before it end
+        # before it begins.
+        i = bisect.bisect_right(starts, end_ns) - 1
+        if i < 0:
+            return False
+        hi = ends[i]
+        return hi is None or hi >= start_ns
 
     def overlapping(self, camera: str, start_ns: int, end_ns: int) -> list[Any]:
         _, _, members = self._camera_blocks(camera)
@@ -309,6 +321,10 @@ class IncidentService:
         except CommandError as exc:
             log.warning("incident command refused id=%s action=%s error=%s", cmd.id, cmd.action, exc)
             return CommandResult(cmd.id, cmd.action, False, str(exc))
+        except (EdgerecError, OSError) as exc:
+            # Nothing was committed (catalog and audit line go together): say so, so the sender retries.
+            log.error("incident command not recorded id=%s action=%s error=%s", cmd.id, cmd.action, exc)
+            return CommandResult(cmd.id, cmd.action, False, f"not recorded: {exc}")
 
     def _held(self, inc: IncidentRow) -> tuple[int, int]:
         return self.catalog.window_totals(inc.camera, inc.hold_start_ns, inc.hold_end_ns)
@@ -318,8 +334,8 @@ class IncidentService:
         with self.catalog.transaction():
             existing = self.catalog.get_incident(cmd.id)
             if existing is not None:
-                if (existing.camera, existing.from_ns, existing.to_ns) != (cmd.camera, cmd.from_ns,
-                                                                            cmd.to_ns):
+                same_from = cmd.from_defaulted or existing.from_ns == cmd.from_ns
+                if not same_from or (existing.camera, existing.to_ns) != (cmd.camera, cmd.to_ns):
                     window = f"{rfc3339(existing.from_ns)} .. {rfc3339(existing.to_ns) or 'open'}"
                     raise CommandError(f"incident {cmd.id} already exists with a different window or camera "
                                        f"({existing.camera} {window}); use a new id")

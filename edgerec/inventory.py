@@ -89,7 +89,8 @@ def listing(data_dir: Path, camera: str | None = None) -> dict[str, Any]:
                     "sequence": row.sequence, "digest": row.digest})
             for gap in cat.gaps(camera=camera):
                 cameras.setdefault(gap.camera, {"segments": [], "gaps": []})["gaps"].append({
-                    "from": _rfc3339(gap.from_ns), "to": _rfc3339(gap.to_ns), "reason": gap.reason})
+                    "from": _rfc3339(gap.from_ns), "to": _rfc3339(gap.to_ns),
+                    "seconds": round((gap.to_ns - gap.from_ns) / 1e9, 3), "reason": gap.reason})
         finally:
             cat.close()
     else:
@@ -117,7 +118,9 @@ def format_listing(listing_: dict[str, Any]) -> str:
         events = [(s.get("start", ""), "seg", s) for s in segs] + [(g["from"], "gap", g) for g in cam["gaps"]]
         for _, kind, item in sorted(events, key=lambda e: e[0]):
             if kind == "gap":
-                lines.append(f"  GAP  {item['from']} .. {item['to']}  {item['reason']}")
+                seconds = item.get("seconds")
+                length = f"  ({seconds:.1f} s)" if seconds is not None else ""
+                lines.append(f"  GAP  {item['from']} .. {item['to']}{length}  {item['reason']}")
             elif "error" in item:
                 lines.append(f"  BAD  {item['path']}: {item['error']}")
             else:

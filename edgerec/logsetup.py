@@ -38,7 +38,10 @@ SYSLOG_PRIORITY = {
 }
 
 # Libraries that are chatty at INFO; their warnings still come through (everything at debug).
-QUIET_LOGGERS = ("watchdog", "libav")
+QUIET_LOGGERS = ("libav",)
+# Libraries kept at WARNING even at debug. The `watchdog` package logs every inotify event at debug:
+# with the log file in the watched config directory, each logged event would be a new event (a loop).
+SILENT_LOGGERS = ("watchdog",)
 
 
 def parse_level(level: str | int) -> int:
@@ -144,3 +147,5 @@ def setup_logging(
     library_levelno = logging.NOTSET if levelno <= logging.DEBUG else max(levelno, logging.WARNING)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(library_levelno)
+    for name in SILENT_LOGGERS:
+        logging.getLogger(name).setLevel(max(levelno, logging.WARNING))

@@ -69,8 +69,12 @@ def watchdog() -> bool:
 
 
 def reloading() -> bool:
-    """Call on SIGHUP before re-reading the configuration; call ``ready()`` when done."""
-    return sd_notify("RELOADING=1")
+    """Call before re-reading the configuration; call ``ready()`` when done.
+
+    ``MONOTONIC_USEC`` (CLOCK_MONOTONIC in microseconds) lets systemd >= 253 tell this reload from an
+    older one; earlier versions ignore it.
+    """
+    return sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
 
 def stopping() -> bool:
@@ -123,16 +127,17 @@ class Watchdog:
     def ping_every_s(self) -> float | None:
         return self.interval_s * WATCHDOG_PING_FRACTION if self.enabled else None
 
-    def tick(self, healthy: bool) -> bool:
-        """Call on every supervisor tick; returns True when a ping was sent."""
+    def tick(self, healthy: bool, reason: str | None = None) -> bool:
+        """Call on every supervisor tick; returns True when a ping was sent. ``reason`` says why the daemon
+        is unhealthy; it is logged when the verdict turns."""
         if healthy != self._healthy:
             if not self.enabled:
                 pass
             elif healthy:
                 log.info("watchdog health restored; pinging systemd again")
             else:
-                log.warning("watchdog withheld: daemon unhealthy; systemd restarts it after timeout_s=%s",
-                            self.interval_s)
+                log.warning('watchdog withheld: daemon unhealthy reason="%s"; systemd restarts it after '
+                            "timeout_s=%s", reason or "unknown", self.interval_s)
             self._healthy = healthy
         if not healthy or not self.enabled:
             return False

@@ -2,9 +2,14 @@
 
 The recorder connects to the camera, hands every packet to the segmenter (which muxes MPEG-TS straight
 into an encrypting ``SegmentWriter``), seals segments, reconnects with capped exponential backoff and
-jitter, and reports the gaps in the footage. A small timer thread polls the open writer so footage
-reaches the disk within ``flush_seconds`` even when the camera is quiet. Nothing decoded, and nothing
-unencrypted, is ever written to the data directory.
+jitter, and reports the gaps in the footage. A live camera's end of input, a read error, a read timeout
+and a stall (no packet for ``stall_seconds``) are all disconnects: the open segment is sealed, the camera
+is reported down at once (``on_connection``), and up again with its first packet after reconnecting; the
+gap (from the last footage to the next) is reported when it ends (``on_gap``).
+
+A small timer thread polls the open writer so footage reaches the disk within ``flush_seconds`` even when
+the camera is quiet, and is the stall watchdog. Nothing decoded, and nothing unencrypted, is ever written
+to the data directory.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from .config import CameraConfig, DurabilityConfig
 from .errors import EdgerecError, SourceError
 from .segfile import PARTIAL_SUFFIX, SealedSegment, SegmentMeta, SegmentWriter
 from .segmenter import Segmenter, SegmentSummary, SinkFailed
-from .source import Source, open_source
+from .source import NETWORK_KINDS, Source, is_live, open_source
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,30 @@ def backoff_delay(attempt: int, rand: Callable[[], float] = random.random,
     with "equal jitter" (between half and all of it) so that many cameras do not retry in step."""
     base = min(max_s, initial_s * 2 ** min(attempt, 30))
     return base / 2 + base / 2 * rand()
+
+
+def timeline_for(camera: CameraConfig) -> str:
+    """How segments are placed in time: by the local clock at their keyframe (anything that arrives in
+    real time), or by the stream's own timestamps (a file or graph read as fast as possible)."""
+    return "arrival" if is_live(camera.kind) or camera.realtime else "stream"
+
+
+def stall_age_s(now_s: float, attempt_started_s: float, last_packet_s: float | None) -> float:
+    """Seconds the current connection attempt has gone without a packet (since it began, or since its
+    last packet)."""
+    since = attempt_started_s if last_packet_s is None else max(attempt_started_s, last_packet_s)
+    return max(0.0, now_s - since)
+
+
+@dataclass(frozen=True)
+class ConnectionChange:
+    """A camera stopped delivering (``up=False``) or delivers again (``up=True``)."""
+
+    camera: str
+    up: bool
+    at_ns: int  # when the change was noticed (wall clock)
+    since_ns: int  # the last footage before the outage (its start), for both directions
+    reason: str  # why the camera went down
 
 
 @dataclass(frozen=True)
@@ -93,6 +122,28 @@ class RecorderStats:
     reconnects: int
     dropped_packets: int = 0  # leading non-keyframes, refused by the muxer, or while the disk was full
     health: dict[str, Any] | None = None
+    down_since_ns: int | None = None  # set while the camera is down: its last footage before the outage
+    down_reason: str | None = None
+    last_gap: tuple[int, int, str] | None = None  # (from_ns, to_ns, reason) of the last gap reported
+    stalls: int = 0  # connections closed by the stall watchdog
+    discontinuities: int = 0  # timestamp jumps repaired (each also cuts the segment)
+
+
+@dataclass
+class _Attempt:
+    """One connection attempt, as the stall watchdog sees it (guarded by the recorder's lock)."""
+
+    started_mono: float
+    cancel: threading.Event  # aborts an open that waits on a camera program
+    source: Source | None = None
+    stall_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    packets: int
+    ended: bool  # the input ended by itself
+    reason: str  # why the connection ended (when it is a disconnect)
 
 
 class _RateWindow:
@@ -143,6 +194,7 @@ class Recorder:
         clock: RecorderClock | None = None,
         health_thresholds: Any = None,
         on_health: Callable[[str, Any], None] | None = None,
+        on_connection: Callable[[ConnectionChange], None] | None = None,
         open_source_fn: Callable[..., Source] = open_source,
         rand: Callable[[], float] = random.random,
     ):
@@ -163,6 +215,7 @@ class Recorder:
         self._rand = rand
         self._health_thresholds = health_thresholds
         self._on_health = on_health
+        self._on_connection = on_connection
 
         self._stop = threading.Event()
         self._done = threading.Event()  # set when the recording thread has finished
@@ -189,6 +242,12 @@ class Recorder:
         self._gap_reason = ""
         self._last_end_ns: int | None = None
         self._started_wall_ns = 0
+        self._attempt: _Attempt | None = None
+        self._down: tuple[int, str] | None = None  # (since_ns, reason) while the camera is down
+        self._last_packet_wall_ns: int | None = None
+        self._last_gap: tuple[int, int, str] | None = None
+        self._stalls = 0
+        self._discontinuities = 0
 
     # ----- public ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -199,6 +258,10 @@ class Recorder:
     def stop(self, timeout: float) -> None:
         """Seal the open segment, close the source and join the threads (waits at most ``timeout``)."""
         self._stop.set()
+        with self._lock:
+            attempt = self._attempt
+            if attempt is not None:
+                attempt.cancel.set()
         source = self._source
         if source is not None:
             source.interrupt()
@@ -235,6 +298,11 @@ class Recorder:
                 reconnects=self._reconnects,
                 dropped_packets=self._dropped,
                 health=health,
+                down_since_ns=self._down[0] if self._down is not None else None,
+                down_reason=self._down[1] if self._down is not None else None,
+                last_gap=self._last_gap,
+                stalls=self._stalls,
+                discontinuities=self._discontinuities,
             )
 
     # ----- the recording thread ---------------------------------------------------------------------------
@@ -244,26 +312,23 @@ class Recorder:
         try:
             while not self._stop.is_set():
                 self._set(state="connecting")
-                got_packets, ended, error = self._record_once()
+                outcome = self._record_once()
                 if self._stop.is_set():
                     break
-                if ended and (self.exit_at_eof or (self.camera.kind == "file" and not self.camera.loop)):
+                if outcome.ended and self._ends_recording():
                     self.finished = True
                     log.info("source ended camera=%s", self.camera.name)
                     break
-                if got_packets:
+                if outcome.packets:
                     attempt = 0
-                reason = error or "end of input"
-                if self._gap_from_ns is None:
-                    self._gap_from_ns = self._last_end_ns or self._started_wall_ns
-                    self._gap_reason = reason
+                self._went_down(outcome.reason)
                 delay = backoff_delay(attempt, self._rand)
                 attempt += 1
                 with self._lock:
                     self._reconnects += 1
                     self._state = "backoff"
                 log.warning("camera disconnected camera=%s reason=%s retry_in_s=%.1f", self.camera.name,
-                            reason, delay)
+                            outcome.reason, delay)
                 self._stop.wait(delay)
         except Exception as exc:
             self._set(state="error", last_error=f"{type(exc).__name__}: {exc}")
@@ -274,24 +339,46 @@ class Recorder:
             self._stop_health()
             with self._lock:
                 self._connected = False
+                self._attempt = None
                 if self._state != "error":
                     self._state = "stopped"
             self._done.set()
 
-    def _record_once(self) -> tuple[bool, bool, str | None]:
-        """One connection: open, record until the input ends or fails. Returns (got packets, ended, error)."""
+    def _ends_recording(self) -> bool:
+        """Does the end of input end the recording? Never for a camera: for it that is a disconnect."""
+        if is_live(self.camera.kind):
+            return False
+        return self.exit_at_eof or (self.camera.kind == "file" and not self.camera.loop)
+
+    def _record_once(self) -> _Outcome:
+        """One connection: open, record until the input ends, fails or stalls."""
+        attempt = _Attempt(started_mono=time.monotonic(), cancel=threading.Event())
+        with self._lock:
+            self._attempt = attempt
+        if self._stop.is_set():
+            attempt.cancel.set()
         try:
-            source = self._open_source(self.camera, cancel=self._stop)
+            return self._connect_and_record(attempt)
+        finally:
+            with self._lock:
+                self._attempt = None
+
+    def _connect_and_record(self, attempt: _Attempt) -> _Outcome:
+        try:
+            source = self._open_source(self.camera, cancel=attempt.cancel)
         except SourceError as exc:
             self._set(last_error=str(exc))
-            return False, False, str(exc)
-        self._source = source
-        if self._stop.is_set():
+            return _Outcome(0, False, attempt.stall_reason or str(exc))
+        with self._lock:
+            self._source = attempt.source = source
+            interrupted = self._stop.is_set() or attempt.stall_reason is not None
+        if interrupted:
             source.interrupt()
         self._codec = source.info.codec
         segmenter = Segmenter(source.stream, segment_seconds=self.segment_seconds,
                               open_sink=self._open_writer, close_sink=self._seal_writer,
-                              abort_sink=self._abandon_writer, camera=self.camera.name)
+                              abort_sink=self._abandon_writer, camera=self.camera.name,
+                              timeline=timeline_for(self.camera))
         self._set(state="recording", connected=True)
         packets = 0
         error: str | None = None
@@ -304,13 +391,14 @@ class Recorder:
                 error = f"segment write failed: {exc}"
                 self._set(last_error=error)
             finally:
-                self._add_dropped(segmenter)
+                self._add_counters(segmenter)
                 source.close()
-                self._source = None
-                self._set(connected=False)
-        if error is None and not self._stop.is_set():
-            return packets > 0, source.ended, None
-        return packets > 0, False, error
+                with self._lock:
+                    self._source = attempt.source = None
+                    self._connected = False
+        ended = error is None and attempt.stall_reason is None and source.ended
+        reason = attempt.stall_reason or error or ("end of input" if ended else "interrupted")
+        return _Outcome(packets, ended, reason)
 
     def _pump(self, source: Source, segmenter: Segmenter) -> tuple[str | None, int]:
         """The packet loop: (error message, or None at the end of input or on stop; packets read)."""
@@ -328,6 +416,9 @@ class Recorder:
                 with self._lock:
                     self._last_packet_mono = now
                     self._rate.add(now, packet.size)
+                self._last_packet_wall_ns = arrival_ns
+                if count == 1 and self._down is not None:
+                    self._came_up(arrival_ns)
                 if health is not None and packet.is_keyframe:
                     health.offer(packet, codec_context=codec_context)
                 segmenter.push(packet, arrival_ns)
@@ -339,6 +430,36 @@ class Recorder:
             self._set(state="error", last_error=message)
             return message, count
         return None, count
+
+    # ----- down / up ---------------------------------------------------------------------------------------
+    def _went_down(self, reason: str) -> None:
+        """The camera stopped delivering: open the gap and, the first time, report the outage."""
+        if self._gap_from_ns is None:
+            self._gap_from_ns = self._last_end_ns or self._started_wall_ns
+            self._gap_reason = reason
+        if self._down is not None:
+            return  # still down: a failed retry is not news
+        since_ns = self._last_packet_wall_ns or self._started_wall_ns
+        with self._lock:
+            self._down = (since_ns, reason)
+        self._report_connection(ConnectionChange(self.camera.name, False, self._clock.wall_ns(), since_ns,
+                                                 reason))
+
+    def _came_up(self, at_ns: int) -> None:
+        down = self._down
+        assert down is not None
+        with self._lock:
+            self._down = None
+        log.info("camera back camera=%s down_s=%.1f", self.camera.name, max(0, at_ns - down[0]) / 1e9)
+        self._report_connection(ConnectionChange(self.camera.name, True, at_ns, down[0], down[1]))
+
+    def _report_connection(self, change: ConnectionChange) -> None:
+        if self._on_connection is None:
+            return
+        try:
+            self._on_connection(change)
+        except Exception:
+            log.exception("connection callback failed camera=%s", self.camera.name)
 
     # ----- segment files -----------------------------------------------------------------------------------
     def _open_writer(self, start_ns: int) -> SegmentWriter | None:
@@ -432,6 +553,8 @@ class Recorder:
             return
         log.info("footage gap camera=%s from_ns=%d to_ns=%d reason=%s", self.camera.name, from_ns, to_ns,
                  self._gap_reason)
+        with self._lock:
+            self._last_gap = (from_ns, to_ns, self._gap_reason)
         try:
             self._on_gap(self.camera.name, from_ns, to_ns, self._gap_reason)
         except Exception:
@@ -439,8 +562,10 @@ class Recorder:
 
     # ----- flush timer, health, bookkeeping ----------------------------------------------------------
     def _flush_loop(self) -> None:
-        """Seal pending chunks on time even when no packet arrives (a quiet or stalled camera)."""
+        """Seal pending chunks on time even when no packet arrives (a quiet or stalled camera), and
+        watch for a stalled camera."""
         while not self._done.wait(POLL_INTERVAL_S):
+            self._check_stall(time.monotonic())
             writer = self._writer
             if writer is not None:
                 try:
@@ -448,6 +573,30 @@ class Recorder:
                 except Exception as exc:
                     self._set(last_error=f"flush failed: {exc}")
                     log.error("segment flush failed camera=%s error=%s", self.camera.name, exc)
+
+    def _check_stall(self, now_s: float) -> None:
+        """The stall watchdog: a live camera that sent nothing for ``stall_seconds`` (while connecting or
+        recording) is disconnected. Interrupting ends pacing waits and camera programs at once, and a
+        network read within its read timeout (never longer than ``stall_seconds``)."""
+        if not is_live(self.camera.kind):
+            return
+        with self._lock:
+            attempt = self._attempt
+            if attempt is None or attempt.stall_reason is not None or self._stop.is_set():
+                return
+            age_s = stall_age_s(now_s, attempt.started_mono, self._last_packet_mono)
+            if age_s < self.camera.stall_seconds:
+                return
+            if attempt.source is None and self.camera.kind in NETWORK_KINDS:
+                return  # the open is bounded by timeout_seconds; its own error says more
+            phase = "recording" if attempt.source is not None else "connecting"
+            attempt.stall_reason = f"stalled: no packet for {age_s:.1f} s while {phase}"
+            self._stalls += 1
+            self._last_error = attempt.stall_reason
+            attempt.cancel.set()
+            if attempt.source is not None:
+                attempt.source.interrupt()
+        log.warning("camera stalled camera=%s no_packet_s=%.1f phase=%s", self.camera.name, age_s, phase)
 
     def _start_health(self) -> None:
         if self._health_thresholds is None or not self.camera.health:
@@ -468,10 +617,11 @@ class Recorder:
         if health is not None:
             health.stop()
 
-    def _add_dropped(self, segmenter: Segmenter) -> None:
+    def _add_counters(self, segmenter: Segmenter) -> None:
         c = segmenter.counters
         with self._lock:
             self._dropped += c.dropped_leading + c.dropped_no_sink + c.mux_errors
+            self._discontinuities += c.discontinuities
 
     def _set(self, *, state: str | None = None, connected: bool | None = None,
              last_error: str | None = None) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import clock as clockmod
 from .catalog import Catalog, IncidentRow, SegmentRow
@@ -90,8 +90,7 @@ class RetentionPolicy:
         return 0
 
 
-@dataclass(frozen=True)
-class Deletion:
+class Deletion(NamedTuple):
     segment_id: int
     reason: str  # age | released | disk_pressure
 
@@ -136,6 +135,7 @@ def plan_deletions(segments: Iterable[SegmentRow], incidents: Iterable[IncidentR
     deletions: list[Deletion] = []
     spare: list[SegmentRow] = []  # unheld and not yet of age: what disk pressure may take
     seen: set[int] = set()
+    keep_by_camera: dict[str, int] = {}
     freed = 0
     for seg in segments:
         if seg.id in seen or not seg.time_ok or seg.deleting_ns is not None:
@@ -143,10 +143,13 @@ def plan_deletions(segments: Iterable[SegmentRow], incidents: Iterable[IncidentR
         seen.add(seg.id)
         if held.any_overlap(seg.camera, seg.start_ns, seg.end_ns):
             continue
-        expiry_ns = seg.end_ns + policy.retention_ns(seg.camera)
+        keep_ns = keep_by_camera.get(seg.camera)
+        if keep_ns is None:
+            keep_ns = keep_by_camera[seg.camera] = policy.retention_ns(seg.camera)
+        expiry_ns = seg.end_ns + keep_ns
         if expiry_ns <= now_ns:
-            kept_past_age = any(r > expiry_ns for r in released_index.overlapping(seg.camera, seg.start_ns,
-                                                                                    seg.end_ns))
+            kept_past_age = bool(released_index) and any(
+                r > expiry_ns for r in released_index.overlapping(seg.camera, seg.start_ns, seg.end_ns))
             deletions.append(Deletion(seg.id, "released" if kept_past_age else "age"))
             freed += seg.size_bytes
         else:
@@ -178,8 +181,9 @@ def _rfc3339(ns: int | None) -> str | None:
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
-class DeletedSegment:
+class DeletedSegment(NamedTuple):
+    """A segment a sweep deleted (or would delete); a tuple for the same reason as SegmentRow."""
+
     id: int
     camera: str
     path: str

@@ -85,7 +85,6 @@ TRAILER_BYTES = _TRAILER_BODY.size + SIGNATURE_BYTES
 WRAP_INFO_LABEL = b"edgerec segment v1 wrap\x00"
 PAYLOAD_KEY_INFO = b"edgerec segment v1 payload"
 HEADER_MAC_KEY_INFO = b"edgerec segment v1 header mac"
-CHECK_LABEL = b"edgerec segment v1 chunk check\x00"
 TRAILER_SIG_LABEL = b"edgerec segment v1 trailer\x00"
 
 _HPKE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
@@ -176,7 +175,7 @@ def wrap_info(core: bytes) -> bytes:
 
 
 def header_mac(mac_key: bytes, header_without_mac: bytes) -> bytes:
-    return hmac.new(mac_key, header_without_mac, hashlib.sha256).digest()
+    return hmac.digest(mac_key, header_without_mac, "sha256")
 
 
 def _encode_string(name: str, value: str) -> bytes:
@@ -236,24 +235,46 @@ def chunk_prefix(last: bool, plaintext_len: int, end_ns: int, frames: int) -> by
     return _CHUNK_PREFIX.pack(kind, plaintext_len + TAG_BYTES, end_ns, frames)
 
 
-def chunk_check(header_hash: bytes, offset: int, prefix: bytes, ciphertext: bytes) -> bytes:
-    """Keyless integrity check of a chunk record: binds it to its header and its byte offset."""
-    h = hashlib.sha256(CHECK_LABEL)
-    h.update(header_hash)
-    h.update(offset.to_bytes(8, "big"))
-    h.update(prefix)
-    h.update(ciphertext)
-    return h.digest()[:CHECK_BYTES]
+def chunk_check(file_hash_state: Any) -> bytes:
+    """Keyless integrity check of a chunk record: the first 16 bytes of the SHA-256 of the file from its
+    first byte through the record's ciphertext and tag. ``file_hash_state`` is a running ``hashlib``
+    SHA-256 over exactly those bytes; it is not changed. Because the writer and every reader keep that
+    running hash anyway (for the trailer's file hash), the check costs no second pass over the data, and
+    it binds the chunk to the header, its offset and everything before it."""
+    return file_hash_state.copy().digest()[:CHECK_BYTES]
+
+
+def seal_chunk_into(
+    aead: AESGCM, header_hash: bytes, file_hasher: Any, index: int, last: bool, end_ns: int, frames: int,
+    plaintext: bytes | bytearray | memoryview, out: memoryview,
+) -> int:
+    """Build one complete chunk record (prefix || ciphertext || tag || check) at the start of ``out`` and
+    return its length (``len(plaintext) + CHUNK_OVERHEAD_BYTES``).
+
+    ``file_hasher`` is the running SHA-256 of the file before the record; it is advanced over the record.
+    The ciphertext is written straight into ``out`` and hashed there: no allocation or copy per chunk.
+    """
+    ct_end = _CHUNK_PREFIX.size + len(plaintext) + TAG_BYTES
+    size = ct_end + CHECK_BYTES
+    _CHUNK_PREFIX.pack_into(
+        out, 0, KIND_FINAL_CHUNK if last else KIND_CHUNK, len(plaintext) + TAG_BYTES, end_ns, frames
+    )
+    aad = header_hash + out[: _CHUNK_PREFIX.size].tobytes()
+    aead.encrypt_into(chunk_nonce(index, last), plaintext, aad, out[_CHUNK_PREFIX.size : ct_end])
+    file_hasher.update(out[:ct_end])
+    out[ct_end:size] = chunk_check(file_hasher)
+    file_hasher.update(out[ct_end:size])
+    return size
 
 
 def seal_chunk(
-    aead: AESGCM, header_hash: bytes, offset: int, index: int, last: bool, end_ns: int, frames: int,
-    plaintext: bytes,
+    aead: AESGCM, header_hash: bytes, file_hasher: Any, index: int, last: bool, end_ns: int, frames: int,
+    plaintext: bytes | bytearray | memoryview,
 ) -> bytes:
-    """One complete chunk record (prefix || ciphertext || tag || check) for file offset ``offset``."""
-    prefix = chunk_prefix(last, len(plaintext), end_ns, frames)
-    ciphertext = aead.encrypt(chunk_nonce(index, last), plaintext, header_hash + prefix)
-    return prefix + ciphertext + chunk_check(header_hash, offset, prefix, ciphertext)
+    """One complete chunk record as bytes (see ``seal_chunk_into``); ``file_hasher`` is advanced."""
+    out = bytearray(len(plaintext) + CHUNK_OVERHEAD_BYTES)
+    seal_chunk_into(aead, header_hash, file_hasher, index, last, end_ns, frames, plaintext, memoryview(out))
+    return bytes(out)
 
 
 def open_chunk(aead: AESGCM, header_hash: bytes, index: int, prefix: bytes, ciphertext: bytes) -> bytes:
@@ -360,8 +381,10 @@ class SegmentWriter:
     slow SD card never blocks ``write`` in the packet loop.
 
     If an ``os.write`` fails (disk full), the torn bytes are cut off again and the error propagates; the
-    data stays buffered and a later call may succeed. If even that repair fails, the writer refuses
-    further work and the ``.partial`` is left for ``recover_partial``.
+    sealed record is kept and written again, byte for byte, before anything else by the next ``write``,
+    ``poll`` or ``close`` (never re-encrypted: a chunk's nonce is used for one plaintext only). If even
+    the repair fails, the writer refuses further work and the ``.partial`` is left for
+    ``recover_partial``.
     """
 
     def __init__(
@@ -398,20 +421,26 @@ class SegmentWriter:
         header = encode_header(meta, recipients, device_public, file_key, stream_nonce, chunk_bytes)
         self._aead = AESGCM(derive_keys(file_key, stream_nonce)[0])
         del file_key  # only the derived payload key stays in RAM while the segment is open
-        self._header_hash = hashlib.sha256(header).digest()
+        header_hasher = hashlib.sha256(header)
+        self._header_hash = header_hasher.digest()
         self._recipient_ids = tuple(key_id(r) for r in recipients)
 
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._buf = bytearray()
+        # Chunk records are built here, one at a time (largest: a full chunk plus the framing).
+        self._record = memoryview(bytearray(chunk_bytes + CHUNK_OVERHEAD_BYTES))
         self._first_pending: float | None = None
         self._end_ns = meta.start_ns
         self._frames = 0
-        self._index = 0
-        self._payload_bytes = 0
+        self._index = 0  # chunks sealed (their nonces used)
+        self._payload_bytes = 0  # plaintext bytes in sealed chunks
+        # A sealed record whose write failed: (record, running hash after it, its plaintext length).
+        # It is written, unchanged, before anything else.
+        self._unwritten: tuple[memoryview, Any, int] | None = None
         self._offset = 0
         self._synced_offset = 0
-        self._hasher = hashlib.sha256()
+        self._hasher = hashlib.sha256()  # running SHA-256 of the file as written (one pass over every byte)
         self._closed = False
         self._broken: BaseException | None = None
 
@@ -420,7 +449,7 @@ class SegmentWriter:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
-            self._append(header)
+            self._append(header, header_hasher.copy())
             os.fdatasync(self._fd)
             # The directory entry must survive a power cut too, or recovery never finds the footage.
             _fsync_dir(self._partial.parent)
@@ -448,7 +477,8 @@ class SegmentWriter:
 
     @property
     def pending_bytes(self) -> int:
-        return len(self._buf)
+        """Plaintext bytes not in the file yet (buffered, or in a sealed chunk whose write failed)."""
+        return len(self._buf) + (self._unwritten[2] if self._unwritten is not None else 0)
 
     @property
     def payload_bytes(self) -> int:
@@ -457,7 +487,8 @@ class SegmentWriter:
 
     @property
     def chunks(self) -> int:
-        return self._index
+        """Chunk records in the file so far."""
+        return self._index - (self._unwritten is not None)
 
     @property
     def closed(self) -> bool:
@@ -494,6 +525,7 @@ class SegmentWriter:
             if self._closed or self._broken is not None:
                 return
             now = self._monotonic()
+            self._write_unwritten()
             if self._buf and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
                 self._seal(last=False)
             sync_to = self._offset
@@ -523,7 +555,9 @@ class SegmentWriter:
                     STATE_SEALED, self._index, self._payload_bytes, body_bytes, self._end_ns, self._frames,
                     self._hasher.digest(), self._signing_key,
                 )
-                self._append(trailer)
+                hasher = self._hasher.copy()
+                hasher.update(trailer)
+                self._append(trailer, hasher)
             except BaseException:
                 self._release_fd()
                 raise
@@ -565,20 +599,39 @@ class SegmentWriter:
             )
 
     def _seal(self, last: bool) -> None:
+        self._write_unwritten()  # records reach the file in nonce order
         n = len(self._buf) if last else min(len(self._buf), self._chunk_bytes)
-        plaintext = bytes(self._buf[:n])
-        record = seal_chunk(
-            self._aead, self._header_hash, self._offset, self._index, last, self._end_ns, self._frames,
-            plaintext,
-        )
-        self._append(record)
+        # The running hash only advances once the record is in the file.
+        hasher = self._hasher.copy()
+        # Encrypt straight from the buffer into the record buffer: no copy of the plaintext (the view is
+        # released before the buffer is resized below).
+        with memoryview(self._buf)[:n] as plaintext:
+            size = seal_chunk_into(
+                self._aead, self._header_hash, hasher, self._index, last, self._end_ns, self._frames,
+                plaintext, self._record,
+            )
+        # The nonce is used and the plaintext consumed: from here on this chunk exists only as these exact
+        # bytes. A failed write is retried with them (``_record`` is not reused until they are written);
+        # sealing other data under the same nonce would give away the GCM keystream and hash key.
         del self._buf[:n]
         self._index += 1
         self._payload_bytes += n
         self._first_pending = self._monotonic() if self._buf else None
+        self._unwritten = (self._record[:size], hasher, n)
+        self._write_unwritten()
 
-    def _append(self, data: bytes) -> None:
-        """Write ``data`` at the end of the file in one ``os.write``; on failure cut the torn bytes."""
+    def _write_unwritten(self) -> None:
+        if self._unwritten is not None:
+            record, hasher, _ = self._unwritten
+            self._append(record, hasher)
+            self._unwritten = None
+
+    def _append(self, data: bytes | memoryview, hasher_after: Any) -> None:
+        """Write ``data`` at the end of the file in one ``os.write``; on failure cut the torn bytes.
+
+        ``hasher_after`` is the running file hash including ``data``; it replaces the writer's only once
+        every byte is written.
+        """
         view = memoryview(data)
         try:
             while view:
@@ -591,7 +644,7 @@ class SegmentWriter:
                 self._broken = exc
             log.error("segment write failed path=%s offset=%d error=%s", self._partial, self._offset, exc)
             raise
-        self._hasher.update(data)
+        self._hasher = hasher_after
         self._offset += len(data)
 
     def _release_fd(self, *, sync: bool = False) -> None:
@@ -618,7 +671,7 @@ class _Chunk:
     offset: int
     prefix: bytes
     ciphertext: bytes
-    check_ok: bool
+    check_ok: bool | None  # None: not checkable, an earlier chunk's check already failed
 
     @property
     def last(self) -> bool:
@@ -718,11 +771,15 @@ def _read_header(src: _Source) -> Header:
 
 def _scan(src: _Source, header: Header, report: Report) -> Iterator[_Chunk | _Trailer]:
     """Yield every chunk record, then the trailer; problems that keep the framing go to ``report``,
-    framing-breaking ones raise."""
-    header_hash = header.hash
+    framing-breaking ones raise.
+
+    Each check covers the whole file before it, so only the first mismatch locates damage: the checks
+    after it cannot match and are not reported again (a keyed reader still authenticates those chunks).
+    """
     max_ct = header.chunk_max_bytes + TAG_BYTES
     index = 0
     seen_final = False
+    checks_valid = True  # no check mismatch yet: later checks still say something
     while True:
         start = src.offset
         kind, hash_before = src.read_kind()
@@ -746,12 +803,15 @@ def _scan(src: _Source, header: Header, report: Report) -> Iterator[_Chunk | _Tr
                 report(SegmentError(src.path, start, f"chunk {index} is empty but not final"))
             ciphertext = src.read(ct_len, f"chunk {index}")
             check_offset = src.offset
+            expected = chunk_check(src.hasher)
             check = src.read(CHECK_BYTES, f"chunk {index} check")
-            check_ok = hmac.compare_digest(check, chunk_check(header_hash, start, prefix, ciphertext))
-            if not check_ok:
+            check_ok = hmac.compare_digest(check, expected) if checks_valid else None
+            if check_ok is False:
+                checks_valid = False
                 report(SegmentError(
                     src.path, check_offset,
-                    f"chunk {index} check mismatch: altered, moved, or taken from another segment",
+                    f"chunk {index} check mismatch: altered, moved, or taken from another segment "
+                    "(the checks of later chunks depend on it and are not reported)",
                 ))
             yield _Chunk(index, start, prefix, ciphertext, check_ok)
             index += 1
@@ -936,7 +996,9 @@ def verify(
                     _check_trailer(src, header, record, tally, report, device_key)
                     break
                 tally.add(record)
-                if aead is not None and record.check_ok:
+                # A chunk whose own check failed is already reported; the tags of the chunks after
+                # it are independent of the damage and say exactly which of them are intact.
+                if aead is not None and record.check_ok is not False:
                     try:
                         open_chunk(aead, header_hash, record.index, record.prefix, record.ciphertext)
                     except InvalidTag:

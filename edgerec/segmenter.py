@@ -6,11 +6,16 @@ plaintext ever touches a file. A segment starts on a keyframe with valid timesta
 first keyframe at or after ``segment_seconds``; the packet that triggers a cut opens the next segment,
 so nothing is lost or duplicated between segments.
 
-Time: a *run* is the packets of one connection. Its first packet's arrival wall-clock time anchors the
-stream's own timestamps, so a segment starts at ``wall0 + (pts - pts0) * time_base``: a file ingested
-faster than real time keeps its real timeline. Timestamps are kept as the stream has them and only
-shifted when needed (a negative start, a jump, a step backwards) so that concatenated segments play
-continuously. The repair rules are pure functions (``repair_timestamps``) so they can be hardened alone.
+Time: a *run* is the packets of one connection. With ``timeline="arrival"`` (live cameras) a segment
+starts at the local wall-clock time its first keyframe arrived, and the stream's own timestamps measure
+time inside it; a segment cut by the next keyframe ends where the next one starts, so a camera whose
+clock runs fast or slow does not drift away from local time over a long connection. With
+``timeline="stream"`` (a file ingested faster than real time) the run's first packet's arrival anchors
+the stream's timestamps for the whole run, ``wall0 + (pts - pts0) * time_base``, so the file keeps its
+real timeline. Timestamps are kept as the stream has them and only shifted when needed (a negative start,
+a jump, a step backwards, a wrap) so that concatenated segments play continuously; a jump also cuts the
+segment at the next keyframe, so a new segment starts cleanly on the repaired timeline. The repair rules
+are pure functions (``repair_timestamps``) so they can be hardened alone.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ import av
 log = logging.getLogger(__name__)
 
 NS_PER_S = 1_000_000_000
-# A step in decode timestamps larger than this (backwards, or forwards beyond the arrival time that
-# passed) is a discontinuity: the stream is re-based to continue where it was, not trusted.
+# A forward step in decode timestamps larger than this beyond the arrival time that passed (or any step
+# back by a frame or more) is a discontinuity: the stream is re-based to continue where it was.
 MAX_TIMESTAMP_JUMP_S = 10.0
 DEFAULT_FRAME_RATE = Fraction(25)
 MUX_TIME_BASE = Fraction(1, 90_000)  # MPEG-TS counts in 90 kHz ticks
 TS_MUXER_OPTIONS = {"flush_packets": "1"}  # hand each packet's bytes to the sink at once
+TIMELINES = ("arrival", "stream")
 
 
 class SegmentSink(Protocol):
@@ -123,9 +129,11 @@ def repair_timestamps(
         waited_s = 0.0
         if state.last_arrival_ns is not None:
             waited_s = max(0.0, (arrival_ns - state.last_arrival_ns) / NS_PER_S)
-        if step_s < -max_jump_s or step_s > max_jump_s + waited_s:
-            # Re-base: continue one frame (or the real waiting time) after the last packet.
-            advance = max(state.frame_ticks, round(waited_s / tick_s)) if step_s > 0 else state.frame_ticks
+        if out_dts - state.last_dts <= -state.frame_ticks or step_s > max_jump_s + waited_s:
+            # A step back by a frame or more (a reset, a wrap, a restarted server) or forward by more than
+            # the time that passed: re-base, continuing one frame (or the real waiting time) after the last
+            # packet. Smaller steps back (duplicated or jittered timestamps) are only nudged below.
+            advance = max(state.frame_ticks, round(waited_s / tick_s))
             offset = state.last_dts + advance - dts
             out_dts = dts + offset
             changed = rebased = True
@@ -150,9 +158,11 @@ def cut_ticks_for(segment_seconds: float, time_base: Fraction) -> int:
     return math.ceil(Fraction(segment_seconds) / time_base)
 
 
-def should_cut(is_keyframe: bool, pts: int, segment_first_pts: int, cut_ticks: int) -> bool:
-    """Cut at the first keyframe at or after ``cut_ticks`` (``segment_seconds``) into the segment."""
-    return is_keyframe and pts - segment_first_pts >= cut_ticks
+def should_cut(is_keyframe: bool, pts: int, segment_first_pts: int, cut_ticks: int,
+               discontinuity: bool = False) -> bool:
+    """Cut at the first keyframe at or after ``cut_ticks`` (``segment_seconds``) into the segment, or at
+    the first keyframe after a timestamp discontinuity."""
+    return is_keyframe and (discontinuity or pts - segment_first_pts >= cut_ticks)
 
 
 def frame_ticks_for(template: Any, time_base: Fraction) -> int:
@@ -237,10 +247,14 @@ class Segmenter:
         close_sink: CloseSink,
         abort_sink: AbortSink | None = None,
         camera: str = "",
+        timeline: str = "stream",
     ):
         if segment_seconds <= 0:
             raise ValueError("segment_seconds must be positive")
+        if timeline not in TIMELINES:
+            raise ValueError(f"timeline must be one of {TIMELINES}")
         self.template = template
+        self.timeline = timeline
         self.segment_seconds = segment_seconds
         self._open_sink = open_sink
         self._close_sink = close_sink
@@ -275,13 +289,14 @@ class Segmenter:
         if fixed.changed:
             self._count(repaired=1, discontinuities=int(fixed.rebased))
             if fixed.rebased:
+                self._cut_pending = self._segment is not None
                 log.warning("timestamp discontinuity camera=%s rebased_to_dts=%d", self.camera, fixed.dts)
         duration = rescale(packet.duration, in_tb, MUX_TIME_BASE) if packet.duration else 0
         packet.pts, packet.dts = fixed.pts, fixed.dts
         packet.time_base = self._time_base
         if duration:
             packet.duration = duration
-        self._route(packet, fixed.pts)
+        self._route(packet, fixed.pts, arrival_ns)
 
     def finish(self) -> SegmentSummary | None:
         """End the run (disconnect, stop): seal the open segment. The next push starts a new run."""
@@ -310,6 +325,7 @@ class Segmenter:
         self._ts_state = TimestampState()
         self._frame_ticks = 1
         self._refused = False
+        self._cut_pending = False  # a discontinuity was repaired: cut at the next keyframe
 
     def _start_run(self, packet: Any, arrival_ns: int) -> None:
         self._in_tb = _fraction(packet.time_base) or _fraction(self.template.time_base) or MUX_TIME_BASE
@@ -328,11 +344,16 @@ class Segmenter:
         ns = self._ns_per_tick
         return self._wall0_ns + (pts - self._pts0) * ns.numerator // ns.denominator
 
-    def _route(self, packet: Any, pts: int) -> None:
+    def _route(self, packet: Any, pts: int, arrival_ns: int) -> None:
         assert self._time_base is not None
         segment = self._segment
         keyframe = bool(packet.is_keyframe)
-        if segment is not None and should_cut(keyframe, pts, segment.first_pts, self._cut_ticks):
+        if segment is not None and should_cut(keyframe, pts, segment.first_pts, self._cut_ticks,
+                                              self._cut_pending):
+            if self.timeline == "arrival":
+                # Contiguous on the local clock: this segment ends where the next one starts.
+                segment.end_ns = max(segment.start_ns, arrival_ns)
+                segment.sink.note(segment.end_ns, segment.frames)
             self._close_segment()
             segment = None
         if segment is None:
@@ -342,20 +363,24 @@ class Segmenter:
                 else:
                     self._count(dropped_leading=1)
                 return
-            segment = self._open_segment(pts)
+            segment = self._open_segment(pts, arrival_ns)
             if segment is None:
                 self._count(dropped_no_sink=1)
                 return
         self._mux(segment, packet, pts)
 
-    def _open_segment(self, pts: int) -> _OpenSegment | None:
+    def _open_segment(self, pts: int, arrival_ns: int) -> _OpenSegment | None:
         assert self._time_base is not None
+        if self.timeline == "arrival":
+            # The local clock at this keyframe anchors the segment; the stream times the inside.
+            self._wall0_ns, self._pts0 = arrival_ns, pts
         start_ns = self._wall_ns(pts)
         sink = self._open_sink(start_ns)
         if sink is None:
             self._refused = True
             return None
         self._refused = False
+        self._cut_pending = False
         try:
             self._segment = _OpenSegment(self.template, sink, start_ns, pts, self._time_base)
         except (av.FFmpegError, ValueError) as exc:

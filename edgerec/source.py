@@ -37,8 +37,12 @@ log = logging.getLogger(__name__)
 
 PASSTHROUGH_CODECS = frozenset({"h264", "hevc"})
 NETWORK_KINDS = frozenset({"rtsp", "http", "tcp"})
+# Inputs that end by themselves (a file without loop, a finite lavfi graph) and cannot hang; every other
+# kind is a camera, whose end of input is a disconnect.
+NOT_LIVE_KINDS = frozenset({"file", "lavfi", "testsrc"})
 TESTSRC_DEFAULTS = {"size": "1280x720", "rate": "25"}
-# A paced reader that falls this far behind its schedule starts a new schedule instead of bursting.
+# A paced reader that falls this far behind its schedule (or whose timestamps jump this far ahead of it)
+# starts a new schedule instead of bursting (or waiting).
 PACING_MAX_LAG_S = 1.0
 CHILD_EXIT_TIMEOUT_S = 3.0
 # Raw H.264 from a child has no timestamps, so FFmpeg's default probe (5 s of frames) would only delay
@@ -80,6 +84,17 @@ def testsrc_graph(url: str) -> str:
             raise SourceError(f"testsrc option {item!r} is not key=value, as in testsrc:size=640x360:rate=25")
         params[key.strip()] = value.strip()
     return "testsrc2=" + ":".join(f"{k}={v}" for k, v in params.items())
+
+
+def is_live(kind: str) -> bool:
+    """A live source's end of input is a disconnect (reconnect); a file's or a lavfi graph's is its end."""
+    return kind not in NOT_LIVE_KINDS
+
+
+def read_timeout_s(camera: CameraConfig) -> float:
+    """How long one read of a network camera may block: the read timeout, and never longer than the
+    stall watchdog allows (the watchdog cannot break into a read that FFmpeg is blocked in)."""
+    return min(camera.timeout_seconds, camera.stall_seconds)
 
 
 def input_options(camera: CameraConfig) -> dict[str, str]:
@@ -145,7 +160,7 @@ class Source:
     @property
     def live(self) -> bool:
         """A live source's end of input is a disconnect; a file's (without loop) is its end."""
-        return self.kind != "file" and self.kind not in ("lavfi", "testsrc")
+        return is_live(self.kind)
 
     def packets(self) -> Iterator[Any]:
         """Yield compressed video packets until the end of input; raise SourceError on read errors."""
@@ -188,7 +203,7 @@ class Source:
         if self.kind == "file" and self.camera.loop:
             packets = self._looped_file_packets()
         else:
-            packets = demux_video(self._container, self._in_stream)
+            packets = demux_video(self._container, self._in_stream, self._stop)
         if self.kind == "exec":
             packets = self._wallclock_stamped(packets)
         if paced:
@@ -212,7 +227,7 @@ class Source:
             first_ts: int | None = None
             end_ts: int | None = None
             count = 0
-            for packet in demux_video(self._container, self._in_stream):
+            for packet in demux_video(self._container, self._in_stream, self._stop):
                 ts = packet.dts if packet.dts is not None else packet.pts
                 if ts is not None:
                     if first_ts is None:
@@ -259,11 +274,12 @@ class Source:
                 if anchor is None:
                     anchor = (now, ts)
                 due = anchor[0] + float((ts - anchor[1]) * tb)
-                if due - now > 0:
-                    if self._stop.wait(min(due - now, 10.0)):
-                        return
-                elif now - due > PACING_MAX_LAG_S or due - now > 10.0:
-                    anchor = (now, ts)
+                if abs(due - now) > PACING_MAX_LAG_S:
+                    # Far behind, or a timestamp jump either way: a camera would go on sending in real
+                    # time, so start a new schedule here instead of bursting or waiting out the jump.
+                    anchor, due = (now, ts), now
+                if due > now and self._stop.wait(due - now):
+                    return
             yield packet
 
 
@@ -274,11 +290,20 @@ def _frame_ticks(stream: Any) -> int:
     return max(1, round(1 / (rate * tb)))
 
 
-def demux_video(container: Any, stream: Any) -> Iterator[Any]:
-    """The packets of one stream, without the empty packet PyAV yields at the end of input."""
-    for packet in container.demux(stream):
-        if packet.size:
-            yield packet
+def demux_video(container: Any, stream: Any, stop: threading.Event | None = None) -> Iterator[Any]:
+    """The packets of one stream, without the empty packet PyAV yields at the end of input.
+
+    Every stream is demuxed and the others dropped here, not inside PyAV: a camera whose video died
+    while its audio goes on must still hand control back, so that ``stop`` (set by the stall watchdog)
+    ends the read.
+    """
+    index = stream.index
+    for packet in container.demux():
+        if packet.stream_index == index:
+            if packet.size:
+                yield packet
+        elif stop is not None and stop.is_set():
+            return
 
 
 def _one_line(exc: BaseException) -> str:
@@ -310,9 +335,9 @@ def open_source(camera: CameraConfig, *, monotonic: Callable[[], float] = time.m
         target, fmt, options = camera.url, "v4l2", dict(camera.input_options)
     else:
         target, fmt, options = camera.url, None, input_options(camera)
-    timeout = camera.timeout_seconds if kind in NETWORK_KINDS else None
+    timeouts = (camera.timeout_seconds, read_timeout_s(camera)) if kind in NETWORK_KINDS else None
     try:
-        container = open_input(target, fmt, options, timeout)
+        container = open_input(target, fmt, options, timeouts)
     except SourceError as exc:
         detail = child.last_words() if child is not None else ""
         if child is not None:
@@ -354,11 +379,15 @@ def _terminate_on_cancel(child: _Child, cancel: threading.Event, opened: threadi
     threading.Thread(target=watch, name=f"exec-{child.camera}-open", daemon=True).start()
 
 
-def open_input(target: str, fmt: str | None, options: dict[str, str], timeout_s: float | None) -> Any:
-    """av.open for reading, with FFmpeg's errors turned into a one-line SourceError."""
+def open_input(target: str, fmt: str | None, options: dict[str, str],
+               timeouts_s: tuple[float, float] | None) -> Any:
+    """av.open for reading with (open, read) timeouts, FFmpeg's errors turned into a one-line SourceError.
+
+    PyAV's read timeout bounds each ``av_read_frame``, whatever the protocol's own timeout does.
+    """
     kwargs: dict[str, Any] = {"format": fmt, "options": options}
-    if timeout_s is not None:
-        kwargs["timeout"] = (timeout_s, timeout_s)
+    if timeouts_s is not None:
+        kwargs["timeout"] = timeouts_s
     try:
         return av.open(target, "r", **kwargs)
     except (av.FFmpegError, OSError, ValueError) as exc:

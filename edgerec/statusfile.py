@@ -10,15 +10,119 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .errors import EdgerecError
 
 STATUS_FILE_MODE = 0o640
+STATUS_FILE_NAME = "status.json"
 # The daemon rewrites the file every few seconds; this much silence means it is stuck or gone.
 STALE_AFTER_S = 30.0
+# What systemd makes of the unit's RuntimeDirectory=edgerec: `edgerec status` run from a shell has no
+# $RUNTIME_DIRECTORY, so it looks here too.
+SERVICE_RUNTIME_DIR = Path("/run/edgerec")
+
+
+# ----- where the file is ---------------------------------------------------------------------------------
+
+
+def runtime_directory(env: Mapping[str, str]) -> Path | None:
+    """The first directory of systemd's ``$RUNTIME_DIRECTORY`` (``RuntimeDirectory=``), if any."""
+    first = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(first) if first.startswith("/") else None
+
+
+def daemon_status_path(status_file: Path | None, data_dir: Path, env: Mapping[str, str]) -> Path:
+    """Where the daemon writes: ``status_file`` if configured, else the runtime directory under systemd
+    (RAM: the file is rewritten every few seconds and should not wear an SD card), else the data dir."""
+    if status_file is not None:
+        return Path(status_file)
+    runtime = runtime_directory(env)
+    return (runtime if runtime is not None else Path(data_dir)) / STATUS_FILE_NAME
+
+
+def status_path_candidates(status_file: Path | None, data_dir: Path, env: Mapping[str, str]) -> list[Path]:
+    """Where `edgerec status` looks, in order: a configured ``status_file`` only; otherwise every place
+    ``daemon_status_path`` may have chosen for a daemon run by systemd or from a shell."""
+    if status_file is not None:
+        return [Path(status_file)]
+    places = [runtime_directory(env), SERVICE_RUNTIME_DIR, Path(data_dir)]
+    candidates: list[Path] = []
+    for place in places:
+        if place is not None and place / STATUS_FILE_NAME not in candidates:
+            candidates.append(place / STATUS_FILE_NAME)
+    return candidates
+
+
+@dataclass(frozen=True)
+class StatusLocation:
+    """What `edgerec status` needs from a config file to find the daemon's status."""
+
+    status_file: Path | None
+    data_dir: Path
+    device_id: str | None
+
+
+def location_from_raw_config(path: Path) -> StatusLocation | None:
+    """Read only ``data_dir``, ``status_file`` and ``device_id`` from a config file that failed validation,
+    so `edgerec status` still works after a broken edit (the daemon keeps running with the previous one);
+    None when even these cannot be read."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("data_dir"), str):
+        return None
+    base_dir = Path(path).parent  # as load_config takes relative paths
+
+    def from_base(value: str) -> Path:
+        return Path(value) if Path(value).is_absolute() else base_dir / value
+
+    status_file = data.get("status_file")
+    device_id = data.get("device_id")
+    return StatusLocation(
+        status_file=from_base(status_file) if isinstance(status_file, str) else None,
+        data_dir=from_base(data["data_dir"]),
+        device_id=device_id if isinstance(device_id, str) else None,
+    )
+
+
+def read_daemon_status(
+    candidates: Sequence[Path], device_id: str | None = None, now: float | None = None
+) -> dict[str, Any]:
+    """The freshest status among ``candidates`` that belongs to ``device_id`` (with ``status_file``: its
+    path). A file of another device (another config's daemon) is ignored, as are missing files."""
+    found: list[dict[str, Any]] = []
+    for path in candidates:
+        if not Path(path).exists():
+            continue
+        status = read_status(path, now=now)
+        if device_id is not None and status.get("device_id") not in (None, device_id):
+            continue
+        found.append({**status, "status_file": str(path)})
+    if not found:
+        where = " or ".join(str(p) for p in candidates)
+        raise EdgerecError(f"no status file at {where}: is the daemon running? (systemctl status edgerec)")
+    return min(found, key=lambda st: st["age_s"] if st.get("age_s") is not None else float("inf"))
+
+
+def remove_leftover(path: Path) -> bool:
+    """Delete a status file an earlier run left where this run does not write (so `edgerec status`
+    cannot mistake it for current); True when one was removed."""
+    try:
+        Path(path).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# ----- writing and reading -----------------------------------------------------------------------------
 
 
 def write_status(path: Path, status: dict[str, Any], *, fsync: bool = False) -> None:

@@ -27,7 +27,7 @@ from .errors import ConfigError, EdgerecError
 from .health import HealthChange
 from .incidents import IncidentService, command_result_for_error, parse_command
 from .reconcile import reconcile
-from .recorder import ChainState, Recorder
+from .recorder import ChainState, ConnectionChange, Recorder
 from .retention import Sweeper
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,23 @@ STATUS_FILE_INTERVAL_S = 2.0
 RECORDER_RESTART_BACKOFF_S = (1.0, 30.0)
 # A recorder that has had no packet for this long (and is not deliberately backing off) is unhealthy.
 WATCHDOG_GRACE_FACTOR = 2.0
+# READY=1 waits for every camera's first connection attempt, but no longer than this (TimeoutStartSec=60).
+READY_TIMEOUT_S = 20.0
+# A disk too small for the retention period makes every pressure sweep delete young footage: say so on
+# MQTT at most this often rather than on each sweep.
+DISK_LOW_EVENT_INTERVAL_S = 3600.0
 
 
 def rfc3339(ns: int | float | None) -> str | None:
     if ns is None:
         return None
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _first_attempt_done(recorder: Recorder) -> bool:
+    """The camera is open, or its first attempt failed (it retries), or its thread has ended."""
+    st = recorder.stats()
+    return st.state != "connecting" or st.reconnects > 0 or not recorder.is_alive()
 
 
 @dataclass
@@ -77,18 +88,30 @@ class Daemon:
         self._clock_watch = clock.ClockWatch(threshold_s=config.retention.sweep_interval_s)
         self._config_watcher = None
         self.mqtt = None
+        # Under systemd the status file goes to the runtime directory (RAM) unless status_file says otherwise.
+        self.status_path = statusfile.daemon_status_path(config.status_file, config.data_dir, os.environ)
+        self._ready_sent = False
+        # The status is built by the main thread only (it walks self.slots and self.last_errors, which the
+        # main thread changes); other threads read this snapshot and set _status_dirty to ask for a new one.
+        self.status_snapshot: dict[str, Any] | None = None
+        self._status_dirty = threading.Event()
+        self._snapshot_cameras: dict[str, tuple[str, bool]] = {}
+        self._open_incident_ids: frozenset[str] | None = None
+        self._last_disk_low_monotonic = float("-inf")
 
     # ----- set-up -------------------------------------------------------------------------------------
     def _open_state(self) -> None:
         cfg = self.config
+        # Footage metadata, the catalog and logs are nobody else's business, also outside systemd's UMask.
+        os.umask(0o077)
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.signing_key = keys.load_or_create_device_key(cfg.data_dir)
         self.recipients = [keys.parse_public_key(r) for r in cfg.recipients]
         self.catalog = Catalog.open(cfg.data_dir)
         self.audit = AuditLog(cfg.data_dir / "audit.log")
-        report = reconcile(cfg.data_dir, self.catalog, self.signing_key)
-        for line in report.lines():
-            log.warning("reconcile %s", line)
+        # reconcile logs each repair itself and records recoveries in the audit log.
+        reconcile(cfg.data_dir, self.catalog, self.signing_key, device_key=self.signing_key.public_key(),
+                  audit=self.audit)
         self.incidents = IncidentService(self.catalog, self.audit, cfg)
         self.sweeper = Sweeper(self.catalog, self.audit, cfg, cfg.data_dir)
 
@@ -98,13 +121,26 @@ class Daemon:
             return
         from .mqtt import MqttLink  # paho is only imported when MQTT is on
 
-        self.mqtt = MqttLink(
+        link = MqttLink(
             self.config,
-            status=self.status,
+            status=self._mqtt_status,
             incidents=self._incidents_payload,
             on_command=self.handle_command,
         )
-        self.mqtt.start()
+        try:
+            link.start()
+        except ConfigError as exc:  # unreadable password file or TLS files: record anyway, without MQTT
+            self.mqtt = None
+            self._error(f"mqtt not started: {exc}")
+            return
+        self.mqtt = link
+
+    def _mqtt_status(self) -> dict[str, Any]:
+        """The status for the MQTT publisher thread: the main thread's last snapshot, with the link's own
+        counters read now (a snapshot taken while disconnected would say so until the next one)."""
+        snapshot = self.status_snapshot or {"device_id": self.config.device_id, "state": "starting"}
+        link = self.mqtt
+        return {**snapshot, "mqtt": link.stats()} if link is not None else snapshot
 
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.signals.stop.set())
@@ -144,6 +180,7 @@ class Daemon:
             exit_at_eof=self.exit_at_eof,
             health_thresholds=cfg.health,
             on_health=self._on_health,
+            on_connection=self._on_connection,
         )
 
     def _start_camera(self, camera: CameraConfig) -> None:
@@ -162,8 +199,19 @@ class Daemon:
         self.catalog.add_segment(segment)
 
     def _on_gap(self, camera: str, from_ns: int, to_ns: int, reason: str) -> None:
+        # Reported when the gap has ended; camera_down/camera_up went out when it began and ended.
         self.catalog.add_gap(camera, from_ns, to_ns, reason)
-        self._event("camera_down", camera=camera, reason=reason, since=rfc3339(from_ns))
+
+    def _on_connection(self, change: ConnectionChange) -> None:
+        """A camera stopped delivering or delivers again: audit it and publish it at once."""
+        if change.up:
+            fields = {"camera": change.camera, "reason": change.reason, "since": rfc3339(change.at_ns),
+                      "down_since": rfc3339(change.since_ns)}
+        else:
+            fields = {"camera": change.camera, "reason": change.reason, "since": rfc3339(change.since_ns)}
+        kind = "camera_up" if change.up else "camera_down"
+        self.audit.append(kind, **fields)
+        self._event(kind, **fields)
 
     def _on_health(self, camera: str, change: HealthChange) -> None:
         fields = {"camera": camera, "condition": change.condition, "active": change.active,
@@ -192,19 +240,25 @@ class Daemon:
 
     def recorders_healthy(self) -> bool:
         """Feeds systemd's watchdog: every recorder alive and receiving, or backing off on purpose."""
-        for slot in self.slots.values():
+        return self.health_problem() is None
+
+    def health_problem(self) -> str | None:
+        """Why the watchdog is withheld (for the log), or None when the daemon is healthy."""
+        for name, slot in self.slots.items():
             rec = slot.recorder
             if rec.finished:
                 continue
             if not rec.is_alive():
-                return False
+                return f"recorder thread of camera {name} is dead"
             st = rec.stats()
             if st.state in ("backoff", "connecting", "waiting_disk"):
                 continue
             age = st.last_packet_age_s
             if age is not None and age > slot.camera.stall_seconds * WATCHDOG_GRACE_FACTOR:
-                return False
-        return not (self.mqtt is not None and not self.mqtt.thread_alive())
+                return f"camera {name} sent nothing for {age:.1f} s while recording"
+        if self.mqtt is not None and not self.mqtt.thread_alive():
+            return "mqtt thread is dead"
+        return None
 
     # ----- incidents (CLI and MQTT share IncidentService; this is the MQTT entry) ------------------------
     def handle_command(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -216,13 +270,15 @@ class Daemon:
             return command_result_for_error(obj, str(exc)).to_json_dict()
         result = self.incidents.apply(cmd, now_ns)
         if result.ok and not result.duplicate:
+            # The event also asks the main loop for a new status; it republishes the incident list when it
+            # sees the set of open incidents change (as it does for incidents opened with the CLI).
             self._event(f"incident_{'opened' if cmd.action == 'open' else 'closed'}", id=cmd.id)
-            if self.mqtt is not None:
-                self.mqtt.publish_incidents()
         return result.to_json_dict()
 
     def _incidents_payload(self) -> list[dict[str, Any]]:
-        return [i.to_json_dict() for i in self.incidents.list_open()]
+        """Open incidents with their windows and held segment counts (MQTT publisher thread; the catalog
+        serialises its callers)."""
+        return self.incidents.incidents_payload()
 
     # ----- retention ----------------------------------------------------------------------------------
     def _sweep(self, reason: str) -> None:
@@ -236,9 +292,17 @@ class Daemon:
         self.last_sweep = {"at": rfc3339(time.time_ns()), "deleted": len(report.deleted), "reason": reason}
         if report.deleted:
             self._event("retention_swept", deleted=len(report.deleted), bytes=report.deleted_bytes)
+        early = report.by_reason().get("disk_pressure", 0)
+        if early and time.monotonic() >= self._last_disk_low_monotonic + DISK_LOW_EVENT_INTERVAL_S:
+            self._last_disk_low_monotonic = time.monotonic()
+            log.warning("disk low: footage deleted before its retention period deleted=%d free_bytes=%d "
+                        "min_free_bytes=%d", early, report.free_bytes, report.min_free_bytes)
+            self._event("disk_low", deleted=early, free_bytes=report.free_bytes,
+                        min_free_bytes=report.min_free_bytes)
         if self.disk_full and not was_full:
             self._error("disk full: only held footage is left; not starting new segments")
-            self._event("disk_full")
+            self._event("disk_full", shortfall_bytes=report.shortfall_bytes,
+                        min_free_bytes=report.min_free_bytes)
         elif was_full and not self.disk_full:
             log.warning("disk space back; recording resumes")
             self._event("disk_ok")
@@ -261,8 +325,12 @@ class Daemon:
         self.last_errors.append({"at": rfc3339(time.time_ns()), "message": message})
 
     def _event(self, kind: str, **fields: Any) -> None:
-        if self.mqtt is not None:
-            self.mqtt.publish_event(kind, **fields)
+        """Publish an event (any thread). Every event also changes the status: ask the main loop for a
+        fresh snapshot, which it then publishes at once."""
+        self._status_dirty.set()
+        link = self.mqtt
+        if link is not None:
+            link.publish_event(kind, **fields)
 
     def status(self) -> dict[str, Any]:
         cfg = self.config
@@ -286,6 +354,12 @@ class Daemon:
                 "last_error": st.last_error,
                 "reconnects": st.reconnects,
                 "gaps": self.catalog.count_gaps(name),
+                "down_since": rfc3339(st.down_since_ns),
+                "down_reason": st.down_reason,
+                "last_gap": None if st.last_gap is None else {
+                    "from": rfc3339(st.last_gap[0]), "to": rfc3339(st.last_gap[1]), "reason": st.last_gap[2]},
+                "stalls": st.stalls,
+                "timestamp_discontinuities": st.discontinuities,
                 "thread_restarts": slot.restarts,
             }
         usage = shutil.disk_usage(cfg.data_dir)
@@ -320,16 +394,50 @@ class Daemon:
         }
 
     def _write_status(self, now: float) -> None:
-        if now < self._next_status_monotonic:
+        """Main thread: rebuild the status snapshot every STATUS_FILE_INTERVAL_S, or on the next tick when
+        something changed (an event, a camera's state), and hand it to the status file, systemd and MQTT."""
+        changed = self._status_dirty.is_set() or self._camera_states() != self._snapshot_cameras
+        if not changed and now < self._next_status_monotonic:
             return
+        self._status_dirty.clear()  # before building: a change during the build asks for another one
         self._next_status_monotonic = now + STATUS_FILE_INTERVAL_S
         try:
             status = self.status()
-            statusfile.write_status(self.config.status_path, status)
+        except OSError as exc:  # disk_usage of the data directory
+            log.warning("status not built error=%s", exc)
+            return
+        self.status_snapshot = status  # replaced, never changed in place: readers may be serialising it
+        self._snapshot_cameras = {n: (c["state"], c["connected"]) for n, c in status["cameras"].items()}
+        self._notify_mqtt(changed)
+        try:
+            statusfile.write_status(self.status_path, status)
         except OSError as exc:
-            log.warning("status file not written path=%s error=%s", self.config.status_path, exc)
+            log.warning("status file not written path=%s error=%s", self.status_path, exc)
             return
         notify.status(self._status_line(status))
+
+    def _camera_states(self) -> dict[str, tuple[str, bool]]:
+        """What a status change is made of, per camera (cheap enough for every tick)."""
+        states = {}
+        for name, slot in self.slots.items():
+            st = slot.recorder.stats()
+            states[name] = (st.state, st.connected)
+        return states
+
+    def _notify_mqtt(self, changed: bool) -> None:
+        """Publish the new snapshot at once when something changed, and the incident list when the set of
+        open incidents changed (commands over MQTT, and the CLI, which writes the catalog directly)."""
+        link = self.mqtt
+        if link is None:
+            return
+        open_ids = frozenset(i.id for i in self.incidents.list_open())
+        if open_ids != self._open_incident_ids:
+            if self._open_incident_ids is not None:  # the first time: the link publishes them on connect
+                link.publish_incidents()
+                changed = True
+            self._open_incident_ids = open_ids
+        if changed:
+            link.status_changed()
 
     @staticmethod
     def _status_line(status: dict[str, Any]) -> str:
@@ -340,6 +448,32 @@ class Daemon:
 
     # ----- reload -------------------------------------------------------------------------------------
     def reload(self) -> None:
+        """Re-read the config file (SIGHUP or an edit of the file); a broken file changes nothing."""
+        log.info("config reload requested path=%s", self.config.source_path)
+        announce = self._ready_sent  # before the first READY=1 systemd is still waiting for start-up
+        if announce:
+            notify.reloading()
+        try:
+            self._reload()
+        finally:
+            if announce:
+                notify.ready()
+
+    def _maybe_ready(self, now: float) -> None:
+        """READY=1 once every camera is open or has failed its first attempt and is retrying, so that
+        `systemctl start` returns with the cameras connected; or after READY_TIMEOUT_S, so that a camera
+        that neither answers nor fails cannot hold up the start."""
+        if self._ready_sent:
+            return
+        waiting = [name for name, slot in self.slots.items() if not _first_attempt_done(slot.recorder)]
+        if waiting and now - self.started_monotonic < READY_TIMEOUT_S:
+            return
+        self._ready_sent = True
+        notify.ready()
+        log.info("edgerec running device_id=%s cameras=%d still_connecting=%s", self.config.device_id,
+                 len(self.slots), ",".join(waiting) or "none")
+
+    def _reload(self) -> None:
         path = self.config.source_path
         if path is None:
             return
@@ -348,8 +482,11 @@ class Daemon:
         except ConfigError as exc:
             for problem in exc.problems:
                 self._error(f"config reload rejected: {problem}")
+            log.warning("config reload rejected; the running configuration stays path=%s problems=%d",
+                        path, len(exc.problems))
             return
         if new == self.config:
+            log.info("config unchanged path=%s", path)
             return
         immutable = [k for k in ("device_id", "data_dir") if getattr(new, k) != getattr(self.config, k)]
         if immutable:
@@ -371,11 +508,15 @@ class Daemon:
                 self._stop_camera(name)  # seals the open segment: the restart is at a segment boundary
             self._start_camera(cam)
         self.incidents = IncidentService(self.catalog, self.audit, new)
-        self.sweeper = Sweeper(self.catalog, self.audit, new, new.data_dir)
+        # The same sweeper keeps its clock history, so a reload cannot make it trust a jumped clock.
+        self.sweeper.reconfigure(new)
         if replace(old.mqtt) != new.mqtt:
             if self.mqtt is not None:
                 self.mqtt.stop()
             self._start_mqtt()
+        elif self.mqtt is not None:
+            self.mqtt.reconfigure(new)  # same link; discovery follows the cameras added or removed
+        self._status_dirty.set()
         self.audit.append("config_changed", path=str(path))
         log.info("config reloaded path=%s cameras=%s", path, ",".join(sorted(new_cams)))
 
@@ -383,24 +524,28 @@ class Daemon:
     def run(self) -> int:
         self._install_signal_handlers()
         self._open_state()
+        default_status = self.config.data_dir / statusfile.STATUS_FILE_NAME
+        if self.status_path != default_status and statusfile.remove_leftover(default_status):
+            log.info("old status file removed path=%s now_at=%s", default_status, self.status_path)
         try:
             for cam in self.config.cameras:
                 if cam.enabled:
                     self._start_camera(cam)
+            self._write_status(time.monotonic())  # the first snapshot, for MQTT's first status
             self._start_mqtt()
             self._watch_config_file()
-            notify.ready()
-            log.info("edgerec running device_id=%s cameras=%d", self.config.device_id, len(self.slots))
             watchdog = notify.Watchdog()
             while not self.signals.stop.wait(TICK_SECONDS):
                 now = time.monotonic()
+                self._maybe_ready(now)
                 if self.signals.reload.is_set():
                     self.signals.reload.clear()
                     self.reload()
                 self._supervise_recorders(now)
                 self._maybe_sweep(now)
                 self._write_status(now)
-                watchdog.tick(self.recorders_healthy())
+                problem = self.health_problem()
+                watchdog.tick(problem is None, reason=problem)
                 if self.exit_at_eof and self.slots and all(s.recorder.finished for s in self.slots.values()):
                     log.info("all file sources ended; exiting")
                     break
@@ -416,7 +561,7 @@ class Daemon:
         for name in list(self.slots):
             self._stop_camera(name)
         try:
-            statusfile.write_status(self.config.status_path, {**self.status(), "state": "stopped"})
+            statusfile.write_status(self.status_path, {**self.status(), "state": "stopped"})
         except OSError:
             pass
         if self.mqtt is not None:

@@ -11,8 +11,9 @@ import hashlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -69,6 +70,38 @@ def make_h264_clip(
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return frames
+
+
+Retime = Callable[[int, int | None, int | None], tuple[int | None, int | None]]
+
+
+def retime_clip(src: Path, dst: Path, retime: Retime, *, skip: int = 0, restart_at: int | None = None) -> int:
+    """Copy the video of ``src`` into the MPEG-TS file ``dst`` with its timestamps rewritten (no re-encode).
+
+    ``retime(i, pts, dts)`` returns the new (pts, dts) of packet ``i`` (in the stream's time base); the
+    first ``skip`` packets are left out (a stream that starts in the middle of a GOP). From packet
+    ``restart_at`` on, a new muxer continues the file, as a camera or server that restarts its media does:
+    only then may timestamps go backwards. Returns the number of packets written.
+    """
+    written = 0
+    with av.open(str(src)) as inp, open(dst, "wb") as raw:
+        in_stream = inp.streams.video[0]
+        packets = [p for p in inp.demux(in_stream) if p.size]
+        runs = [range(0, len(packets))]
+        if restart_at is not None:
+            runs = [range(0, restart_at), range(restart_at, len(packets))]
+        for run in runs:
+            with av.open(raw, "w", format="mpegts") as out:
+                out_stream = out.add_stream_from_template(in_stream)
+                for i in run:
+                    if i < skip:
+                        continue
+                    packet = packets[i]
+                    packet.pts, packet.dts = retime(i, packet.pts, packet.dts)
+                    packet.stream = out_stream
+                    out.mux(packet)
+                    written += 1
+    return written
 
 
 def decoded_frame_hashes(path: Path) -> list[str]:
@@ -164,19 +197,24 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
             pipe.close()
 
 
-def ffmpeg_tcp_push(clip: Path, *, realtime: bool = True, loop: bool = False) -> tuple[str, subprocess.Popen]:
-    """Serve a clip as MPEG-TS on a free loopback tcp:// port with ffmpeg (listening, copy, no re-encode).
+def ffmpeg_tcp_push(clip: Path, *, realtime: bool = True, loop: bool = False,
+                    port: int | None = None) -> tuple[str, subprocess.Popen]:
+    """Serve a clip as MPEG-TS on a loopback tcp:// port (a free one unless given) with ffmpeg (listening,
+    copy, no re-encode), as an encoder that serves its stream does.
 
-    Returns (url, process); the recorder connects to the url as a ``tcp://`` camera.
+    Returns (url, process); the recorder connects to the url as a ``tcp://`` camera. ffmpeg serves one
+    client and exits at the end of the clip.
     """
-    port = free_port()
+    port = port or free_port()
     ffmpeg = shutil.which("ffmpeg") or "ffmpeg"
     args = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin"]
     if realtime:
         args.append("-re")
     if loop:
         args += ["-stream_loop", "-1"]
-    args += ["-i", str(clip), "-c", "copy", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"]
+    # Send each packet as it comes (no interleaving queue), as a camera does.
+    args += ["-i", str(clip), "-c", "copy", "-max_interleave_delta", "0", "-f", "mpegts",
+             f"tcp://127.0.0.1:{port}?listen=1"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # ffmpeg accepts only one client, so probing the port would consume it: wait for the socket instead.
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -185,6 +223,45 @@ def ffmpeg_tcp_push(clip: Path, *, realtime: bool = True, loop: bool = False) ->
             raise RuntimeError(f"ffmpeg exited early with code {proc.returncode}")
         time.sleep(0.05)
     return f"tcp://127.0.0.1:{port}", proc
+
+
+class PacedTcpServer:
+    """Serves a file's bytes to one TCP client on a free loopback port at a steady byte rate, in a thread.
+
+    A stand-in for a camera whose stream carries on at its own pace whatever is inside it (for example
+    audio only, after its video died). ``close()`` stops it.
+    """
+
+    def __init__(self, path: Path, bytes_per_s: float, chunk_bytes: int = 188 * 20):
+        self.data = Path(path).read_bytes()
+        self.bytes_per_s = bytes_per_s
+        self.chunk_bytes = chunk_bytes
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"tcp://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="paced-tcp", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                started = time.monotonic()
+                for at in range(0, len(self.data), self.chunk_bytes):
+                    due = started + at / self.bytes_per_s
+                    if self._stop.wait(max(0.0, due - time.monotonic())):
+                        return
+                    conn.sendall(self.data[at:at + self.chunk_bytes])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
 
 
 def _port_listening(port: int) -> bool:

@@ -191,6 +191,15 @@ def test_same_open_again_is_a_duplicate(env):
     assert len(audit_events(data_dir)) == 1
 
 
+def test_resent_open_without_from_is_a_duplicate(env):
+    service, catalog, _ = env
+    first = parse_command({"action": "open", "id": "NOW-1", "camera": "*"}, cameras=CAMERAS, now_ns=NOW)
+    again = parse_command({"action": "open", "id": "NOW-1", "camera": "*"}, cameras=CAMERAS, now_ns=NOW + MIN)
+    assert service.apply(first, NOW).ok
+    result = service.apply(again, NOW + MIN)
+    assert result.ok and result.duplicate and catalog.get_incident("NOW-1").from_ns == NOW
+
+
 def test_conflicting_open_is_an_error(env):
     service, catalog, _ = env
     service.apply(open_cmd(), NOW)
@@ -246,8 +255,8 @@ def test_failed_audit_append_leaves_nothing_recorded(env, tmp_path):
             raise OSError(28, "No space left on device")
 
     service.audit = BrokenAudit()
-    with pytest.raises(OSError):
-        service.apply(open_cmd(), NOW)
+    result = service.apply(open_cmd(), NOW)
+    assert not result.ok and "not recorded" in result.error and "No space" in result.error
     assert catalog.get_incident("INC-2026-0042") is None
 
 

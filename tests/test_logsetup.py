@@ -83,6 +83,20 @@ def test_level_filters_lower_records():
     assert lines_of(out) == ["<4>warning edgerec.x: shown"]
 
 
+def test_debug_keeps_the_file_watcher_library_quiet_so_its_events_cannot_feed_on_the_log(tmp_path):
+    # The `watchdog` package logs each inotify event at debug; with the log file in the watched config
+    # directory every such line would cause another event, without end.
+    out = io.StringIO()
+    logsetup.setup_logging("debug", stream=out, journal=True)
+    logging.getLogger("watchdog.observers.inotify_buffer").debug("in-event IN_MODIFY daemon.log")
+    logging.getLogger("watchdog.observers").warning("inotify watch limit reached")
+    logging.getLogger("libav.h264").debug("decoder detail")
+    assert lines_of(out) == ["<4>warning watchdog.observers: inotify watch limit reached",
+                             "<7>debug libav.h264: decoder detail"]
+    logsetup.setup_logging("info", stream=io.StringIO(), journal=True)
+    assert not logging.getLogger("libav").isEnabledFor(logging.INFO)  # chatty at info: warnings only
+
+
 def test_unknown_level_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown log level 'loud'"):
         logsetup.setup_logging("loud", stream=io.StringIO())

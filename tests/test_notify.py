@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
 import uuid
 
 import pytest
@@ -41,8 +43,14 @@ def test_helpers_send_the_systemd_protocol_messages(systemd_socket):
     assert received(systemd_socket) == "STATUS=2/2 cameras recording"
     assert notify.watchdog()
     assert received(systemd_socket) == "WATCHDOG=1"
+    before_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     assert notify.reloading()
-    assert received(systemd_socket) == "RELOADING=1"
+    reload_message = received(systemd_socket)
+    after_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    first, second = reload_message.split("\n")
+    assert first == "RELOADING=1"
+    assert second.startswith("MONOTONIC_USEC=")
+    assert before_us <= int(second.removeprefix("MONOTONIC_USEC=")) <= after_us
     assert notify.stopping()
     assert received(systemd_socket) == "STOPPING=1"
 
@@ -118,6 +126,23 @@ def test_watchdog_pings_at_half_the_interval_only_while_healthy(systemd_socket):
     assert_nothing_waiting(systemd_socket)
     assert dog.tick(True)  # recovered
     assert received(systemd_socket) == "WATCHDOG=1"
+
+
+def test_withheld_watchdog_logs_the_reason_once_and_its_recovery(systemd_socket, caplog):
+    clock = FakeClock()
+    dog = notify.Watchdog(30.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="edgerec.notify"):
+        assert dog.tick(True)
+        for _ in range(3):
+            clock.now_s += 20
+            assert not dog.tick(False, reason="camera gate sent nothing for 21.0 s while recording")
+        assert dog.tick(True)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        'watchdog withheld: daemon unhealthy reason="camera gate sent nothing for 21.0 s while recording"; '
+        "systemd restarts it after timeout_s=30.0",
+        "watchdog health restored; pinging systemd again",
+    ]
 
 
 def test_watchdog_reads_its_interval_from_the_environment(systemd_socket, monkeypatch):

@@ -74,7 +74,7 @@ def test_segment_held_by_two_incidents_stays_until_both_are_released():
 def test_open_ended_incident_holds_new_footage():
     inc = incident("A", "*", T0, None)
     segs = [row(i, T0 + i * DAY, camera=c) for i in range(1, 5) for c in ("gate", "yard")]
-    segs = [replace(s, id=k) for k, s in enumerate(segs)]
+    segs = [s._replace(id=k) for k, s in enumerate(segs)]
     assert chosen(plan_deletions(segs, [inc], T0 + 400 * DAY, POLICY, ROOMY)) == {}
 
 

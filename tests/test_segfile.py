@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
@@ -14,6 +15,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,6 +172,84 @@ def test_concurrent_write_and_poll_keep_every_byte(tmp_path: Path, tk: TestKeys)
     assert sealed.chunks > len(data) // 4096  # time-based seals made some chunks short
 
 
+class _CountingSha256:
+    """hashlib's SHA-256, counting every byte it is fed (across copies)."""
+
+    def __init__(self, counter: list[int], inner: object | None = None, data: bytes = b""):
+        self._counter = counter
+        self._inner = inner if inner is not None else hashlib.sha256()
+        self.update(data)
+
+    def update(self, data: bytes) -> None:
+        self._counter[0] += memoryview(data).nbytes
+        self._inner.update(data)  # type: ignore[attr-defined]
+
+    def copy(self) -> _CountingSha256:
+        return _CountingSha256(self._counter, self._inner.copy())  # type: ignore[attr-defined]
+
+    def digest(self) -> bytes:
+        return self._inner.digest()  # type: ignore[attr-defined]
+
+
+def test_writing_and_reading_hash_each_byte_of_the_file_once(
+    tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunk checks come from the running file hash, so the data is not hashed a second time."""
+    hashed = [0]
+    fake = types.SimpleNamespace(sha256=lambda data=b"": _CountingSha256(hashed, data=data))
+    monkeypatch.setattr(segfile, "hashlib", fake)
+    data = _data(400_000)
+    sealed = write_segment(tmp_path / "s.seg", data, tk, chunk_bytes=4096)
+    hashed_writing = hashed[0]
+    hashed[0] = 0
+    assert segfile.read_info(sealed.path) == sealed
+    hashed_reading = hashed[0]
+    header = segfile.read_header(sealed.path)
+    # Besides the file itself, only the header is hashed again: its core for the HPKE info when
+    # writing, all of it for the chunks' AAD when reading.
+    assert sealed.size_bytes <= hashed_writing <= sealed.size_bytes + header.core_len
+    assert sealed.size_bytes <= hashed_reading <= sealed.size_bytes + len(header.raw)
+
+
+def test_a_failed_write_is_retried_with_the_same_record_bytes(
+    tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk whose write failed (disk full) is written again unchanged, never re-encrypted: its nonce
+    must not cover other plaintext, even if more data arrived meanwhile."""
+    clock = FakeClock()
+    writer = SegmentWriter(
+        tmp_path / "s.seg", make_meta(), [tk.recipient_public], tk.device, chunk_bytes=SMALL_CHUNK_BYTES,
+        flush_seconds=1.0, monotonic=clock,
+    )  # fmt: skip
+    partial = str(writer.partial_path)
+    real_write = os.write
+    attempts: list[bytes] = []
+
+    def disk_full_once(fd: int, data: bytes) -> int:
+        if not attempts and os.readlink(f"/proc/self/fd/{fd}") == partial:
+            attempts.append(bytes(data))
+            real_write(fd, bytes(data)[:20])  # a torn record first, as a filling disk leaves it
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(segfile.os, "write", disk_full_once)
+    data = _data(3 * SMALL_CHUNK_BYTES, seed=4)
+    header_bytes = writer.bytes_written
+    writer.write(data[:40])
+    clock.t += 2
+    with pytest.raises(OSError, match="No space"):
+        writer.poll()  # the time-based seal of 40 bytes fails
+    assert writer.partial_path.stat().st_size == writer.bytes_written == header_bytes  # torn bytes cut
+    assert (writer.chunks, writer.pending_bytes) == (0, 40)
+    writer.write(data[40:])  # more data: the failed record goes first, exactly as sealed
+    sealed = writer.close()
+    records = split_records(sealed.path.read_bytes())[1]
+    assert records[0].raw == attempts[0]
+    assert len(records[0].raw) == 40 + segfile.CHUNK_OVERHEAD_BYTES
+    assert _plain(sealed.path, tk.recipient) == data
+    assert segfile.verify(sealed.path, private_key=tk.recipient, device_key=tk.device.public_key()) == []
+
+
 # ----------------------------------------------------------------------------------- time-based sealing
 
 
@@ -252,26 +332,31 @@ def test_payload_vectors_match_the_spec() -> None:
     assert payload_key.hex() == v["payload_key"]
     assert mac_key.hex() == v["header_mac_key"]
     assert segfile.derive_keys(file_key, nonce) == (payload_key, mac_key)
-    header = bytes.fromhex(v["header_without_mac"])
-    assert hmac.new(mac_key, header, hashlib.sha256).hexdigest() == v["header_mac"]
-    header_hash = bytes.fromhex(v["header_hash"])
+    header_without_mac = bytes.fromhex(v["header_without_mac"])
+    assert hmac.new(mac_key, header_without_mac, hashlib.sha256).hexdigest() == v["header_mac"]
+    header = header_without_mac + bytes.fromhex(v["header_mac"])
+    header_hash = hashlib.sha256(header).digest()
+    assert header_hash.hex() == v["header_hash"]
     aead = AESGCM(payload_key)
+    file_so_far = header  # the checks hash the file from its first byte
+    module_hasher = hashlib.sha256(header)
     for c in v["chunks"]:
+        assert c["offset"] == len(file_so_far)
         plaintext = bytes.fromhex(c["plaintext"])
         nonce12 = c["index"].to_bytes(11, "big") + bytes([1 if c["last"] else 0])
         prefix = struct.pack(">BIqI", 2 if c["last"] else 1, len(plaintext) + 16, c["end_ns"], c["frames"])
         ciphertext = aead.encrypt(nonce12, plaintext, header_hash + prefix)
-        offset = c["offset"].to_bytes(8, "big")
-        label = b"edgerec segment v1 chunk check\x00"
-        check = hashlib.sha256(label + header_hash + offset + prefix + ciphertext).digest()[:16]
+        check = hashlib.sha256(file_so_far + prefix + ciphertext).digest()[:16]
         record = prefix + ciphertext + check
         assert nonce12.hex() == c["nonce"]
         assert record.hex() == c["record"]
         sealed = segfile.seal_chunk(
-            aead, header_hash, c["offset"], c["index"], c["last"], c["end_ns"], c["frames"], plaintext
+            aead, header_hash, module_hasher, c["index"], c["last"], c["end_ns"], c["frames"], plaintext
         )
         assert sealed == record
         assert segfile.open_chunk(aead, header_hash, c["index"], prefix, ciphertext) == plaintext
+        file_so_far += record
+        assert module_hasher.digest() == hashlib.sha256(file_so_far).digest()
 
 
 def _vector_segment() -> tuple[dict, Path]:
@@ -325,6 +410,8 @@ def test_segment_vector_file_reads_with_a_from_scratch_parser() -> None:
         kind, ct_len = blob[pos], struct.unpack_from(">I", blob, pos + 1)[0]
         assert ct_len <= chunk_max + 16
         prefix, ct = blob[pos : pos + 17], blob[pos + 17 : pos + 17 + ct_len]
+        check = blob[pos + 17 + ct_len : pos + 17 + ct_len + 16]
+        assert check == hashlib.sha256(blob[: pos + 17 + ct_len]).digest()[:16]
         plaintext += aead.decrypt(index.to_bytes(11, "big") + bytes([kind - 1]), ct, header_hash + prefix)
         index, pos = index + 1, pos + 17 + ct_len + 16
     assert plaintext.hex() == v["plaintext"]
@@ -482,18 +569,37 @@ def test_tag_failure_is_reported_when_only_the_check_was_fixed_up(
     assert err.offset == records[1].offset
 
 
+def test_keyless_verify_names_the_first_damaged_chunk_and_keyed_verify_every_one(
+    tmp_path: Path, tk: TestKeys, sample: tuple[bytes, bytes]
+) -> None:
+    blob, _ = sample
+    _, records = _records(blob)
+    path = _copy(tmp_path, blob)
+    _flip(path, records[1].offset + 20)
+    _flip(path, records[3].offset + 20)
+    keyless = segfile.verify(path)
+    # Each check covers the file before it: after the first mismatch the later checks say nothing more.
+    assert [p.what.split(":")[0] for p in keyless] == ["chunk 1 check mismatch", "trailer hash mismatch"]
+    assert records[1].offset < keyless[0].offset < records[2].offset
+    keyed = segfile.verify(path, private_key=tk.recipient)
+    assert [p.what.split(":")[0] for p in keyed] == [
+        "chunk 1 check mismatch", "chunk 3 authentication failed", "trailer hash mismatch"
+    ]  # fmt: skip
+    assert keyed[1].offset == records[3].offset
+
+
 def _rebuild(
     header: bytes, chunk_records: list[bytes], device: Ed25519PrivateKey, state: int = segfile.STATE_SEALED
 ) -> bytes:
     """Reassemble a segment from chunk records, recomputing every keyless check and a signed trailer:
     what a thief holding the device key (but no recipient key) can do."""
-    header_hash = hashlib.sha256(header).digest()
     out = bytearray(header)
     payload = 0
     end_ns, frames = make_meta().start_ns, 0
     for raw in chunk_records:
         prefix, ciphertext = raw[:17], raw[17:-16]
-        out += prefix + ciphertext + segfile.chunk_check(header_hash, len(out), prefix, ciphertext)
+        out += prefix + ciphertext
+        out += segfile.chunk_check(hashlib.sha256(out))
         payload += len(ciphertext) - 16
         _, _, end_ns, frames = struct.unpack(">BIqI", prefix)
     file_hash = hashlib.sha256(out).digest()

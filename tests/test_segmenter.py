@@ -184,7 +184,7 @@ def test_backwards_dts_is_repaired_instead_of_raising(tmp_path: Path) -> None:
             packet.pts = packet.dts
 
     collector, seg = segment_file(clip, 1.0, mangle=step_back)
-    assert seg.counters.repaired >= 2
+    assert seg.counters.repaired >= 1 and seg.counters.discontinuities == 1
     assert seg.counters.mux_errors == 0
     packets = [p for sink, _ in collector.closed for p in ts_packets(sink.data)]
     assert len(packets) == 75
@@ -289,6 +289,58 @@ def test_repair_rebases_a_large_backward_jump_to_continue_one_frame_later() -> N
     following = repair_timestamps(fixed.state, pts=10_800, dts=7200, arrival_ns=80_000_000, time_base=TB)
     assert following is not None and not following.changed
     assert following.dts == 9_007_200
+
+
+def test_repair_rebases_a_reset_of_a_second_and_only_nudges_jitter() -> None:
+    state = TimestampState(frame_ticks=3600, last_dts=900_000, last_arrival_ns=0)
+    reset = repair_timestamps(state, pts=810_000, dts=810_000, arrival_ns=40_000_000, time_base=TB)
+    assert reset is not None and reset.rebased and reset.dts == 903_600
+    jitter = repair_timestamps(state, pts=898_000, dts=898_000, arrival_ns=40_000_000, time_base=TB)
+    assert jitter is not None and not jitter.rebased and jitter.dts == 900_001
+
+
+def test_repair_rebases_an_unwrapped_33_bit_wrap() -> None:
+    wrap_ticks = 1 << 33
+    state = TimestampState(frame_ticks=3600, last_dts=wrap_ticks - 1800, last_arrival_ns=0)
+    fixed = repair_timestamps(state, pts=1800, dts=1800, arrival_ns=40_000_000, time_base=TB)
+    assert fixed is not None and fixed.rebased and fixed.dts == wrap_ticks - 1800 + 3600
+    following = repair_timestamps(fixed.state, pts=5400, dts=5400, arrival_ns=80_000_000, time_base=TB)
+    assert following is not None and not following.changed and following.dts == fixed.dts + 3600
+
+
+def test_discontinuity_cuts_at_the_next_keyframe(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.ts"
+    make_h264_clip(clip, 3, fps=25, gop=25)
+
+    def reset_at_30(i: int, packet) -> None:
+        if i >= 30:  # a P-frame: the cut waits for the keyframe at 50
+            packet.dts -= 30 * 3600
+            packet.pts -= 30 * 3600
+
+    collector, seg = segment_file(clip, 10.0, mangle=reset_at_30)
+    assert seg.counters.discontinuities == 1
+    assert [s.frames for _, s in collector.closed] == [50, 25]
+    packets = [p for sink, _ in collector.closed for p in ts_packets(sink.data)]
+    dts = [p[1] for p in packets]
+    assert all(b - a == 3600 for a, b in zip(dts, dts[1:], strict=False)), "continues one frame on"
+
+
+def test_arrival_timeline_starts_each_segment_at_its_keyframe_arrival(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.ts"
+    make_h264_clip(clip, 3, fps=25, gop=25)
+    source = open_source(CameraConfig("test", str(clip), realtime=False, loop=False))
+    collector = Collector()
+    seg = Segmenter(source.stream, segment_seconds=1.0, open_sink=collector.open, close_sink=collector.close,
+                    timeline="arrival")
+    # A camera whose clock runs 1 % fast: 40 ms of its time pass in 39.6 ms of ours.
+    for i, packet in enumerate(source.packets()):
+        seg.push(packet, T0_NS + i * 39_600_000)
+    seg.finish()
+    source.close()
+    summaries = [s for _, s in collector.closed]
+    assert [s.start_ns for s in summaries] == [T0_NS + k * 25 * 39_600_000 for k in range(3)]
+    assert [a.end_ns for a in summaries[:-1]] == [b.start_ns for b in summaries[1:]], "contiguous"
+    assert summaries[-1].end_ns == summaries[-1].start_ns + 25 * 40_000_000  # the stream's own timing
 
 
 def test_repair_keeps_a_forward_step_that_matches_the_real_waiting_time() -> None:

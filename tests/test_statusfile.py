@@ -7,16 +7,24 @@ import os
 import stat
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from edgerec.errors import EdgerecError
 from edgerec.statusfile import (
+    SERVICE_RUNTIME_DIR,
     STALE_AFTER_S,
+    StatusLocation,
+    daemon_status_path,
     format_status,
     human_bytes,
     human_duration,
+    location_from_raw_config,
+    read_daemon_status,
     read_status,
+    remove_leftover,
+    status_path_candidates,
     write_status,
 )
 
@@ -203,3 +211,54 @@ def test_human_units():
     assert human_duration(303) == "5m 3s"
     assert human_duration(7800) == "2h 10m"
     assert human_duration(3 * 86400 + 4 * 3600 + 59) == "3d 4h"
+
+
+# ----- where the file is -------------------------------------------------------------------------------
+def test_daemon_writes_to_status_file_else_the_runtime_directory_else_the_data_dir(tmp_path):
+    data = tmp_path / "data"
+    run = {"RUNTIME_DIRECTORY": "/run/edgerec:/run/other"}
+    assert daemon_status_path(tmp_path / "s.json", data, run) == tmp_path / "s.json"
+    assert daemon_status_path(None, data, run) == Path("/run/edgerec/status.json")
+    assert daemon_status_path(None, data, {}) == data / "status.json"
+    assert daemon_status_path(None, data, {"RUNTIME_DIRECTORY": "relative"}) == data / "status.json"
+
+
+def test_status_command_looks_only_at_a_configured_file_else_everywhere_the_daemon_may_write(tmp_path):
+    data = tmp_path / "data"
+    assert status_path_candidates(tmp_path / "s.json", data, {}) == [tmp_path / "s.json"]
+    assert status_path_candidates(None, data, {"RUNTIME_DIRECTORY": str(tmp_path / "rt")}) == [
+        tmp_path / "rt" / "status.json", SERVICE_RUNTIME_DIR / "status.json", data / "status.json"]
+    assert status_path_candidates(None, data, {"RUNTIME_DIRECTORY": str(SERVICE_RUNTIME_DIR)}) == [
+        SERVICE_RUNTIME_DIR / "status.json", data / "status.json"]
+
+
+def test_read_daemon_status_takes_the_freshest_file_of_this_device(tmp_path):
+    old, fresh, other = tmp_path / "old.json", tmp_path / "fresh.json", tmp_path / "other.json"
+    write_status(old, sample_status(updated_at=rfc3339(NOW - 3600)))
+    write_status(fresh, sample_status(updated_at=rfc3339(NOW - 1)))
+    write_status(other, sample_status(device_id="pi-yard", updated_at=rfc3339(NOW)))
+    status = read_daemon_status([tmp_path / "missing.json", old, other, fresh], device_id="pi-gate", now=NOW)
+    assert status["status_file"] == str(fresh)
+    assert status["stale"] is False
+    with pytest.raises(EdgerecError, match=r"no status file at .*missing\.json or .*other\.json: is the"):
+        read_daemon_status([tmp_path / "missing.json", other], device_id="pi-gate", now=NOW)
+
+
+def test_status_location_is_read_from_a_config_that_fails_validation(tmp_path):
+    cfg = tmp_path / "edgerec.yaml"
+    cfg.write_text("device_id: pi-gate\ndata_dir: data\nsegment_seconds: -5\nstatus_file: /run/x/s.json\n")
+    expected = StatusLocation(Path("/run/x/s.json"), tmp_path / "data", "pi-gate")
+    assert location_from_raw_config(cfg) == expected
+    cfg.write_text("data_dir: [unclosed\n")
+    assert location_from_raw_config(cfg) is None
+    cfg.write_text("device_id: pi-gate\n")
+    assert location_from_raw_config(cfg) is None
+    assert location_from_raw_config(tmp_path / "missing.yaml") is None
+
+
+def test_leftover_status_file_is_removed_once(tmp_path):
+    path = tmp_path / "status.json"
+    write_status(path, sample_status())
+    assert remove_leftover(path)
+    assert not path.exists()
+    assert not remove_leftover(path)

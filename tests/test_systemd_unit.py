@@ -117,6 +117,8 @@ def test_unit_has_the_required_service_settings():
     assert "char-video4linux rw" in s["DeviceAllow"]
     assert set(s["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
     assert "IPAddressDeny" not in s  # cameras and the broker are on the network
+    # ProtectClock= would forbid the read-only adjtimex() that tells the daemon whether the clock is synced.
+    assert "ProtectClock" not in s
 
 
 @needs_analyze

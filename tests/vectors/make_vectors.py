@@ -27,15 +27,19 @@ def payload_vector() -> dict:
     stream_nonce = bytes(range(0xA0, 0xB0))
     payload_key, mac_key = segfile.derive_keys(file_key, stream_nonce)
     header_without_mac = b"EDGERSEG" + bytes(range(200))
-    header_hash = hashlib.sha256(b"edgerec test header").digest()
+    # The chunks follow a stand-in header (these bytes and their MAC) as they would in a file: each
+    # check is a truncated SHA-256 of everything from the first header byte through its ciphertext.
+    header = header_without_mac + segfile.header_mac(mac_key, header_without_mac)
+    header_hash = hashlib.sha256(header).digest()
+    file_hasher = hashlib.sha256(header)
     aead = AESGCM(payload_key)
     plaintexts = [b"The quick brown fox jumps over t", b"he lazy dog.", b""]
     chunks = []
-    offset = 300
+    offset = len(header)
     for index, plaintext in enumerate(plaintexts):
         last = index == len(plaintexts) - 1
         end_ns, frames = 1_750_000_000_000_000_000 + index * 40_000_000, index + 1
-        record = segfile.seal_chunk(aead, header_hash, offset, index, last, end_ns, frames, plaintext)
+        record = segfile.seal_chunk(aead, header_hash, file_hasher, index, last, end_ns, frames, plaintext)
         chunks.append({
             "index": index, "offset": offset, "last": last, "end_ns": end_ns, "frames": frames,
             "plaintext": plaintext.hex(), "nonce": segfile.chunk_nonce(index, last).hex(),
@@ -43,7 +47,8 @@ def payload_vector() -> dict:
         })
         offset += len(record)
     return {
-        "description": "segment format v1 payload layer: key derivation, header MAC, chunk records",
+        "description": "segment format v1 payload layer: key derivation, header MAC, chunk records "
+                       "following the header (header_without_mac || header_mac)",
         "file_key": file_key.hex(),
         "stream_nonce": stream_nonce.hex(),
         "payload_key": payload_key.hex(),

@@ -1,0 +1,435 @@
+"""MQTT through the real daemon: ``edgerec run`` as a subprocess recording the built-in test camera,
+talking to a private mosquitto on a loopback port.
+
+Proves what an operator relies on: retained availability, status and Home Assistant discovery; incident
+commands acknowledged within a second and holding the right footage (checked with the real ``edgerec
+incident ls`` and ``edgerec retention --dry-run``); refused commands changing nothing; ``offline`` from
+the Last Will on kill -9 and from the daemon on a clean stop; recording carrying on, gap-free, through a
+broker outage and with no broker at all; commands sent while the daemon was down applied when it returns;
+TLS with username/password and the ACL docs/mqtt.md recommends; reload and disk events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edgerec.catalog import Catalog, SegmentRow
+from edgerec.incidents import rfc3339
+from tests.broker import LOOPBACK, Broker, Listener, Received, free_port, make_test_ca, mosquitto_available
+from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
+
+pytestmark = [pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed"),
+              pytest.mark.timeout(90)]
+
+REPLY_DEADLINE_S = 1.0
+START_TIMEOUT_S = 30.0  # daemon start to first message (the interpreter and PyAV load first)
+SEGMENT_TIMEOUT_S = 30.0
+DAY_NS = 86_400 * 10**9
+# Small, cheap test pictures; a keyframe every second so 1 s segments are exact.
+CAMERA = {"name": "gate", "url": "testsrc:size=160x120:rate=10", "health": False,
+          "encoder": {"codec": "libx264", "gop_seconds": 1, "bitrate": 100_000}}
+
+
+# ----- helpers ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setup:
+    """A daemon's config file, data directory and MQTT base topic."""
+
+    config: Path
+    data_dir: Path
+    device_id: str
+
+    @property
+    def base(self) -> str:
+        return f"edgerec/{self.device_id}"
+
+    @property
+    def command(self) -> str:
+        return f"{self.base}/incident/set"
+
+    @property
+    def result(self) -> str:
+        return f"{self.base}/incident/result"
+
+    @property
+    def availability(self) -> str:
+        return f"{self.base}/availability"
+
+    @property
+    def discovery_node(self) -> str:
+        return f"homeassistant/+/edgerec_{self.device_id}/+/config"
+
+    def reload(self, daemon: Daemon, **changes: Any) -> None:
+        """Change top-level keys of the config file and make the daemon reload it (SIGHUP)."""
+        cfg = yaml.safe_load(self.config.read_text())
+        cfg.update(changes)
+        self.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        daemon.proc.send_signal(signal.SIGHUP)
+
+
+def make_setup(tmp_path: Path, officer: OfficerKey, port: int, *, cameras: list[dict[str, Any]] | None = None,
+               mqtt: dict[str, Any] | None = None, device_id: str | None = None, **extra: Any) -> Setup:
+    # A device id per test: the module's broker keeps retained messages between tests.
+    device_id = device_id or f"dev{uuid.uuid4().hex[:10]}"
+    data_dir = tmp_path / "data"
+    settings = {"enabled": True, "host": LOOPBACK, "port": port, **(mqtt or {})}
+    cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=data_dir, device_id=device_id,
+                       segment_seconds=1, cameras=cameras or [CAMERA],
+                       incidents={"pre_roll_s": 0, "post_roll_s": 0}, mqtt=settings, **extra)
+    return Setup(cfg, data_dir, device_id)
+
+
+def sealed_segments(data_dir: Path, camera: str = "gate") -> list[SegmentRow]:
+    if not (data_dir / "catalog.sqlite3").exists():
+        return []
+    catalog = Catalog.open(data_dir)
+    try:
+        return catalog.segments(camera=camera)
+    finally:
+        catalog.close()
+
+
+def segment_count(data_dir: Path, camera: str = "gate") -> int:
+    """Sealed segments in the catalog, read-only: while the daemon is still creating the catalog, 0."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{data_dir / 'catalog.sqlite3'}?mode=ro", uri=True,
+                                                timeout=5)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM segments WHERE camera = ?", (camera,)).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def wait_for_segments(data_dir: Path, count: int, what: str) -> list[SegmentRow]:
+    wait_for(lambda: segment_count(data_dir) >= count, SEGMENT_TIMEOUT_S, what, interval=0.1)
+    return sealed_segments(data_dir)
+
+
+def incidents_cli(setup: Setup, *extra: str) -> list[dict[str, Any]]:
+    return json.loads(run_cli("incident", "ls", "-c", str(setup.config), "--json", *extra, check=True).stdout)
+
+
+def is_online(m: Received) -> bool:
+    return m.payload == b"online"
+
+
+def is_offline(m: Received) -> bool:
+    return m.payload == b"offline"
+
+
+def reply_to(transaction: str) -> Callable[[Received], bool]:
+    return lambda m: m.json().get("transaction") == transaction
+
+
+def wait_online(listener: Listener, setup: Setup, daemon: Daemon) -> Received:
+    """Wait for ``online``, failing at once with the daemon's log if the daemon exits instead."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            return listener.wait_for(setup.availability, is_online, timeout_s=0.5)
+        except AssertionError:
+            if daemon.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"daemon not online; its log:\n{daemon.log()}") from None
+
+
+def command(listener: Listener, setup: Setup, obj: dict[str, Any], transaction: str,
+            deadline_s: float = REPLY_DEADLINE_S) -> dict[str, Any]:
+    """Publish a command and return its reply, failing if it takes longer than ``deadline_s``."""
+    sent = time.monotonic()
+    listener.publish(setup.command, {**obj, "transaction": transaction})
+    reply = listener.wait_for(setup.result, reply_to(transaction), timeout_s=deadline_s + 5)
+    assert reply.at_monotonic - sent <= deadline_s, f"reply after {reply.at_monotonic - sent:.2f} s"
+    return reply.json()
+
+
+# ----- fixtures -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    with Broker(tmp_path_factory.mktemp("mosquitto")) as b:
+        yield b
+
+
+@dataclass
+class Running:
+    setup: Setup
+    daemon: Daemon
+    listener: Listener
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory, broker: Broker,
+            officer: OfficerKey) -> Iterator[Running]:
+    """One daemon recording the test camera, shared by the tests that do not stop it."""
+    tmp = tmp_path_factory.mktemp("running")
+    setup = make_setup(tmp, officer, broker.port)
+    with Listener(broker, [f"{setup.base}/#"]) as listener, \
+            Daemon(setup.config, tmp / "daemon.log") as daemon:
+        wait_online(listener, setup, daemon)
+        yield Running(setup, daemon, listener)
+        assert daemon.terminate() == 0, daemon.log()
+
+
+# ----- with the shared daemon ---------------------------------------------------------------------------
+def test_availability_status_and_discovery_arrive_retained(running: Running, broker: Broker) -> None:
+    setup = running.setup
+    # The status says the camera records (published on that change, not after status_interval_s).
+    running.listener.wait_for(f"{setup.base}/status",
+                              lambda m: m.json()["cameras"].get("gate", {}).get("state") == "recording",
+                              timeout_s=15)
+    # A client subscribing now gets the retained messages.
+    with Listener(broker, [f"{setup.base}/#", setup.discovery_node]) as late:
+        online = late.wait_for(setup.availability)
+        status = late.wait_for(f"{setup.base}/status").json()
+        incidents = late.wait_for(f"{setup.base}/incidents")
+        discovery = late.wait_for(f"homeassistant/binary_sensor/edgerec_{setup.device_id}/cam_gate_recording"
+                                  "/config")
+    assert online.retain and online.payload == b"online"
+    assert late.on(f"{setup.base}/status")[0].retain and incidents.retain and discovery.retain
+    assert status["device_id"] == setup.device_id
+    assert status["mqtt"]["connected"] is True and status["mqtt"]["subscribed"] is True
+    assert set(status["cameras"]) == {"gate"}
+    assert isinstance(incidents.json(), list)
+    config = discovery.json()
+    assert config["state_topic"] == f"{setup.base}/status"
+    assert config["availability_topic"] == setup.availability
+
+
+def test_incident_command_is_acknowledged_within_a_second_and_holds_its_segments(running: Running) -> None:
+    setup, listener = running.setup, running.listener
+    segs = wait_for_segments(setup.data_dir, 4, "four sealed segments")
+    first, second = segs[0], segs[1]
+    # A window strictly inside the first two segments (pre/post roll are 0): exactly those two are held.
+    incident_id = f"INC-{uuid.uuid4().hex[:8]}"
+    reply = command(listener, setup, {"action": "open", "id": incident_id, "camera": "gate",
+                                      "from": rfc3339(first.start_ns + 1_000_000),
+                                      "to": rfc3339(second.end_ns - 1_000_000),
+                                      "reason": "test", "by": "pytest"}, "t-open")
+    assert reply == {"id": incident_id, "action": "open", "ok": True, "error": None, "duplicate": False,
+                     "held_segments": 2, "held_bytes": first.size_bytes + second.size_bytes,
+                     "device_id": setup.device_id, "transaction": "t-open"}
+
+    opened = listener.wait_for(f"{setup.base}/events", lambda m: m.json().get("id") == incident_id)
+    assert opened.json()["event"] == "incident_opened"
+    published = listener.wait_for(f"{setup.base}/incidents",
+                                  lambda m: any(i["id"] == incident_id for i in m.json()), timeout_s=5)
+    assert [i["held_segments"] for i in published.json() if i["id"] == incident_id] == [2]
+    assert [i["id"] for i in incidents_cli(setup) if i["id"] == incident_id] == [incident_id]
+
+    # 29 days on, retention would delete every segment except the two held ones.
+    later = rfc3339(time.time_ns() + 29 * DAY_NS)
+    dry = json.loads(run_cli("retention", "-c", str(setup.config), "--dry-run", "--now", later, "--json",
+                             check=True).stdout)
+    doomed = {d["path"] for d in dry["deleted"]}
+    assert first.path not in doomed and second.path not in doomed
+    assert {s.path for s in segs[2:]} <= doomed
+
+    again = command(listener, setup, {"action": "close", "id": incident_id, "by": "pytest"}, "t-close")
+    assert again["ok"] is True and again["duplicate"] is False
+    closed = [i for i in incidents_cli(setup, "--all") if i["id"] == incident_id]
+    assert len(closed) == 1 and closed[0]["closed"] is not None
+    listener.wait_for(f"{setup.base}/incidents", lambda m: all(i["id"] != incident_id for i in m.json())
+                      and m.at_monotonic > opened.at_monotonic, timeout_s=5)
+
+
+@pytest.mark.parametrize(("payload", "fragment"), [
+    (b"{not json", "not valid JSON"),
+    (json.dumps({"action": "open", "id": "BIG", "camera": "*", "reason": "x" * 20_000}).encode(),
+     "too large"),
+    ({"action": "open", "id": "INC-NOPE", "camera": "nosuchcam", "from": "2026-01-01T00:00:00Z"},
+     "unknown camera"),
+    ({"action": "close", "id": "INC-NEVER-OPENED"}, "unknown incident"),
+], ids=["not-json", "oversized", "unknown-camera", "close-unknown-id"])
+def test_bad_command_gets_an_error_reply_and_changes_nothing(running: Running, payload: Any,
+                                                            fragment: str) -> None:
+    setup = running.setup
+    before = incidents_cli(setup, "--all")
+    transaction = f"t-{uuid.uuid4().hex[:8]}"
+    if isinstance(payload, bytes):  # no transaction in a payload that is not an object: match the error
+        running.listener.clear()
+        running.listener.publish(setup.command, payload)
+        reply = running.listener.wait_for(setup.result, lambda m: fragment in (m.json().get("error") or ""),
+                                          timeout_s=REPLY_DEADLINE_S + 5).json()
+    else:
+        reply = command(running.listener, setup, payload, transaction)
+        assert reply["transaction"] == transaction
+    assert reply["ok"] is False and fragment in reply["error"]
+    assert reply["held_segments"] == 0 and reply["device_id"] == setup.device_id
+    assert incidents_cli(setup, "--all") == before
+    assert running.daemon.proc.poll() is None
+
+
+def test_incident_opened_with_the_cli_is_published(running: Running) -> None:
+    setup = running.setup
+    wait_for_segments(setup.data_dir, 1, "a sealed segment")
+    incident_id = f"CLI-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    run_cli("incident", "open", "-c", str(setup.config), "--id", incident_id, "--camera", "gate",
+            "--from", rfc3339(time.time_ns() - 60 * 10**9) or "", "--by", "pytest", check=True)
+    # The daemon notices the catalog change on its next status snapshot (every 2 s).
+    running.listener.wait_for(f"{setup.base}/incidents",
+                              lambda m: any(i["id"] == incident_id for i in m.json()), timeout_s=6)
+    status = running.listener.wait_for(
+        f"{setup.base}/status", lambda m: m.at_monotonic > started and m.json()["incidents_open"] >= 1,
+        timeout_s=6).json()
+    assert status["held_bytes"] > 0
+    run_cli("incident", "close", "-c", str(setup.config), "--id", incident_id, "--by", "pytest", check=True)
+
+
+# ----- daemons of their own -----------------------------------------------------------------------------
+def test_kill_9_makes_the_broker_publish_offline(tmp_path: Path, broker: Broker, officer: OfficerKey) -> None:
+    setup = make_setup(tmp_path, officer, broker.port)
+    with Listener(broker, [setup.availability]) as listener, Daemon(setup.config, tmp_path / "d.log") as d:
+        wait_online(listener, setup, d)
+        d.kill()
+        listener.wait_for(setup.availability, is_offline, timeout_s=5)
+    with Listener(broker, [setup.availability]) as late:
+        assert late.wait_for(setup.availability).payload == b"offline"  # the will is retained
+
+
+def test_reload_with_a_camera_removed_drops_its_entities_and_clean_stop_publishes_offline(
+        tmp_path: Path, broker: Broker, officer: OfficerKey) -> None:
+    yard = {**CAMERA, "name": "yard"}
+    setup = make_setup(tmp_path, officer, broker.port, cameras=[CAMERA, yard])
+    yard_recording = f"homeassistant/binary_sensor/edgerec_{setup.device_id}/cam_yard_recording/config"
+    with Listener(broker, [f"{setup.base}/#", setup.discovery_node]) as listener, \
+            Daemon(setup.config, tmp_path / "d.log") as daemon:
+        listener.wait_for(yard_recording, lambda m: m.payload != b"", timeout_s=START_TIMEOUT_S)
+        setup.reload(daemon, cameras=[CAMERA])
+        listener.wait_for(yard_recording, lambda m: m.payload == b"", timeout_s=10)
+        listener.wait_for(f"{setup.base}/status", lambda m: set(m.json()["cameras"]) == {"gate"}, timeout_s=5)
+        # Only the cameras changed: the same connection carries on.
+        assert not [m for m in listener.on(setup.availability) if is_offline(m)]
+
+        assert daemon.terminate() == 0, daemon.log()
+        listener.wait_for(setup.availability, is_offline, timeout_s=5)
+    assert "mqtt stopped" in daemon.log()
+
+
+def test_broker_outage_brings_the_daemon_back_online_with_no_gap_in_recording(
+        tmp_path: Path, officer: OfficerKey) -> None:
+    with Broker(tmp_path / "mosquitto", persistence=True) as own:
+        setup = make_setup(tmp_path, officer, own.port)
+        with Listener(own, [f"{setup.base}/#"]) as listener, \
+                Daemon(setup.config, tmp_path / "d.log") as daemon:
+            wait_online(listener, setup, daemon)
+            before = len(wait_for_segments(setup.data_dir, 1, "a first segment"))
+            own.stop()
+            # Several seconds without a broker, while the camera keeps being recorded.
+            wait_for_segments(setup.data_dir, before + 4, "segments sealed while the broker is down")
+            listener.clear()
+            own.start()
+            listener.wait_for(setup.availability, is_online, timeout_s=15)
+            # (The broker restored the old retained status from its persistence file: skip that one.)
+            status = listener.wait_for(f"{setup.base}/status", lambda m: m.json()["mqtt"]["connects"] >= 2,
+                                       timeout_s=5).json()
+            assert status["mqtt"]["connected"] is True
+            assert daemon.terminate() == 0, daemon.log()
+    segs = sealed_segments(setup.data_dir)
+    assert [s.sequence for s in segs] == list(range(segs[0].sequence, segs[0].sequence + len(segs)))
+    holes = [(a.end_ns, b.start_ns) for a, b in zip(segs, segs[1:], strict=False)
+             if b.start_ns - a.end_ns > 200_000_000]
+    assert not holes, f"footage missing between segments: {holes}"
+    catalog = Catalog.open(setup.data_dir)
+    try:
+        assert catalog.count_gaps("gate") == 0
+    finally:
+        catalog.close()
+
+
+def test_command_sent_while_the_daemon_is_stopped_is_applied_after_it_restarts(
+        tmp_path: Path, officer: OfficerKey) -> None:
+    with Broker(tmp_path / "mosquitto", persistence=True) as own:
+        setup = make_setup(tmp_path, officer, own.port)
+        with Listener(own, [setup.availability]) as listener, Daemon(setup.config, tmp_path / "d1.log") as d:
+            wait_online(listener, setup, d)
+            assert d.terminate() == 0, d.log()
+            listener.wait_for(setup.availability, is_offline, timeout_s=5)
+            listener.publish(setup.command, {"action": "open", "id": "INC-WHILE-DOWN", "camera": "*",
+                                             "from": rfc3339(time.time_ns() - 10**9), "by": "pytest",
+                                             "transaction": "queued"})
+        own.restart()  # persistence: the daemon's session and the queued command survive this too
+        with Listener(own, [setup.result]) as listener, Daemon(setup.config, tmp_path / "d2.log") as d:
+            reply = listener.wait_for(setup.result, reply_to("queued"), timeout_s=START_TIMEOUT_S).json()
+            assert reply["ok"] is True and reply["id"] == "INC-WHILE-DOWN"
+            assert [i["id"] for i in incidents_cli(setup)] == ["INC-WHILE-DOWN"]
+            assert d.terminate() == 0, d.log()
+
+
+def test_tls_username_password_and_the_documented_acl(tmp_path: Path, officer: OfficerKey) -> None:
+    ca = make_test_ca(tmp_path / "ca")
+    device_id = f"dev{uuid.uuid4().hex[:10]}"
+    # The ACL docs/mqtt.md gives for a recorder, with its device id.
+    acl = (f"user {device_id}\n"
+           f"topic readwrite edgerec/{device_id}/#\n"
+           "topic read edgerec/all/incident/set\n"
+           "topic read homeassistant/status\n"
+           f"topic write homeassistant/+/edgerec_{device_id}/+/config\n"
+           "\nuser operator\ntopic readwrite #\n")
+    password_file = tmp_path / "mqtt.password"
+    password_file.write_text("s3cret-device\n")
+    password_file.chmod(0o600)
+    with Broker(tmp_path / "mosquitto", tls=ca, users={device_id: "s3cret-device", "operator": "op"},
+                acl=acl) as own:
+        setup = make_setup(tmp_path, officer, own.port, device_id=device_id,
+                           mqtt={"username": device_id, "password_file": str(password_file),
+                                 "tls": {"ca_file": str(ca.ca_cert)}})
+        with Listener(own, [f"{setup.base}/#", setup.discovery_node], username="operator", password="op",
+                      tls=ca) as listener, Daemon(setup.config, tmp_path / "d.log") as daemon:
+            wait_online(listener, setup, daemon)
+            listener.wait_for(f"{setup.base}/status")
+            listener.wait_for(f"homeassistant/button/edgerec_{device_id}/open_incident_now/config")
+            reply = command(listener, setup, {"action": "open_now", "by": "pytest"}, "tls")
+            assert reply["ok"] is True and reply["id"].startswith("NOW-")
+            # A site-wide command reaches it too (the ACL lets it read the site topic).
+            listener.publish("edgerec/all/incident/set", {"action": "close", "id": reply["id"],
+                                                          "transaction": "site"})
+            assert listener.wait_for(setup.result, reply_to("site")).json()["ok"] is True
+            assert daemon.terminate() == 0, daemon.log()
+            listener.wait_for(setup.availability, is_offline, timeout_s=5)
+
+
+def test_daemon_records_with_the_broker_unreachable(tmp_path: Path, officer: OfficerKey) -> None:
+    setup = make_setup(tmp_path, officer, free_port())  # nothing listens there
+    with Daemon(setup.config, tmp_path / "d.log") as daemon:
+        wait_for_segments(setup.data_dir, 2, "segments recorded without a broker")
+        status = json.loads(run_cli("status", "-c", str(setup.config), "--json", check=True).stdout)
+        assert status["mqtt"]["enabled"] is True and status["mqtt"]["connected"] is False
+        assert status["cameras"]["gate"]["state"] == "recording"
+        started = time.monotonic()
+        assert daemon.terminate() == 0, daemon.log()
+        assert time.monotonic() - started < 15
+
+
+def test_disk_pressure_publishes_disk_events_and_the_status_at_once(tmp_path: Path, broker: Broker,
+                                                                    officer: OfficerKey) -> None:
+    setup = make_setup(tmp_path, officer, broker.port, retention={"sweep_interval_s": 3600})
+    with Listener(broker, [f"{setup.base}/#"]) as listener, \
+            Daemon(setup.config, tmp_path / "d.log") as daemon:
+        wait_online(listener, setup, daemon)
+        wait_for_segments(setup.data_dir, 2, "two segments")
+        # A free-space mark no disk reaches: every segment goes, then recording pauses.
+        setup.reload(daemon, retention={"sweep_interval_s": 3600, "min_free": "1000000T"})
+        events = f"{setup.base}/events"
+        low = listener.wait_for(events, lambda m: m.json()["event"] == "disk_low", timeout_s=10).json()
+        assert low["deleted"] >= 2 and low["free_bytes"] < low["min_free_bytes"]
+        listener.wait_for(events, lambda m: m.json()["event"] == "retention_swept")
+        listener.wait_for(events, lambda m: m.json()["event"] == "disk_full")
+        full = listener.wait_for(f"{setup.base}/status", lambda m: m.json()["state"] == "disk_full",
+                                 timeout_s=3)
+        assert full.json()["retention"]["disk_full"] is True
+
+        setup.reload(daemon, retention={"sweep_interval_s": 3600})
+        listener.wait_for(events, lambda m: m.json()["event"] == "disk_ok", timeout_s=10)
+        listener.wait_for(f"{setup.base}/status", lambda m: m.json()["state"] == "recording", timeout_s=3)
+        assert daemon.terminate() == 0, daemon.log()
