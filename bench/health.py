@@ -108,7 +108,12 @@ def record(clip: Path, interval_s: float | None, realtime: bool) -> Run:
 
 
 def best_of(clip: Path, interval_s: float | None, realtime: bool, repeat: int) -> Run:
-    return min((record(clip, interval_s, realtime) for _ in range(repeat)), key=lambda r: r.cpu_s)
+    runs = [record(clip, interval_s, realtime) for _ in range(repeat)]
+    spread[interval_s] = (min(r.cpu_s for r in runs), max(r.cpu_s for r in runs))
+    return min(runs, key=lambda r: r.cpu_s)
+
+
+spread: dict[float | None, tuple[float, float]] = {}  # CPU of the fastest and slowest run of each variant
 
 
 def per_keyframe_costs_ms(clip: Path) -> dict[str, float]:
@@ -166,19 +171,20 @@ def main() -> None:
           f"(mean keyframe {costs['keyframe_kib']:.0f} KiB)")
     print(f"record only (real recorder, encrypted segments to disk, realtime {args.realtime}): "
           f"{base.cpu_s:.3f} s CPU in {base.wall_s:.2f} s = {1000 * base_per_s:.2f} ms CPU per second "
-          f"of video ({100 * base_per_s:.2f} % of one core live)")
+          f"of video ({100 * base_per_s:.2f} % of one core live); runs spread "
+          f"{spread[None][0]:.3f}..{spread[None][1]:.3f} s")
     print(f"+ health on every keyframe: {every.cpu_s:.3f} s CPU, {every.analysed} analysed, {every.dropped} "
           f"dropped while busy: {1000 * per_keyframe_s:.1f} ms CPU per analysed keyframe "
           f"(worker's own timing {every.busy_ms / max(every.analysed, 1):.1f} ms)")
     print(f"per keyframe (wall, one thread): decode+drain {costs['decode']:.1f} ms, scale to gray "
           f"{costs['scale']:.2f} ms, analyze {costs['analyze']:.2f} ms")
-    print(f"{'interval_s':>10} {'analysed':>9} {'measured':>9} {'predicted live':>15}")
+    print(f"{'interval_s':>10} {'analysed':>9} {'measured':>9} {'predicted':>10}")
     predicted = {}
     for interval_s in intervals:
         run = best_of(clip, interval_s, args.realtime, args.repeat) if interval_s else every
         predicted[interval_s] = 1 + per_keyframe_s / max(interval_s, args.gop_s) / base_per_s
         print(f"{interval_s:>10g} {run.analysed:>9d} {run.cpu_s / base.cpu_s:>9.3f} "
-              f"{predicted[interval_s]:>15.3f}")
+              f"{predicted[interval_s]:>10.3f}")
     needed_s = per_keyframe_s / ((TARGET_RATIO - 1.0) * base_per_s)
     default_s = HealthThresholds().analysis_interval_s
     print(f"analysis_interval_s for ratio <= {TARGET_RATIO:.2f}: >= {needed_s:.1f} s "

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,6 +91,14 @@ class AuditLog:
 
     def append(self, event: str, **fields: Any) -> None:
         """Append one event and fsync it; raises OSError when the disk refuses."""
+        self.append_many([(event, fields)])
+
+    def append_many(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Append several events (``(event, fields)``) with one write and one fsync: a retention sweep
+        names all its deletions before the first one, without an fsync per line. On an error none of
+        them counts as written (a torn tail is cut at the next append)."""
+        if not entries:
+            return
         with self._lock:
             fd = self._open_rw()
             try:
@@ -99,11 +107,15 @@ class AuditLog:
                     n, prev, torn = self._tail_state(f)
                     if torn is not None:
                         n, prev = self._cut_torn_tail(f, fd, n, prev, torn)
-                    line = encode_line(n + 1, _rfc3339(self._clock_ns()), event, fields, prev)
-                    f.seek(0, os.SEEK_END)
-                    f.write(line + b"\n")
+                    ts = _rfc3339(self._clock_ns())
+                    lines = []
+                    for event, fields in entries:
+                        n += 1
+                        line = encode_line(n, ts, event, fields, prev)
+                        prev = line_hash(line)
+                        lines.append(line)
                     f.flush()
-                    os.fsync(fd)
+                    _write_at_end(fd, f.seek(0, os.SEEK_END), b"\n".join(lines) + b"\n")
             finally:
                 os.close(fd)  # also releases the flock
 
@@ -147,6 +159,25 @@ class AuditLog:
         f.write(line + b"\n")
         f.flush()
         return n + 1, line_hash(line)
+
+
+def _write_at_end(fd: int, size: int, data: bytes) -> None:
+    """Write ``data`` at offset ``size`` and fsync; on failure cut what was written, so that a full disk
+    leaves no torn tail (and when even that fails, the next append cuts it)."""
+    view = memoryview(data)
+    offset = size
+    try:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+        os.fsync(fd)
+    except OSError:
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            pass
+        raise
 
 
 def _fsync_dir(path: Path) -> None:

@@ -138,15 +138,11 @@ class Config:
     incidents: IncidentsConfig = field(default_factory=IncidentsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     health: HealthThresholds = field(default_factory=HealthThresholds)
-    status_file: Path | None = None  # None: <data_dir>/status.json
+    status_file: Path | None = None  # None: $RUNTIME_DIRECTORY (systemd) or <data_dir>, see statusfile.py
     source_path: Path | None = None  # the file this config was loaded from
 
     def camera(self, name: str) -> CameraConfig | None:
         return next((c for c in self.cameras if c.name == name), None)
-
-    @property
-    def status_path(self) -> Path:
-        return self.status_file or self.data_dir / "status.json"
 
 
 # ----- parsing ---------------------------------------------------------------------------------------------

@@ -52,12 +52,14 @@ WORKER_STOP_TIMEOUT_S = 5.0
 class HealthThresholds:
     """Detector thresholds. Levels are 8-bit gray levels (0 black .. 255 white) of the analysed picture."""
 
-    # Decoding a 1080p keyframe (~13 ms of CPU on x86) costs about as much as copying 100 s of its
-    # packets, so while all is well only one keyframe per interval is analysed (keeping the analysis
-    # under 10 % of the recording's CPU); once a condition is pending, every keyframe is, until it is
-    # settled. A problem is therefore noticed within this interval plus its *_after_s.
-    # 0 analyses every keyframe.
-    analysis_interval_s: float = 120.0
+    # Analysing a 1080p keyframe (~15 ms of CPU on x86, mostly decoding) costs as much as about 1.2 s
+    # of live recording of that stream with the real recorder (~12 ms of CPU per second: demux, mux,
+    # encryption, signing, fsync; bench/health.py --realtime). Analysing every keyframe of a 2 s GOP
+    # would add ~60 %; one per 30 s adds ~4 %, inside the 10 % budget with room for slower
+    # decoding on other CPUs (a Pi 4, without AES instructions, pays relatively more for recording).
+    # Once a condition is pending every keyframe is analysed until it is settled, so a problem is
+    # noticed within this interval plus its *_after_s. 0 analyses every keyframe.
+    analysis_interval_s: float = 30.0
 
     # Frozen: keyframes stay the same picture for this long. Two pictures are "the same" when 95 % of
     # their signature blocks differ by at most ``frozen_block_diff_max_levels``. Sensor noise of about

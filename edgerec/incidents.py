@@ -271,7 +271,10 @@ class WindowIndex:
         return bool(self._star or self._by_camera)
 
     def any_overlap(self, camera: str, start_ns: int, end_ns: int) -> bool:
-        starts, ends, _ = self._camera_blocks(camera)
+        # Called once per retention candidate: the cached blocks are looked up directly.
+        starts, ends, _ = self._blocks.get(camera) or self._camera_blocks(camera)
+        if not starts:
+            return False
         # Only the last block starting at or before end_ns can reach start_ns: the ones before it end
         # before it begins.
         i = bisect.bisect_right(starts, end_ns) - 1

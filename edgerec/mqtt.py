@@ -563,6 +563,9 @@ class MqttLink:
                 self._stats.last_error = f"subscribe refused: {code}"
                 log.error("mqtt subscribe refused reason=%s", code)
             self._subscribed = not refused
+            # The status published on connect went out before this SUBACK and says `subscribed: false`;
+            # without a new one the retained status would keep saying so until the next interval.
+            self.status_changed()
         except Exception:
             log.exception("mqtt on_subscribe failed")
 

@@ -18,22 +18,36 @@ Cost: the sweeper hands the policy only candidates, never the whole catalog: per
 older than its cutoff (an index range), and, only under disk pressure, the oldest segments across
 cameras a page at a time until the plan frees enough. A sweep's cost therefore grows with what it
 deletes (plus footage held past its age), not with the size of the catalog.
+
+A deletion goes: audit line (fsynced) → catalog mark → unlink → directory fsync → catalog drop, a batch
+at a time, so every deleted file is named in the audit log before it goes, whatever interrupts the
+sweep. A completely full disk cannot take the audit line or the catalog mark, so the daemon keeps a
+small reserve file (``RESERVE_NAME``) that a sweep gives up when a write fails for lack of space, and
+makes again once there is room.
+
+Clock jumps: the sweeper owns them. ``clock_jumped`` is a cheap check the daemon makes every tick (it
+only asks for a sweep at once); the sweep itself decides which time to believe, and writes the one
+``clock_jump`` audit line and log line per jump (``SweepReport.clock_jump_ns``).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import clock as clockmod
 from .catalog import Catalog, IncidentRow, SegmentRow
+from .errors import CatalogError
 from .incidents import WindowIndex
 
 log = logging.getLogger(__name__)
@@ -41,10 +55,14 @@ log = logging.getLogger(__name__)
 DAY_NS = 86_400 * 1_000_000_000
 DEFAULT_RETENTION_DAYS = 28.0
 REASONS = ("age", "released", "disk_pressure")
-DELETE_BATCH = 1000  # rows per mark/unlink/drop round: the catalog lock is never held for long
-AUDIT_PATHS_PER_LINE = 500
+DELETE_BATCH = 2000  # rows per mark/unlink/drop round (one directory): the catalog lock is held briefly
+AUDIT_PATHS_PER_LINE = 500  # ids listed in a re-dating line
 PRESSURE_FIRST_PAGE = 1024
 QUARANTINE_DIR = "quarantine"
+# Room kept back for the audit lines and catalog writes of a sweep on a full disk (a batch of deletions
+# needs a few hundred KiB of WAL and one audit line). Only the daemon keeps one; any sweep uses it.
+RESERVE_NAME = ".space-reserve"
+RESERVE_BYTES = 4 * 1024 * 1024
 _DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -137,20 +155,26 @@ def plan_deletions(segments: Iterable[SegmentRow], incidents: Iterable[IncidentR
     seen: set[int] = set()
     keep_by_camera: dict[str, int] = {}
     freed = 0
+    # This loop runs once per candidate (tens of thousands when a day of many cameras expires): the
+    # common case (unheld, of age, never held past it) is kept to a few cheap operations.
+    held_any, released_any = held.any_overlap, released_index.any_overlap
+    add_seen = seen.add
     for seg in segments:
-        if seg.id in seen or not seg.time_ok or seg.deleting_ns is not None:
+        seg_id, camera = seg.id, seg.camera
+        if seg_id in seen or not seg.time_ok or seg.deleting_ns is not None:
             continue
-        seen.add(seg.id)
-        if held.any_overlap(seg.camera, seg.start_ns, seg.end_ns):
+        add_seen(seg_id)
+        start_ns, end_ns = seg.start_ns, seg.end_ns
+        if held_any(camera, start_ns, end_ns):
             continue
-        keep_ns = keep_by_camera.get(seg.camera)
+        keep_ns = keep_by_camera.get(camera)
         if keep_ns is None:
-            keep_ns = keep_by_camera[seg.camera] = policy.retention_ns(seg.camera)
-        expiry_ns = seg.end_ns + keep_ns
+            keep_ns = keep_by_camera[camera] = policy.retention_ns(camera)
+        expiry_ns = end_ns + keep_ns
         if expiry_ns <= now_ns:
-            kept_past_age = bool(released_index) and any(
-                r > expiry_ns for r in released_index.overlapping(seg.camera, seg.start_ns, seg.end_ns))
-            deletions.append(Deletion(seg.id, "released" if kept_past_age else "age"))
+            kept_past_age = released_any(camera, start_ns, end_ns) and any(
+                r > expiry_ns for r in released_index.overlapping(camera, start_ns, end_ns))
+            deletions.append(Deletion(seg_id, "released" if kept_past_age else "age"))
             freed += seg.size_bytes
         else:
             spare.append(seg)
@@ -214,15 +238,19 @@ class SweepReport:
     errors: tuple[str, ...] = ()
     elapsed_s: float = 0.0
 
-    @property
+    @cached_property
     def deleted_bytes(self) -> int:
         return sum(d.size_bytes for d in self.deleted)
 
-    def by_reason(self) -> dict[str, int]:
+    @cached_property
+    def _reason_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(REASONS, 0)
-        for d in self.deleted:
-            counts[d.reason] = counts.get(d.reason, 0) + 1
+        for reason in (d.reason for d in self.deleted):
+            counts[reason] = counts.get(reason, 0) + 1
         return counts
+
+    def by_reason(self) -> dict[str, int]:
+        return dict(self._reason_counts)
 
     def lines(self) -> list[str]:
         verb = "would delete" if self.dry_run else "deleted"
@@ -252,16 +280,18 @@ class SweepReport:
 
 
 class Sweeper:
-    """Runs retention sweeps over a data directory: plan, then mark → unlink → drop, with audit lines.
+    """Runs retention sweeps over a data directory: plan, then audit → mark → unlink → drop.
 
     ``free_space`` reads the disk (statvfs of the data directory by default); ``clock`` gives clock
     readings (``clock.read_clock`` by default). Without an explicit ``now_ns`` a sweep runs on the time
     ``clock.SweepClock`` allows, so clock jumps neither delete recent footage nor keep old footage forever.
+    ``reserve_bytes``: the size of the space reserve to keep (0: keep none, but still give up one that
+    exists when the disk is full).
     """
 
     def __init__(self, catalog: Catalog, audit: Any, config: Any, data_dir: Path | str,
                  free_space: Callable[[], DiskState] | None = None,
-                 clock: Callable[[], clockmod.ClockReading] | None = None):
+                 clock: Callable[[], clockmod.ClockReading] | None = None, *, reserve_bytes: int = 0):
         self.catalog = catalog
         self.audit = audit
         self.data_dir = Path(data_dir)
@@ -269,12 +299,22 @@ class Sweeper:
         self._free_space = free_space or (lambda: statvfs_disk_state(self.data_dir))
         self._clock = clock or clockmod.read_clock
         self._sweep_clock = clockmod.SweepClock(threshold_s=config.retention.sweep_interval_s)
+        self._clock_watch = clockmod.ClockWatch(threshold_s=config.retention.sweep_interval_s)
+        self.reserve_bytes = reserve_bytes
+        self._reserve_path = self.data_dir / RESERVE_NAME
 
     def reconfigure(self, config: Any) -> None:
         """Take a reloaded configuration, keeping what the sweep clock has learnt (a fresh Sweeper would
         believe a wall clock that jumped ahead while unsynchronised)."""
         self.policy = RetentionPolicy.from_config(config)
         self._sweep_clock.threshold_ns = int(config.retention.sweep_interval_s * 1e9)
+        self._clock_watch.threshold_ns = self._sweep_clock.threshold_ns
+
+    def clock_jumped(self) -> bool:
+        """Has the wall clock jumped against the monotonic clock since the last call? A cheap check for
+        the daemon's tick: it only means "sweep now"; the sweep logs and audits the jump (once)."""
+        reading = self._clock()
+        return self._clock_watch.observe(reading.wall_ns, reading.mono_ns) is not None
 
     def below_min_free(self) -> bool:
         """Is free space under the mark? (Cheap: one statvfs; the daemon asks every tick.)"""
@@ -291,6 +331,8 @@ class Sweeper:
             reading = self._clock()
             chosen = self._sweep_clock.observe(reading, self.catalog.newest_plausible_end_ns())
             now_ns, source, jump_ns = chosen.now_ns, chosen.source, chosen.jump_ns
+            if jump_ns is not None:
+                self._clock_jump(reading, chosen)
             if source != "wall":
                 log.warning("retention on monotonic time now=%s wall=%s (wall clock not believed)",
                             _rfc3339(now_ns), _rfc3339(reading.wall_ns))
@@ -307,8 +349,9 @@ class Sweeper:
         quarantine_deleted = 0
         if not dry_run:
             deleted = self._apply(deleted, now_ns, errors)
-            self.catalog.prune_gaps(now_ns - self.policy.max_retention_ns)
+            self._with_room(lambda: self.catalog.prune_gaps(now_ns - self.policy.max_retention_ns))
             quarantine_deleted = self._expire_quarantine(now_ns, errors)
+            self._keep_reserve()
         report = SweepReport(now_ns, source, dry_run, deleted, plan.disk_full, disk.free_bytes,
                              self.policy.min_free_target(disk), plan.shortfall_bytes, jump_ns, redated,
                              finished, quarantine_deleted, tuple(errors), time.monotonic() - started)
@@ -344,35 +387,47 @@ class Sweeper:
     # ----- the delete protocol ----------------------------------------------------------------------
     def _apply(self, planned: Sequence[DeletedSegment], now_ns: int,
                errors: list[str]) -> tuple[DeletedSegment, ...]:
+        if not planned:
+            return ()
+        batches = batches_by_directory(planned, DELETE_BATCH)
+        # The audit lines come first, all of them with one fsync: a marked row is deleted by whoever
+        # finds it (the next sweep, reconciliation), so no row may be marked before the log names it.
+        # If power fails part way, the next sweep deletes (and names) the rest again.
+        self._with_room(lambda: self._audit_deletions(batches))
         done: list[DeletedSegment] = []
-        for i in range(0, len(planned), DELETE_BATCH):
-            batch = planned[i : i + DELETE_BATCH]
+        for batch in batches:  # one directory at a time: one directory fsync per batch
             ids = [d.id for d in batch]
-            self.catalog.mark_deleting(ids, now_ns)
-            # The audit line is written once the deletion is decided and marked: if power fails now,
-            # reconciliation finishes the unlinks and the log already says why.
-            self._audit_deletions(batch)
+            self._with_room(lambda ids=ids: self.catalog.mark_deleting(ids, now_ns))
             gone, dirs = self._unlink([(d.id, d.path) for d in batch], errors)
-            self.catalog.drop(gone)
-            gone_set = set(gone)
-            done += [d for d in batch if d.id in gone_set]
+            self._with_room(lambda gone=gone: self.catalog.drop(gone))
+            if len(gone) == len(batch):
+                done += batch
+            else:
+                gone_set = set(gone)
+                done += [d for d in batch if d.id in gone_set]
             self._remove_empty_date_dirs(dirs, now_ns)
         return tuple(done)
 
-    def _audit_deletions(self, batch: Sequence[DeletedSegment]) -> None:
-        by_reason: dict[str, list[DeletedSegment]] = {}
-        for d in batch:
-            by_reason.setdefault(d.reason, []).append(d)
-        for reason, items in by_reason.items():
-            for j in range(0, len(items), AUDIT_PATHS_PER_LINE):
-                part = items[j : j + AUDIT_PATHS_PER_LINE]
-                self.audit.append("segments_deleted", reason=reason, count=len(part),
-                                  bytes=sum(d.size_bytes for d in part), ids=[d.id for d in part],
-                                  paths=[d.path for d in part])
-        early = by_reason.get("disk_pressure")
+    def _audit_deletions(self, batches: Sequence[Sequence[DeletedSegment]]) -> None:
+        """One ``segments_deleted`` line per directory (a camera's day) and reason, naming every file."""
+        entries: list[tuple[str, dict[str, Any]]] = []
+        early = early_bytes = 0
+        for batch in batches:
+            by_reason: dict[str, list[DeletedSegment]] = {}
+            for d in batch:
+                by_reason.setdefault(d.reason, []).append(d)
+            for reason, items in by_reason.items():
+                size = sum(d.size_bytes for d in items)
+                entries.append(("segments_deleted", {
+                    "reason": reason, "camera": items[0].camera, "count": len(items), "bytes": size,
+                    "paths": [d.path for d in items]}))
+                if reason == "disk_pressure":
+                    early += len(items)
+                    early_bytes += size
+        self.audit.append_many(entries)
         if early:
-            log.warning("retention early deletion reason=disk_pressure segments=%d bytes=%d", len(early),
-                        sum(d.size_bytes for d in early))
+            log.warning("retention early deletion reason=disk_pressure segments=%d bytes=%d", early,
+                        early_bytes)
 
     def _unlink(self, items: Sequence[tuple[int, str]], errors: list[str]) -> tuple[list[int], set[str]]:
         """Unlink segment files (a missing file counts as deleted); returns the ids gone and their
@@ -401,7 +456,7 @@ class Sweeper:
         if not pending:
             return 0
         gone, dirs = self._unlink([(r.id, r.path) for r in pending], errors)
-        self.catalog.drop(gone)
+        self._with_room(lambda: self.catalog.drop(gone))
         self._remove_empty_date_dirs(dirs, now_ns)
         log.info("retention finished pending deletions segments=%d", len(gone))
         return len(gone)
@@ -418,6 +473,51 @@ class Sweeper:
             except OSError:
                 continue  # not empty, or already gone
             log.info("retention removed empty directory path=%s", d)
+
+    def _clock_jump(self, reading: clockmod.ClockReading, chosen: clockmod.SweepTime) -> None:
+        """The one log line and audit line of a wall-clock jump (the daemon publishes the event)."""
+        assert chosen.jump_ns is not None
+        seconds = round(chosen.jump_ns / 1e9, 3)
+        log.warning("clock jump seconds=%.3f wall=%s synced=%s retention_time=%s", seconds,
+                    _rfc3339(reading.wall_ns), reading.synced, chosen.source)
+        self._with_room(lambda: self.audit.append(
+            "clock_jump", seconds=seconds, wall=_rfc3339(reading.wall_ns), synced=reading.synced,
+            boot_id=reading.boot_id, retention_time=chosen.source))
+
+    # ----- a full disk --------------------------------------------------------------------------------
+    def _with_room(self, write: Callable[[], Any]) -> Any:
+        """Run a write of the catalog or the audit log; if the disk is full, give up the space reserve
+        and try once more (the write that frees space must not be the one that cannot be made)."""
+        try:
+            return write()
+        except (OSError, CatalogError) as exc:
+            if not is_disk_full_error(exc) or not self._release_reserve():
+                raise
+        return write()
+
+    def _release_reserve(self) -> bool:
+        try:
+            size = self._reserve_path.stat().st_size
+            self._reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        log.warning("disk full: space reserve released path=%s bytes=%d", self._reserve_path, size)
+        return True
+
+    def _keep_reserve(self) -> None:
+        """Make the space reserve when there is room for it (twice its size free)."""
+        if self.reserve_bytes <= 0:
+            return
+        try:
+            if self._reserve_path.exists():
+                return
+            if statvfs_disk_state(self.data_dir).free_bytes < 2 * self.reserve_bytes:
+                return
+            make_reserve(self._reserve_path, self.reserve_bytes)
+        except OSError as exc:
+            log.warning("space reserve not made path=%s error=%s", self._reserve_path, exc)
+            return
+        log.info("space reserve made path=%s bytes=%d", self._reserve_path, self.reserve_bytes)
 
     def _redate(self, reading: clockmod.ClockReading) -> int:
         suspects = self.catalog.suspect_segments(reading.boot_id)
@@ -459,6 +559,48 @@ class Sweeper:
                  len(report.deleted), report.deleted_bytes, reasons, report.disk_full, report.elapsed_s)
         if report.disk_full:
             log.error("disk full: only held footage left shortfall_bytes=%d", report.shortfall_bytes)
+
+
+def batches_by_directory(items: Sequence[DeletedSegment], limit: int) -> list[list[DeletedSegment]]:
+    """Group deletions by directory (in order of first appearance), at most ``limit`` to a batch."""
+    by_dir: dict[str, list[DeletedSegment]] = {}
+    for d in items:
+        by_dir.setdefault(d.path.rpartition("/")[0], []).append(d)
+    return [group[i : i + limit] for group in by_dir.values() for i in range(0, len(group), limit)]
+
+
+def is_disk_full_error(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT from a file write, or SQLite's "database or disk is full" behind a CatalogError."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    cause = exc.__cause__
+    if isinstance(cause, sqlite3.Error):
+        code = getattr(cause, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "disk is full" in str(cause)
+    return False
+
+
+def make_reserve(path: Path, size_bytes: int) -> None:
+    """Write a file of ``size_bytes`` with its blocks allocated (so giving it up really frees them)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size_bytes)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            block = bytes(1 << 16)  # no fallocate (some filesystems): write zeros
+            for offset in range(0, size_bytes, len(block)):
+                os.pwrite(fd, block[: size_bytes - offset], offset)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: str | Path) -> None:

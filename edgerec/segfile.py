@@ -88,6 +88,9 @@ HEADER_MAC_KEY_INFO = b"edgerec segment v1 header mac"
 TRAILER_SIG_LABEL = b"edgerec segment v1 trailer\x00"
 
 _HPKE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+# Encrypting into a caller's buffer saves an allocation and a copy per chunk; older ``cryptography``
+# releases without it get the same bytes through ``encrypt``.
+_HAS_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
 _MAX_REPORTED_PROBLEMS = 100
 
 
@@ -260,7 +263,10 @@ def seal_chunk_into(
         out, 0, KIND_FINAL_CHUNK if last else KIND_CHUNK, len(plaintext) + TAG_BYTES, end_ns, frames
     )
     aad = header_hash + out[: _CHUNK_PREFIX.size].tobytes()
-    aead.encrypt_into(chunk_nonce(index, last), plaintext, aad, out[_CHUNK_PREFIX.size : ct_end])
+    if _HAS_ENCRYPT_INTO:
+        aead.encrypt_into(chunk_nonce(index, last), plaintext, aad, out[_CHUNK_PREFIX.size : ct_end])
+    else:  # pragma: no cover - cryptography releases before encrypt_into
+        out[_CHUNK_PREFIX.size : ct_end] = aead.encrypt(chunk_nonce(index, last), plaintext, aad)
     file_hasher.update(out[:ct_end])
     out[ct_end:size] = chunk_check(file_hasher)
     file_hasher.update(out[ct_end:size])

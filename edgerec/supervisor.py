@@ -28,7 +28,7 @@ from .health import HealthChange
 from .incidents import IncidentService, command_result_for_error, parse_command
 from .reconcile import reconcile
 from .recorder import ChainState, ConnectionChange, Recorder
-from .retention import Sweeper
+from .retention import RESERVE_BYTES, Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,12 @@ READY_TIMEOUT_S = 20.0
 # A disk too small for the retention period makes every pressure sweep delete young footage: say so on
 # MQTT at most this often rather than on each sweep.
 DISK_LOW_EVENT_INTERVAL_S = 3600.0
+# Under the free-space mark a sweep runs at once, but at most this often (a sweep that could not free
+# enough is not retried every tick) ...
+PRESSURE_SWEEP_MIN_INTERVAL_S = 1.0
+# ... and while only held footage is left (disk_full) at most this often: nothing changes until space is
+# freed, which is noticed on the next tick (one statvfs), or a hold's grace period ends.
+DISK_FULL_RESWEEP_S = 30.0
 
 
 def rfc3339(ns: int | float | None) -> str | None:
@@ -84,8 +90,8 @@ class Daemon:
         self.disk_full = False
         self.last_sweep: dict[str, Any] | None = None
         self._next_sweep_monotonic = 0.0
+        self._last_sweep_monotonic = float("-inf")
         self._next_status_monotonic = 0.0
-        self._clock_watch = clock.ClockWatch(threshold_s=config.retention.sweep_interval_s)
         self._config_watcher = None
         self.mqtt = None
         # Under systemd the status file goes to the runtime directory (RAM) unless status_file says otherwise.
@@ -113,7 +119,9 @@ class Daemon:
         reconcile(cfg.data_dir, self.catalog, self.signing_key, device_key=self.signing_key.public_key(),
                   audit=self.audit)
         self.incidents = IncidentService(self.catalog, self.audit, cfg)
-        self.sweeper = Sweeper(self.catalog, self.audit, cfg, cfg.data_dir)
+        # The daemon keeps a space reserve so that a sweep on a completely full disk can still write
+        # its audit line and catalog marks.
+        self.sweeper = Sweeper(self.catalog, self.audit, cfg, cfg.data_dir, reserve_bytes=RESERVE_BYTES)
 
     def _start_mqtt(self) -> None:
         if not self.config.mqtt.enabled:
@@ -284,12 +292,22 @@ class Daemon:
     def _sweep(self, reason: str) -> None:
         try:
             report = self.sweeper.sweep()
-        except EdgerecError as exc:
+        except (EdgerecError, OSError) as exc:
+            # A sweep that cannot write (a disk so full that even the space reserve did not help) must
+            # not stop the daemon; under the mark, recording pauses as for held footage and resumes by
+            # itself once a later sweep succeeds.
             self._error(f"retention sweep failed: {exc}")
+            try:
+                full = self.sweeper.below_min_free()
+            except OSError:
+                full = self.disk_full
+            self._set_disk_full(full, shortfall_bytes=None, min_free_bytes=None)
             return
-        was_full = self.disk_full
-        self.disk_full = report.disk_full
         self.last_sweep = {"at": rfc3339(time.time_ns()), "deleted": len(report.deleted), "reason": reason}
+        if report.clock_jump_ns is not None:
+            # The sweeper has logged and audited the jump; the daemon only publishes it.
+            self._event("clock_jump", seconds=round(report.clock_jump_ns / 1e9, 3),
+                        retention_time=report.time_source)
         if report.deleted:
             self._event("retention_swept", deleted=len(report.deleted), bytes=report.deleted_bytes)
         early = report.by_reason().get("disk_pressure", 0)
@@ -299,24 +317,35 @@ class Daemon:
                         "min_free_bytes=%d", early, report.free_bytes, report.min_free_bytes)
             self._event("disk_low", deleted=early, free_bytes=report.free_bytes,
                         min_free_bytes=report.min_free_bytes)
-        if self.disk_full and not was_full:
+        self._set_disk_full(report.disk_full, shortfall_bytes=report.shortfall_bytes,
+                            min_free_bytes=report.min_free_bytes)
+
+    def _set_disk_full(self, full: bool, **fields: Any) -> None:
+        """The disk-full gate: recorders start no new segment while it is set (``may_start_segment``)."""
+        was_full, self.disk_full = self.disk_full, full
+        if full and not was_full:
             self._error("disk full: only held footage is left; not starting new segments")
-            self._event("disk_full", shortfall_bytes=report.shortfall_bytes,
-                        min_free_bytes=report.min_free_bytes)
-        elif was_full and not self.disk_full:
+            self._event("disk_full", **fields)
+        elif was_full and not full:
             log.warning("disk space back; recording resumes")
             self._event("disk_ok")
 
     def _maybe_sweep(self, now: float) -> None:
-        jump = self._clock_watch.observe(time.time_ns(), time.monotonic_ns())
-        if jump is not None:
-            log.warning("clock jump seconds=%.1f", jump / 1e9)
-            self.audit.append("clock_jump", seconds=round(jump / 1e9, 3))
-            self._event("clock_jump", seconds=round(jump / 1e9, 3))
-            self._next_sweep_monotonic = 0.0  # re-evaluate at once
+        """Sweep every sweep_interval_s, at once after a clock jump, and under the free-space mark (at
+        most every PRESSURE_SWEEP_MIN_INTERVAL_S, or DISK_FULL_RESWEEP_S while only held footage is
+        left); when space comes back while the disk is full, at once."""
+        if self.sweeper.clock_jumped():
+            self._next_sweep_monotonic = 0.0  # the sweep logs, audits and publishes the jump (once)
         pressure = self.sweeper.below_min_free()
-        if pressure or self.disk_full or now >= self._next_sweep_monotonic:
+        due = now >= self._next_sweep_monotonic
+        if pressure:
+            wait_s = DISK_FULL_RESWEEP_S if self.disk_full else PRESSURE_SWEEP_MIN_INTERVAL_S
+            due = due or now >= self._last_sweep_monotonic + wait_s
+        elif self.disk_full:
+            due = True
+        if due:
             self._next_sweep_monotonic = now + self.config.retention.sweep_interval_s
+            self._last_sweep_monotonic = now
             self._sweep("disk_pressure" if pressure else "interval")
 
     # ----- status -------------------------------------------------------------------------------------
@@ -528,12 +557,14 @@ class Daemon:
         if self.status_path != default_status and statusfile.remove_leftover(default_status):
             log.info("old status file removed path=%s now_at=%s", default_status, self.status_path)
         try:
+            # Watch first, then check once: an edit made while the cameras were starting is not missed.
+            self._watch_config_file()
+            self.signals.reload.set()
             for cam in self.config.cameras:
                 if cam.enabled:
                     self._start_camera(cam)
             self._write_status(time.monotonic())  # the first snapshot, for MQTT's first status
             self._start_mqtt()
-            self._watch_config_file()
             watchdog = notify.Watchdog()
             while not self.signals.stop.wait(TICK_SECONDS):
                 now = time.monotonic()
@@ -558,9 +589,10 @@ class Daemon:
         log.info("stopping: sealing open segments")
         if self._config_watcher is not None:
             self._config_watcher.stop()
-        for name in list(self.slots):
-            self._stop_camera(name)
-        try:
+        for slot in self.slots.values():
+            slot.recorder.stop(10.0)
+        log.info("cameras stopped count=%d", len(self.slots))
+        try:  # the last status still lists the cameras, each now 'stopped'
             statusfile.write_status(self.status_path, {**self.status(), "state": "stopped"})
         except OSError:
             pass

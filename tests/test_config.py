@@ -124,7 +124,7 @@ def test_minimal_config_gets_the_documented_defaults():
     assert cfg.incidents == config_module.IncidentsConfig()
     assert cfg.mqtt == MqttConfig(client_id="edgerec-pi-1")
     assert cfg.health == HealthThresholds()
-    assert cfg.status_path == BASE / "data" / "status.json"
+    assert cfg.status_file is None
     assert cfg.source_path is None
     (camera,) = cfg.cameras
     assert camera == config_module.CameraConfig(name="gate", url="rtsp://192.168.1.64/stream")
@@ -158,7 +158,7 @@ def test_full_config_sets_every_field():
         keepalive_s=15, status_interval_s=10.0, discovery=False, discovery_prefix="ha", site_topic=None,
         session_expiry_s=3600)
     assert cfg.health == HealthThresholds(**changed_health())
-    assert cfg.status_path == BASE / "status" / "now.json"
+    assert cfg.status_file == BASE / "status" / "now.json"
 
 
 def test_relative_file_url_is_taken_from_the_config_directory_and_need_not_exist():

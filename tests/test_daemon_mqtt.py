@@ -111,8 +111,17 @@ def segment_count(data_dir: Path, camera: str = "gate") -> int:
         return 0
 
 
-def wait_for_segments(data_dir: Path, count: int, what: str) -> list[SegmentRow]:
-    wait_for(lambda: segment_count(data_dir) >= count, SEGMENT_TIMEOUT_S, what, interval=0.1)
+def wait_for_segments(data_dir: Path, count: int, what: str, daemon: Daemon) -> list[SegmentRow]:
+    def enough() -> bool:
+        if daemon.proc.poll() is not None:
+            raise AssertionError(f"the daemon exited with {daemon.proc.returncode}")
+        return segment_count(data_dir) >= count
+
+    try:
+        wait_for(enough, SEGMENT_TIMEOUT_S, what, interval=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {segment_count(data_dir)} sealed; the daemon's log:\n{daemon.log()}") \
+            from None
     return sealed_segments(data_dir)
 
 
@@ -183,10 +192,11 @@ def running(tmp_path_factory: pytest.TempPathFactory, broker: Broker,
 # ----- with the shared daemon ---------------------------------------------------------------------------
 def test_availability_status_and_discovery_arrive_retained(running: Running, broker: Broker) -> None:
     setup = running.setup
-    # The status says the camera records (published on that change, not after status_interval_s).
+    # The status says the camera records and the link is subscribed (published on those changes, not
+    # after status_interval_s, which is 30 s).
     running.listener.wait_for(f"{setup.base}/status",
-                              lambda m: m.json()["cameras"].get("gate", {}).get("state") == "recording",
-                              timeout_s=15)
+                              lambda m: m.json()["cameras"].get("gate", {}).get("state") == "recording"
+                              and m.json()["mqtt"]["subscribed"], timeout_s=15)
     # A client subscribing now gets the retained messages.
     with Listener(broker, [f"{setup.base}/#", setup.discovery_node]) as late:
         online = late.wait_for(setup.availability)
@@ -207,7 +217,7 @@ def test_availability_status_and_discovery_arrive_retained(running: Running, bro
 
 def test_incident_command_is_acknowledged_within_a_second_and_holds_its_segments(running: Running) -> None:
     setup, listener = running.setup, running.listener
-    segs = wait_for_segments(setup.data_dir, 4, "four sealed segments")
+    segs = wait_for_segments(setup.data_dir, 4, "four sealed segments", running.daemon)
     first, second = segs[0], segs[1]
     # A window strictly inside the first two segments (pre/post roll are 0): exactly those two are held.
     incident_id = f"INC-{uuid.uuid4().hex[:8]}"
@@ -271,7 +281,7 @@ def test_bad_command_gets_an_error_reply_and_changes_nothing(running: Running, p
 
 def test_incident_opened_with_the_cli_is_published(running: Running) -> None:
     setup = running.setup
-    wait_for_segments(setup.data_dir, 1, "a sealed segment")
+    wait_for_segments(setup.data_dir, 1, "a sealed segment", running.daemon)
     incident_id = f"CLI-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     run_cli("incident", "open", "-c", str(setup.config), "--id", incident_id, "--camera", "gate",
@@ -323,10 +333,10 @@ def test_broker_outage_brings_the_daemon_back_online_with_no_gap_in_recording(
         with Listener(own, [f"{setup.base}/#"]) as listener, \
                 Daemon(setup.config, tmp_path / "d.log") as daemon:
             wait_online(listener, setup, daemon)
-            before = len(wait_for_segments(setup.data_dir, 1, "a first segment"))
+            before = len(wait_for_segments(setup.data_dir, 1, "a first segment", daemon))
             own.stop()
             # Several seconds without a broker, while the camera keeps being recorded.
-            wait_for_segments(setup.data_dir, before + 4, "segments sealed while the broker is down")
+            wait_for_segments(setup.data_dir, before + 4, "segments sealed while the broker is down", daemon)
             listener.clear()
             own.start()
             listener.wait_for(setup.availability, is_online, timeout_s=15)
@@ -402,7 +412,7 @@ def test_tls_username_password_and_the_documented_acl(tmp_path: Path, officer: O
 def test_daemon_records_with_the_broker_unreachable(tmp_path: Path, officer: OfficerKey) -> None:
     setup = make_setup(tmp_path, officer, free_port())  # nothing listens there
     with Daemon(setup.config, tmp_path / "d.log") as daemon:
-        wait_for_segments(setup.data_dir, 2, "segments recorded without a broker")
+        wait_for_segments(setup.data_dir, 2, "segments recorded without a broker", daemon)
         status = json.loads(run_cli("status", "-c", str(setup.config), "--json", check=True).stdout)
         assert status["mqtt"]["enabled"] is True and status["mqtt"]["connected"] is False
         assert status["cameras"]["gate"]["state"] == "recording"
@@ -417,7 +427,7 @@ def test_disk_pressure_publishes_disk_events_and_the_status_at_once(tmp_path: Pa
     with Listener(broker, [f"{setup.base}/#"]) as listener, \
             Daemon(setup.config, tmp_path / "d.log") as daemon:
         wait_online(listener, setup, daemon)
-        wait_for_segments(setup.data_dir, 2, "two segments")
+        wait_for_segments(setup.data_dir, 2, "two segments", daemon)
         # A free-space mark no disk reaches: every segment goes, then recording pauses.
         setup.reload(daemon, retention={"sweep_interval_s": 3600, "min_free": "1000000T"})
         events = f"{setup.base}/events"

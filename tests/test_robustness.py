@@ -1,9 +1,12 @@
 """Stream robustness and camera health, proved with real servers and real faults through the recorder.
 
-RTSP (GStreamer) and TS-over-TCP (ffmpeg) servers are killed, hung with SIGSTOP and started again;
-clips with timestamp jumps, resets, wraps and a start in the middle of a GOP are recorded and exported;
-a raw lavfi source is encoded, recorded and exported; tamper detection runs wired into the recorder.
-Every wait has a deadline; stall and timeout values are short so the faults are seen quickly.
+RTSP (GStreamer) and TS-over-TCP (ffmpeg) servers are killed, hung with SIGSTOP and started again; a
+camera's video dies while its audio goes on, a camera program hangs; clips with timestamp jumps, resets,
+wraps and a start in the middle of a GOP are recorded and exported; a raw lavfi source is encoded,
+recorded and exported; tamper detection runs wired into the recorder; and the daemon publishes, audits
+and shows it all (camera_down/camera_up/tamper events over a private mosquitto, the audit log, the status
+file, ``edgerec ls``). Every wait has a deadline; stall and timeout values are short so the faults are
+seen quickly.
 """
 
 from __future__ import annotations
@@ -286,12 +289,15 @@ def test_stream_starting_with_non_keyframes_records_from_the_first_keyframe(tmp_
 def test_raw_lavfi_source_is_encoded_recorded_and_exported(tmp_path: Path) -> None:
     camera = CameraConfig("raw", "lavfi:testsrc2=size=320x240:rate=25:duration=3", realtime=False,
                           encoder=EncoderConfig(codec="auto", bitrate_bps=500_000, gop_seconds=1.0))
-    rig = make_rig(tmp_path, camera, exit_at_eof=True)
+    rig = make_rig(tmp_path, camera, exit_at_eof=True, health_thresholds=FAST)
     rig.recorder.start()
     rig.recorder.join(30)
+    health = rig.recorder.stats().health
     rig.recorder.stop(5)
 
     assert rig.recorder.finished
+    # The health worker decodes the encoder's own keyframes.
+    assert health is not None and health["keyframes"] >= 1 and health["decode_errors"] == 0
     assert [s.meta.codec for s in rig.sealed] == ["h264"] * len(rig.sealed)
     assert sum(s.frames for s in rig.sealed) == 75
     assert len(rig.sealed) == 3  # GOP of 1 s, segments of 1 s

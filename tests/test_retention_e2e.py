@@ -1,0 +1,278 @@
+"""Retention, incidents, the audit log and trusted time end to end: real segments recorded by
+``edgerec run``, the real catalog and files, driven through the ``edgerec`` command (and, for clock jumps,
+the daemon's own sweep loop fed with injected clock readings)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgerec.audit import verify_audit
+from edgerec.clock import ClockReading
+from edgerec.config import load_config
+from edgerec.incidents import parse_rfc3339
+from tests.daemon_helpers import OfficerKey, run_cli, write_config
+from tests.media import make_h264_clip
+
+S = 1_000_000_000
+DAY = 86_400 * S
+CAMERAS = ("gate", "yard")
+CLIP_SECONDS = 8  # 1-second segments: 8 per camera
+GRACE_DAYS = 30  # longer than the 29 days the sweeps jump ahead, so a closed hold is seen to linger
+
+
+def rfc3339(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def camera_entries(clip: Path, **overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": c, "url": str(clip), "realtime": False, "loop": False, "health": False,
+             **overrides.get(c, {})} for c in CAMERAS]
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory, officer: OfficerKey) -> Path:
+    """Footage of two cameras recorded once by the real daemon (fast file ingest); tests copy it."""
+    base = tmp_path_factory.mktemp("recording")
+    clip = base / "clip.mp4"
+    make_h264_clip(clip, CLIP_SECONDS, fps=10, gop=10, size=(160, 120))
+    cfg = write_config(base / "edgerec.yaml", officer=officer, data_dir=base / "data", segment_seconds=1,
+                       cameras=camera_entries(clip))
+    run_cli("run", "-c", str(cfg), "--exit-at-eof", check=True)
+    return base / "data"
+
+
+@dataclass(frozen=True)
+class Site:
+    config: Path
+    data_dir: Path
+
+    def cli(self, *args: str, expect: int = 0) -> Any:
+        """Run ``edgerec ARGS -c CONFIG [--json]``; check the exit code; parse JSON output."""
+        proc = run_cli(*args, "-c", str(self.config))
+        assert proc.returncode == expect, \
+            f"edgerec {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+        return json.loads(proc.stdout) if "--json" in args else proc.stdout
+
+    def segments(self) -> dict[str, list[dict[str, Any]]]:
+        listing = self.cli("ls", "--json")["cameras"]
+        return {cam: listing.get(cam, {}).get("segments", []) for cam in CAMERAS}
+
+    def files(self) -> set[str]:
+        return {p.relative_to(self.data_dir).as_posix() for p in self.data_dir.glob("*/*/*.seg")}
+
+    def audit(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in (self.data_dir / "audit.log").read_text().splitlines()]
+
+    def audited_deletions(self) -> dict[str, str]:
+        """{path: reason} of every segments_deleted line."""
+        out: dict[str, str] = {}
+        for obj in self.audit():
+            if obj["event"] == "segments_deleted":
+                assert obj["count"] == len(obj["paths"])
+                out.update(dict.fromkeys(obj["paths"], obj["reason"]))
+        return out
+
+
+def make_site(recording: Path, officer: OfficerKey, tmp_path: Path, *, data_dir: Path | None = None,
+              cameras: dict[str, dict[str, Any]] | None = None, **extra: Any) -> Site:
+    """A copy of the recorded footage with its own config (the clip stays where it was recorded)."""
+    data = data_dir or tmp_path / "data"
+    shutil.copytree(recording, data, ignore=shutil.ignore_patterns(".space-reserve", "status.json"))
+    settings: dict[str, Any] = {
+        "segment_seconds": 1,
+        "incidents": {"pre_roll_s": 0, "post_roll_s": 0, "release_grace_days": GRACE_DAYS},
+        # No free-space mark: these sweeps must not depend on the free space of the test machine.
+        "retention": {"days": 28, "min_free": 0},
+    }
+    settings.update(extra)
+    cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=data,
+                       cameras=camera_entries(recording.parent / "clip.mp4", **(cameras or {})),
+                       **settings)
+    return Site(cfg, data)
+
+
+@pytest.fixture
+def site(recording: Path, officer: OfficerKey, tmp_path: Path) -> Site:
+    return make_site(recording, officer, tmp_path)
+
+
+def newest_end_ns(segments: dict[str, list[dict[str, Any]]]) -> int:
+    return max(parse_rfc3339(s["end"]) for segs in segments.values() for s in segs)
+
+
+# ----- incidents and sweeps through the CLI ----------------------------------------------------------------
+def test_incident_holds_exactly_its_footage_through_sweeps_until_released_after_the_grace_period(site):
+    segs = site.segments()
+    assert all(len(segs[c]) >= CLIP_SECONDS - 1 for c in CAMERAS), segs
+    everything = {s["path"] for c in CAMERAS for s in segs[c]}
+    assert site.files() == everything
+    gate = segs["gate"]
+    # A window inside gate's 3rd..5th segments (segments touch: each ends where the next starts).
+    start, to = parse_rfc3339(gate[2]["start"]) + S // 10, parse_rfc3339(gate[4]["start"]) + S // 10
+    held = {gate[i]["path"] for i in (2, 3, 4)}
+    opened = site.cli("incident", "open", "--id", "INC-7", "--camera", "gate", "--from", rfc3339(start),
+                      "--to", rfc3339(to), "--reason", "theft", "--by", "alice", "--json")
+    assert opened["ok"] and not opened["duplicate"] and opened["held_segments"] == 3
+
+    # Idempotency: the same open is a duplicate; a conflicting one is refused with a clear message.
+    again = site.cli("incident", "open", "--id", "INC-7", "--camera", "gate", "--from", rfc3339(start),
+                     "--to", rfc3339(to), "--json")
+    assert again["ok"] and again["duplicate"] and again["held_segments"] == 3
+    clash = site.cli("incident", "open", "--id", "INC-7", "--camera", "gate", "--from", rfc3339(start),
+                     "--to", rfc3339(to + S), expect=1)
+    assert "ok=False" in clash and "INC-7 already exists with a different window" in clash
+    assert [i["id"] for i in site.cli("incident", "ls", "--json")] == ["INC-7"]
+
+    # 29 days after the footage: a dry run says what would go and why, and changes nothing.
+    now = rfc3339(newest_end_ns(segs) + 29 * DAY)
+    dry = site.cli("retention", "--dry-run", "--now", now, "--json")
+    assert dry["dry_run"] and not dry["disk_full"]
+    assert {d["path"] for d in dry["deleted"]} == everything - held
+    assert {d["reason"] for d in dry["deleted"]} == {"age"}
+    assert all(d["start"] and d["end"] and d["bytes"] > 0 for d in dry["deleted"])
+    assert site.files() == everything
+    assert "segments_deleted" not in {e["event"] for e in site.audit()}
+
+    # The real sweep: exactly the unheld segments go, the audit log names every one of them.
+    swept = site.cli("retention", "--now", now, "--json")
+    assert {d["path"] for d in swept["deleted"]} == everything - held
+    assert site.files() == held
+    assert {s["path"] for c in CAMERAS for s in site.segments()[c]} == held
+    assert site.audited_deletions() == dict.fromkeys(everything - held, "age")
+
+    # Closed, the hold lingers for the grace period; after it, the footage goes as "released".
+    closed = site.cli("incident", "close", "--id", "INC-7", "--by", "bob", "--json")
+    assert closed["ok"] and not closed["duplicate"]
+    assert site.cli("incident", "close", "--id", "INC-7", "--by", "bob", "--json")["duplicate"]
+    assert site.cli("incident", "ls", "--json") == []
+    assert site.cli("retention", "--now", now, "--json")["deleted"] == []
+    assert site.files() == held
+    closed_at = parse_rfc3339(site.cli("incident", "ls", "--all", "--json")[0]["closed"])
+    later = rfc3339(closed_at + GRACE_DAYS * DAY + S)
+    released = site.cli("retention", "--now", later, "--json")
+    assert {d["path"]: d["reason"] for d in released["deleted"]} == dict.fromkeys(held, "released")
+    assert site.files() == set()
+    assert site.audited_deletions() == {**dict.fromkeys(everything - held, "age"),
+                                        **dict.fromkeys(held, "released")}
+    events = [e["event"] for e in site.audit()]
+    assert events.count("incident_opened") == 1 and events.count("incident_closed") == 1
+    assert "audit log OK" in site.cli("audit", "verify")
+
+
+def test_per_camera_retention_is_applied_to_that_camera_only(recording, officer, tmp_path):
+    site = make_site(recording, officer, tmp_path, cameras={"gate": {"retention": {"days": 2}}})
+    segs = site.segments()
+    dry = site.cli("retention", "--dry-run", "--now", rfc3339(newest_end_ns(segs) + 3 * DAY), "--json")
+    assert {d["path"] for d in dry["deleted"]} == {s["path"] for s in segs["gate"]}
+
+
+def test_audit_verify_names_an_edited_line(site):
+    segs = site.segments()
+    site.cli("retention", "--now", rfc3339(newest_end_ns(segs) + 29 * DAY), "--json")
+    assert "audit log OK" in site.cli("audit", "verify")
+    log_path = site.data_dir / "audit.log"
+    lines = log_path.read_text().splitlines(keepends=True)
+    k = next(i for i, line in enumerate(lines) if '"segments_deleted"' in line)
+    assert k + 1 < len(lines)  # not the last line: an edit of the last line needs an anchored head
+    lines[k] = lines[k].replace('"reason":"age"', '"reason":"released"')
+    log_path.write_text("".join(lines))
+    out = site.cli("audit", "verify", expect=1)
+    assert f"BROKEN at line {k + 1}" in out and "edited" in out
+    assert not verify_audit(log_path).ok
+
+
+# ----- trusted time: the daemon's sweep loop with injected clock readings -----------------------------------
+class InjectedClock:
+    def __init__(self, reading: ClockReading):
+        self.reading = reading
+
+    def __call__(self) -> ClockReading:
+        return self.reading
+
+    def advance(self, seconds: float, *, jump_s: float = 0.0, synced: bool | None = None) -> None:
+        r = self.reading
+        self.reading = ClockReading(r.wall_ns + int((seconds + jump_s) * S), r.mono_ns + int(seconds * S),
+                                    r.boot_id, r.synced if synced is None else synced)
+
+
+@pytest.fixture
+def daemon(site: Site):
+    """The daemon's state opened in-process (catalog, audit log, sweeper) over recorded footage, its
+    sweeper's clock injected and its events captured; recorders are not started."""
+    from edgerec.supervisor import Daemon
+
+    cfg = load_config(site.config)
+    d = Daemon(cfg)
+    old_umask = os.umask(0o022)
+    try:
+        d._open_state()
+    finally:
+        os.umask(old_umask)
+    events: list[tuple[str, dict[str, Any]]] = []
+    d._event = lambda kind, **fields: events.append((kind, fields))  # type: ignore[method-assign]
+    newest = d.catalog.newest_plausible_end_ns()
+    assert newest is not None
+    clock = InjectedClock(ClockReading(newest + S, 10_000 * S, "boot-1", False))
+    d.sweeper._clock = clock
+    try:
+        yield d, clock, events
+    finally:
+        d.catalog.close()
+
+
+def tick(d: Any, clock: InjectedClock, mono_s: list[float], seconds: float = 0.25, **jump: Any) -> None:
+    clock.advance(seconds, **jump)
+    mono_s[0] += seconds
+    d._maybe_sweep(mono_s[0])
+
+
+def test_a_clock_jump_is_logged_audited_and_published_exactly_once(daemon, site, caplog):
+    d, clock, events = daemon
+    caplog.set_level(logging.WARNING)
+    mono = [0.0]
+    tick(d, clock, mono)  # the first sweep
+    for _ in range(4):
+        tick(d, clock, mono)
+    tick(d, clock, mono, jump_s=3 * 3600, synced=True)  # NTP steps the clock 3 h ahead
+    for _ in range(8):
+        tick(d, clock, mono)
+    tick(d, clock, mono, jump_s=-2 * 3600)  # and someone sets it back 2 h
+    for _ in range(8):
+        tick(d, clock, mono)
+
+    jumps = [e for e in site.audit() if e["event"] == "clock_jump"]
+    assert [round(j["seconds"]) for j in jumps] == [3 * 3600, -2 * 3600]
+    assert [round(f["seconds"]) for k, f in events if k == "clock_jump"] == [3 * 3600, -2 * 3600]
+    logged = [r for r in caplog.records if r.getMessage().startswith("clock jump")]
+    assert len(logged) == 2
+    assert verify_audit(site.data_dir / "audit.log").ok
+    # Neither jump deleted the (minutes-old) footage.
+    assert len(site.files()) == sum(len(v) for v in site.segments().values()) > 0
+
+
+def test_an_unsynchronised_jump_ahead_neither_deletes_recent_footage_nor_keeps_it_forever(daemon, site):
+    d, clock, events = daemon
+    count = len(site.files())
+    mono = [0.0]
+    tick(d, clock, mono)
+    tick(d, clock, mono, jump_s=40 * 86_400)  # a wrong clock, 40 days ahead, not synchronised
+    assert len(site.files()) == count
+    assert [k for k, _ in events].count("clock_jump") == 1
+    # Time passes on the monotonic clock (the wall clock keeps its wrong offset): after 28 days the
+    # footage is due, and goes.
+    interval_s = d.config.retention.sweep_interval_s
+    tick(d, clock, mono, seconds=27 * 86_400)
+    assert len(site.files()) == count
+    tick(d, clock, mono, seconds=86_400 + interval_s)
+    assert site.files() == set()
+    assert set(site.audited_deletions().values()) == {"age"}
+    assert [k for k, _ in events].count("clock_jump") == 1
