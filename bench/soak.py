@@ -71,6 +71,7 @@ class Soak:
     sent: dict[str, dict[str, Any]] = field(default_factory=dict)  # transaction -> command
     open_incidents: list[str] = field(default_factory=list)
     sweeps: int = 0
+    gaps: dict[tuple[str, int], Any] = field(default_factory=dict)  # every gap seen, by (camera, from)
     broker_restarts: int = 0
 
     def note(self, text: str) -> None:
@@ -303,6 +304,7 @@ def _free_port() -> int:
 
 
 def _sweep(soak: Soak, cfg: Path, data_dir: Path, offset_s: float) -> None:
+    _collect_gaps(soak, data_dir)  # a sweep with --now ahead also forgets gaps older than the retention
     held_before = held_paths(data_dir, soak.open_incidents)
     now_arg = rfc3339(time.time_ns() + int(offset_s * S))
     proc = run_cli("retention", "-c", str(cfg), "--now", now_arg or "", "--json", timeout=300)
@@ -336,15 +338,20 @@ def _await_replies(soak: Soak, listener: Listener, topic: str) -> dict[str, dict
     return replies
 
 
-def _check_gaps(soak: Soak, data_dir: Path) -> list[dict[str, Any]]:
-    """Every catalogued gap must lie around an outage of the RTSP camera."""
+def _collect_gaps(soak: Soak, data_dir: Path) -> None:
     cat = Catalog.open(data_dir)
     try:
-        gaps = cat.gaps()
+        for g in cat.gaps():
+            soak.gaps[(g.camera, g.from_ns)] = g
     finally:
         cat.close()
+
+
+def _check_gaps(soak: Soak, data_dir: Path) -> list[dict[str, Any]]:
+    """Every gap catalogued during the run must lie around an outage of the RTSP camera."""
+    _collect_gaps(soak, data_dir)
     out = []
-    for g in gaps:
+    for g in sorted(soak.gaps.values(), key=lambda g: g.from_ns):
         explained = g.camera == "ipcam" and any(
             g.from_ns >= o.down_ns - OUTAGE_SLACK_S * S
             and g.to_ns <= (o.up_ns or time.time_ns()) + OUTAGE_SLACK_S * S

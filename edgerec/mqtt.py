@@ -343,7 +343,10 @@ class MqttLink:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                              manual_ack=True)
         client.suppress_exceptions = True  # belt and braces: our callbacks catch everything themselves
-        client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        if log.isEnabledFor(logging.DEBUG):
+            # paho reports an unreachable broker at error level on every retry; that is an expected
+            # failure, logged once per attempt as a warning by _on_connect_fail instead.
+            client.enable_logger(logging.getLogger(__name__ + ".paho"))
         if m.username is not None:
             password = read_password_file(m.password_file) if m.password_file is not None else None
             client.username_pw_set(m.username, password)
@@ -359,6 +362,7 @@ class MqttLink:
         client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_socket_open = _set_tcp_nodelay
@@ -543,6 +547,14 @@ class MqttLink:
             log.info("mqtt connected session_present=%s", bool(flags.session_present))
         except Exception:
             log.exception("mqtt on_connect failed")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        try:
+            m = self._config.mqtt
+            self._stats.last_error = f"broker unreachable at {m.host}:{m.port}"
+            log.warning("mqtt broker unreachable host=%s port=%s", m.host, m.port)
+        except Exception:
+            log.exception("mqtt on_connect_fail failed")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         try:

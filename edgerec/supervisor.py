@@ -218,15 +218,22 @@ class Daemon:
         else:
             fields = {"camera": change.camera, "reason": change.reason, "since": rfc3339(change.since_ns)}
         kind = "camera_up" if change.up else "camera_down"
-        self.audit.append(kind, **fields)
+        self._audit(kind, **fields)
         self._event(kind, **fields)
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        """An audit line for a daemon event; a disk too full to take it must not stop the daemon."""
+        try:
+            self.audit.append(event, **fields)
+        except OSError as exc:
+            log.error("audit line not written event=%s error=%s", event, exc)
 
     def _on_health(self, camera: str, change: HealthChange) -> None:
         fields = {"camera": camera, "condition": change.condition, "active": change.active,
                   "detail": change.detail}
         log.warning("health change camera=%s condition=%s active=%s detail=%s", camera, change.condition,
                     change.active, change.detail)
-        self.audit.append("tamper", **fields)
+        self._audit("tamper", **fields)
         self._event("tamper", **fields)
 
     def _supervise_recorders(self, now: float) -> None:
@@ -546,7 +553,7 @@ class Daemon:
         elif self.mqtt is not None:
             self.mqtt.reconfigure(new)  # same link; discovery follows the cameras added or removed
         self._status_dirty.set()
-        self.audit.append("config_changed", path=str(path))
+        self._audit("config_changed", path=str(path))
         log.info("config reloaded path=%s cameras=%s", path, ",".join(sorted(new_cams)))
 
     # ----- main loop ----------------------------------------------------------------------------------

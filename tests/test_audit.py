@@ -150,3 +150,16 @@ def test_two_writers_on_one_file_keep_the_chain(tmp_path):
     for i in range(10):
         (a if i % 2 else b).append("export", i=i)
     assert verify_audit(path).ok and verify_audit(path).lines == 10
+
+
+def test_append_many_writes_chained_lines_in_one_go(tmp_path):
+    path = tmp_path / "audit.log"
+    log = write_log(path, 2)
+    log.append_many([("segments_deleted", {"reason": "age", "paths": ["a.seg"]}),
+                     ("segments_deleted", {"reason": "age", "paths": ["b.seg", "c.seg"]})])
+    log.append_many([])
+    objs = [json.loads(r) for r in lines(path)]
+    assert [o["n"] for o in objs] == [1, 2, 3, 4]
+    assert [o.get("paths") for o in objs[2:]] == [["a.seg"], ["b.seg", "c.seg"]]
+    assert verify_audit(path).ok
+    assert log.head() == (4, line_hash(lines(path)[-1]))

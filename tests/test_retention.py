@@ -13,7 +13,16 @@ from edgerec.audit import AuditLog, verify_audit
 from edgerec.catalog import Catalog, IncidentRow, SegmentRow
 from edgerec.clock import ClockReading
 from edgerec.incidents import holds
-from edgerec.retention import DiskState, RetentionPolicy, Sweeper, plan_deletions
+from edgerec.retention import (
+    RESERVE_NAME,
+    DeletedSegment,
+    DiskState,
+    RetentionPolicy,
+    Sweeper,
+    batches_by_directory,
+    make_reserve,
+    plan_deletions,
+)
 from tests.test_catalog import DAY, MIN, T0, add_segment, make_config
 
 GRACE = 7 * DAY
@@ -416,3 +425,85 @@ def test_gaps_older_than_retention_are_pruned(world):
     catalog.add_gap("gate", T0 + 20 * DAY, T0 + 20 * DAY + MIN, "camera_down")
     sweeper.sweep(now_ns=T0 + 30 * DAY)
     assert [g.from_ns for g in catalog.gaps()] == [T0 + 20 * DAY]
+
+
+# ----- a full disk, clock jumps ---------------------------------------------------------------------------
+class FullOnce:
+    """An audit log whose disk is full until the space reserve is given up."""
+
+    def __init__(self, audit, reserve):
+        self.audit, self.reserve, self.refused = audit, reserve, 0
+
+    def append_many(self, entries):
+        if self.reserve.exists():
+            self.refused += 1
+            raise OSError(28, "No space left on device")
+        self.audit.append_many(entries)
+
+    def append(self, event, **fields):
+        self.append_many([(event, fields)])
+
+
+def test_a_sweep_on_a_full_disk_gives_up_the_space_reserve_to_name_and_delete(world):
+    cfg, catalog, audit, disk, sweeper = world
+    rows = record(catalog, days=1, per_day=4, cameras=("gate",))
+    reserve = catalog.data_dir / RESERVE_NAME
+    make_reserve(reserve, 64 * 1024)
+    assert reserve.stat().st_size == 64 * 1024
+    sweeper.audit = full = FullOnce(audit, reserve)
+    report = sweeper.sweep(now_ns=T0 + 40 * DAY)
+    assert full.refused == 1 and not reserve.exists()
+    assert {d.id for d in report.deleted} == {r.id for r in rows}
+    assert set(deleted_in_audit(catalog.data_dir)) == {r.path for r in rows}
+
+
+def test_nothing_is_marked_or_deleted_when_the_audit_line_cannot_be_written(world):
+    cfg, catalog, audit, disk, sweeper = world
+    rows = record(catalog, days=1, per_day=4, cameras=("gate",))
+    sweeper.audit = FullOnce(audit, catalog.data_dir)  # "the reserve" always exists: never any room
+    with pytest.raises(OSError):
+        sweeper.sweep(now_ns=T0 + 40 * DAY)
+    assert catalog.marked_deleting() == []
+    assert all((catalog.data_dir / r.path).exists() for r in rows)
+
+
+def test_the_daemon_keeps_a_space_reserve_when_there_is_room(tmp_path):
+    cfg = make_config(tmp_path, min_free_bytes=0)
+    catalog = Catalog.open(tmp_path)
+    try:
+        sweeper = Sweeper(catalog, AuditLog(tmp_path / "audit.log"), cfg, tmp_path, free_space=Disk(),
+                          reserve_bytes=128 * 1024)
+        sweeper.sweep(now_ns=T0)
+        assert (tmp_path / RESERVE_NAME).stat().st_size == 128 * 1024
+    finally:
+        catalog.close()
+
+
+def test_a_clock_jump_is_logged_and_audited_once_by_the_sweep(tmp_path, caplog):
+    cfg = make_config(tmp_path, min_free_bytes=0)
+    catalog = Catalog.open(tmp_path)
+    clock = [ClockReading(T0, 0, "b", True)]
+    sweeper = Sweeper(catalog, AuditLog(tmp_path / "audit.log"), cfg, tmp_path, free_space=Disk(),
+                      clock=lambda: clock[-1])
+    try:
+        assert not sweeper.clock_jumped()
+        sweeper.sweep()
+        clock.append(ClockReading(T0 + 3600 * 10**9 + 10**9, 10**9, "b", True))  # stepped an hour ahead
+        assert sweeper.clock_jumped() and not sweeper.clock_jumped()
+        report = sweeper.sweep()
+        assert round(report.clock_jump_ns / 1e9) == 3600 and report.to_json_dict()["clock_jump_s"] == 3600
+        assert sweeper.sweep().clock_jump_ns is None
+        events = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+        assert [(e["event"], round(e["seconds"])) for e in events] == [("clock_jump", 3600)]
+        assert len([r for r in caplog.records if r.getMessage().startswith("clock jump")]) == 1
+    finally:
+        catalog.close()
+
+
+def test_deletions_are_batched_per_directory():
+    def d(i, path):
+        return DeletedSegment(i, path.split("/")[0], path, 0, 0, 1, "age")
+
+    items = [d(1, "a/2026-11-01/1.seg"), d(2, "b/2026-11-01/1.seg"), d(3, "a/2026-11-01/2.seg"),
+             d(4, "a/2026-11-02/1.seg"), d(5, "a/2026-11-01/3.seg")]
+    assert [[x.id for x in b] for b in batches_by_directory(items, 2)] == [[1, 3], [5], [2], [4]]
