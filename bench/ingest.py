@@ -12,6 +12,9 @@ records each clip ``--reps`` times with
 
 taking CPU time (user + system) and peak RSS of each child from ``wait4``. Medians are reported. The
 steady-state cost (start-up excluded, for all) is the difference between the long and the short clip.
+The edgerec children get a bytecode cache in the work directory (``PYTHONPYCACHEPREFIX``), filled by one
+unmeasured run first, as an installed package has one: otherwise, from a source checkout with
+``PYTHONDONTWRITEBYTECODE`` set, every start would also compile edgerec's modules (~0.05 s).
 
 Then it runs ``edgerec run`` with the long clip as a real-time looping file camera for
 ``--live-seconds``, once with the defaults (health analysis on, as deployed) and once with
@@ -65,11 +68,19 @@ class LiveUsage:
 
 
 # ----- children ----------------------------------------------------------------
-def run_measured(argv: list[str], log_path: Path) -> Usage:
+def python_env(pycache: Path) -> dict[str, str]:
+    """The environment of a Python child: bytecode cached in ``pycache``, as an installed package has it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return env
+
+
+def run_measured(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> Usage:
     """Run a child to completion; its CPU time and peak RSS come from ``wait4`` (the child alone)."""
     started = time.monotonic()
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -89,10 +100,11 @@ def proc_status_kb(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-def run_live(argv: list[str], seconds: float, log_path: Path) -> LiveUsage:
+def run_live(argv: list[str], seconds: float, log_path: Path, env: dict[str, str] | None = None) -> LiveUsage:
     """Run a child for ``seconds``, sampling RSS and CPU from /proc after the warm-up, then SIGTERM it."""
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env)
     try:
         started = time.monotonic()
         rss_kb: list[int] = []
@@ -205,6 +217,11 @@ def measure_ingest(work: Path, clips: dict[str, Path], recipient: str, reps: int
                    progress: Callable[[str], None]) -> dict[tuple[str, str], Usage]:
     """Median usage per (tool, clip name), the runs interleaved: rep 1 of everything, rep 2, ..."""
     samples: dict[tuple[str, str], list[Usage]] = {}
+    env = python_env(work / "pycache")
+    warmup_dir = work / "data-warmup"
+    shutil.rmtree(warmup_dir, ignore_errors=True)
+    config = write_config(work / "ingest-warmup.yaml", warmup_dir, recipient, clips["short"], live=False)
+    run_measured(edgerec_argv(config, "--exit-at-eof"), work / "edgerec-warmup.log", env)  # fills the cache
     for rep in range(reps):
         for name, clip in clips.items():
             data_dir = work / f"data-{name}"
@@ -220,7 +237,7 @@ def measure_ingest(work: Path, clips: dict[str, Path], recipient: str, reps: int
                     argv = ffmpeg_argv(clip, seg_dir)
                 else:
                     argv = ffmpeg_synced_argv(clip, seg_dir)
-                usage = run_measured(argv, work / f"{tool}-{name}.log")
+                usage = run_measured(argv, work / f"{tool}-{name}.log", env if tool == "edgerec" else None)
                 samples.setdefault((tool, name), []).append(usage)
                 progress(f"rep {rep + 1}/{reps} {tool:12} {name:5}: cpu {usage.cpu_s:.3f} s, "
                          f"max RSS {usage.max_rss_mb:.0f} MB")
@@ -270,7 +287,8 @@ def main(argv: list[str]) -> int:
                 config = write_config(work / f"{name}.yaml", data_dir, recipient, long_clip, live=True,
                                       health=health)
                 progress(f"live: {name}, real-time file camera, {args.live_seconds:g} s ...")
-                live[name] = run_live(edgerec_argv(config), args.live_seconds, work / f"{name}-live.log")
+                live[name] = run_live(edgerec_argv(config), args.live_seconds, work / f"{name}-live.log",
+                                      python_env(work / "pycache"))
             seg_dir = work / "ffmpeg-live"
             shutil.rmtree(seg_dir, ignore_errors=True)
             seg_dir.mkdir()

@@ -26,6 +26,10 @@ from typing import Any, Protocol
 import av
 import numpy as np
 
+# Defined with the configuration so that reading a config never imports numpy or PyAV; re-exported
+# here, where the detectors use it.
+from .config import HealthThresholds
+
 log = logging.getLogger(__name__)
 
 # Size of the analysed picture. POINT scaling to this size costs ~0.2 ms for a 1080p frame; 16:9
@@ -46,43 +50,6 @@ FROZEN_DRIFT_FACTOR = 4.0
 # The worker keeps at most this many keyframes waiting; more are dropped (and counted).
 WORKER_QUEUE_SIZE = 2
 WORKER_STOP_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class HealthThresholds:
-    """Detector thresholds. Levels are 8-bit gray levels (0 black .. 255 white) of the analysed picture."""
-
-    # Analysing a 1080p keyframe (~15 ms of CPU on x86, mostly decoding) costs as much as about 1.2 s
-    # of live recording of that stream with the real recorder (~12 ms of CPU per second: demux, mux,
-    # encryption, signing, fsync; bench/health.py --realtime). Analysing every keyframe of a 2 s GOP
-    # would add ~60 %; one per 30 s adds ~4 %, inside the 10 % budget with room for slower
-    # decoding on other CPUs (a Pi 4, without AES instructions, pays relatively more for recording).
-    # Once a condition is pending every keyframe is analysed until it is settled, so a problem is
-    # noticed within this interval plus its *_after_s. 0 analyses every keyframe.
-    analysis_interval_s: float = 30.0
-
-    # Frozen: keyframes stay the same picture for this long. Two pictures are "the same" when 95 % of
-    # their signature blocks differ by at most ``frozen_block_diff_max_levels``. Sensor noise of about
-    # 1 level keeps a live but perfectly still view below that: for such views raise frozen_after_s.
-    frozen_after_s: float = 60.0
-    frozen_block_diff_max_levels: float = 0.5
-    # Dark (black or covered lens): low mean and low spread, for this long.
-    dark_mean_max_levels: float = 24.0
-    dark_std_max_levels: float = 8.0
-    dark_after_s: float = 10.0
-    # Blurred (defocused or sprayed): mean absolute gradient divided by the picture's standard
-    # deviation (a contrast-independent sharpness, per pixel) below this, for this long.
-    blurred_sharpness_min_per_px: float = 0.06
-    blurred_after_s: float = 30.0
-    # Moved: 1 - correlation between the brightness-normalised signature and a slowly adapting
-    # reference (0 same layout, 1 unrelated, 2 inverted) at or above this, for this long.
-    moved_dissimilarity_min: float = 0.5
-    moved_after_s: float = 60.0
-    reference_halflife_s: float = 600.0
-    # Any active condition clears after its cause has been gone for this long (stops flapping).
-    clear_after_s: float = 10.0
-    # A jump in stream time larger than this (reconnect, timestamp wrap) counts only as this much.
-    max_gap_s: float = 10.0
 
 
 @dataclass(frozen=True, eq=False)

@@ -172,6 +172,15 @@ def frame_ticks_for(template: Any, time_base: Fraction) -> int:
     return max(1, round(1 / (rate * time_base)))
 
 
+def rescale_factors(from_tb: Fraction, to_tb: Fraction) -> tuple[int, int] | None:
+    """``(num, den)`` in lowest terms with ``ticks_in_to_tb = ticks_in_from_tb * num / den``; None when the
+    time bases are equal. Computed once per run so the per-packet rescaling is integer arithmetic only."""
+    if from_tb == to_tb:
+        return None
+    factor = from_tb / to_tb
+    return factor.numerator, factor.denominator
+
+
 def rescale(ts: int | None, from_tb: Fraction, to_tb: Fraction) -> int | None:
     """A timestamp in another time base, rounded to the nearest tick (exact integer arithmetic)."""
     if ts is None or from_tb == to_tb:
@@ -271,32 +280,56 @@ class Segmenter:
 
     def push(self, packet: Any, arrival_ns: int) -> None:
         """Mux one packet (cutting a segment first when due). Raises SinkFailed when the sink fails."""
+        # The per-packet path: integer arithmetic on plain attributes (this runs 25-30 times a second per
+        # camera, and Fraction arithmetic or a frozen dataclass per packet cost more than the muxing).
         if self._in_tb is None:
             if not is_segment_start(packet.is_keyframe, packet.pts, packet.dts):
                 self._count(dropped_leading=1)
                 return
             self._start_run(packet, arrival_ns)
-        in_tb = self._in_tb
-        assert in_tb is not None and self._time_base is not None
         # Work in the muxer's own time base: a repair step of one tick must survive the muxer's rescaling.
-        pts = rescale(packet.pts, in_tb, MUX_TIME_BASE)
-        dts = rescale(packet.dts, in_tb, MUX_TIME_BASE)
-        fixed = repair_timestamps(self._ts_state, pts, dts, arrival_ns, self._time_base)
-        if fixed is None:
-            self._count(dropped_leading=1)
-            return
-        self._ts_state = fixed.state
-        if fixed.changed:
-            self._count(repaired=1, discontinuities=int(fixed.rebased))
-            if fixed.rebased:
-                self._cut_pending = self._segment is not None
-                log.warning("timestamp discontinuity camera=%s rebased_to_dts=%d", self.camera, fixed.dts)
-        duration = rescale(packet.duration, in_tb, MUX_TIME_BASE) if packet.duration else 0
-        packet.pts, packet.dts = fixed.pts, fixed.dts
-        packet.time_base = self._time_base
-        if duration:
-            packet.duration = duration
-        self._route(packet, fixed.pts, arrival_ns)
+        pts, dts, duration = packet.pts, packet.dts, packet.duration
+        scale = self._scale
+        if scale is not None:
+            num, den = scale
+            half = den // 2  # round to the nearest tick (half up), as ``rescale``
+            if pts is not None:
+                pts = (pts * num + half) // den
+            if dts is not None:
+                dts = (dts * num + half) // den
+            if duration:
+                duration = (duration * num + half) // den
+                packet.duration = duration
+        last_dts = self._last_dts
+        offset = self._offset
+        if (pts is not None and dts is not None and last_dts is not None
+                and 0 < dts + offset - last_dts <= self._plain_step_max_ticks and pts >= dts):
+            # The common case, which ``repair_timestamps`` would return unchanged: dts moves forward by
+            # less than the jump threshold and pts is not before dts.
+            pts += offset
+            dts += offset
+        else:
+            state = TimestampState(offset, last_dts, self._frame_ticks, self._last_arrival_ns)
+            fixed = repair_timestamps(state, pts, dts, arrival_ns, MUX_TIME_BASE)
+            if fixed is None:
+                self._count(dropped_leading=1)
+                return
+            pts, dts = fixed.pts, fixed.dts
+            self._offset = fixed.state.offset
+            if fixed.changed:
+                self._count(repaired=1, discontinuities=int(fixed.rebased))
+                if fixed.rebased:
+                    self._cut_pending = self._segment is not None
+                    log.warning("timestamp discontinuity camera=%s rebased_to_dts=%d", self.camera, dts)
+        self._last_dts = dts
+        self._last_arrival_ns = arrival_ns
+        packet.pts = pts
+        packet.dts = dts
+        if self._retag:
+            packet.time_base = MUX_TIME_BASE
+        if not duration or duration <= 0:
+            duration = self._frame_ticks
+        self._route(packet, pts, duration, arrival_ns)
 
     def finish(self) -> SegmentSummary | None:
         """End the run (disconnect, stop): seal the open segment. The next push starts a new run."""
@@ -318,38 +351,54 @@ class Segmenter:
     def _reset_run(self) -> None:
         self._in_tb: Fraction | None = None  # the packets' own time base
         self._time_base: Fraction | None = None  # the muxer's, in which the segmenter counts
+        self._scale: tuple[int, int] | None = None  # ``rescale_factors(in_tb, MUX_TIME_BASE)``
+        self._retag = True  # the packets' time base must be set to the muxer's
         self._cut_ticks = 0
-        self._ns_per_tick = Fraction(0)
+        self._ns_per_tick = (0, 1)  # nanoseconds per muxer tick, as (numerator, denominator)
         self._wall0_ns = 0
         self._pts0 = 0
-        self._ts_state = TimestampState()
+        # The timestamp repair state (``TimestampState``, kept as plain attributes for the hot path).
+        self._offset = 0
+        self._last_dts: int | None = None
+        self._last_arrival_ns: int | None = None
         self._frame_ticks = 1
+        self._plain_step_max_ticks = 0  # forward dts steps up to this need no repair, whatever the waiting
         self._refused = False
         self._cut_pending = False  # a discontinuity was repaired: cut at the next keyframe
 
     def _start_run(self, packet: Any, arrival_ns: int) -> None:
-        self._in_tb = _fraction(packet.time_base) or _fraction(self.template.time_base) or MUX_TIME_BASE
+        packet_tb = _fraction(packet.time_base)
+        self._in_tb = packet_tb or _fraction(self.template.time_base) or MUX_TIME_BASE
         tb = self._time_base = MUX_TIME_BASE
+        self._scale = rescale_factors(self._in_tb, tb)
+        # Setting a packet's time base costs as much as the rest of its timestamp handling: skip it when
+        # the packets already come in the muxer's (RTSP cameras: 90 kHz).
+        self._retag = packet_tb != tb
         self._cut_ticks = cut_ticks_for(self.segment_seconds, tb)
-        self._ns_per_tick = tb * NS_PER_S
+        ns_per_tick = tb * NS_PER_S
+        self._ns_per_tick = (ns_per_tick.numerator, ns_per_tick.denominator)
         self._frame_ticks = frame_ticks_for(self.template, tb)
+        # Below this many ticks forward, ``repair_timestamps`` never re-bases (whatever time passed); one
+        # tick of margin keeps the float comparison there out of the question.
+        self._plain_step_max_ticks = math.floor(Fraction(MAX_TIMESTAMP_JUMP_S) / tb) - 1
         # The TS muxer shifts a negative first dts per file, which would break continuity between segments.
         first_dts = rescale(packet.dts, self._in_tb, tb)
         offset = -first_dts if first_dts < 0 else 0
-        self._ts_state = TimestampState(offset=offset, frame_ticks=self._frame_ticks)
+        self._offset = offset
+        self._last_dts = None
+        self._last_arrival_ns = None
         self._wall0_ns = arrival_ns
         self._pts0 = rescale(packet.pts, self._in_tb, tb) + offset
 
     def _wall_ns(self, pts: int) -> int:
-        ns = self._ns_per_tick
-        return self._wall0_ns + (pts - self._pts0) * ns.numerator // ns.denominator
+        num, den = self._ns_per_tick
+        return self._wall0_ns + (pts - self._pts0) * num // den
 
-    def _route(self, packet: Any, pts: int, arrival_ns: int) -> None:
-        assert self._time_base is not None
+    def _route(self, packet: Any, pts: int, duration: int, arrival_ns: int) -> None:
         segment = self._segment
         keyframe = bool(packet.is_keyframe)
-        if segment is not None and should_cut(keyframe, pts, segment.first_pts, self._cut_ticks,
-                                              self._cut_pending):
+        if segment is not None and keyframe and should_cut(keyframe, pts, segment.first_pts, self._cut_ticks,
+                                                           self._cut_pending):
             if self.timeline == "arrival":
                 # Contiguous on the local clock: this segment ends where the next one starts.
                 segment.end_ns = max(segment.start_ns, arrival_ns)
@@ -367,7 +416,7 @@ class Segmenter:
             if segment is None:
                 self._count(dropped_no_sink=1)
                 return
-        self._mux(segment, packet, pts)
+        self._mux(segment, packet, pts, duration)
 
     def _open_segment(self, pts: int, arrival_ns: int) -> _OpenSegment | None:
         assert self._time_base is not None
@@ -389,9 +438,8 @@ class Segmenter:
             raise
         return self._segment
 
-    def _mux(self, segment: _OpenSegment, packet: Any, pts: int) -> None:
-        # Read before muxing: the muxer rescales the packet's fields to its own time base in place.
-        duration = packet.duration if packet.duration and packet.duration > 0 else self._frame_ticks
+    def _mux(self, segment: _OpenSegment, packet: Any, pts: int, duration: int) -> None:
+        """``duration``: the packet's, in the muxer's ticks (one frame when the packet has none)."""
         packet.stream = segment.stream
         try:
             segment.container.mux(packet)
@@ -404,7 +452,9 @@ class Segmenter:
             self._count(mux_errors=1)
             log.warning("packet dropped by the muxer camera=%s error=%s", self.camera, exc)
             return
-        segment.end_ns = max(segment.end_ns, self._wall_ns(pts + duration))
+        end_ns = self._wall_ns(pts + duration)
+        if end_ns > segment.end_ns:
+            segment.end_ns = end_ns
         segment.frames += 1
         segment.sink.note(segment.end_ns, segment.frames)
 

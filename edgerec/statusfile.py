@@ -294,6 +294,12 @@ def _camera_lines(name: str, cam: dict[str, Any], now_s: float) -> list[str]:
         f"    health {health_summary(cam.get('health'))}, reconnects {cam.get('reconnects', 0)}, "
         f"gaps {cam.get('gaps', 0)}",
     ]
+    if cam.get("down_since"):
+        lines.append(f"    DOWN since {cam['down_since']} ({age_since(cam['down_since'], now_s)}): "
+                     f"{cam.get('down_reason') or 'unknown reason'}")
+    gap = cam.get("last_gap")
+    if isinstance(gap, dict) and gap.get("from"):
+        lines.append(f"    last gap {gap.get('from')} .. {gap.get('to', '?')}: {gap.get('reason', '?')}")
     if cam.get("last_error"):
         lines.append(f"    last error: {cam['last_error']}")
     return lines

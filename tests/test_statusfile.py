@@ -196,6 +196,16 @@ def test_format_status_flags_unsynced_clock_disk_full_and_stopped_daemon():
     assert "mqtt: disabled" in text
 
 
+def test_format_status_shows_a_camera_that_is_down_and_its_last_gap():
+    status = sample_status()
+    cam = next(iter(status["cameras"].values()))
+    cam.update(down_since=rfc3339(NOW - 90), down_reason="read timeout",
+               last_gap={"from": rfc3339(NOW - 400), "to": rfc3339(NOW - 390), "reason": "stalled"})
+    text = format_status(status, NOW)
+    assert "DOWN since " in text and "(1m 30s ago): read timeout" in text
+    assert "last gap " in text and ": stalled" in text
+
+
 def test_format_status_survives_a_nearly_empty_status():
     text = format_status({"updated_at": rfc3339(NOW)}, datetime.fromtimestamp(NOW, UTC))
     assert "edgerec ? device ?: ? (pid ?, up ?)" in text
