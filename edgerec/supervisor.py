@@ -17,18 +17,20 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, clock, keys, notify, statusfile
 from .audit import AuditLog
 from .catalog import Catalog
 from .config import CameraConfig, Config, load_config
 from .errors import ConfigError, EdgerecError
-from .health import HealthChange
 from .incidents import IncidentService, command_result_for_error, parse_command
 from .reconcile import reconcile
 from .recorder import ChainState, ConnectionChange, Recorder
 from .retention import RESERVE_BYTES, Sweeper
+
+if TYPE_CHECKING:  # health.py pulls in numpy: loaded only when a camera has health analysis on
+    from .health import HealthChange
 
 log = logging.getLogger(__name__)
 
