@@ -11,8 +11,9 @@ appended here (``<data_dir>/audit.log``). A line is::
 file alone; publishing the head hash elsewhere, see ``AuditLog.head``, anchors it.)
 
 Each append is fsynced: the events are rare and each one is a promise. A line torn by a power cut (no
-final newline) was never acknowledged; it is cut off when the log is next opened and the cut is itself
-recorded as an ``audit_torn_tail`` event.
+final newline) was never acknowledged; it is cut off at the next append, or at daemon start-up by
+``AuditLog.repair_tail`` (so ``edgerec audit verify`` does not report a power cut as tampering), and the
+cut is itself recorded as an ``audit_torn_tail`` event.
 """
 
 from __future__ import annotations
@@ -26,18 +27,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .fsutil import fsync_dir
+from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
 GENESIS_PREV = "0" * 64
 _TAIL_READ_BYTES = 1 << 16
-
-
-def _rfc3339(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def line_hash(line: bytes) -> str:
@@ -107,7 +106,7 @@ class AuditLog:
                     n, prev, torn = self._tail_state(f)
                     if torn is not None:
                         n, prev = self._cut_torn_tail(f, fd, n, prev, torn)
-                    ts = _rfc3339(self._clock_ns())
+                    ts = rfc3339(self._clock_ns())
                     lines = []
                     for event, fields in entries:
                         n += 1
@@ -119,11 +118,36 @@ class AuditLog:
             finally:
                 os.close(fd)  # also releases the flock
 
+    def repair_tail(self) -> int:
+        """Cut a line torn by a power cut (no final newline) and record the cut as ``audit_torn_tail``,
+        as the next append would; returns the number of bytes cut (0: the tail was whole, or no log yet).
+        The daemon calls it at start-up, so that the log verifies before anything else is appended."""
+        if not self.path.exists():
+            return 0
+        with self._lock:
+            fd = self._open_rw()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                with open(fd, "r+b", closefd=False) as f:
+                    n, prev, torn = self._tail_state(f)
+                    if torn is None:
+                        return 0
+                    self._cut_torn_tail(f, fd, n, prev, torn)
+                os.fsync(fd)
+                return len(torn)
+            finally:
+                os.close(fd)  # also releases the flock
+
     def _open_rw(self) -> int:
         existed = self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         if not existed:
-            _fsync_dir(self.path.parent)
+            # strict: a new log's first line is a promise; its directory entry must be durable too.
+            try:
+                fsync_dir(self.path.parent, strict=True)
+            except OSError:
+                os.close(fd)
+                raise
         return fd
 
     @staticmethod
@@ -153,7 +177,7 @@ class AuditLog:
         size = f.seek(0, os.SEEK_END)
         f.truncate(size - len(torn))
         log.warning("audit log torn tail cut path=%s bytes=%d", self.path, len(torn))
-        line = encode_line(n + 1, _rfc3339(self._clock_ns()), "audit_torn_tail",
+        line = encode_line(n + 1, rfc3339(self._clock_ns()), "audit_torn_tail",
                            {"bytes": len(torn), "sha256": line_hash(torn)}, prev)
         f.seek(0, os.SEEK_END)
         f.write(line + b"\n")
@@ -179,16 +203,6 @@ def _write_at_end(fd: int, size: int, data: bytes) -> None:
             pass
         raise
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

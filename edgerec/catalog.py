@@ -27,18 +27,20 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from .clock import PLAUSIBLE_SLACK_NS, RELEASE_FLOOR_NS, Redate
 from .errors import CatalogError
+from .fsutil import fsync_dir
+from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
 CATALOG_NAME = "catalog.sqlite3"
 BUSY_TIMEOUT_MS = 5000
 _IN_CHUNK = 500  # ids per "IN (...)" statement (well under SQLite's variable limit)
+INCIDENT_CHANGES_KEY = "incident_changes"  # meta counter: incident opens + closes, see incident_changes()
 HELD_CACHE_S = 60.0  # held bytes in status may lag this much behind new footage
 DAY_NS = 86_400 * 1_000_000_000
 
@@ -121,12 +123,6 @@ _SEGMENT_COLUMNS = (
 )
 
 
-def _rfc3339(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class SegmentRow(NamedTuple):
     """A catalogued segment. An immutable tuple rather than a frozen dataclass: sweeps and listings build
     them by the tens of thousands, and a tuple is made ten times faster. Flags are SQLite's 0/1."""
@@ -207,9 +203,9 @@ class IncidentRow:
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "camera": self.camera, "from": _rfc3339(self.from_ns), "to": _rfc3339(self.to_ns),
-            "reason": self.reason, "by": self.by, "opened": _rfc3339(self.opened_ns),
-            "closed": _rfc3339(self.closed_ns), "closed_by": self.closed_by,
+            "id": self.id, "camera": self.camera, "from": rfc3339(self.from_ns), "to": rfc3339(self.to_ns),
+            "reason": self.reason, "by": self.by, "opened": rfc3339(self.opened_ns),
+            "closed": rfc3339(self.closed_ns), "closed_by": self.closed_by,
             "pre_roll_s": self.pre_roll_ns / 1e9, "post_roll_s": self.post_roll_ns / 1e9,
             "state": "open" if self.is_open else "closed",
         }
@@ -324,11 +320,7 @@ class Catalog:
             raise CatalogError(f"catalog {wal}: cannot sync: {exc.strerror}") from exc
         try:
             os.fsync(fd)
-            dir_fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(self.data_dir, strict=True)  # strict: the incident is acknowledged after this
         except OSError as exc:
             raise CatalogError(f"catalog {wal}: cannot sync: {exc.strerror}") from exc
         finally:
@@ -400,7 +392,7 @@ class Catalog:
             seg_id = cur.lastrowid
         if not time_ok:
             log.warning("segment time implausible camera=%s path=%s start=%s previous_end=%s",
-                        meta.camera, rel, _rfc3339(start_ns), _rfc3339(prev_end))
+                        meta.camera, rel, rfc3339(start_ns), rfc3339(prev_end))
         row = self.segment_by_id(int(seg_id or 0))
         assert row is not None
         return row
@@ -673,15 +665,31 @@ class Catalog:
                 f"INSERT INTO incidents ({_INCIDENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (inc.id, inc.camera, inc.from_ns, inc.to_ns, inc.reason, inc.by, inc.opened_ns, inc.closed_ns,
                  inc.closed_by, inc.pre_roll_ns, inc.post_roll_ns))
-            self._incident_generation += 1
+            self._bump_incident_changes()
             self._sync_on_commit = True
 
     def close_incident(self, incident_id: str, closed_ns: int, closed_by: str) -> None:
         with self.transaction():
             self._conn.execute("UPDATE incidents SET closed_ns = ?, closed_by = ? "
                                "WHERE id = ? AND closed_ns IS NULL", (closed_ns, closed_by, incident_id))
-            self._incident_generation += 1
+            self._bump_incident_changes()
             self._sync_on_commit = True
+
+    def _bump_incident_changes(self) -> None:
+        """Count an incident open or close in the same transaction (see ``incident_changes``)."""
+        self._set_meta(INCIDENT_CHANGES_KEY, self._meta(INCIDENT_CHANGES_KEY, 0) + 1)
+        self._incident_generation += 1
+
+    def incident_changes(self) -> int:
+        """How many incident opens and closes were ever committed, by any process using this catalog.
+
+        A retention sweep reads it when it plans and again inside the transaction that marks segments for
+        deletion: if it moved, an incident was committed in between, and the sweep re-checks its plan
+        against the incidents before marking anything."""
+        return self._meta(INCIDENT_CHANGES_KEY, 0)
+
+    def count_open_incidents(self) -> int:
+        return self._read("SELECT count(*) FROM incidents WHERE closed_ns IS NULL")[0][0]
 
     def incidents(self, *, open_only: bool = False,
                   relevant_since_ns: int | None = None) -> list[IncidentRow]:

@@ -277,7 +277,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
 
 def _rfc3339_arg(text: str, what: str) -> str:
     """CLI times may be local 'YYYY-MM-DD HH:MM'; commands carry RFC 3339 UTC, so convert once here."""
-    from .supervisor import rfc3339
+    from .timefmt import rfc3339
 
     return rfc3339(_parse_time(text, what)) or ""
 

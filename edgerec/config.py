@@ -135,6 +135,11 @@ class IncidentsConfig:
     pre_roll_s: float = 60.0
     post_roll_s: float = 60.0
     release_grace_days: float = 7.0
+    # Limits on what one command can hold (a forged or mistyped command must not pin the whole disk):
+    # a closed window spans at most max_window_days, and 'from' lies at most max_window_days before the
+    # time of the command. Open-ended incidents stay open-ended (held until handled).
+    max_window_days: float = 31.0
+    max_open: int = 20  # open incidents per device; one more is refused
 
 
 @dataclass(frozen=True)
@@ -220,7 +225,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "cameras[].retention": ("days",),
     "cameras[].encoder": ("codec", "bitrate", "gop_seconds", "preset"),
     "retention": ("days", "sweep_interval_s", "min_free"),
-    "incidents": ("pre_roll_s", "post_roll_s", "release_grace_days"),
+    "incidents": ("pre_roll_s", "post_roll_s", "release_grace_days", "max_window_days", "max_open"),
     "mqtt": ("enabled", "host", "port", "client_id", "topic_prefix", "username", "password_file", "tls",
              "keepalive_s", "status_interval_s", "discovery", "discovery_prefix", "site_topic",
              "session_expiry_s"),
@@ -781,6 +786,8 @@ def _incidents(value: object, problems: list[str]) -> Any:
     s.put(kw, "pre_roll_s", _number(0, 86400))
     s.put(kw, "post_roll_s", _number(0, 86400))
     s.put(kw, "release_grace_days", _number(0, 36500))
+    s.put(kw, "max_window_days", _number(0, 36500, lo_open=True))
+    s.put(kw, "max_open", _number(1, 100000, integer=True))
     s.finish()
     return IncidentsConfig(**kw) if not s.bad else _INVALID
 

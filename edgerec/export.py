@@ -25,7 +25,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import __version__, segfile
 from .errors import EdgerecError, SegmentError
+from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,6 @@ class ExportResult:
 
 def manifest_path_for(out: Path) -> Path:
     return out.with_name(out.name + MANIFEST_SUFFIX)
-
-
-def rfc3339(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def chain_status(previous: segfile.SealedSegment | None, current: segfile.SealedSegment) -> str:

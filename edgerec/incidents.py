@@ -8,6 +8,14 @@ segments, so closing one releases exactly what it held and nothing else.
 
 Commands are idempotent by id: the same open again is ok (``duplicate``), a conflicting open is an
 error, closing a closed incident is ok (``duplicate``), closing an unknown one is an error.
+
+Limits (``incidents.max_window_days``, ``incidents.max_open``) bound what one command can hold, so that
+a forged or mistyped command can keep footage longer, but not pin the whole disk: a new incident's
+``from`` lies at most ``max_window_days`` before the time of the command, a closed window (``to`` given)
+spans at most ``max_window_days`` (pre- and post-roll come on top), and at most ``max_open`` incidents are
+open at once. Open-ended incidents stay open-ended. The limits are checked by the service when a *new*
+incident is opened (a re-sent open of an existing incident is still a ``duplicate``), and a refusal is
+audited as ``incident_refused``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 
 from .catalog import Catalog, IncidentRow
 from .errors import CommandError, EdgerecError
+from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +80,6 @@ def parse_time(text: str) -> int:
             pass
     raise CommandError(f"{text!r} is not a time; use RFC 3339 (2026-11-20T09:55:00Z) "
                        "or local 'YYYY-MM-DD HH:MM[:SS]'")
-
-
-def rfc3339(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ----- commands ---------------------------------------------------------------------------------------
@@ -141,7 +144,8 @@ def parse_command(obj: Mapping[str, Any], *, cameras: Collection[str], now_ns: i
     ``open``: ``id``, ``camera`` (a configured camera or ``*``), ``from`` (RFC 3339; defaults to now, may
     lie in the past), ``to`` (RFC 3339 or null = open-ended; not before ``from``), ``reason``, ``by``.
     ``close``: ``id``, ``by`` (and an optional ``reason``). Unknown keys are refused. ``incidents`` (the
-    IncidentsConfig) is accepted for symmetry with the service; the rolls are applied when opening.
+    IncidentsConfig) is accepted for symmetry with the service: the rolls and the limits
+    (``window_limit_problem``, ``max_open``) are applied by ``IncidentService.apply`` to new incidents only.
     """
     del incidents  # pre/post roll are taken from the service's config when the incident is opened
     if not isinstance(obj, Mapping):
@@ -183,6 +187,23 @@ def parse_command(obj: Mapping[str, Any], *, cameras: Collection[str], now_ns: i
     if to_ns is not None and to_ns < from_ns:
         raise CommandError("field 'to' is before 'from'")
     return IncidentCommand("open", incident_id, camera, from_ns, to_ns, reason, by, from_defaulted)
+
+
+class IncidentLimitError(CommandError):
+    """A well-formed open refused by the configured limits (audited as ``incident_refused``)."""
+
+
+def window_limit_problem(from_ns: int, to_ns: int | None, now_ns: int, max_window_days: float) -> str | None:
+    """Why the window [from_ns, to_ns] (to None: open-ended) of a new incident opened at ``now_ns`` is
+    over the limit, or None. Pure; the rolls are not counted (they are bounded by the configuration)."""
+    max_ns = int(max_window_days * DAY_NS)
+    if from_ns < now_ns - max_ns:
+        return (f"field 'from' is {(now_ns - from_ns) / DAY_NS:.1f} days before now; "
+                f"incidents.max_window_days allows {max_window_days:g}")
+    if to_ns is not None and to_ns - from_ns > max_ns:
+        return (f"window 'from'..'to' spans {(to_ns - from_ns) / DAY_NS:.1f} days; "
+                f"incidents.max_window_days allows {max_window_days:g}")
+    return None
 
 
 # ----- results ----------------------------------------------------------------------------------------
@@ -305,6 +326,8 @@ class IncidentService:
         self.pre_roll_ns = int(inc.pre_roll_s * 1e9)
         self.post_roll_ns = int(inc.post_roll_s * 1e9)
         self.grace_ns = int(inc.release_grace_days * DAY_NS)
+        self.max_window_days = float(inc.max_window_days)
+        self.max_open = int(inc.max_open)
         self.cameras = tuple(c.name for c in config.cameras)
 
     def handle(self, obj: Any, now_ns: int) -> CommandResult:
@@ -323,11 +346,34 @@ class IncidentService:
             return self._close(cmd, now_ns)
         except CommandError as exc:
             log.warning("incident command refused id=%s action=%s error=%s", cmd.id, cmd.action, exc)
+            if isinstance(exc, IncidentLimitError):
+                self._audit_refusal(cmd, str(exc))
             return CommandResult(cmd.id, cmd.action, False, str(exc))
         except (EdgerecError, OSError) as exc:
             # Nothing was committed (catalog and audit line go together): say so, so the sender retries.
             log.error("incident command not recorded id=%s action=%s error=%s", cmd.id, cmd.action, exc)
             return CommandResult(cmd.id, cmd.action, False, f"not recorded: {exc}")
+
+    def _audit_refusal(self, cmd: IncidentCommand, error: str) -> None:
+        """Audit a well-formed open refused by a limit (who tried to hold what); malformed commands are
+        only logged. Best effort: the refusal stands even if the line cannot be written."""
+        try:
+            self.audit.append("incident_refused", id=cmd.id, camera=cmd.camera,
+                              **{"from": rfc3339(cmd.from_ns)}, to=rfc3339(cmd.to_ns), reason=cmd.reason,
+                              by=cmd.by, error=error)
+        except OSError as exc:
+            log.error("incident refusal not audited id=%s error=%s", cmd.id, exc)
+
+    def _check_limits(self, cmd: IncidentCommand, now_ns: int) -> None:
+        """Raise IncidentLimitError if a new incident is over a limit (call inside the transaction)."""
+        assert cmd.from_ns is not None
+        problem = window_limit_problem(cmd.from_ns, cmd.to_ns, now_ns, self.max_window_days)
+        if problem is not None:
+            raise IncidentLimitError(f"incident {cmd.id} refused: {problem}")
+        n_open = self.catalog.count_open_incidents()
+        if n_open >= self.max_open:
+            raise IncidentLimitError(f"incident {cmd.id} refused: {n_open} incidents are open, "
+                                     f"incidents.max_open allows {self.max_open}; close one first")
 
     def _held(self, inc: IncidentRow) -> tuple[int, int]:
         return self.catalog.window_totals(inc.camera, inc.hold_start_ns, inc.hold_end_ns)
@@ -344,6 +390,7 @@ class IncidentService:
                                        f"({existing.camera} {window}); use a new id")
                 n, size = self._held(existing)
                 return CommandResult(cmd.id, "open", True, duplicate=True, held_segments=n, held_bytes=size)
+            self._check_limits(cmd, now_ns)
             inc = IncidentRow(cmd.id, cmd.camera, cmd.from_ns, cmd.to_ns, cmd.reason, cmd.by, now_ns,
                               pre_roll_ns=self.pre_roll_ns, post_roll_ns=self.post_roll_ns)
             self.catalog.insert_incident(inc)

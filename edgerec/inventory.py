@@ -14,6 +14,7 @@ from typing import Any
 
 from . import segfile
 from .errors import SegmentError
+from .timefmt import rfc3339
 
 SEGMENT_SUFFIX = ".seg"
 # <camera>/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.mmmZ>.seg, as written by the recorder.
@@ -69,10 +70,6 @@ def _device_key(data_dir: Path) -> Any:
     return keys.load_device_public_key(pub) if pub.exists() else None
 
 
-def _rfc3339(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def listing(data_dir: Path, camera: str | None = None) -> dict[str, Any]:
     """Segments and gaps per camera, from the catalog when there is one, else from the files."""
     cameras: dict[str, Any] = {}
@@ -84,12 +81,12 @@ def listing(data_dir: Path, camera: str | None = None) -> dict[str, Any]:
         try:
             for row in cat.segments(camera=camera):
                 cameras.setdefault(row.camera, {"segments": [], "gaps": []})["segments"].append({
-                    "start": _rfc3339(row.start_ns), "end": _rfc3339(row.end_ns), "path": row.path,
+                    "start": rfc3339(row.start_ns), "end": rfc3339(row.end_ns), "path": row.path,
                     "bytes": row.size_bytes, "frames": row.frames, "state": row.state,
                     "sequence": row.sequence, "digest": row.digest})
             for gap in cat.gaps(camera=camera):
                 cameras.setdefault(gap.camera, {"segments": [], "gaps": []})["gaps"].append({
-                    "from": _rfc3339(gap.from_ns), "to": _rfc3339(gap.to_ns),
+                    "from": rfc3339(gap.from_ns), "to": rfc3339(gap.to_ns),
                     "seconds": round((gap.to_ns - gap.from_ns) / 1e9, 3), "reason": gap.reason})
         finally:
             cat.close()
@@ -102,7 +99,7 @@ def listing(data_dir: Path, camera: str | None = None) -> dict[str, Any]:
                 except SegmentError as exc:
                     segs.append({"path": str(path.relative_to(data_dir)), "error": exc.what})
                     continue
-                segs.append({"start": _rfc3339(info.meta.start_ns), "end": _rfc3339(info.end_ns),
+                segs.append({"start": rfc3339(info.meta.start_ns), "end": rfc3339(info.end_ns),
                              "path": str(path.relative_to(data_dir)), "bytes": info.size_bytes,
                              "frames": info.frames, "state": info.state, "sequence": info.meta.sequence,
                              "digest": info.digest.hex()})

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .errors import KeyFormatError, UsageError
+from .fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +185,6 @@ def _write_new_file(path: Path, content: str, mode: int) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def generate_recipient_keys(out: Path) -> GeneratedRecipient:
     """Make an X25519 recipient key pair: private key in ``out`` (0600), public key in ``out.pub``.
 
@@ -223,7 +216,8 @@ def generate_recipient_keys(out: Path) -> GeneratedRecipient:
     except BaseException:
         out.unlink(missing_ok=True)
         raise
-    _fsync_dir(out.parent)
+    # strict: the operator is told the key exists and will hand out its public half
+    fsync_dir(out.parent, strict=True)
     log.info("recipient key generated path=%s fingerprint=%s", out, fp.replace(" ", ""))
     return GeneratedRecipient(out, pub_path, public_text, fp)
 
@@ -386,7 +380,8 @@ def _create_device_key(key_path: Path) -> None:
         pass  # another process won the race; its key is as good as ours
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(key_path.parent)
+    # strict: the device key signs every segment from now on; a key lost to a power cut would orphan them
+    fsync_dir(key_path.parent, strict=True)
     log.info("device key created path=%s", key_path)
 
 
@@ -402,5 +397,5 @@ def _ensure_device_pub(pub_path: Path, pub: Ed25519PublicKey) -> None:
     tmp.unlink(missing_ok=True)
     _write_new_file(tmp, f"{text}\n", 0o644)
     os.replace(tmp, pub_path)
-    _fsync_dir(pub_path.parent)
+    fsync_dir(pub_path.parent, strict=True)  # strict, as for the key itself
     log.info("device public key written path=%s fingerprint=%s", pub_path, device_fingerprint(pub))

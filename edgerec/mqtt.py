@@ -10,7 +10,6 @@ an exception there would stop the thread without a word.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import re
@@ -29,6 +28,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from . import __version__
 from .config import Config
 from .errors import ConfigError
+from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,6 @@ EVENT_KINDS = frozenset({
 })
 
 CommandHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
-
-
-def rfc3339(ns: int) -> str:
-    """UTC nanoseconds → ``2026-11-20T09:55:00Z`` (whole seconds; enough for ids and event stamps)."""
-    return dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ----- topics ---------------------------------------------------------------------------------------------
@@ -137,7 +132,7 @@ def decode_command(payload: bytes, *, max_bytes: int = MAX_COMMAND_BYTES) -> Env
 
 def open_now_id(now_ns: int) -> str:
     """The id given to an ``open_now`` command without one: ``NOW-20261120T095500Z``."""
-    return "NOW-" + rfc3339(now_ns).replace("-", "").replace(":", "")
+    return "NOW-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now_ns // 1_000_000_000))
 
 
 def expand_open_now(command: Mapping[str, Any], now_ns: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 from . import segfile
 from .catalog import Catalog
 from .errors import CatalogError, SegmentError
+from .fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def _quarantine(data_dir: Path, path: Path, why: str, report: ReconcileReport) -
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.replace(path, target)
         for d in {path.parent, target.parent}:
-            _fsync_dir(d)
+            fsync_dir(d, strict=False)  # best effort: a move lost to a power cut is redone
     except OSError as exc:
         report.errors.append(f"path={rel} cannot quarantine: {exc.strerror}")
         return
@@ -225,17 +226,3 @@ def _audit(audit: Any, report: ReconcileReport) -> None:
         if items:
             extra = {"reason": "interrupted_deletion"} if event == "segments_deleted" else {}
             audit.append(event, count=len(items), paths=items[:500], **extra)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-

@@ -28,8 +28,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from . import clock as kernel_clock
+from . import segfile
 from .config import CameraConfig, DurabilityConfig
-from .errors import EdgerecError, SourceError
+from .errors import EdgerecError, SegmentError, SourceError
 from .segfile import PARTIAL_SUFFIX, SealedSegment, SegmentMeta, SegmentWriter
 from .segmenter import Segmenter, SegmentSummary, SinkFailed
 from .source import NETWORK_KINDS, Source, is_live, open_source
@@ -44,6 +45,7 @@ BACKOFF_MAX_S = 30.0
 RATE_WINDOW_S = 5  # fps and bitrate are averaged over this many whole seconds
 NS_PER_MS = 1_000_000
 NAME_COLLISION_TRIES = 1000
+PENDING_RETRY_S = 1.0  # how often an unsealed segment's recovery is retried while it waits for space
 
 
 # ----- pure helpers -------------------------------------------------------------------------------------
@@ -127,6 +129,15 @@ class RecorderStats:
     last_gap: tuple[int, int, str] | None = None  # (from_ns, to_ns, reason) of the last gap reported
     stalls: int = 0  # connections closed by the stall watchdog
     discontinuities: int = 0  # timestamp jumps repaired (each also cuts the segment)
+
+
+@dataclass(frozen=True)
+class _Unsealed:
+    """A segment whose sealing failed (a full disk): its ``.partial`` is recovered before the next
+    segment starts, so the hash chain goes on from it."""
+
+    partial: Path
+    meta: SegmentMeta
 
 
 @dataclass
@@ -248,6 +259,8 @@ class Recorder:
         self._last_gap: tuple[int, int, str] | None = None
         self._stalls = 0
         self._discontinuities = 0
+        self._unsealed: _Unsealed | None = None
+        self._unsealed_retry_mono = 0.0
 
     # ----- public ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -335,6 +348,7 @@ class Recorder:
             log.exception("recorder failed camera=%s", self.camera.name)
             raise
         finally:
+            self._recover_unsealed_at_stop()
             self._report_pending_gap(self._clock.wall_ns())
             self._stop_health()
             with self._lock:
@@ -464,13 +478,8 @@ class Recorder:
     # ----- segment files -----------------------------------------------------------------------------------
     def _open_writer(self, start_ns: int) -> SegmentWriter | None:
         """The segmenter's ``open_sink``: a new encrypted segment file, or None while the disk is full."""
-        if not self._may_start_segment():
-            if self._state != "waiting_disk":
-                log.warning("segment not started: disk full camera=%s", self.camera.name)
-                self._set(state="waiting_disk")
-                if self._gap_from_ns is None:
-                    self._gap_from_ns = self._last_end_ns or start_ns
-                    self._gap_reason = "disk full"
+        if not self._may_start_segment() or not self._recover_unsealed():
+            self._wait_for_disk(start_ns)
             return None
         path = self._free_path(start_ns)
         now_wall, now_mono = self._clock.wall_ns(), self._clock.monotonic_ns()
@@ -500,6 +509,16 @@ class Recorder:
             self._set(state="recording")
         return writer
 
+    def _wait_for_disk(self, start_ns: int) -> None:
+        """No segment now (the disk is full): packets are dropped until a later keyframe may start one."""
+        if self._state == "waiting_disk":
+            return
+        log.warning("segment not started: disk full camera=%s", self.camera.name)
+        self._set(state="waiting_disk")
+        if self._gap_from_ns is None:
+            self._gap_from_ns = self._last_end_ns or start_ns
+            self._gap_reason = "disk full"
+
     def _free_path(self, start_ns: int) -> Path:
         """The segment's path; a start time already taken (same millisecond) moves on by 1 ms."""
         for bump in range(NAME_COLLISION_TRIES):
@@ -525,10 +544,68 @@ class Recorder:
         try:
             sealed = writer.close()
         except Exception as exc:
-            log.error("segment left for recovery camera=%s path=%s error=%s", self.camera.name,
-                      writer.partial_path, exc)
+            # The chain cannot go on past a segment nobody sealed: it is recovered (complete chunks kept,
+            # a signed "recovered" trailer) before the next segment starts, or at the next start-up.
+            log.error("segment not sealed; recovering it before the next one camera=%s sequence=%d path=%s "
+                      "error=%s", self.camera.name, writer.meta.sequence, writer.partial_path, exc)
+            self._unsealed = _Unsealed(writer.partial_path, writer.meta)
+            self._unsealed_retry_mono = 0.0
+            self._recover_unsealed()  # cutting the torn chunk may already leave room for the trailer
             return
         self._after_seal(sealed, sealed.end_ns)
+
+    def _recover_unsealed(self) -> bool:
+        """Recover the segment that could not be sealed, if any, and go on with the chain from it. False
+        while it still cannot be recovered for lack of space (or another I/O error): no new segment may
+        start then, or the recovered one would later fork the chain."""
+        unsealed = self._unsealed
+        if unsealed is None:
+            return True
+        now = time.monotonic()
+        if now < self._unsealed_retry_mono:
+            return False
+        try:
+            sealed = segfile.recover_partial(unsealed.partial, self.signing_key)
+        except SegmentError as exc:
+            self._lose_unsealed(unsealed, exc.what)
+            return True
+        except OSError as exc:
+            self._unsealed_retry_mono = now + PENDING_RETRY_S
+            self._set(last_error=f"cannot recover unsealed segment {unsealed.partial}: {exc.strerror or exc}")
+            log.warning("unsealed segment not recovered yet camera=%s path=%s error=%s", self.camera.name,
+                        unsealed.partial, exc.strerror or exc)
+            return False
+        self._unsealed = None
+        log.info("unsealed segment recovered camera=%s sequence=%d path=%s frames=%d state=%s",
+                 self.camera.name, sealed.meta.sequence, sealed.path, sealed.frames, sealed.state)
+        self._after_seal(sealed, sealed.end_ns)
+        return True
+
+    def _lose_unsealed(self, unsealed: _Unsealed, why: str) -> None:
+        """The unsealed segment is damaged beyond recovery. Start-up reconciliation quarantines its file
+        (or removes it when it holds no footage) exactly as this recovery failed, so the catalogued chain
+        goes on from the last sealed segment: the next segment links to that one. Its sequence number is
+        not reused, so the quarantined file and the hole in the sequence numbers point at each other, and
+        the lost footage is reported as a gap."""
+        self._unsealed = None
+        self.chain = ChainState(next_sequence=unsealed.meta.sequence + 1, prev_digest=self.chain.prev_digest)
+        if self._gap_from_ns is None:
+            self._gap_from_ns = self._last_end_ns or unsealed.meta.start_ns
+        self._gap_reason = f"unsealed segment lost: {why}"
+        self._set(last_error=f"unsealed segment {unsealed.partial} lost: {why}")
+        log.error("unsealed segment lost; left for start-up reconciliation camera=%s sequence=%d path=%s "
+                  "why=%s", self.camera.name, unsealed.meta.sequence, unsealed.partial, why)
+
+    def _recover_unsealed_at_stop(self) -> None:
+        """A last try at stop; what is still left is recovered by start-up reconciliation, and as no later
+        segment was started the next run's chain (from the catalog's last segment) goes on from it."""
+        if self._unsealed is None:
+            return
+        self._unsealed_retry_mono = 0.0
+        try:
+            self._recover_unsealed()
+        except Exception:
+            log.exception("unsealed segment recovery failed camera=%s", self.camera.name)
 
     def _after_seal(self, sealed: SealedSegment, end_ns: int) -> None:
         self.chain = ChainState(next_sequence=sealed.meta.sequence + 1, prev_digest=sealed.digest)

@@ -48,7 +48,9 @@ from typing import Any, NamedTuple
 from . import clock as clockmod
 from .catalog import Catalog, IncidentRow, SegmentRow
 from .errors import CatalogError
+from .fsutil import fsync_dir
 from .incidents import WindowIndex
+from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +201,6 @@ def statvfs_disk_state(path: Path) -> DiskState:
     return DiskState(total_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bavail * st.f_frsize)
 
 
-def _rfc3339(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class DeletedSegment(NamedTuple):
     """A segment a sweep deleted (or would delete); a tuple for the same reason as SegmentRow."""
 
@@ -217,8 +213,8 @@ class DeletedSegment(NamedTuple):
     reason: str
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "camera": self.camera, "path": self.path, "start": _rfc3339(self.start_ns),
-                "end": _rfc3339(self.end_ns), "bytes": self.size_bytes, "reason": self.reason}
+        return {"id": self.id, "camera": self.camera, "path": self.path, "start": rfc3339(self.start_ns),
+                "end": rfc3339(self.end_ns), "bytes": self.size_bytes, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -254,10 +250,10 @@ class SweepReport:
 
     def lines(self) -> list[str]:
         verb = "would delete" if self.dry_run else "deleted"
-        out = [f"{verb} {d.reason:<13} {d.path}  {_rfc3339(d.start_ns)} .. {_rfc3339(d.end_ns)}  "
+        out = [f"{verb} {d.reason:<13} {d.path}  {rfc3339(d.start_ns)} .. {rfc3339(d.end_ns)}  "
                f"{d.size_bytes} bytes" for d in self.deleted]
         reasons = ", ".join(f"{k} {v}" for k, v in self.by_reason().items() if v) or "nothing"
-        out.append(f"retention at {_rfc3339(self.now_ns)} ({self.time_source} time): {verb} "
+        out.append(f"retention at {rfc3339(self.now_ns)} ({self.time_source} time): {verb} "
                    f"{len(self.deleted)} segments, {self.deleted_bytes} bytes ({reasons})")
         if self.disk_full:
             out.append(f"DISK FULL: {self.shortfall_bytes} bytes short of the free-space mark and only held "
@@ -267,7 +263,7 @@ class SweepReport:
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
-            "now": _rfc3339(self.now_ns), "time_source": self.time_source, "dry_run": self.dry_run,
+            "now": rfc3339(self.now_ns), "time_source": self.time_source, "dry_run": self.dry_run,
             "deleted": [d.to_json_dict() for d in self.deleted], "deleted_count": len(self.deleted),
             "deleted_bytes": self.deleted_bytes, "by_reason": self.by_reason(), "disk_full": self.disk_full,
             "free_bytes": self.free_bytes, "min_free_bytes": self.min_free_bytes,
@@ -335,7 +331,7 @@ class Sweeper:
                 self._clock_jump(reading, chosen)
             if source != "wall":
                 log.warning("retention on monotonic time now=%s wall=%s (wall clock not believed)",
-                            _rfc3339(now_ns), _rfc3339(reading.wall_ns))
+                            rfc3339(now_ns), rfc3339(reading.wall_ns))
             if chosen.trusted and not dry_run:
                 redated = self._redate(reading)
         else:
@@ -343,12 +339,13 @@ class Sweeper:
         if not dry_run:
             finished = self._finish_pending(now_ns, errors)
 
+        incident_changes = self.catalog.incident_changes()  # before the incidents are read for the plan
         plan, rows, disk = self._plan(now_ns)
         deleted = tuple(DeletedSegment(r.id, r.camera, r.path, r.start_ns, r.end_ns, r.size_bytes, d.reason)
                         for d in plan.deletions for r in (rows[d.segment_id],))
         quarantine_deleted = 0
         if not dry_run:
-            deleted = self._apply(deleted, now_ns, errors)
+            deleted = self._apply(deleted, now_ns, errors, incident_changes)
             self._with_room(lambda: self.catalog.prune_gaps(now_ns - self.policy.max_retention_ns))
             quarantine_deleted = self._expire_quarantine(now_ns, errors)
             self._keep_reserve()
@@ -385,8 +382,10 @@ class Sweeper:
         return plan, rows, disk
 
     # ----- the delete protocol ----------------------------------------------------------------------
-    def _apply(self, planned: Sequence[DeletedSegment], now_ns: int,
-               errors: list[str]) -> tuple[DeletedSegment, ...]:
+    def _apply(self, planned: Sequence[DeletedSegment], now_ns: int, errors: list[str],
+               incident_changes: int) -> tuple[DeletedSegment, ...]:
+        """Audit, mark, unlink, drop. ``incident_changes``: the catalog's incident counter read before
+        the plan; an incident committed since then is checked against each batch as it is marked."""
         if not planned:
             return ()
         batches = batches_by_directory(planned, DELETE_BATCH)
@@ -395,9 +394,11 @@ class Sweeper:
         # If power fails part way, the next sweep deletes (and names) the rest again.
         self._with_room(lambda: self._audit_deletions(batches))
         done: list[DeletedSegment] = []
-        for batch in batches:  # one directory at a time: one directory fsync per batch
-            ids = [d.id for d in batch]
-            self._with_room(lambda ids=ids: self.catalog.mark_deleting(ids, now_ns))
+        guard = _HoldGuard(self.catalog, self.policy, now_ns, incident_changes)
+        for planned_batch in batches:  # one directory at a time: one directory fsync per batch
+            batch = self._with_room(lambda b=planned_batch: self._mark_unheld(b, guard, now_ns))
+            if not batch:
+                continue
             gone, dirs = self._unlink([(d.id, d.path) for d in batch], errors)
             self._with_room(lambda gone=gone: self.catalog.drop(gone))
             if len(gone) == len(batch):
@@ -407,6 +408,28 @@ class Sweeper:
                 done += [d for d in batch if d.id in gone_set]
             self._remove_empty_date_dirs(dirs, now_ns)
         return tuple(done)
+
+    def _mark_unheld(self, batch: Sequence[DeletedSegment], guard: _HoldGuard,
+                     now_ns: int) -> list[DeletedSegment]:
+        """Mark a batch for deletion, minus what an incident committed since the plan now holds.
+
+        The incident counter is read in the marking transaction: an incident open commits either
+        before it (and is seen here) or after the rows are marked (their deletion was decided, and named
+        in the audit log, before the incident existed)."""
+        with self.catalog.transaction():
+            keep = list(batch)
+            spared = guard.newly_held(batch)
+            if spared:
+                spared_ids = {d.id for d in spared}
+                keep = [d for d in batch if d.id not in spared_ids]
+                # The audit log already names these as deleted: say that they were not.
+                self.audit.append("segments_spared", reason="incident", camera=spared[0].camera,
+                                  count=len(spared), paths=[d.path for d in spared])
+                log.warning("retention spared segments held by a new incident camera=%s segments=%d",
+                            spared[0].camera, len(spared))
+            if keep:
+                self.catalog.mark_deleting([d.id for d in keep], now_ns)
+        return keep
 
     def _audit_deletions(self, batches: Sequence[Sequence[DeletedSegment]]) -> None:
         """One ``segments_deleted`` line per directory (a camera's day) and reason, naming every file."""
@@ -447,7 +470,8 @@ class Sweeper:
             gone.append(seg_id)
             dirs.add(root + rel.rpartition("/")[0])
         for d in dirs:
-            _fsync_dir(d)
+            # best effort: an unlink lost to a power cut leaves a marked row, finished by the next sweep
+            fsync_dir(d, strict=False)
         return gone, dirs
 
     def _finish_pending(self, now_ns: int, errors: list[str]) -> int:
@@ -479,9 +503,9 @@ class Sweeper:
         assert chosen.jump_ns is not None
         seconds = round(chosen.jump_ns / 1e9, 3)
         log.warning("clock jump seconds=%.3f wall=%s synced=%s retention_time=%s", seconds,
-                    _rfc3339(reading.wall_ns), reading.synced, chosen.source)
+                    rfc3339(reading.wall_ns), reading.synced, chosen.source)
         self._with_room(lambda: self.audit.append(
-            "clock_jump", seconds=seconds, wall=_rfc3339(reading.wall_ns), synced=reading.synced,
+            "clock_jump", seconds=seconds, wall=rfc3339(reading.wall_ns), synced=reading.synced,
             boot_id=reading.boot_id, retention_time=chosen.source))
 
     # ----- a full disk --------------------------------------------------------------------------------
@@ -555,10 +579,34 @@ class Sweeper:
     def _log(report: SweepReport) -> None:
         reasons = " ".join(f"{k}={v}" for k, v in report.by_reason().items())
         log.info("retention swept dry_run=%s now=%s time_source=%s deleted=%d bytes=%d %s disk_full=%s "
-                 "elapsed_s=%.3f", report.dry_run, _rfc3339(report.now_ns), report.time_source,
+                 "elapsed_s=%.3f", report.dry_run, rfc3339(report.now_ns), report.time_source,
                  len(report.deleted), report.deleted_bytes, reasons, report.disk_full, report.elapsed_s)
         if report.disk_full:
             log.error("disk full: only held footage left shortfall_bytes=%d", report.shortfall_bytes)
+
+
+class _HoldGuard:
+    """The incidents as the sweep planned with them, re-read when the catalog's counter says an
+    incident was opened or closed since."""
+
+    def __init__(self, catalog: Catalog, policy: RetentionPolicy, now_ns: int, planned_changes: int):
+        self.catalog, self.policy, self.now_ns = catalog, policy, now_ns
+        self.changes = planned_changes
+        self.held: WindowIndex | None = None  # None: nothing changed since the plan
+
+    def newly_held(self, batch: Sequence[DeletedSegment]) -> list[DeletedSegment]:
+        """The segments of ``batch`` an incident holds now (call inside the marking transaction)."""
+        changes = self.catalog.incident_changes()
+        if changes != self.changes:
+            grace_ns = self.policy.release_grace_ns
+            self.held = WindowIndex((i.camera, i.hold_start_ns, i.hold_end_ns, None)
+                                    for i in self.catalog.incidents(open_only=False,
+                                                                    relevant_since_ns=self.now_ns - grace_ns)
+                                    if i.holds_at(self.now_ns, grace_ns))
+            self.changes = changes
+        if not self.held:
+            return []
+        return [d for d in batch if self.held.any_overlap(d.camera, d.start_ns, d.end_ns)]
 
 
 def batches_by_directory(items: Sequence[DeletedSegment], limit: int) -> list[list[DeletedSegment]]:
@@ -600,17 +648,4 @@ def make_reserve(path: Path, size_bytes: int) -> None:
         raise
     os.close(fd)
     os.rename(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: str | Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent, strict=False)  # best effort: a lost reserve is made again

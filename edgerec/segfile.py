@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import SegmentError
+from .fsutil import fsync_dir
 from .keys import device_key_id, format_key_id, key_id
 
 log = logging.getLogger(__name__)
@@ -370,14 +371,6 @@ def partial_path_for(path: Path) -> Path:
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class SegmentWriter:
     """Writes one segment: encrypts as it goes, seals a chunk when full or ``flush_seconds`` old.
 
@@ -458,7 +451,7 @@ class SegmentWriter:
             self._append(header, header_hasher.copy())
             os.fdatasync(self._fd)
             # The directory entry must survive a power cut too, or recovery never finds the footage.
-            _fsync_dir(self._partial.parent)
+            fsync_dir(self._partial.parent, strict=True)
         except BaseException:
             os.close(self._fd)
             self._partial.unlink(missing_ok=True)
@@ -569,7 +562,7 @@ class SegmentWriter:
                 raise
             self._release_fd(sync=True)
             os.rename(self._partial, self._path)
-            _fsync_dir(self._path.parent)
+            fsync_dir(self._path.parent, strict=True)  # strict: the sealed name is what gets catalogued
             sealed = SealedSegment(
                 path=self._path, meta=self.meta, digest=self._hasher.digest(), size_bytes=self._offset,
                 chunks=self._index, payload_bytes=self._payload_bytes, frames=self._frames,
@@ -1161,5 +1154,5 @@ def recover_partial(partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegm
                 final, tally.chunks, good.end_offset, src.size - good.end_offset, cut.what if cut else "",
             )
     os.rename(partial, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent, strict=True)  # strict: the recovered segment is catalogued next
     return _sealed_segment(final, header, sealed_trailer, digest, size)

@@ -16,7 +16,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, clock, keys, notify, statusfile
@@ -28,6 +27,7 @@ from .incidents import IncidentService, command_result_for_error, parse_command
 from .reconcile import reconcile
 from .recorder import ChainState, ConnectionChange, Recorder
 from .retention import RESERVE_BYTES, Sweeper
+from .timefmt import rfc3339
 
 if TYPE_CHECKING:  # health.py pulls in numpy: loaded only when a camera has health analysis on
     from .health import HealthChange
@@ -50,12 +50,6 @@ PRESSURE_SWEEP_MIN_INTERVAL_S = 1.0
 # ... and while only held footage is left (disk_full) at most this often: nothing changes until space is
 # freed, which is noticed on the next tick (one statvfs), or a hold's grace period ends.
 DISK_FULL_RESWEEP_S = 30.0
-
-
-def rfc3339(ns: int | float | None) -> str | None:
-    if ns is None:
-        return None
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _first_attempt_done(recorder: Recorder) -> bool:
@@ -117,6 +111,11 @@ class Daemon:
         self.recipients = [keys.parse_public_key(r) for r in cfg.recipients]
         self.catalog = Catalog.open(cfg.data_dir)
         self.audit = AuditLog(cfg.data_dir / "audit.log")
+        # A line torn by a power cut would make `audit verify` report BROKEN until the next append.
+        try:
+            self.audit.repair_tail()
+        except OSError as exc:  # e.g. a full disk: the next append cuts it instead
+            log.error("audit log tail not repaired path=%s error=%s", self.audit.path, exc)
         # reconcile logs each repair itself and records recoveries in the audit log.
         reconcile(cfg.data_dir, self.catalog, self.signing_key, device_key=self.signing_key.public_key(),
                   audit=self.audit)

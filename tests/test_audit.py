@@ -163,3 +163,60 @@ def test_append_many_writes_chained_lines_in_one_go(tmp_path):
     assert [o.get("paths") for o in objs[2:]] == [["a.seg"], ["b.seg", "c.seg"]]
     assert verify_audit(path).ok
     assert log.head() == (4, line_hash(lines(path)[-1]))
+
+
+def test_repair_tail_cuts_a_torn_line_so_the_log_verifies(tmp_path):
+    path = tmp_path / "audit.log"
+    write_log(path, 2)
+    torn = b'{"n":3,"ts":"2026-11-20T09:'
+    with open(path, "ab") as f:
+        f.write(torn)  # power cut in the middle of an append
+    assert not verify_audit(path).ok
+    log = AuditLog(path)
+    assert log.repair_tail() == len(torn)
+    result = verify_audit(path)
+    assert result.ok and result.lines == 3
+    objs = [json.loads(r) for r in lines(path)]
+    assert objs[-1]["event"] == "audit_torn_tail" and objs[-1]["bytes"] == len(torn)
+    # A whole tail is left alone, and the chain goes on from the repair line.
+    assert log.repair_tail() == 0 and len(lines(path)) == 3
+    log.append("export", camera="gate")
+    assert verify_audit(path).ok and json.loads(lines(path)[-1])["n"] == 4
+
+
+def test_repair_tail_of_a_missing_log_creates_nothing(tmp_path):
+    assert AuditLog(tmp_path / "audit.log").repair_tail() == 0
+    assert not (tmp_path / "audit.log").exists()
+
+
+def test_repair_tail_of_a_log_that_is_only_a_torn_line(tmp_path):
+    path = tmp_path / "audit.log"
+    path.write_bytes(b'{"n":1,"ts')
+    assert AuditLog(path).repair_tail() == 10
+    assert verify_audit(path).ok and [json.loads(r)["n"] for r in lines(path)] == [1]
+
+
+def test_daemon_start_up_repairs_a_torn_audit_tail(tmp_path, officer):
+    import os
+
+    from edgerec.config import load_config
+    from edgerec.supervisor import Daemon
+    from tests.daemon_helpers import write_config
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    path = data_dir / "audit.log"
+    write_log(path, 2)
+    with open(path, "ab") as f:
+        f.write(b'{"n":3,"ts":"2026-')
+    cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=data_dir,
+                       cameras=[{"name": "gate", "url": "testsrc"}])
+    daemon = Daemon(load_config(cfg))
+    umask = os.umask(0o022)
+    try:
+        daemon._open_state()  # it sets the daemon's umask: restored below
+    finally:
+        os.umask(umask)
+        daemon.catalog.close()
+    assert verify_audit(path).ok
+    assert [json.loads(r)["event"] for r in lines(path)][2:] == ["audit_torn_tail"]

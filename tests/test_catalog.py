@@ -324,3 +324,22 @@ def test_sqlite_failures_become_catalog_errors_and_roll_back(cat):
     assert len(cat.incidents()) == 1
     cat.insert_incident(IncidentRow("NEXT", "gate", T0, None, "", "", T0 + 1))  # the connection still works
     assert len(cat.incidents()) == 2
+
+
+def test_incident_changes_count_opens_and_closes_seen_by_every_connection(tmp_path):
+    first = Catalog.open(tmp_path)
+    second = Catalog.open(tmp_path)
+    try:
+        assert first.incident_changes() == 0 and first.count_open_incidents() == 0
+        first.insert_incident(IncidentRow("A", "gate", T0, None, "", "", T0))
+        second.insert_incident(IncidentRow("B", "*", T0, T0 + MIN, "", "", T0))
+        assert second.incident_changes() == first.incident_changes() == 2
+        second.close_incident("A", T0 + DAY, "boss")
+        assert first.incident_changes() == 3 and first.count_open_incidents() == 1
+        with pytest.raises(CatalogError), first.transaction():  # a rolled-back open is not counted
+            first.insert_incident(IncidentRow("C", "gate", T0, None, "", "", T0))
+            raise CatalogError("audit line not written")
+        assert second.incident_changes() == 3 and second.get_incident("C") is None
+    finally:
+        first.close()
+        second.close()

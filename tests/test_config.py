@@ -77,7 +77,8 @@ def full() -> dict[str, Any]:
              "encoder": {"codec": "libx264", "bitrate": "2500k", "gop_seconds": 1, "preset": "ultrafast"}},
         ],
         "retention": {"days": 30, "sweep_interval_s": 60, "min_free": "2G"},
-        "incidents": {"pre_roll_s": 10, "post_roll_s": 20, "release_grace_days": 3},
+        "incidents": {"pre_roll_s": 10, "post_roll_s": 20, "release_grace_days": 3, "max_window_days": 14,
+                      "max_open": 5},
         "mqtt": {"enabled": True, "host": "broker.lan", "port": 8884, "client_id": "rec-1",
                  "topic_prefix": "site/cctv", "username": "rec", "password_file": "secrets/mqtt.pw",
                  "tls": {"ca_file": "ca.pem", "cert_file": "/etc/ssl/c.pem", "key_file": "c.key"},
@@ -149,7 +150,8 @@ def test_full_config_sets_every_field():
     assert cfg.retention == config_module.RetentionConfig(days=30.0, sweep_interval_s=60.0,
                                                           min_free_bytes=2 * 1024**3, min_free_pct=None)
     assert cfg.incidents == config_module.IncidentsConfig(pre_roll_s=10.0, post_roll_s=20.0,
-                                                          release_grace_days=3.0)
+                                                          release_grace_days=3.0, max_window_days=14.0,
+                                                          max_open=5)
     assert cfg.mqtt == MqttConfig(
         enabled=True, host="broker.lan", port=8884, client_id="rec-1", topic_prefix="site/cctv",
         username="rec", password_file=BASE / "secrets/mqtt.pw",
@@ -342,6 +344,12 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
      "incidents.pre_roll_s: expected a number from 0 to 86400, got -1"),
     ("grace text", {"incidents.release_grace_days": "7d"},
      "incidents.release_grace_days: expected a number from 0 to 36500, got '7d'"),
+    ("max window zero", {"incidents.max_window_days": 0},
+     "incidents.max_window_days: expected a number > 0 and <= 36500, got 0"),
+    ("max open zero", {"incidents.max_open": 0},
+     "incidents.max_open: expected an integer from 1 to 100000, got 0"),
+    ("max open float", {"incidents.max_open": 2.5},
+     "incidents.max_open: expected an integer from 1 to 100000, got 2.5"),
     # mqtt
     ("mqtt port text", {"mqtt.port": "abc"}, "mqtt.port: expected an integer from 1 to 65535, got 'abc'"),
     ("mqtt port zero", {"mqtt.port": 0}, "mqtt.port: expected an integer from 1 to 65535, got 0"),

@@ -39,7 +39,7 @@ from edgerec.audit import verify_audit
 from edgerec.catalog import Catalog
 from edgerec.config import load_config
 from edgerec.errors import SegmentError
-from edgerec.incidents import rfc3339
+from edgerec.timefmt import rfc3339
 from tests.broker import Broker, Listener, mosquitto_available
 from tests.daemon_helpers import Daemon, OfficerKey, wait_for, write_config
 

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from edgerec.catalog import Catalog, SegmentRow
-from edgerec.incidents import rfc3339
+from edgerec.timefmt import rfc3339
 from tests.broker import LOOPBACK, Broker, Listener, Received, free_port, make_test_ca, mosquitto_available
 from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
 

@@ -27,6 +27,7 @@ import pytest
 from edgerec.cli import refuse_root_on_foreign_data_dir
 from edgerec.configwatch import ConfigFileWatcher
 from edgerec.errors import UsageError
+from edgerec.timefmt import rfc3339
 from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
 from tests.media import free_port, make_h264_clip
 
@@ -348,7 +349,7 @@ def test_status_command_reports_the_running_daemon_from_the_runtime_directory_wi
         wait_for(gate_has_footage, 20, "a status file with recorded footage in the runtime directory")
         assert not (data_dir / "status.json").exists()  # the SD card is not rewritten every 2 s
         opened = run_cli("incident", "open", "-c", str(cfg), "--id", "INC-7",
-                         "--from", "2020-01-01T00:00:00Z", "--reason", "test", timeout=30)
+                         "--from", rfc3339(time.time_ns() - 600 * 10**9), "--reason", "test", timeout=30)
         assert opened.returncode == 0, opened.stderr
         wait_for(lambda: json.loads(status_path.read_text())["incidents_open"] == 1, 10,
                  "the open incident in the status")

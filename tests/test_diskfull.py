@@ -159,14 +159,6 @@ def sealed(data_dir: Path) -> list[Path]:
     return sorted(data_dir.glob("gate/*/*.seg"), key=lambda p: p.name)
 
 
-# Known recorder problem (edgerec/recorder.py, Recorder._abandon_writer): when a segment cannot be sealed
-# because the disk is full, its .partial is left for start-up recovery but the recorder's hash chain is
-# not advanced, so the next segment reuses the sequence number and links to the segment before. Recovery
-# then makes two segments with one sequence number, and `edgerec verify` reports the chain as broken.
-RECORDER_CHAIN_AFTER_ENOSPC = ("recorder reuses the sequence number of a segment it could not seal on a full "
-                               "disk (Recorder._abandon_writer), so the recovered segment breaks the chain")
-
-
 def assert_every_file_verifies(cfg: Path, officer: OfficerKey, data_dir: Path) -> None:
     """After a restart's reconciliation: no unfinished segment is left, and every segment verifies
     (framing, signature, every chunk decrypted with the officer's key, the per-camera hash chain)."""
@@ -174,16 +166,12 @@ def assert_every_file_verifies(cfg: Path, officer: OfficerKey, data_dir: Path) -
     infos = [segfile.read_info(path) for path in sealed(data_dir)]
     assert {i.state for i in infos} <= {"sealed", "recovered"}
     assert verify_audit(data_dir / "audit.log").ok
+    sequences = [i.meta.sequence for i in infos]
+    assert len(set(sequences)) == len(sequences), f"a sequence number used twice: {sequences}"
     verify = run_cli("verify", "-c", str(cfg), "--key", str(officer.private_path), "--json")
     report = json.loads(verify.stdout)
-    if report["ok"]:
-        assert verify.returncode == 0
-        return
-    sequences = [i.meta.sequence for i in infos]
-    chain_only = all("hash chain broken" in problem for problem in report["problems"])
-    if chain_only and len(set(sequences)) < len(sequences) and any(i.state == "recovered" for i in infos):
-        pytest.xfail(RECORDER_CHAIN_AFTER_ENOSPC)
-    raise AssertionError(f"verify found problems: {report['problems']}")
+    assert report["ok"], f"verify found problems: {report['problems']}"
+    assert verify.returncode == 0
 
 
 def restart_for_reconciliation(cfg: Path, log_path: Path) -> None:

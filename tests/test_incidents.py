@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace as dc_replace
 from datetime import UTC, datetime
 
 import pytest
@@ -20,7 +21,10 @@ from edgerec.incidents import (
     parse_command,
     parse_rfc3339,
     parse_time,
+    rfc3339,
+    window_limit_problem,
 )
+from tests.daemon_helpers import run_cli, write_config
 from tests.test_catalog import DAY, MIN, T0, add_segment, make_config
 
 CAMERAS = ("gate", "yard")
@@ -281,3 +285,84 @@ def test_list_open_and_all(env):
     assert d["from"] == "2026-11-20T09:55:00.000Z" and d["to"] == "2026-11-20T10:30:00.000Z"
     assert d["state"] == "open"
     assert datetime.fromisoformat(d["opened"].replace("Z", "+00:00")).tzinfo == UTC
+
+
+# ----- limits -------------------------------------------------------------------------------------------
+def test_window_limit_bounds_from_before_now_and_the_closed_window_length():
+    assert window_limit_problem(NOW - 31 * DAY, None, NOW, 31) is None  # exactly the limit: allowed
+    assert "before now" in window_limit_problem(NOW - 31 * DAY - 1, None, NOW, 31)
+    assert window_limit_problem(NOW - 10 * DAY, NOW - 10 * DAY + 31 * DAY, NOW, 31) is None
+    assert "spans 31.0 days" in window_limit_problem(NOW - 10 * DAY, NOW + 21 * DAY + 1, NOW, 31)
+    # A future window is bounded by its length too; an open-ended one from now is always allowed.
+    assert "spans" in window_limit_problem(NOW + DAY, NOW + 40 * DAY, NOW, 31)
+    assert window_limit_problem(NOW, None, NOW, 0.5) is None
+
+
+def limited_service(data_dir, **limits):
+    cfg = make_config(data_dir)
+    cfg = dc_replace(cfg, incidents=dc_replace(cfg.incidents, **limits))
+    return IncidentService(Catalog.open(data_dir), AuditLog(data_dir / "audit.log"), cfg)
+
+
+def test_open_from_further_back_than_max_window_days_is_refused_and_audited(tmp_path):
+    service = limited_service(tmp_path, max_window_days=31)
+    try:
+        since_1970 = parse({"action": "open", "id": "ALL", "camera": "*", "from": "1970-01-01T00:00:00Z",
+                            "by": "mallory"})
+        result = service.apply(since_1970, NOW)
+        assert not result.ok and "incidents.max_window_days allows 31" in result.error
+        too_long = open_cmd(id="LONG", **{"from": rfc3339(NOW - DAY), "to": rfc3339(NOW + 31 * DAY)})
+        assert "spans 32.0 days" in service.apply(too_long, NOW).error
+        assert service.catalog.incidents() == []  # nothing stored
+        refused = [e for e in audit_events(tmp_path) if e["event"] == "incident_refused"]
+        assert [(e["id"], e["by"], e["from"]) for e in refused] == [
+            ("ALL", "mallory", "1970-01-01T00:00:00.000Z"), ("LONG", "officer", rfc3339(NOW - DAY))]
+        assert verify_audit(tmp_path / "audit.log").ok
+        # Open-ended from 30 days back is within the limit and stays open-ended.
+        ok = open_cmd(id="OPEN-ENDED", camera="*", **{"from": rfc3339(NOW - 30 * DAY), "to": None})
+        assert service.apply(ok, NOW).ok
+        assert service.catalog.get_incident("OPEN-ENDED").to_ns is None
+    finally:
+        service.catalog.close()
+
+
+def test_one_more_than_max_open_incidents_is_refused(tmp_path):
+    service = limited_service(tmp_path, max_open=2)
+    try:
+        assert service.apply(open_cmd(id="A"), NOW).ok
+        assert service.apply(open_cmd(id="B"), NOW).ok
+        third = service.apply(open_cmd(id="C"), NOW)
+        assert not third.ok and "2 incidents are open, incidents.max_open allows 2" in third.error
+        assert service.catalog.get_incident("C") is None
+        assert service.apply(open_cmd(id="A"), NOW + MIN).duplicate  # a re-sent open is not a new incident
+        assert service.apply(parse({"action": "close", "id": "A", "by": "officer"}), NOW).ok
+        assert service.apply(open_cmd(id="C"), NOW).ok  # closing one makes room
+        assert [e["id"] for e in audit_events(tmp_path) if e["event"] == "incident_refused"] == ["C"]
+    finally:
+        service.catalog.close()
+
+
+def test_refusals_over_mqtt_handle_are_error_replies(tmp_path):
+    service = limited_service(tmp_path, max_open=1)
+    try:
+        assert service.handle({**OPEN, "id": "A"}, NOW).ok
+        reply = service.handle({**OPEN, "id": "B"}, NOW).to_json_dict()
+        assert reply["ok"] is False and reply["id"] == "B" and "max_open" in reply["error"]
+    finally:
+        service.catalog.close()
+
+
+def test_cli_open_over_the_limit_exits_1_and_stores_nothing(tmp_path, officer):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=data_dir,
+                       cameras=[{"name": "gate", "url": "testsrc"}], incidents={"max_window_days": 2})
+    proc = run_cli("incident", "open", "--config", str(cfg), "--id", "OLD", "--camera", "gate",
+                   "--from", "2020-01-01T00:00:00Z", "--by", "tester")
+    assert proc.returncode == 1, proc.stderr
+    assert "max_window_days" in proc.stdout
+    catalog = Catalog.open(data_dir)
+    try:
+        assert catalog.incidents() == []
+    finally:
+        catalog.close()

@@ -35,6 +35,7 @@ from edgerec.mqtt import (
     open_now_id,
     read_password_file,
 )
+from edgerec.timefmt import rfc3339
 from tests.broker import LOOPBACK, Broker, Listener, make_test_ca, mosquitto_available, wait_until
 
 pytestmark = [pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed"),
@@ -179,7 +180,7 @@ def test_open_now_expands_to_an_open_ended_open_for_every_camera() -> None:
     assert cmd["action"] == "open"
     assert cmd["id"] == open_now_id(NOW_NS) == "NOW-20261125T094640Z"
     assert cmd["camera"] == "*" and cmd["to"] is None
-    assert cmd["from"] == "2026-11-25T09:46:40Z" and cmd["by"] == "home-assistant"
+    assert cmd["from"] == "2026-11-25T09:46:40.000Z" and cmd["by"] == "home-assistant"
     assert expand_open_now({"action": "open_now", "id": "MINE", "camera": "gate"}, NOW_NS)["id"] == "MINE"
 
 
@@ -432,7 +433,7 @@ def test_field_level_errors_get_error_replies_through_the_real_parser(broker: Br
             close_unknown = command(listener, h.topics, {"action": "close", "id": "NEVER-OPENED"})
             assert close_unknown["ok"] is False and close_unknown["error"]
             good = command(listener, h.topics, {"action": "open", "id": "INC-OK", "camera": "gate",
-                                                "from": "2026-11-20T09:55:00Z", "to": None,
+                                                "from": rfc3339(time.time_ns() - 600 * 10**9), "to": None,
                                                 "reason": "test", "by": "pytest", "transaction": "t1"})
             assert good["ok"] is True and good["transaction"] == "t1" and good["id"] == "INC-OK"
         finally:

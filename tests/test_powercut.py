@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from edgerec.incidents import rfc3339
+from edgerec.timefmt import rfc3339
 from tests.broker import Broker, Listener, mosquitto_available
 from tests.daemon_helpers import REPO, OfficerKey, wait_for
 from tests.test_crashloop import (

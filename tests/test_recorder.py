@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -259,3 +261,117 @@ def test_plaintext_scan_finds_ts_and_h264_but_not_random_bytes(tmp_path: Path) -
     elementary = b"".join(p[3] for p in video_packets(clip))
     assert any("H.264" in f for f in plaintext_video_findings(elementary))
     assert plaintext_video_findings(os.urandom(1 << 20)) == []
+
+
+class FullDisk:
+    """An ENOSPC switch for the segment files: while ``full`` is set, segfile's writes and the recovery
+    of a ``.partial`` fail as on a full filesystem (the rest of the system is left alone)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.full = threading.Event()
+        real_os, real_recover = segfile.os, segfile.recover_partial
+        disk = self
+
+        class _Os:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real_os, name)
+
+            @staticmethod
+            def write(fd: int, data: Any) -> int:
+                if disk.full.is_set():
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return real_os.write(fd, data)
+
+        def recover_partial(partial: Path, signing_key: Any) -> segfile.SealedSegment:
+            if disk.full.is_set():
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_recover(partial, signing_key)
+
+        monkeypatch.setattr(segfile, "os", _Os())
+        monkeypatch.setattr(segfile, "recover_partial", recover_partial)
+
+
+def fill_disk_mid_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Rig, FullDisk, Path, int]:
+    """A recorder whose open segment has footage on disk when the disk fills up; returns once the segment
+    could not be sealed and recording waits: (rig, disk, the unsealed .partial, frames on disk before)."""
+    clip = tmp_path / "clip.mp4"
+    make_h264_clip(clip, 2, fps=25, gop=25)
+    disk = FullDisk(monkeypatch)
+    camera = CameraConfig("yard", str(clip), realtime=True, loop=True)
+    rig = make_rig(tmp_path, camera, segment_seconds=60,
+                   durability=DurabilityConfig(flush_seconds=0.2, fsync_seconds=0.5))
+    rig.recorder.start()
+    partial = wait_for(lambda: next(rig.data_dir.rglob("*.partial"), None), 10, "an open segment")
+    on_disk = wait_for(lambda: len(decrypted_packets(partial, rig.private_key, recover=True)) >= 10, 10,
+                       "footage in the open segment")
+    disk.full.set()
+    wait_for(lambda: "cannot recover unsealed segment" in (rig.recorder.stats().last_error or ""), 15,
+             "the segment failing to seal and to recover")
+    assert rig.recorder.stats().state == "waiting_disk"
+    return rig, disk, partial, on_disk
+
+
+def test_segment_unsealed_on_a_full_disk_is_recovered_into_the_chain_when_space_returns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig, disk, partial, frames_before = fill_disk_mid_segment(tmp_path, monkeypatch)
+    try:
+        # Keyframes keep coming: each may retry the recovery, but no new segment starts meanwhile.
+        wait_for(lambda: rig.recorder.stats().reconnects >= 1, 10, "the write failure ending the connection")
+        wait_for(lambda: rig.recorder.stats().state == "waiting_disk", 10,
+                 "a keyframe refused for want of space")
+        assert list(rig.data_dir.rglob("*.partial")) == [partial] and rig.sealed == []
+        disk.full.clear()
+        wait_for(lambda: len(rig.sealed) >= 1 and list(rig.data_dir.rglob("*.partial")), 10,
+                 "the recovered segment and a new one")
+    finally:
+        rig.recorder.stop(5)
+    first = ChainState(7, bytes(range(32)))
+    assert len(rig.sealed) == 2
+    assert_chain(rig.sealed, first)  # 7 (recovered) -> 8: one sequence each, every link in place
+    recovered, after = rig.sealed
+    assert (recovered.state, after.state) == ("recovered", "sealed")
+    assert recovered.path == partial.with_name(partial.name.removesuffix(segfile.PARTIAL_SUFFIX))
+    # Nothing that had reached the disk before it filled up is lost.
+    assert recovered.frames > 0
+    assert len(decrypted_packets(recovered.path, rig.private_key, recover=True)) >= frames_before
+    assert len(decrypted_packets(after.path, rig.private_key)) == after.frames > 0
+    prev = first.prev_digest
+    for seg in rig.sealed:
+        assert segfile.verify(seg.path, private_key=rig.private_key, prev_digest=prev) == []
+        prev = seg.digest
+    assert not list(rig.data_dir.rglob("*.partial"))
+    [(_, from_ns, to_ns, _reason)] = rig.gaps
+    assert from_ns == recovered.end_ns and to_ns == after.meta.start_ns
+
+
+def test_unsealed_segment_damaged_beyond_recovery_is_left_and_the_chain_goes_on_from_the_last_sealed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig, disk, partial, _ = fill_disk_mid_segment(tmp_path, monkeypatch)
+    try:
+        with partial.open("r+b") as f:  # the header torn: as start-up reconciliation would, give up on it
+            f.truncate(20)
+        disk.full.clear()
+        wait_for(lambda: list(set(rig.data_dir.rglob("*.partial")) - {partial}), 10, "a new segment")
+    finally:
+        rig.recorder.stop(5)
+    [after] = rig.sealed
+    # The lost segment's sequence number is not reused, and the chain links to the last sealed segment,
+    # as the catalog sees it once reconciliation has removed or quarantined the damaged file.
+    assert after.meta.sequence == 8 and after.meta.prev_digest == bytes(range(32))
+    assert partial.exists()
+    [(_, from_ns, to_ns, reason)] = rig.gaps
+    assert reason.startswith("unsealed segment lost") and to_ns == after.meta.start_ns
+    assert "unsealed segment" in (rig.recorder.stats().last_error or "")
+
+
+def test_stop_while_the_disk_is_still_full_leaves_the_unsealed_segment_as_the_head_of_the_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig, disk, partial, frames_before = fill_disk_mid_segment(tmp_path, monkeypatch)
+    rig.recorder.stop(5)
+    assert rig.sealed == [] and list(rig.data_dir.rglob("*.partial")) == [partial]
+    assert rig.recorder.chain == ChainState(7, bytes(range(32)))  # nothing started after it
+    # Start-up reconciliation recovers it; the next run's chain goes on from it (the catalog's head).
+    disk.full.clear()
+    recovered = segfile.recover_partial(partial, rig.recorder.signing_key)
+    assert (recovered.meta.sequence, recovered.meta.prev_digest) == (7, bytes(range(32)))
+    assert len(decrypted_packets(recovered.path, rig.private_key, recover=True)) >= frames_before

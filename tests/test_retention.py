@@ -507,3 +507,63 @@ def test_deletions_are_batched_per_directory():
     items = [d(1, "a/2026-11-01/1.seg"), d(2, "b/2026-11-01/1.seg"), d(3, "a/2026-11-01/2.seg"),
              d(4, "a/2026-11-02/1.seg"), d(5, "a/2026-11-01/3.seg")]
     assert [[x.id for x in b] for b in batches_by_directory(items, 2)] == [[1, 3], [5], [2], [4]]
+
+
+# ----- an incident committed while a sweep runs -----------------------------------------------------------
+class OpensAnIncidentAfterNaming:
+    """The sweep's audit log; right after the sweep names its deletions (after the plan, before any row
+    is marked), an operator opens an incident through the real service on another catalog connection."""
+
+    def __init__(self, audit, service, command, now_ns):
+        self.audit, self.service, self.command, self.now_ns = audit, service, command, now_ns
+        self.result = None
+
+    def append_many(self, entries):
+        self.audit.append_many(entries)
+        if self.result is None and any(event == "segments_deleted" for event, _ in entries):
+            self.result = self.service.handle(self.command, self.now_ns)
+
+    def append(self, event, **fields):
+        self.append_many([(event, fields)])
+
+
+def test_incident_opened_between_plan_and_marking_keeps_its_footage(world):
+    from edgerec.incidents import IncidentService, rfc3339
+
+    cfg, catalog, audit, disk, sweeper = world
+    rows = record(catalog, days=1, per_day=24, cameras=("gate", "yard"))
+    now = T0 + 40 * DAY
+    hour = 3600 * 10**9
+    other = Catalog.open(catalog.data_dir)  # as the CLI or another thread would
+    inc_cfg = replace(cfg, incidents=replace(cfg.incidents, max_window_days=60))
+    service = IncidentService(other, AuditLog(catalog.data_dir / "audit.log"), inc_cfg)
+    command = {"action": "open", "id": "LATE", "camera": "gate", "from": rfc3339(T0 + 5 * hour),
+               "to": rfc3339(T0 + 6 * hour), "by": "officer"}
+    sweeper.audit = racer = OpensAnIncidentAfterNaming(audit, service, command, now)
+    try:
+        report = sweeper.sweep(now_ns=now)
+        assert racer.result is not None and racer.result.ok
+        incident = other.get_incident("LATE")
+    finally:
+        other.close()
+    held = {r.id for r in rows if holds(incident, r.camera, r.start_ns, r.end_ns, now, GRACE)}
+    assert len(held) == 3  # 04:00-07:00 on gate, with the rolls
+    deleted = {d.id for d in report.deleted}
+    assert deleted == {r.id for r in rows} - held
+    for r in rows:
+        assert (catalog.data_dir / r.path).exists() == (r.id in held)
+    assert {r.id for r in catalog.segments()} == held and catalog.marked_deleting() == []
+    # The log named them before the incident existed; it says they were spared, and its chain holds.
+    events = [json.loads(line) for line in (catalog.data_dir / "audit.log").read_text().splitlines()]
+    spared = [e for e in events if e["event"] == "segments_spared"]
+    assert len(spared) == 1 and spared[0]["reason"] == "incident"
+    assert set(spared[0]["paths"]) == {r.path for r in rows if r.id in held}
+    assert verify_audit(catalog.data_dir / "audit.log").ok
+
+
+def test_a_sweep_without_incident_changes_spares_nothing(world):
+    cfg, catalog, audit, disk, sweeper = world
+    rows = record(catalog, days=1, per_day=4, cameras=("gate",))
+    report = sweeper.sweep(now_ns=T0 + 40 * DAY)
+    assert {d.id for d in report.deleted} == {r.id for r in rows}
+    assert "segments_spared" not in (catalog.data_dir / "audit.log").read_text()
