@@ -7,6 +7,9 @@ and a stall (no packet for ``stall_seconds``) are all disconnects: the open segm
 is reported down at once (``on_connection``), and up again with its first packet after reconnecting; the
 gap (from the last footage to the next) is reported when it ends (``on_gap``).
 
+A segment that cannot be sealed (the disk is full) keeps its ``.partial``; no new segment starts until it
+is recovered (its complete chunks and a signed ``recovered`` trailer), so the hash chain never forks.
+
 A small timer thread polls the open writer so footage reaches the disk within ``flush_seconds`` even when
 the camera is quiet, and is the stall watchdog. Nothing decoded, and nothing unencrypted, is ever written
 to the data directory.
@@ -538,7 +541,7 @@ class Recorder:
 
     def _abandon_writer(self, writer: SegmentWriter, error: BaseException) -> None:
         """The segmenter's ``abort_sink`` after a write failure: seal what is there if the disk lets us;
-        otherwise the ``.partial`` stays for start-up recovery."""
+        otherwise the ``.partial`` is recovered before the next segment starts (see ``_recover_unsealed``)."""
         self._writer = None
         log.error("segment write failed camera=%s path=%s error=%s", self.camera.name, writer.path, error)
         try:
@@ -548,9 +551,10 @@ class Recorder:
             # a signed "recovered" trailer) before the next segment starts, or at the next start-up.
             log.error("segment not sealed; recovering it before the next one camera=%s sequence=%d path=%s "
                       "error=%s", self.camera.name, writer.meta.sequence, writer.partial_path, exc)
+            # Not recovered at once: the catalog could not take it on a full disk either. The next segment's
+            # start (once the disk-full gate opens) or the stop tries it first.
             self._unsealed = _Unsealed(writer.partial_path, writer.meta)
             self._unsealed_retry_mono = 0.0
-            self._recover_unsealed()  # cutting the torn chunk may already leave room for the trailer
             return
         self._after_seal(sealed, sealed.end_ns)
 

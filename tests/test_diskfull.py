@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,7 @@ def test_enospc_with_only_held_footage_pauses_recording_as_disk_full_and_resumes
     with Daemon(cfg, tmp_path / "daemon.log") as d:
         wait_for(lambda: len(sealed(data)) >= 2, 60, "two recorded segments")
         opened = run_cli("incident", "open", "-c", str(cfg), "--id", "HOLD", "--camera", "*", "--from",
-                         "2026-11-01T00:00:00Z", "--json", check=True)
+                         rfc3339(time.time_ns() - 3600 * 10**9), "--json", check=True)
         assert json.loads(opened.stdout)["ok"]
         fill_up(fs / "filler")
         wait_for(lambda: read_status(tmp_path).get("state") == "disk_full", 20,
