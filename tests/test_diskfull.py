@@ -23,8 +23,9 @@ import pytest
 from edgerec import segfile
 from edgerec.audit import verify_audit
 from edgerec.incidents import parse_rfc3339
+from edgerec.timefmt import rfc3339
 from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
-from tests.test_retention_e2e import S, make_site, newest_end_ns, recording, rfc3339  # noqa: F401
+from tests.test_retention_e2e import S, make_site, newest_end_ns, recording  # noqa: F401
 
 MIB = 1024 * 1024
 

@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from edgerec.audit import verify_audit
 from edgerec.clock import ClockReading
 from edgerec.config import load_config
 from edgerec.incidents import parse_rfc3339
+from edgerec.timefmt import rfc3339
 from tests.daemon_helpers import OfficerKey, run_cli, write_config
 from tests.media import make_h264_clip
 
@@ -27,10 +27,6 @@ DAY = 86_400 * S
 CAMERAS = ("gate", "yard")
 CLIP_SECONDS = 8  # 1-second segments: 8 per camera
 GRACE_DAYS = 30  # longer than the 29 days the sweeps jump ahead, so a closed hold is seen to linger
-
-
-def rfc3339(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def camera_entries(clip: Path, **overrides: dict[str, Any]) -> list[dict[str, Any]]:
