@@ -25,10 +25,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .fsutil import fsync_dir
 from .timefmt import rfc3339
@@ -98,25 +99,18 @@ class AuditLog:
         them counts as written (a torn tail is cut at the next append)."""
         if not entries:
             return
-        with self._lock:
-            fd = self._open_rw()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                with open(fd, "r+b", closefd=False) as f:
-                    n, prev, torn = self._tail_state(f)
-                    if torn is not None:
-                        n, prev = self._cut_torn_tail(f, fd, n, prev, torn)
-                    ts = rfc3339(self._clock_ns())
-                    lines = []
-                    for event, fields in entries:
-                        n += 1
-                        line = encode_line(n, ts, event, fields, prev)
-                        prev = line_hash(line)
-                        lines.append(line)
-                    f.flush()
-                    _write_at_end(fd, f.seek(0, os.SEEK_END), b"\n".join(lines) + b"\n")
-            finally:
-                os.close(fd)  # also releases the flock
+        with self._locked_tail() as (f, fd, n, prev, torn):
+            if torn is not None:
+                n, prev = self._cut_torn_tail(f, fd, n, prev, torn)
+            ts = rfc3339(self._clock_ns())
+            lines = []
+            for event, fields in entries:
+                n += 1
+                line = encode_line(n, ts, event, fields, prev)
+                prev = line_hash(line)
+                lines.append(line)
+            f.flush()
+            _write_at_end(fd, f.seek(0, os.SEEK_END), b"\n".join(lines) + b"\n")
 
     def repair_tail(self) -> int:
         """Cut a line torn by a power cut (no final newline) and record the cut as ``audit_torn_tail``,
@@ -124,17 +118,23 @@ class AuditLog:
         The daemon calls it at start-up, so that the log verifies before anything else is appended."""
         if not self.path.exists():
             return 0
+        with self._locked_tail() as (f, fd, n, prev, torn):
+            if torn is None:
+                return 0
+            self._cut_torn_tail(f, fd, n, prev, torn)  # flushes its line
+            os.fsync(fd)
+            return len(torn)
+
+    @contextmanager
+    def _locked_tail(self) -> Iterator[tuple[BinaryIO, int, int, str, bytes | None]]:
+        """The log opened read-write under this process's lock and an exclusive ``flock`` (other
+        processes append too), with its tail state: (file, fd, lines, hash of the last line, torn tail)."""
         with self._lock:
             fd = self._open_rw()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 with open(fd, "r+b", closefd=False) as f:
-                    n, prev, torn = self._tail_state(f)
-                    if torn is None:
-                        return 0
-                    self._cut_torn_tail(f, fd, n, prev, torn)
-                os.fsync(fd)
-                return len(torn)
+                    yield (f, fd, *self._tail_state(f))
             finally:
                 os.close(fd)  # also releases the flock
 

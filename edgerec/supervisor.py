@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, clock, keys, notify, statusfile
@@ -536,25 +536,30 @@ class Daemon:
         new_cams = {c.name: c for c in new.cameras if c.enabled}
         recording_changed = (old.segment_seconds, old.durability, old.recipients, old.health) != (
             new.segment_seconds, new.durability, new.recipients, new.health)
-        for name in old_cams.keys() - new_cams.keys():
+        removed = sorted(old_cams.keys() - new_cams.keys())
+        for name in removed:
             self._stop_camera(name)
+        restarted = []
         for name, cam in new_cams.items():
             if name in old_cams and old_cams[name] == cam and not recording_changed:
                 continue
             if name in self.slots:
                 self._stop_camera(name)  # seals the open segment: the restart is at a segment boundary
+                restarted.append(name)
             self._start_camera(cam)
         self.incidents = IncidentService(self.catalog, self.audit, new)
         # The same sweeper keeps its clock history, so a reload cannot make it trust a jumped clock.
         self.sweeper.reconfigure(new)
-        if replace(old.mqtt) != new.mqtt:
+        if old.mqtt != new.mqtt:
             if self.mqtt is not None:
                 self.mqtt.stop()
             self._start_mqtt()
         elif self.mqtt is not None:
             self.mqtt.reconfigure(new)  # same link; discovery follows the cameras added or removed
         self._status_dirty.set()
-        self._audit("config_changed", path=str(path))
+        added = sorted(new_cams.keys() - old_cams.keys())
+        self._audit("config_changed", path=str(path), cameras_added=added, cameras_removed=removed,
+                    cameras_restarted=sorted(restarted))
         log.info("config reloaded path=%s cameras=%s", path, ",".join(sorted(new_cams)))
 
     # ----- main loop ----------------------------------------------------------------------------------

@@ -251,14 +251,19 @@ def test_finish_starts_a_new_run_with_a_new_wall_clock_anchor(tmp_path: Path) ->
     make_h264_clip(clip, 2, fps=25, gop=25)
     collector = Collector()
     seg = None
+    # The segmenter muxes with the first source's stream as its template, so every source stays open
+    # until the end: a stream of a closed container must never be used (PyAV would read freed memory).
+    sources = []
     for run, arrival in enumerate((T0_NS, T0_NS + 3600 * 10**9)):
         source = open_source(CameraConfig("test", str(clip), realtime=False, loop=False))
+        sources.append(source)
         seg = seg or collector.segmenter(source.stream, 1.0)
         for packet in source.packets():
             seg.push(packet, arrival)
         seg.finish()
-        source.close()
         assert collector.closed[-2][1].start_ns == arrival, f"run {run}"
+    for source in sources:
+        source.close()
     assert len(collector.closed) == 4
 
 
