@@ -36,6 +36,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.daemon_helpers import wait_for
+
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -130,15 +132,8 @@ def free_port() -> int:
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float = WAIT_TIMEOUT_S, what: str = "condition",
                interval_s: float = 0.01) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.1f} s waiting for {what}")
-        time.sleep(interval_s)
+    """``tests.daemon_helpers.wait_for`` with this module's defaults (short poll for broker round trips)."""
+    return wait_for(predicate, timeout_s, what, interval_s)
 
 
 class Broker:

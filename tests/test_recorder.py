@@ -7,7 +7,6 @@ import io
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from edgerec import segfile
 from edgerec.config import CameraConfig, DurabilityConfig
 from edgerec.recorder import ChainState, Recorder, RecorderClock, backoff_delay, segment_path
+from tests.daemon_helpers import wait_for
 from tests.media import (
     make_h264_clip,
     rtsp_server_available,
@@ -57,16 +57,6 @@ def make_rig(tmp_path: Path, camera: CameraConfig, **kwargs: Any) -> Rig:
                         signing_key=Ed25519PrivateKey.generate(), on_sealed=sealed.append,
                         on_gap=lambda *gap: gaps.append(gap), **options)
     return Rig(recorder, data_dir, private_key, sealed, gaps)
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def decrypted_packets(path: Path, private_key: X25519PrivateKey, *, recover: bool = False) -> list[bytes]:

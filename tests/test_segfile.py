@@ -14,9 +14,7 @@ import sys
 import tempfile
 import textwrap
 import threading
-import time
 import types
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,6 +29,7 @@ from hypothesis import strategies as st
 from edgerec import keys, segfile
 from edgerec.errors import SegmentError
 from edgerec.segfile import SegmentWriter
+from tests.daemon_helpers import wait_for
 from tests.segfile_helpers import (
     START_NS,
     Record,
@@ -976,14 +975,6 @@ def _child_stream(n: int) -> bytes:
     return bytes(out[:n])
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def test_killed_writer_leaves_a_partial_whose_complete_chunks_all_recover(tmp_path: Path) -> None:
     recipient_file = tmp_path / "officer.key"
     keys.generate_recipient(recipient_file)
@@ -996,7 +987,7 @@ def test_killed_writer_leaves_a_partial_whose_complete_chunks_all_recover(tmp_pa
         cwd=REPO_ROOT,
     )
     try:
-        _wait_for(lambda: partial.exists() and partial.stat().st_size > 300_000, 30, "the child to write")
+        wait_for(lambda: partial.exists() and partial.stat().st_size > 300_000, 30, "the child to write")
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
