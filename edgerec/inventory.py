@@ -17,11 +17,19 @@ from .errors import SegmentError
 from .timefmt import rfc3339
 
 SEGMENT_SUFFIX = ".seg"
-# <camera>/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.mmmZ>.seg, as written by the recorder.
 _NAME = re.compile(r"^(\d{8}T\d{6})\.(\d{3})Z\.seg$")
 
 
+def segment_path(data_dir: Path, camera: str, start_ns: int) -> Path:
+    """``<data_dir>/<camera>/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.mmmZ>.seg`` (UTC): sortable, filesystem-safe."""
+    seconds, rest_ns = divmod(start_ns, 1_000_000_000)
+    when = datetime.fromtimestamp(seconds, UTC)
+    name = f"{when:%Y%m%dT%H%M%S}.{rest_ns // 1_000_000:03d}Z{SEGMENT_SUFFIX}"
+    return Path(data_dir) / camera / f"{when:%Y-%m-%d}" / name
+
+
 def start_ns_from_name(path: Path) -> int | None:
+    """The start time a segment's name carries (the inverse of ``segment_path``); None for other names."""
     m = _NAME.match(path.name)
     if m is None:
         return None

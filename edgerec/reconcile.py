@@ -29,11 +29,11 @@ from . import segfile
 from .catalog import Catalog
 from .errors import CatalogError, SegmentError
 from .fsutil import fsync_dir
+from .inventory import SEGMENT_SUFFIX
 
 log = logging.getLogger(__name__)
 
 QUARANTINE_DIR = "quarantine"
-SEGMENT_SUFFIX = ".seg"
 PARTIAL_SUFFIX = SEGMENT_SUFFIX + segfile.PARTIAL_SUFFIX
 _LISTING_CACHE_DIRS = 8
 

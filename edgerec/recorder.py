@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,13 @@ from . import clock as kernel_clock
 from . import segfile
 from .config import CameraConfig, DurabilityConfig
 from .errors import EdgerecError, SegmentError, SourceError
+from .inventory import segment_path
 from .segfile import PARTIAL_SUFFIX, SealedSegment, SegmentMeta, SegmentWriter
 from .segmenter import Segmenter, SegmentSummary, SinkFailed
 from .source import NETWORK_KINDS, Source, is_live, open_source
 
 log = logging.getLogger(__name__)
 
-SEGMENT_SUFFIX = ".seg"
 CONTAINER = "mpegts"
 POLL_INTERVAL_S = 0.2
 BACKOFF_INITIAL_S = 1.0
@@ -52,14 +51,6 @@ PENDING_RETRY_S = 1.0  # how often an unsealed segment's recovery is retried whi
 
 
 # ----- pure helpers -------------------------------------------------------------------------------------
-def segment_path(data_dir: Path, camera: str, start_ns: int) -> Path:
-    """``<data_dir>/<camera>/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.mmmZ>.seg`` (UTC): sortable, filesystem-safe."""
-    seconds, rest_ns = divmod(start_ns, 1_000_000_000)
-    when = datetime.fromtimestamp(seconds, UTC)
-    name = f"{when:%Y%m%dT%H%M%S}.{rest_ns // NS_PER_MS:03d}Z{SEGMENT_SUFFIX}"
-    return Path(data_dir) / camera / f"{when:%Y-%m-%d}" / name
-
-
 def backoff_delay(attempt: int, rand: Callable[[], float] = random.random,
                   initial_s: float = BACKOFF_INITIAL_S, max_s: float = BACKOFF_MAX_S) -> float:
     """Seconds to wait before reconnect ``attempt`` (0-based): doubling from ``initial_s`` up to ``max_s``,

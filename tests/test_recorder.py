@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgerec import segfile
 from edgerec.config import CameraConfig, DurabilityConfig
+from edgerec.inventory import start_ns_from_name
 from edgerec.recorder import ChainState, Recorder, RecorderClock, backoff_delay, segment_path
 from tests.daemon_helpers import wait_for
 from tests.media import (
@@ -232,6 +233,9 @@ def test_segment_path_is_utc_sortable_and_filesystem_safe() -> None:
     assert path == Path("/d/gate/2026-11-24/20261124T161200.123Z.seg")
     later = segment_path(Path("/d"), "gate", 1_795_536_720_124_000_000)
     assert path.name < later.name
+    # The listing reads the start back from the name, to the millisecond.
+    assert start_ns_from_name(path) == 1_795_536_720_123_000_000
+    assert start_ns_from_name(Path("/d/gate/2026-11-24/notes.txt")) is None
 
 
 def test_backoff_doubles_from_one_second_to_thirty_with_jitter() -> None:
