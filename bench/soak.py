@@ -41,7 +41,7 @@ from edgerec.catalog import Catalog  # noqa: E402
 from edgerec.incidents import rfc3339  # noqa: E402
 from tests.broker import Broker, Listener  # noqa: E402
 from tests.daemon_helpers import Daemon, make_officer_key, run_cli, wait_for, write_config  # noqa: E402
-from tests.media import make_h264_clip, start_rtsp_server, stop_process  # noqa: E402
+from tests.media import free_port, make_h264_clip, start_rtsp_server, stop_process  # noqa: E402
 
 S = 1_000_000_000
 DEVICE = "soakdev"
@@ -162,7 +162,7 @@ def run_soak(soak: Soak) -> dict[str, Any]:
     make_h264_clip(clip, seconds=10, fps=25, gop=25, size=(320, 240))
     data_dir = work / "data"
     broker = Broker(work / "broker", persistence=True).start()
-    rtsp_port = _free_port()
+    rtsp_port = free_port()
     url, rtsp = start_rtsp_server(clip, loop=True, port=rtsp_port)
     cfg = write_config(
         work / "edgerec.yaml", officer=officer, data_dir=data_dir, device_id=DEVICE,
@@ -295,12 +295,6 @@ def run_soak(soak: Soak) -> dict[str, Any]:
         if rtsp is not None:
             stop_process(rtsp)
         broker.kill()
-
-
-def _free_port() -> int:
-    from tests.media import free_port
-
-    return free_port()
 
 
 def _sweep(soak: Soak, cfg: Path, data_dir: Path, offset_s: float) -> None:

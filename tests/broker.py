@@ -37,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.daemon_helpers import wait_for
+from tests.media import free_port
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10.0
@@ -124,10 +125,6 @@ def mosquitto_password_line(user: str, password: str) -> str:
 
 
 # ----- broker -------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float = WAIT_TIMEOUT_S, what: str = "condition",

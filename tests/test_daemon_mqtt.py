@@ -27,8 +27,9 @@ import yaml
 
 from edgerec.catalog import Catalog, SegmentRow
 from edgerec.timefmt import rfc3339
-from tests.broker import LOOPBACK, Broker, Listener, Received, free_port, make_test_ca, mosquitto_available
+from tests.broker import LOOPBACK, Broker, Listener, Received, make_test_ca, mosquitto_available
 from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
+from tests.media import free_port
 
 pytestmark = [pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed"),
               pytest.mark.timeout(90)]

@@ -37,6 +37,7 @@ from edgerec.mqtt import (
 )
 from edgerec.timefmt import rfc3339
 from tests.broker import LOOPBACK, Broker, Listener, make_test_ca, mosquitto_available, wait_until
+from tests.media import free_port
 
 pytestmark = [pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed"),
               pytest.mark.timeout(60)]
@@ -526,7 +527,7 @@ def test_command_sent_while_link_was_stopped_is_delivered_when_it_returns(tmp_pa
 
 def test_link_starts_with_broker_down_and_connects_when_it_appears(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "late")
-    broker.port = _free_port()
+    broker.port = free_port()
     h = Harness(make_config(broker, new_device_id(), tmp_path, discovery=False))
     h.start()
     try:
@@ -537,12 +538,6 @@ def test_link_starts_with_broker_down_and_connects_when_it_appears(tmp_path: Pat
             h.stop()
     finally:
         h.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def test_broker_restart_brings_link_back_online_with_status_republished(tmp_path: Path) -> None:
@@ -635,7 +630,7 @@ def test_tls_with_test_ca_password_file_and_acl(tmp_path: Path) -> None:
 
 def test_unreadable_credentials_are_config_errors(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "unused")
-    broker.port = _free_port()
+    broker.port = free_port()
     for mqtt_settings in ({"username": "u", "password_file": tmp_path / "missing"},
                           {"tls": TlsConfig(ca_file=tmp_path / "missing-ca.crt")}):
         link = MqttLink(make_config(broker, new_device_id(), tmp_path, **mqtt_settings), status=dict,
@@ -699,7 +694,7 @@ def test_link_threads_survive_a_failing_status_callback(broker: Broker, tmp_path
 
 def test_stop_returns_promptly_when_the_broker_is_unreachable(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "never")
-    broker.port = _free_port()
+    broker.port = free_port()
     link = MqttLink(make_config(broker, new_device_id(), tmp_path), status=dict, incidents=list,
                     on_command=ok_reply)
     link.start()

@@ -10,32 +10,12 @@ import pytest
 
 from edgerec import segfile
 from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
-from tests.media import decoded_frame_hashes, make_h264_clip, start_rtsp_server
-
-TS_PACKET = 188
+from tests.media import decoded_frame_hashes, make_h264_clip, scan_tree_for_plaintext, start_rtsp_server
 
 
-def find_plaintext_video(data: bytes) -> str | None:
-    """Name the first sign of unencrypted video in ``data``: an MPEG-TS packet run or an H.264 SPS/IDR."""
-    start = 0
-    while (i := data.find(b"\x47", start)) != -1 and i + 5 * TS_PACKET < len(data):
-        if all(data[i + k * TS_PACKET] == 0x47 for k in range(1, 6)):
-            return f"MPEG-TS sync bytes at {i}"
-        start = i + 1
-    for nal in (b"\x00\x00\x00\x01\x67", b"\x00\x00\x00\x01\x65", b"\x00\x00\x00\x01\x68"):
-        if (i := data.find(nal)) != -1:
-            return f"H.264 start code + NAL {nal[-1]:#x} at {i}"
-    return None
-
-
-def assert_no_plaintext(root: Path) -> int:
-    scanned = 0
-    for path in root.rglob("*"):
-        if path.is_file():
-            found = find_plaintext_video(path.read_bytes())
-            assert found is None, f"{path}: {found}"
-            scanned += 1
-    return scanned
+def assert_no_plaintext(root: Path) -> None:
+    found = scan_tree_for_plaintext(root)
+    assert not found, found
 
 
 def segment_paths(data_dir: Path, camera: str) -> list[Path]:
