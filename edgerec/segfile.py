@@ -383,7 +383,7 @@ class SegmentWriter:
     sealed record is kept and written again, byte for byte, before anything else by the next ``write``,
     ``poll`` or ``close`` (never re-encrypted: a chunk's nonce is used for one plaintext only). If even
     the repair fails, the writer refuses further work and the ``.partial`` is left for
-    ``recover_partial``.
+    ``recover_partial`` (``close`` then releases the descriptor and raises ``SegmentError``).
     """
 
     def __init__(
@@ -544,7 +544,11 @@ class SegmentWriter:
         On an exception the file stays as ``.partial`` for ``recover_partial`` and the writer is done.
         """
         with self._lock:
-            self._check_usable()
+            if self._broken is not None:
+                # The writer refuses to seal, but its descriptor must go all the same: a camera on a
+                # failing disk would otherwise leak one per segment until the process runs out.
+                self._release_fd()
+            self._check_usable()  # broken: still a SegmentError, so the caller recovers the .partial
             try:
                 while len(self._buf) > self._chunk_bytes:
                     self._seal(last=False)
@@ -589,13 +593,13 @@ class SegmentWriter:
 
     # -- internals (called with self._lock held)
     def _check_usable(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"segment writer for {self._path} is closed")
-        if self._broken is not None:
+        if self._broken is not None:  # first: a broken writer is closed by close() and still says why
             raise SegmentError(
                 self._partial, self._offset,
                 f"writer stopped after an I/O error ({self._broken}); recover the .partial file",
             )
+        if self._closed:
+            raise RuntimeError(f"segment writer for {self._path} is closed")
 
     def _seal(self, last: bool) -> None:
         self._write_unwritten()  # records reach the file in nonce order
@@ -647,13 +651,18 @@ class SegmentWriter:
         self._offset += len(data)
 
     def _release_fd(self, *, sync: bool = False) -> None:
+        """Close the descriptor once; later calls do nothing (closing a number twice could close a file
+        some other thread has opened since under the same number)."""
         self._closed = True
         with self._sync_lock:
+            fd, self._fd = self._fd, -1
+            if fd < 0:
+                return
             try:
                 if sync:
-                    os.fdatasync(self._fd)
+                    os.fdatasync(fd)
             finally:
-                os.close(self._fd)
+                os.close(fd)
 
 
 def _check_int64(name: str, value: int) -> None:

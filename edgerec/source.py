@@ -484,6 +484,8 @@ class _Child:
         self.proc = proc
         self.camera = camera
         self._stderr: deque[str] = deque(maxlen=CHILD_STDERR_LINES)
+        self._kill_timer: threading.Timer | None = None
+        self._kill_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read_stderr, name=f"exec-{camera}-stderr", daemon=True)
         self._reader.start()
 
@@ -533,8 +535,23 @@ class _Child:
     def terminate(self) -> None:
         """Signal the child's process group to end (safe from any thread: our end of its stdout stays open
         for the reader, which then sees the end of input). The whole group, because a shell wrapper's
-        children hold the pipe open too."""
+        children hold the pipe open too. A program that ignores SIGTERM (or hangs in its shutdown) would
+        keep the reader blocked on the pipe, so the group gets SIGKILL after ``CHILD_EXIT_TIMEOUT_S``."""
         self._signal(signal.SIGTERM)
+        with self._kill_lock:
+            if self._kill_timer is not None or self.proc.poll() is not None:
+                return
+            timer = threading.Timer(CHILD_EXIT_TIMEOUT_S, self._kill_if_alive)
+            timer.daemon = True
+            timer.name = f"exec-{self.camera}-kill"
+            self._kill_timer = timer
+        timer.start()
+
+    def _kill_if_alive(self) -> None:
+        if self.proc.poll() is None:
+            log.warning("camera process ignored SIGTERM; killing it camera=%s pid=%d", self.camera,
+                        self.proc.pid)
+            self._signal(signal.SIGKILL)
 
     def _signal(self, signum: int) -> None:
         if self.proc.poll() is None:
@@ -554,6 +571,9 @@ class _Child:
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)
                 proc.wait(timeout=CHILD_EXIT_TIMEOUT_S)
+        with self._kill_lock:
+            if self._kill_timer is not None:
+                self._kill_timer.cancel()
         if proc.stdout is not None:
             with contextlib.suppress(OSError):
                 proc.stdout.close()

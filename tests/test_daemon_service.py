@@ -38,19 +38,24 @@ PING_EVERY_S = WATCHDOG_S / 2
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT[\d:]{8}\.\d{3}Z (debug|info|warning|error|critical) [\w.]+: \S")
 
 # A camera program: writes an H.264 file in frame-sized chunks at 25 per second, round and round. While
-# the pause file exists it writes nothing, stays alive and ignores SIGTERM, like a camera program stuck
-# in its driver: the recorder's own stall handling (which ends the program) cannot free its read.
+# the pause file exists it writes nothing and ignores SIGTERM, and a process outside its process group holds
+# its output pipe open: like a camera program stuck in its driver, which not even the SIGKILL that follows
+# the recorder's stall handling ends, so the recorder's read stays blocked until the pause file is gone.
 FEEDER = """\
-import os, signal, sys, time
+import os, signal, subprocess, sys, time
 clip, pause, frames = sys.argv[1], sys.argv[2], int(sys.argv[3])
+HOLD = "import os, sys, time\\nwhile os.path.exists(sys.argv[1]): time.sleep(0.02)"
 data = open(clip, "rb").read()
 chunk = max(1, len(data) // frames)
 out = sys.stdout.buffer
 due = time.monotonic()
 while True:
     for i in range(0, len(data), chunk):
+        holder = None
         while os.path.exists(pause):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if holder is None:
+                holder = subprocess.Popen([sys.executable, "-c", HOLD, pause], start_new_session=True)
             time.sleep(0.02)
             due = time.monotonic()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -229,6 +234,10 @@ def test_watchdog_pings_stop_while_a_camera_hangs_and_resume_when_it_recovers(
         assert time.monotonic() - last_ping > WATCHDOG_S
         # Unhealthy from 2 x stall_seconds without a packet; one ping may still fall in the last tick.
         assert last_ping < hung_at + 2 * STALL_S + 1.0, "kept pinging although the recorder was stuck"
+        # The recorder ended the program (SIGTERM ignored, then SIGKILL), but the pipe's other holder
+        # keeps its read blocked: only systemd's watchdog can help now.
+        wait_for(lambda: "camera process ignored SIGTERM; killing it" in daemon.log(), 10, "the SIGKILL")
+        assert not systemd.pings(last_ping + 0.01)
 
         pause.unlink()
         resumed_at = time.monotonic()

@@ -146,6 +146,88 @@ def test_abort_removes_the_partial(tmp_path: Path, tk: TestKeys) -> None:
         writer.write(b"more")
 
 
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _fd_of(path: Path) -> int:
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == str(path):
+                return int(name)
+        except FileNotFoundError:  # the listing's own descriptor, closed by now
+            continue
+    raise AssertionError(f"no descriptor open on {path}")
+
+
+def _break_writer(writer: SegmentWriter) -> int:
+    """Put /dev/full under the writer's descriptor (same number): the next chunk's write fails with ENOSPC
+    and, /dev/full being no regular file, cutting the torn bytes (ftruncate) fails too, so the writer gives
+    up as on a failing SD card. Returns the descriptor's number."""
+    fd = _fd_of(writer.partial_path)
+    full = os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(full, fd)
+    finally:
+        os.close(full)
+    with pytest.raises(OSError, match="No space"):
+        writer.write(b"x" * (SMALL_CHUNK_BYTES + 1))  # seals a chunk: its write fails and cannot be cut
+    with pytest.raises(SegmentError, match="recover the .partial"):
+        writer.write(b"more")  # broken for good
+    return fd
+
+
+def test_close_of_a_broken_writer_releases_its_descriptor_and_leaves_the_partial(
+    tmp_path: Path, tk: TestKeys
+) -> None:
+    before = _fd_count()
+    writer = SegmentWriter(
+        tmp_path / "s.seg", make_meta(), [tk.recipient_public], tk.device, chunk_bytes=SMALL_CHUNK_BYTES
+    )
+    assert _fd_count() == before + 1
+    _break_writer(writer)
+    with pytest.raises(SegmentError, match="recover the .partial"):
+        writer.close()
+    assert _fd_count() == before
+    assert writer.closed and not writer.path.exists()
+    recovered = segfile.recover_partial(writer.partial_path, tk.device)  # what the recorder does next
+    assert (recovered.state, recovered.chunks) == ("recovered", 0)
+
+
+def test_a_broken_writer_never_closes_its_descriptor_number_twice(tmp_path: Path, tk: TestKeys) -> None:
+    writer = SegmentWriter(
+        tmp_path / "s.seg", make_meta(), [tk.recipient_public], tk.device, chunk_bytes=SMALL_CHUNK_BYTES
+    )
+    number = _break_writer(writer)
+    with pytest.raises(SegmentError):
+        writer.close()
+    # The number is free again, and the next file opened may get it: later calls must leave that file be.
+    other = tmp_path / "other"
+    fd = os.open(other, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if fd != number:  # usually the same: the lowest free number
+        os.dup2(fd, number)
+        os.close(fd)
+    try:
+        with pytest.raises(SegmentError):
+            writer.close()
+        writer.abort()  # after close: does nothing, the .partial stays for recovery
+        assert os.readlink(f"/proc/self/fd/{number}") == str(other)
+        assert writer.partial_path.exists()
+    finally:
+        os.close(number)
+
+
+def test_abort_of_a_broken_writer_releases_its_descriptor(tmp_path: Path, tk: TestKeys) -> None:
+    before = _fd_count()
+    writer = SegmentWriter(
+        tmp_path / "s.seg", make_meta(), [tk.recipient_public], tk.device, chunk_bytes=SMALL_CHUNK_BYTES
+    )
+    _break_writer(writer)
+    writer.abort()
+    assert _fd_count() == before
+    assert not writer.partial_path.exists()
+
+
 def test_concurrent_write_and_poll_keep_every_byte(tmp_path: Path, tk: TestKeys) -> None:
     data = _data(400_000)
     writer = SegmentWriter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from edgerec.config import CameraConfig, EncoderConfig
 from edgerec.errors import SourceError
-from edgerec.source import input_options, open_source, redact_url
+from edgerec.source import CHILD_EXIT_TIMEOUT_S, input_options, open_source, redact_url
 from edgerec.source import testsrc_graph as lavfi_graph_of_testsrc
 from tests.media import (
     make_h264_clip,
@@ -128,6 +129,22 @@ def test_interrupt_kills_a_stalled_exec_child_and_its_children(tmp_path: Path) -
     assert time.monotonic() - started < 5
     assert count >= 20
     assert source._child is not None and source._child.proc.poll() is not None
+
+
+def test_interrupt_kills_an_exec_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.h264"
+    make_h264_clip(tmp_path / "clip.ts", 1, fps=25)
+    clip.write_bytes(b"".join(p[3] for p in video_packets(tmp_path / "clip.ts")))
+    # Sends one second, then hangs with SIGTERM ignored: only the SIGKILL that follows can end its read.
+    source = open_source(CameraConfig("x", f"exec:sh -c 'trap \"\" TERM; cat {clip}; sleep 60'"))
+    threading.Timer(1.0, source.interrupt).start()
+    started = time.monotonic()
+    count = sum(1 for _ in source.packets())
+    ended_after = time.monotonic() - started
+    source.close()
+    assert count >= 20
+    assert source._child is not None and source._child.proc.returncode == -signal.SIGKILL
+    assert 1.0 + CHILD_EXIT_TIMEOUT_S - 0.5 < ended_after < 1.0 + CHILD_EXIT_TIMEOUT_S + 3
 
 
 def test_exec_that_cannot_start_is_a_source_error() -> None:
