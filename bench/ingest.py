@@ -7,8 +7,10 @@ records each clip ``--reps`` times with
 - ``edgerec run --exit-at-eof`` (a child process: interpreter start-up, imports, catalog, one file
   camera with ``realtime: false`` and ``health: false``, demux, TS mux, AES-256-GCM chunks, fdatasync,
   signed trailers),
-- ``ffmpeg -i CLIP -map 0:v -c copy -f segment -segment_time 60`` (no encryption, no fsync), and
-- the same ffmpeg followed by ``sync -d`` of its output in the same child (edgerec's durability),
+- ``ffmpeg -i CLIP -map 0:v -c copy -f segment -segment_time 60`` (no encryption, no fsync),
+- the same ffmpeg followed by ``sync -d`` of its output in the same child (edgerec's durability), and
+- ``ffmpeg -c copy -f hls -hls_time 60`` with AES-128 segment encryption (``-hls_key_info_file``; no fsync),
+  FFmpeg's own way of writing encrypted segments, for a comparison of like with like,
 
 taking CPU time (user + system) and peak RSS of each child from ``wait4``. Medians are reported. The
 steady-state cost (start-up excluded, for all) is the difference between the long and the short clip.
@@ -50,7 +52,10 @@ SEGMENT_SECONDS = 60
 LIVE_WARMUP_S = 10.0  # RSS and CPU of the live run are taken after this, when they are steady
 LIVE_SAMPLE_INTERVAL_S = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TOOLS = ("edgerec", "ffmpeg", "ffmpeg+fsync")
+TOOLS = ("edgerec", "ffmpeg", "ffmpeg+fsync", "ffmpeg+aes")
+BASELINES = TOOLS[1:]
+TOOL_TITLES = {"edgerec": "edgerec", "ffmpeg": "ffmpeg", "ffmpeg+fsync": "ffmpeg + fdatasync",
+               "ffmpeg+aes": "ffmpeg HLS AES-128"}
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,24 @@ def ffmpeg_synced_argv(clip: Path, out_dir: Path) -> list[str]:
     return ["sh", "-c", script]
 
 
+def ffmpeg_encrypted_argv(clip: Path, out_dir: Path, key_info: Path) -> list[str]:
+    """FFmpeg's encrypted segments: HLS with AES-128-CBC (a key file named by ``key_info``). The playlist
+    is the only extra output; the segments are MPEG-TS as with ``-f segment``."""
+    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(clip), "-map", "0:v",
+            "-c", "copy", "-f", "hls", "-hls_time", str(SEGMENT_SECONDS), "-hls_list_size", "0",
+            "-hls_key_info_file", str(key_info), "-hls_segment_filename", str(out_dir / "seg%05d.ts"),
+            str(out_dir / "index.m3u8")]
+
+
+def make_hls_key(work: Path) -> Path:
+    """An AES-128 key file and the key-info file FFmpeg reads (some builds cannot make a key itself)."""
+    key = work / "hls.key"
+    key.write_bytes(os.urandom(16))
+    info = work / "hls.keyinfo"
+    info.write_text(f"hls.key\n{key}\n")
+    return info
+
+
 # ----- the machine ----------------------------------------------------------------
 def machine_description() -> str:
     model = "unknown CPU"
@@ -218,6 +241,7 @@ def measure_ingest(work: Path, clips: dict[str, Path], recipient: str, reps: int
     """Median usage per (tool, clip name), the runs interleaved: rep 1 of everything, rep 2, ..."""
     samples: dict[tuple[str, str], list[Usage]] = {}
     env = python_env(work / "pycache")
+    key_info = make_hls_key(work)
     warmup_dir = work / "data-warmup"
     shutil.rmtree(warmup_dir, ignore_errors=True)
     config = write_config(work / "ingest-warmup.yaml", warmup_dir, recipient, clips["short"], live=False)
@@ -235,8 +259,10 @@ def measure_ingest(work: Path, clips: dict[str, Path], recipient: str, reps: int
                     argv = edgerec_argv(config, "--exit-at-eof")
                 elif tool == "ffmpeg":
                     argv = ffmpeg_argv(clip, seg_dir)
-                else:
+                elif tool == "ffmpeg+fsync":
                     argv = ffmpeg_synced_argv(clip, seg_dir)
+                else:
+                    argv = ffmpeg_encrypted_argv(clip, seg_dir, key_info)
                 usage = run_measured(argv, work / f"{tool}-{name}.log", env if tool == "edgerec" else None)
                 samples.setdefault((tool, name), []).append(usage)
                 progress(f"rep {rep + 1}/{reps} {tool:12} {name:5}: cpu {usage.cpu_s:.3f} s, "
@@ -317,8 +343,7 @@ def report(med: dict[tuple[str, str], Usage], live: dict[str, LiveUsage], second
 
     def row(what: str, values: dict[str, float], fmt: str, *, ratios: bool = True) -> str:
         cells = [fmt.format(values[tool]) for tool in TOOLS]
-        e, f, fs = (values[tool] for tool in TOOLS)
-        tail = [ratio(e, f), ratio(e, fs)] if ratios else ["", ""]
+        tail = [ratio(values["edgerec"], values[b]) if ratios else "" for b in BASELINES]
         return "| " + " | ".join([what, *cells, *tail]) + " |"
 
     size_mb = clip.stat().st_size / 1e6
@@ -335,9 +360,10 @@ def report(med: dict[tuple[str, str], Usage], live: dict[str, LiveUsage], second
         "interleaved runs.",
         f"Machine: {machine_description()}.",
         "",
-        "| measurement | edgerec | ffmpeg | ffmpeg + fdatasync | edgerec / ffmpeg "
-        "| edgerec / (ffmpeg + fdatasync) |",
-        "|---|---|---|---|---|---|",
+        "| measurement | " + " | ".join(TOOL_TITLES[t] for t in TOOLS) + " | "
+        + " | ".join(f"edgerec / ({TOOL_TITLES[b]})" if " " in TOOL_TITLES[b] else f"edgerec / {b}"
+                     for b in BASELINES) + " |",
+        "|---" * (1 + len(TOOLS) + len(BASELINES)) + "|",
         row(f"CPU, {long_s} clip, whole process", long_cpu, "{:.2f} s"),
         row(f"CPU, {short_s} clip, whole process", short_cpu, "{:.2f} s"),
         row(f"CPU, steady state ({span_s:.0f} s of video, start-up excluded)", steady, "{:.3f} s"),
@@ -369,6 +395,9 @@ def report(med: dict[tuple[str, str], Usage], live: dict[str, LiveUsage], second
         ok = live["edgerec"].rss_peak_mb < TARGET_RSS_MB
         rss_verdict = f"; RSS target < {TARGET_RSS_MB:.0f} MB: {'meets' if ok else 'misses'}"
     lines += ["", f"Steady-state CPU ratio edgerec / ffmpeg: {verdict}{rss_verdict}."]
+    if steady["ffmpeg+aes"] > 0:
+        lines += [f"Steady-state CPU ratio edgerec / ffmpeg with AES-128 HLS segments: "
+                  f"{steady['edgerec'] / steady['ffmpeg+aes']:.2f}×."]
     return "\n".join(lines)
 
 

@@ -7,8 +7,10 @@ appended here (``<data_dir>/audit.log``). A line is::
 
 ``n`` counts lines from 1; ``prev`` is the SHA-256 (hex) of the previous line's bytes without its newline
 (64 zeros on the first line). Removing, inserting or editing a line breaks the chain at that point, and
-``verify_audit`` names the line. (Rewriting the whole tail from some line on cannot be detected from the
-file alone; publishing the head hash elsewhere, see ``AuditLog.head``, anchors it.)
+``verify_audit`` names the line. Rewriting the whole tail from some line on (or editing the last line)
+cannot be detected from the file alone: the head (``AuditLog.head``: the number of lines and the hash of
+the last one) is published in the daemon's status, and ``verify_audit(path, expected_head)`` checks that
+a head seen earlier is still in the log at its place.
 
 Each append is fsynced: the events are rare and each one is a promise. A line torn by a power cut (no
 final newline) was never acknowledged; it is cut off at the next append, or at daemon start-up by
@@ -23,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 GENESIS_PREV = "0" * 64
 _TAIL_READ_BYTES = 1 << 16
+_HEAD_RE = re.compile(r"([0-9]+):([0-9a-fA-F]{64})")
 
 
 def line_hash(line: bytes) -> str:
@@ -53,6 +57,41 @@ def encode_line(n: int, ts: str, event: str, fields: dict[str, Any], prev: str) 
         obj[key] = value
     obj["prev"] = prev
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, default=str).encode("ascii")
+
+
+@dataclass(frozen=True)
+class AuditHead:
+    """The head of the chain: the number of lines and the SHA-256 (hex) of the last one (what the next
+    line chains on). Written ``LINES:SHA256``; an empty log's head is ``0:000...0``."""
+
+    lines: int
+    sha256: str
+
+    def __str__(self) -> str:
+        return f"{self.lines}:{self.sha256}"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"lines": self.lines, "sha256": self.sha256}
+
+
+EMPTY_HEAD = AuditHead(0, GENESIS_PREV)
+
+
+def parse_head(text: str) -> AuditHead:
+    """``LINES:SHA256`` (as the status shows the head) → AuditHead; ValueError saying what is wrong."""
+    match = _HEAD_RE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError("expected LINES:SHA256, the number of lines and the 64 hex digits of the last "
+                         "line's SHA-256, as the status's audit_head shows them")
+    head = AuditHead(int(match.group(1)), match.group(2).lower())
+    if head.lines == 0:
+        raise ValueError("the head of an empty log (0 lines) anchors nothing")
+    return head
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes whenever the file's content does (ctime cannot be set back by anybody)."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _read_last_line(f: Any, size: int) -> bytes:
@@ -82,12 +121,61 @@ class AuditLog:
         self.path = Path(path)
         self._clock_ns = clock_ns
         self._lock = threading.Lock()
+        # The head and the file's stamp (_stamp) when it was taken, one tuple replaced whole (read
+        # without the lock): this process's appends keep it current, so asking for the head every status
+        # tick costs one stat, and no wait behind an append's fsync.
+        self._known: tuple[AuditHead, tuple[int, int, int, int] | None] | None = None
 
-    def head(self) -> tuple[int, str]:
-        """(number of lines, hash of the last line): publish it elsewhere to anchor the chain."""
-        with self._lock, open(self._open_rw(), "rb", closefd=True) as f:
-            n, prev, _ = self._tail_state(f)
-            return n, prev
+    def head(self) -> AuditHead:
+        """The head of the chain (lines, hash of the last complete line): published in the daemon's
+        status, it anchors the chain elsewhere (``verify_audit(path, expected_head)``).
+
+        The file is read only the first time and when its stat shows that someone else wrote it (the
+        CLI appends too). A head that went back (fewer lines, or the same number with another last
+        line) was not made by appending: that is logged as an error."""
+        known = self._known
+        try:
+            stamp = _stamp(os.stat(self.path))
+        except FileNotFoundError:
+            stamp = None
+        except OSError as exc:  # keep the last known head; the next tick tries again
+            log.debug("audit log not stat-able path=%s error=%s", self.path, exc)
+            return known[0] if known is not None else EMPTY_HEAD
+        if known is not None and known[1] == stamp:
+            return known[0]
+        with self._lock:  # changed: an append of ours is finishing (wait for it), or someone else wrote
+            self._refresh_head()
+            return self._known[0] if self._known is not None else EMPTY_HEAD
+
+    def _refresh_head(self) -> None:
+        """Read the head again if the file changed since it was known (caller holds self._lock). No
+        flock: a line being appended meanwhile reads as torn (left out) and changes the stamp again."""
+        previous = self._known[0] if self._known is not None else None
+        try:
+            with open(self.path, "rb") as f:
+                stamp = _stamp(os.fstat(f.fileno()))
+                if self._known is not None and self._known[1] == stamp:
+                    return
+                n, prev, _torn = self._tail_state(f)
+            head = AuditHead(n, prev)
+        except FileNotFoundError:
+            stamp, head = None, EMPTY_HEAD
+        except OSError as exc:
+            log.warning("audit log head not read path=%s error=%s", self.path, exc)
+            return
+        if previous is not None and (head.lines < previous.lines
+                                     or (head.lines == previous.lines and head != previous)):
+            log.error("audit log changed other than by appending path=%s head_was=%s head_now=%s",
+                      self.path, previous, head)
+        self._known = (head, stamp)
+
+    def _remember_head(self, fd: int, n: int, prev: str) -> None:
+        """After this process wrote the log (caller holds self._lock): the new head, without a read."""
+        try:
+            stamp: tuple[int, int, int, int] | None = _stamp(os.fstat(fd))
+        except OSError:
+            stamp = None  # read again next time
+        self._known = (AuditHead(n, prev), stamp)
 
     def append(self, event: str, **fields: Any) -> None:
         """Append one event and fsync it; raises OSError when the disk refuses."""
@@ -111,6 +199,7 @@ class AuditLog:
                 lines.append(line)
             f.flush()
             _write_at_end(fd, f.seek(0, os.SEEK_END), b"\n".join(lines) + b"\n")
+            self._remember_head(fd, n, prev)
 
     def repair_tail(self) -> int:
         """Cut a line torn by a power cut (no final newline) and record the cut as ``audit_torn_tail``,
@@ -121,8 +210,9 @@ class AuditLog:
         with self._locked_tail() as (f, fd, n, prev, torn):
             if torn is None:
                 return 0
-            self._cut_torn_tail(f, fd, n, prev, torn)  # flushes its line
+            n, prev = self._cut_torn_tail(f, fd, n, prev, torn)  # flushes its line
             os.fsync(fd)
+            self._remember_head(fd, n, prev)
             return len(torn)
 
     @contextmanager
@@ -213,15 +303,18 @@ class AuditVerifyResult:
     lines: int
     line: int | None = None
     problem: str | None = None
+    head_line: int | None = None  # the line an expected head was found at
 
     @property
     def message(self) -> str:
         if self.ok:
-            return f"audit log OK: {self.lines} lines, hash chain intact"
+            anchored = "" if self.head_line is None else f", line {self.head_line} is the expected head"
+            return f"audit log OK: {self.lines} lines, hash chain intact{anchored}"
         return f"audit log BROKEN at line {self.line}: {self.problem}"
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "lines": self.lines, "line": self.line, "problem": self.problem}
+        return {"ok": self.ok, "lines": self.lines, "line": self.line, "problem": self.problem,
+                "head_line": self.head_line}
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:
@@ -234,25 +327,46 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     return obj
 
 
-def verify_audit(path: Path | str) -> AuditVerifyResult:
+def verify_audit(path: Path | str, expected_head: AuditHead | None = None) -> AuditVerifyResult:
     """Check every line's JSON, sequence number and hash link; name the first broken line and why.
+    With ``expected_head`` (a head published earlier), also check that the log still has that line at
+    that place: the chain alone cannot show a tail rewritten consistently, or cut off.
+    """
+    path = Path(path)
+    data = path.read_bytes() if path.exists() else b""
+    raw_lines = data.split(b"\n") if data else [b""]
+    if raw_lines[-1] != b"":
+        return AuditVerifyResult(False, len(raw_lines), len(raw_lines),
+                                 "last line is incomplete (torn write; cut at the next append)")
+    raw_lines.pop()
+    result = _verify_chain(raw_lines)
+    if not result.ok or expected_head is None:
+        return result
+    return check_head(raw_lines, expected_head)
+
+
+def check_head(raw_lines: Sequence[bytes], head: AuditHead) -> AuditVerifyResult:
+    """Whether line ``head.lines`` of a log (its lines without newlines) is the line ``head`` names."""
+    total = len(raw_lines)
+    if head.lines > total:
+        return AuditVerifyResult(False, total, total + 1,
+                                 f"the log ends at line {total}, before the expected head {head.lines}: "
+                                 "lines were removed from the end (or the log replaced)")
+    actual = line_hash(raw_lines[head.lines - 1])
+    if actual != head.sha256:
+        return AuditVerifyResult(False, total, head.lines,
+                                 f"not the expected head (SHA-256 {actual}, expected {head.sha256}): the "
+                                 "log was rewritten from this line or an earlier one")
+    return AuditVerifyResult(True, total, head_line=head.lines)
+
+
+def _verify_chain(raw_lines: Sequence[bytes]) -> AuditVerifyResult:
+    """The chain check of ``verify_audit`` over the lines of a log (without newlines).
 
     How a break is told apart: a line whose ``prev`` matches the line two back means the line between
     was inserted; a jump in ``n`` means lines were removed; otherwise the line before the break was
     edited.
     """
-    path = Path(path)
-    if not path.exists():
-        return AuditVerifyResult(True, 0)
-    data = path.read_bytes()
-    if not data:
-        return AuditVerifyResult(True, 0)
-    raw_lines = data.split(b"\n")
-    if raw_lines[-1] == b"":
-        raw_lines.pop()
-    else:
-        return AuditVerifyResult(False, len(raw_lines), len(raw_lines),
-                                 "last line is incomplete (torn write; cut at the next append)")
     hashes = [line_hash(raw) for raw in raw_lines]
     for i, raw in enumerate(raw_lines):
         number = i + 1

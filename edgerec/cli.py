@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     asub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     av = asub.add_parser("verify", help="check the audit log's hash chain")
     _add_config(av, data_dir=True)
+    av.add_argument("--head", metavar="LINES:SHA256",
+                    help="a head the daemon published earlier (status audit_head): check that the log "
+                         "still has that line at that place")
 
     st = sub.add_parser("status", help="what the running daemon reports")
     _add_config(st)
@@ -113,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
 def _data_dir(args: argparse.Namespace) -> tuple[Path, Config | None]:
     if getattr(args, "config", None) is not None:
         cfg = load_config(args.config)
+        if not cfg.data_dir.is_dir():
+            raise UsageError(f"data_dir {cfg.data_dir} (from {args.config}): not a directory; nothing has "
+                             "been recorded there yet (the daemon creates it when it starts)")
         return cfg.data_dir, cfg
     if not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir}: not a directory")
@@ -233,11 +239,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _incident_service(cfg: Config) -> tuple[Any, Any]:
     from .audit import AuditLog
     from .catalog import Catalog
+    from .errors import CatalogError
     from .incidents import IncidentService
+    from .spacereserve import SpaceReserve, is_disk_full_error
 
     cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    catalog = Catalog.open(cfg.data_dir)
-    return IncidentService(catalog, AuditLog(cfg.data_dir / "audit.log"), cfg), catalog
+    # The daemon's reserve file: on a completely full disk the command may give it up (the daemon makes
+    # it again). Opening the catalog may need it too: with the daemon stopped, SQLite makes its WAL index.
+    reserve = SpaceReserve.in_dir(cfg.data_dir)
+    try:
+        catalog = reserve.with_room(lambda: Catalog.open(cfg.data_dir))
+    except CatalogError as exc:
+        if not is_disk_full_error(exc):
+            raise
+        # Not "the catalog is unusable": nothing is wrong with it, and moving it away would be wrong.
+        raise CatalogError(f"{cfg.data_dir}: the disk is full, the catalog cannot be opened; "
+                           "nothing was recorded (free some space and try again)") from None
+    return IncidentService(catalog, AuditLog(cfg.data_dir / "audit.log"), cfg, reserve), catalog
 
 
 def cmd_incident(args: argparse.Namespace) -> int:
@@ -305,10 +323,16 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import verify_audit
+    from .audit import parse_head, verify_audit
 
+    expected = None
+    if args.head is not None:
+        try:
+            expected = parse_head(args.head)
+        except ValueError as exc:
+            raise UsageError(f"--head {args.head}: {exc}") from None
     data_dir, _ = _data_dir(args)
-    result = verify_audit(data_dir / "audit.log")
+    result = verify_audit(data_dir / "audit.log", expected)
     print(result.message)
     return 0 if result.ok else 1
 

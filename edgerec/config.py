@@ -144,7 +144,7 @@ class IncidentsConfig:
 
 @dataclass(frozen=True)
 class TlsConfig:
-    ca_file: Path
+    ca_file: Path | None = None  # None: the system's CA store (OpenSSL's default verify paths)
     cert_file: Path | None = None
     key_file: Path | None = None
 
@@ -793,23 +793,39 @@ def _incidents(value: object, problems: list[str]) -> Any:
 
 
 def _tls(value: object, base_dir: Path, problems: list[str]) -> Any:
-    s = _section(value, "mqtt.tls", "mqtt.tls", problems)
-    if s is None:
+    """``mqtt.tls``: a mapping of files (all optional), ``true`` (TLS checked against the system's CA
+    store, the same as ``{}``) or ``false`` (no TLS). Anything else (a quoted "true", a number) is
+    refused: a typo must not silently decide whether the password crosses the network in the clear. So is
+    a ``tls:`` with nothing under it (null), which is what uncommenting only the section's first line of
+    the example gives: it reads as "TLS on" but YAML makes it null."""
+    if value is False:
+        return None
+    if value is None:
+        problems.append("mqtt.tls: empty; write 'tls: true' (TLS checked against the system's CA store), "
+                        "a mapping with ca_file, cert_file, key_file, or 'tls: false' (no TLS)")
         return _INVALID
-    check = _path_check(base_dir)
-    ca_file = s.get("ca_file", check, required_hint=" when mqtt.tls is set")
+    if value is True:
+        return TlsConfig()
+    if not isinstance(value, Mapping):
+        problems.append(f"mqtt.tls: expected true, false or a mapping with ca_file, cert_file, key_file; "
+                        f"got {_describe(value)}")
+        return _INVALID
+    s = _Section(value, "mqtt.tls", "mqtt.tls", problems)
+    check = _optional(_path_check(base_dir))
     kw: dict[str, Any] = {}
-    s.put(kw, "cert_file", _optional(check))
-    s.put(kw, "key_file", _optional(check))
+    s.put(kw, "ca_file", check)
+    s.put(kw, "cert_file", check)
+    s.put(kw, "key_file", check)
     s.finish()
+    kw = {k: v for k, v in kw.items() if v is not None}  # null is the same as leaving the key out
     if ("cert_file" in kw) != ("key_file" in kw) and not s.bad:
         have, lacking = ("cert_file", "key_file") if "cert_file" in kw else ("key_file", "cert_file")
         problems.append(f"mqtt.tls.{lacking}: missing (required when {have} is set: a client certificate "
                         "needs its private key)")
         return _INVALID
-    if ca_file is _INVALID or s.bad:
+    if s.bad:
         return _INVALID
-    return TlsConfig(ca_file=ca_file, **{k: v for k, v in kw.items() if v is not None})
+    return TlsConfig(**kw)
 
 
 def _check_client_id(value: object, path: str, problems: list[str]) -> Any:
@@ -857,7 +873,7 @@ def _mqtt(value: object, device_id: str | None, base_dir: Path, problems: list[s
     s.put(kw, "topic_prefix", _check_topic)
     s.put(kw, "username", _optional(_check_str))
     s.put(kw, "password_file", _optional(_path_check(base_dir)))
-    tls = s.get("tls", lambda v, p, pr: None if v is None else _tls(v, base_dir, pr), None)
+    tls = s.get("tls", lambda v, p, pr: _tls(v, base_dir, pr), None)
     s.put(kw, "keepalive_s", _number(1, 65535, integer=True))
     s.put(kw, "status_interval_s", _number(1, 86400))
     s.put(kw, "discovery", _check_bool)

@@ -2,9 +2,10 @@
 incident commands with replies.
 
 The decisions are plain functions over data (``Topics.from_config``, ``decode_command``,
-``expand_open_now``, ``error_reply``, ``discovery_messages``); ``MqttLink`` is the paho client around
-them. The link never owns incident logic: a decoded command object goes to ``on_command``, whose reply
-is published as it is (plus the ``transaction`` echo). Nothing here raises into paho's network thread:
+``expand_open_now``, ``error_reply``, ``discovery_messages``, ``stale_discovery_topics``,
+``describe_connect_failure``); ``MqttLink`` is the paho client around them. The link never owns
+incident logic: a decoded command object goes to ``on_command``, whose reply is published as it is
+(plus the ``transaction`` echo). Nothing here raises into paho's network thread:
 an exception there would stop the thread without a word.
 """
 
@@ -14,6 +15,8 @@ import json
 import logging
 import re
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from . import __version__
-from .config import Config
+from .config import Config, TlsConfig
 from .errors import ConfigError
 from .timefmt import rfc3339
 
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 MAX_COMMAND_BYTES = 16 * 1024  # larger command payloads are refused before decoding
 RECONNECT_MIN_DELAY_S = 1
 RECONNECT_MAX_DELAY_S = 60
-STOP_PUBLISH_TIMEOUT_S = 5.0  # how long stop() waits for `offline` to reach the broker
+STOP_PUBLISH_TIMEOUT_S = 5.0  # how long stop() waits for its last messages (removals, `offline`)
 STATUS_MIN_INTERVAL_S = 1.0  # on-change status publications are at least this far apart
 MAX_QUEUED_MESSAGES = 1000  # outgoing QoS 1 messages kept while the broker is away (events mostly)
 QOS = 1
@@ -250,6 +253,48 @@ def discovery_removals(old: list[tuple[str, str]], new: list[tuple[str, str]]) -
     return [t for t, _ in old if t not in keep]
 
 
+def _discovery_place(config: Config) -> tuple[str, int, str, str]:
+    """Where a configuration's discovery configs live: broker (host, port), discovery prefix, node."""
+    m = config.mqtt
+    return m.host, m.port, m.discovery_prefix, _slug(f"edgerec_{config.device_id}")
+
+
+def stale_discovery_topics(old: Config, new: Config) -> list[str]:
+    """The discovery config topics published under ``old`` that nobody clears or overwrites once ``new``
+    replaces it: on the same broker, prefix and node with discovery still on, those of entities ``new``
+    no longer has (removed or disabled cameras); when ``new`` turns MQTT or discovery off, or publishes
+    to another broker, prefix or node, every one of them (Home Assistant would keep them forever)."""
+    if not (old.mqtt.enabled and old.mqtt.discovery):
+        return []  # nothing was published
+    before = discovery_messages(old, Topics.from_config(old))
+    if new.mqtt.enabled and new.mqtt.discovery and _discovery_place(new) == _discovery_place(old):
+        return discovery_removals(before, discovery_messages(new, Topics.from_config(new)))
+    return [topic for topic, _ in before]
+
+
+# ----- connection failures ----------------------------------------------------------------------------------
+def describe_connect_failure(exc: BaseException | None, host: str, port: int, tls: TlsConfig | None) -> str:
+    """One line saying why a connection attempt failed, for the log and the status's ``last_error``.
+
+    A certificate the trusted CAs do not vouch for, or one naming another host, is a configuration
+    problem that retrying will not fix: say what was checked against what."""
+    where = f"{host}:{port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        trusted = (f"the CA in mqtt.tls.ca_file ({tls.ca_file})" if tls is not None and tls.ca_file
+                   else "the system's CA store (no mqtt.tls.ca_file set)")
+        # verify_message and reason are set by the ssl module on a real handshake failure.
+        why = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+        return f"TLS certificate of the broker at {where} not accepted: {why}; checked against {trusted}"
+    if isinstance(exc, ssl.SSLError):
+        return (f"TLS handshake with the broker at {where} failed: {getattr(exc, 'reason', None) or exc} "
+                "(does the broker speak TLS on this port?)")
+    if isinstance(exc, socket.gaierror):
+        return f"broker host {host} not found: {exc.strerror or exc}"
+    if isinstance(exc, OSError):
+        return f"broker unreachable at {where}: {exc.strerror or exc}"
+    return f"broker unreachable at {where}"
+
+
 # ----- the link ---------------------------------------------------------------------------------------------
 def read_password_file(path: Any) -> str:
     """The password in ``path`` without its trailing newline; ConfigError when the file cannot be read."""
@@ -346,8 +391,11 @@ class MqttLink:
             password = read_password_file(m.password_file) if m.password_file is not None else None
             client.username_pw_set(m.username, password)
         if m.tls is not None:
+            # ca_certs=None: paho calls SSLContext.load_default_certs(), i.e. OpenSSL's default verify
+            # paths (the system store, or $SSL_CERT_FILE / $SSL_CERT_DIR). Either way paho's context
+            # requires a certificate and checks the host name (tls_insecure stays off).
             try:
-                client.tls_set(ca_certs=str(m.tls.ca_file),
+                client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
                                certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
                                keyfile=str(m.tls.key_file) if m.tls.key_file else None)
             except OSError as exc:  # ssl.SSLError is an OSError too
@@ -371,29 +419,80 @@ class MqttLink:
         client.loop_start()
         self._publisher = threading.Thread(target=self._publisher_main, name="mqtt-publisher", daemon=True)
         self._publisher.start()
+        tls = "off" if m.tls is None else ("ca_file" if m.tls.ca_file else "system_ca_store")
         log.info("mqtt starting host=%s port=%d client_id=%s base=%s tls=%s", m.host, m.port, client_id,
-                 self.topics.base, m.tls is not None)
+                 self.topics.base, tls)
 
-    def stop(self) -> None:
-        """Publish ``offline`` (a clean disconnect does not fire the will), then disconnect and stop."""
+    def stop(self, next_config: Config | None = None) -> list[str]:
+        """Publish what is still due, then ``offline`` (a clean disconnect does not fire the will), then
+        disconnect and stop.
+
+        Still due: the discovery removals ``reconfigure`` scheduled, and, when a link for ``next_config``
+        is about to replace this one (a reload that changed the MQTT settings), the entities that config
+        leaves behind here (``stale_discovery_topics``). Each is waited for like ``offline``. Returns the
+        removal topics not confirmed by the broker (not connected, or no PUBACK in time), for the next
+        link to send (``take_over_removals``)."""
         client = self._client
         if client is None:
-            return
+            return []
         self._stopping.set()
         self._wake.set()
         if self._publisher is not None:
             self._publisher.join(timeout=STOP_PUBLISH_TIMEOUT_S)
+        with self._lock:
+            removals, self._schedule.removals = self._schedule.removals, []
+        if next_config is not None:
+            removals += [t for t in stale_discovery_topics(self._config, next_config) if t not in removals]
+        unsent = removals
         if client.is_connected():
-            info = client.publish(self.topics.availability, OFFLINE, qos=QOS, retain=True)
-            try:
-                info.wait_for_publish(STOP_PUBLISH_TIMEOUT_S)
-            except (RuntimeError, ValueError) as exc:
-                log.warning("mqtt offline not sent error=%s", exc)
+            messages = [(topic, b"") for topic in removals] + [(self.topics.availability, OFFLINE.encode())]
+            unconfirmed = self._publish_and_wait(client, messages, STOP_PUBLISH_TIMEOUT_S)
+            if self.topics.availability in unconfirmed:
+                log.warning("mqtt offline not sent")
+            unsent = [topic for topic in removals if topic in unconfirmed]
+            if len(unsent) < len(removals):
+                log.info("mqtt discovery entities removed count=%d", len(removals) - len(unsent))
+        if unsent:
+            log.warning("mqtt discovery removals not sent count=%d", len(unsent))
         client.disconnect()
         client.loop_stop()
         self._client = None
         self._connected = self._subscribed = False
         log.info("mqtt stopped")
+        return unsent
+
+    @staticmethod
+    def _publish_and_wait(client: mqtt.Client, messages: list[tuple[str, bytes]],
+                          timeout_s: float) -> set[str]:
+        """Publish retained QoS 1 messages and wait (``timeout_s`` for all of them) for their PUBACKs;
+        returns the topics not acknowledged."""
+        infos = []
+        for topic, payload in messages:
+            try:
+                infos.append((topic, client.publish(topic, payload, qos=QOS, retain=True)))
+            except (ValueError, TypeError) as exc:
+                log.warning("mqtt publish refused topic=%s error=%s", topic, exc)
+        deadline = time.monotonic() + timeout_s
+        unconfirmed = {topic for topic, _ in messages} - {topic for topic, _ in infos}
+        for topic, info in infos:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                log.debug("mqtt publish not confirmed topic=%s error=%s", topic, exc)
+            if not info.is_published():
+                unconfirmed.add(topic)
+        return unconfirmed
+
+    def take_over_removals(self, topics: list[str], previous: Config) -> None:
+        """Send discovery removals a replaced link could not (``stop`` returned them), once connected:
+        only when this link talks to the same broker as ``previous``; on another broker those retained
+        configs do not exist and the old broker is out of reach."""
+        m, p = self._config.mqtt, previous.mqtt
+        if not topics or (m.host, m.port) != (p.host, p.port):
+            return
+        with self._lock:
+            self._schedule.removals += [t for t in topics if t not in self._schedule.removals]
+        self._wake.set()
 
     @property
     def connected(self) -> bool:
@@ -486,7 +585,11 @@ class MqttLink:
     def _publish_due(self, connected: bool, removals: list[str], discovery: bool, status: bool,
                      incidents: bool) -> None:
         if not self._connected:
-            return  # everything is published again on connect
+            # Everything else is published again on connect; removals are not, so keep them for then.
+            if removals:
+                with self._lock:
+                    self._schedule.removals[:0] = removals
+            return
         if connected:
             self._publish(self.topics.availability, ONLINE, retain=True)
         for topic in removals:
@@ -546,8 +649,15 @@ class MqttLink:
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         try:
             m = self._config.mqtt
-            self._stats.last_error = f"broker unreachable at {m.host}:{m.port}"
-            log.warning("mqtt broker unreachable host=%s port=%s", m.host, m.port)
+            # paho calls this from inside its `except OSError:` around the connection attempt and does
+            # not pass the exception on: it is the one being handled.
+            exc = sys.exc_info()[1]
+            message = describe_connect_failure(exc, m.host, m.port, m.tls)
+            self._stats.last_error = message
+            if isinstance(exc, ssl.SSLError):  # a set-up problem retrying will not fix: error, not warning
+                log.error("mqtt connect failed: %s", message)
+            else:
+                log.warning("mqtt connect failed: %s", message)
         except Exception:
             log.exception("mqtt on_connect_fail failed")
 

@@ -21,9 +21,9 @@ deletes (plus footage held past its age), not with the size of the catalog.
 
 A deletion goes: audit line (fsynced) → catalog mark → unlink → directory fsync → catalog drop, a batch
 at a time, so every deleted file is named in the audit log before it goes, whatever interrupts the
-sweep. A completely full disk cannot take the audit line or the catalog mark, so the daemon keeps a
-small reserve file (``RESERVE_NAME``) that a sweep gives up when a write fails for lack of space, and
-makes again once there is room.
+sweep. A completely full disk cannot take the audit line or the catalog mark, so these writes go
+through the daemon's space reserve (``spacereserve.SpaceReserve``): given up when a write fails for lack
+of space, made again after a sweep once there is room.
 
 Clock jumps: the sweeper owns them. ``clock_jumped`` is a cheap check the daemon makes every tick (it
 only asks for a sweep at once); the sweep itself decides which time to believe, and writes the one
@@ -32,11 +32,9 @@ only asks for a sweep at once); the sweep itself decides which time to believe, 
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,9 +45,9 @@ from typing import Any, NamedTuple
 
 from . import clock as clockmod
 from .catalog import Catalog, IncidentRow, SegmentRow
-from .errors import CatalogError
 from .fsutil import fsync_dir
 from .incidents import WindowIndex
+from .spacereserve import SpaceReserve
 from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
@@ -61,10 +59,6 @@ DELETE_BATCH = 2000  # rows per mark/unlink/drop round (one directory): the cata
 AUDIT_PATHS_PER_LINE = 500  # ids listed in a re-dating line
 PRESSURE_FIRST_PAGE = 1024
 QUARANTINE_DIR = "quarantine"
-# Room kept back for the audit lines and catalog writes of a sweep on a full disk (a batch of deletions
-# needs a few hundred KiB of WAL and one audit line). Only the daemon keeps one; any sweep uses it.
-RESERVE_NAME = ".space-reserve"
-RESERVE_BYTES = 4 * 1024 * 1024
 _DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -281,13 +275,14 @@ class Sweeper:
     ``free_space`` reads the disk (statvfs of the data directory by default); ``clock`` gives clock
     readings (``clock.read_clock`` by default). Without an explicit ``now_ns`` a sweep runs on the time
     ``clock.SweepClock`` allows, so clock jumps neither delete recent footage nor keep old footage forever.
-    ``reserve_bytes``: the size of the space reserve to keep (0: keep none, but still give up one that
-    exists when the disk is full).
+    ``reserve``: the space reserve its writes may give up on a full disk, and that it makes again after
+    each sweep (the daemon's keeps 4 MiB; by default the data directory's, kept by nobody, only given up).
     """
 
     def __init__(self, catalog: Catalog, audit: Any, config: Any, data_dir: Path | str,
                  free_space: Callable[[], DiskState] | None = None,
-                 clock: Callable[[], clockmod.ClockReading] | None = None, *, reserve_bytes: int = 0):
+                 clock: Callable[[], clockmod.ClockReading] | None = None, *,
+                 reserve: SpaceReserve | None = None):
         self.catalog = catalog
         self.audit = audit
         self.data_dir = Path(data_dir)
@@ -296,8 +291,9 @@ class Sweeper:
         self._clock = clock or clockmod.read_clock
         self._sweep_clock = clockmod.SweepClock(threshold_s=config.retention.sweep_interval_s)
         self._clock_watch = clockmod.ClockWatch(threshold_s=config.retention.sweep_interval_s)
-        self.reserve_bytes = reserve_bytes
-        self._reserve_path = self.data_dir / RESERVE_NAME
+        # Every catalog or audit write of a sweep goes through it: the write that frees space must not be
+        # the one that cannot be made.
+        self.reserve = reserve if reserve is not None else SpaceReserve.in_dir(self.data_dir)
 
     def reconfigure(self, config: Any) -> None:
         """Take a reloaded configuration, keeping what the sweep clock has learnt (a fresh Sweeper would
@@ -346,9 +342,9 @@ class Sweeper:
         quarantine_deleted = 0
         if not dry_run:
             deleted = self._apply(deleted, now_ns, errors, incident_changes)
-            self._with_room(lambda: self.catalog.prune_gaps(now_ns - self.policy.max_retention_ns))
+            self.reserve.with_room(lambda: self.catalog.prune_gaps(now_ns - self.policy.max_retention_ns))
             quarantine_deleted = self._expire_quarantine(now_ns, errors)
-            self._keep_reserve()
+            self.reserve.keep()
         report = SweepReport(now_ns, source, dry_run, deleted, plan.disk_full, disk.free_bytes,
                              self.policy.min_free_target(disk), plan.shortfall_bytes, jump_ns, redated,
                              finished, quarantine_deleted, tuple(errors), time.monotonic() - started)
@@ -392,15 +388,15 @@ class Sweeper:
         # The audit lines come first, all of them with one fsync: a marked row is deleted by whoever
         # finds it (the next sweep, reconciliation), so no row may be marked before the log names it.
         # If power fails part way, the next sweep deletes (and names) the rest again.
-        self._with_room(lambda: self._audit_deletions(batches))
+        self.reserve.with_room(lambda: self._audit_deletions(batches))
         done: list[DeletedSegment] = []
         guard = _HoldGuard(self.catalog, self.policy, now_ns, incident_changes)
         for planned_batch in batches:  # one directory at a time: one directory fsync per batch
-            batch = self._with_room(lambda b=planned_batch: self._mark_unheld(b, guard, now_ns))
+            batch = self.reserve.with_room(lambda b=planned_batch: self._mark_unheld(b, guard, now_ns))
             if not batch:
                 continue
             gone, dirs = self._unlink([(d.id, d.path) for d in batch], errors)
-            self._with_room(lambda gone=gone: self.catalog.drop(gone))
+            self.reserve.with_room(lambda gone=gone: self.catalog.drop(gone))
             if len(gone) == len(batch):
                 done += batch
             else:
@@ -480,7 +476,7 @@ class Sweeper:
         if not pending:
             return 0
         gone, dirs = self._unlink([(r.id, r.path) for r in pending], errors)
-        self._with_room(lambda: self.catalog.drop(gone))
+        self.reserve.with_room(lambda: self.catalog.drop(gone))
         self._remove_empty_date_dirs(dirs, now_ns)
         log.info("retention finished pending deletions segments=%d", len(gone))
         return len(gone)
@@ -504,44 +500,9 @@ class Sweeper:
         seconds = round(chosen.jump_ns / 1e9, 3)
         log.warning("clock jump seconds=%.3f wall=%s synced=%s retention_time=%s", seconds,
                     rfc3339(reading.wall_ns), reading.synced, chosen.source)
-        self._with_room(lambda: self.audit.append(
+        self.reserve.with_room(lambda: self.audit.append(
             "clock_jump", seconds=seconds, wall=rfc3339(reading.wall_ns), synced=reading.synced,
             boot_id=reading.boot_id, retention_time=chosen.source))
-
-    # ----- a full disk --------------------------------------------------------------------------------
-    def _with_room(self, write: Callable[[], Any]) -> Any:
-        """Run a write of the catalog or the audit log; if the disk is full, give up the space reserve
-        and try once more (the write that frees space must not be the one that cannot be made)."""
-        try:
-            return write()
-        except (OSError, CatalogError) as exc:
-            if not is_disk_full_error(exc) or not self._release_reserve():
-                raise
-        return write()
-
-    def _release_reserve(self) -> bool:
-        try:
-            size = self._reserve_path.stat().st_size
-            self._reserve_path.unlink()
-        except FileNotFoundError:
-            return False
-        log.warning("disk full: space reserve released path=%s bytes=%d", self._reserve_path, size)
-        return True
-
-    def _keep_reserve(self) -> None:
-        """Make the space reserve when there is room for it (twice its size free)."""
-        if self.reserve_bytes <= 0:
-            return
-        try:
-            if self._reserve_path.exists():
-                return
-            if statvfs_disk_state(self.data_dir).free_bytes < 2 * self.reserve_bytes:
-                return
-            make_reserve(self._reserve_path, self.reserve_bytes)
-        except OSError as exc:
-            log.warning("space reserve not made path=%s error=%s", self._reserve_path, exc)
-            return
-        log.info("space reserve made path=%s bytes=%d", self._reserve_path, self.reserve_bytes)
 
     def _redate(self, reading: clockmod.ClockReading) -> int:
         suspects = self.catalog.suspect_segments(reading.boot_id)
@@ -615,37 +576,3 @@ def batches_by_directory(items: Sequence[DeletedSegment], limit: int) -> list[li
     for d in items:
         by_dir.setdefault(d.path.rpartition("/")[0], []).append(d)
     return [group[i : i + limit] for group in by_dir.values() for i in range(0, len(group), limit)]
-
-
-def is_disk_full_error(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT from a file write, or SQLite's "database or disk is full" behind a CatalogError."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    cause = exc.__cause__
-    if isinstance(cause, sqlite3.Error):
-        code = getattr(cause, "sqlite_errorcode", None)
-        return code == sqlite3.SQLITE_FULL or "disk is full" in str(cause)
-    return False
-
-
-def make_reserve(path: Path, size_bytes: int) -> None:
-    """Write a file of ``size_bytes`` with its blocks allocated (so giving it up really frees them)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.posix_fallocate(fd, 0, size_bytes)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            block = bytes(1 << 16)  # no fallocate (some filesystems): write zeros
-            for offset in range(0, size_bytes, len(block)):
-                os.pwrite(fd, block[: size_bytes - offset], offset)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(path.parent, strict=False)  # best effort: a lost reserve is made again

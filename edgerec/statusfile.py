@@ -350,10 +350,21 @@ def _storage_lines(status: dict[str, Any], now_s: float) -> list[str]:
     )
     if ret.get("disk_full"):
         lines.append("DISK FULL: only footage held by incidents is left; recording is paused")
+    uncatalogued = status.get("uncatalogued_segments")
+    if uncatalogued:
+        lines.append(f"CATALOG BEHIND: {uncatalogued} sealed segments not yet in the catalog "
+                     "(retried; see the log)")
     lines.append(
         f"incidents: {status.get('incidents_open', '?')} open, {human_bytes(status.get('held_bytes'))} held"
     )
     return lines
+
+
+def _audit_line(head: Any) -> str | None:
+    """The audit log's head, whole, so that it can be copied into `edgerec audit verify --head`."""
+    if not isinstance(head, dict) or not isinstance(head.get("lines"), int):
+        return None  # a daemon from before the head was published
+    return f"audit log: {head['lines']} lines, head {head['lines']}:{head.get('sha256', '?')}"
 
 
 def _mqtt_line(mqtt: Any) -> str:
@@ -374,6 +385,9 @@ def format_status(status: dict[str, Any], now: float | datetime | None = None) -
     for name in sorted(cameras):
         lines.extend(_camera_lines(name, cameras[name] or {}, now_s))
     lines.extend(_storage_lines(status, now_s))
+    audit = _audit_line(status.get("audit_head"))
+    if audit is not None:
+        lines.append(audit)
     lines.append(_mqtt_line(status.get("mqtt")))
     errors = status.get("last_errors") or []
     if errors:

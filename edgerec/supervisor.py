@@ -12,9 +12,11 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +24,13 @@ from . import __version__, clock, keys, notify, statusfile
 from .audit import AuditLog
 from .catalog import Catalog
 from .config import CameraConfig, Config, load_config
-from .errors import ConfigError, EdgerecError
+from .errors import CatalogError, ConfigError, EdgerecError
 from .incidents import IncidentService, command_result_for_error, parse_command
 from .reconcile import reconcile
 from .recorder import ChainState, ConnectionChange, Recorder
-from .retention import RESERVE_BYTES, Sweeper
+from .retention import Sweeper
+from .segfile import SealedSegment
+from .spacereserve import RESERVE_BYTES, SpaceReserve
 from .timefmt import rfc3339
 
 if TYPE_CHECKING:  # health.py pulls in numpy: loaded only when a camera has health analysis on
@@ -50,6 +54,9 @@ PRESSURE_SWEEP_MIN_INTERVAL_S = 1.0
 # ... and while only held footage is left (disk_full) at most this often: nothing changes until space is
 # freed, which is noticed on the next tick (one statvfs), or a hold's grace period ends.
 DISK_FULL_RESWEEP_S = 30.0
+# A sealed segment the catalog could not take (a full disk, a database locked by another process) is tried
+# again this long after a failure, and before every retention sweep.
+CATALOG_RETRY_S = 5.0
 
 
 def _first_attempt_done(recorder: Recorder) -> bool:
@@ -70,6 +77,96 @@ class _RecorderSlot:
 class _Signals:
     stop: threading.Event = field(default_factory=threading.Event)
     reload: threading.Event = field(default_factory=threading.Event)
+
+
+def _catalog_may_recover(exc: Exception) -> bool:
+    """A catalog write that failed for now (disk full, database locked or busy, I/O error) may succeed
+    later; anything else (a damaged database, a path outside the data directory) fails the same way each
+    time, and is left to start-up reconciliation."""
+    return isinstance(exc, CatalogError) and isinstance(exc.__cause__, sqlite3.OperationalError)
+
+
+class CatalogBacklog:
+    """Sealed segments the catalog could not take yet, oldest first, tried again from the main loop.
+
+    Until a segment is in, retention does not see it (it is never deleted, not even for space) and incident
+    holds do not count it; whatever is left at exit is adopted by start-up reconciliation. Recorder threads
+    call ``offer``; only the main thread calls ``retry``, so the head of the queue stays put while it is
+    inserted without the lock held. While segments wait, a recorder queues its own without touching the
+    catalog: a locked catalog holds a recorder up once (its first failed insert, up to the busy timeout),
+    not for every segment.
+    """
+
+    def __init__(self, add: Callable[[SealedSegment], object], clock: Callable[[], float] = time.monotonic):
+        self._add = add
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._queue: deque[SealedSegment] = deque()
+        self._next_retry = 0.0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def last_for(self, camera: str) -> SealedSegment | None:
+        """The camera's newest queued segment: the head of its chain while the catalog lags behind."""
+        with self._lock:
+            return next((s for s in reversed(self._queue) if s.meta.camera == camera), None)
+
+    def offer(self, segment: SealedSegment) -> bool:
+        """Catalogue ``segment`` now, or queue it (False). Behind segments already waiting it is queued
+        without a try, so that segments go in in the order they were sealed."""
+        with self._lock:
+            waiting = len(self._queue)
+            if waiting:
+                self._queue.append(segment)
+        if waiting:
+            log.warning("segment not catalogued yet: queued behind others camera=%s path=%s queued=%d",
+                        segment.meta.camera, segment.path, waiting + 1)
+            return False
+        try:
+            self._add(segment)
+        except Exception as exc:
+            if not _catalog_may_recover(exc):
+                raise  # the recorder logs it; start-up reconciliation adopts the file
+            with self._lock:
+                self._queue.append(segment)
+                self._next_retry = self._clock() + CATALOG_RETRY_S
+                waiting = len(self._queue)
+            log.error("segment not catalogued; retrying every %.0f s camera=%s path=%s queued=%d error=%s",
+                      CATALOG_RETRY_S, segment.meta.camera, segment.path, waiting, exc)
+            return False
+        return True
+
+    def retry(self, *, force: bool = False) -> int:
+        """Main thread: catalogue the queued segments in order until one fails, then wait CATALOG_RETRY_S
+        (unless ``force``: before a sweep, at stop). Returns how many left the queue."""
+        if not force and self._clock() < self._next_retry:
+            return 0
+        done = 0
+        while True:
+            with self._lock:
+                if not self._queue:
+                    return done
+                segment = self._queue[0]
+            try:
+                self._add(segment)  # a segment someone else catalogued meanwhile counts as done
+            except Exception as exc:
+                if _catalog_may_recover(exc):
+                    with self._lock:
+                        self._next_retry = self._clock() + CATALOG_RETRY_S
+                        waiting = len(self._queue)
+                    log.warning("segment still not catalogued camera=%s path=%s queued=%d error=%s",
+                                segment.meta.camera, segment.path, waiting, exc)
+                    return done
+                log.error("segment not catalogued; left for start-up reconciliation camera=%s path=%s "
+                          "error=%s", segment.meta.camera, segment.path, exc)
+            else:
+                log.info("segment catalogued after retry camera=%s path=%s", segment.meta.camera,
+                         segment.path)
+            with self._lock:
+                self._queue.popleft()
+            done += 1
 
 
 class Daemon:
@@ -100,6 +197,8 @@ class Daemon:
         self._snapshot_cameras: dict[str, tuple[str, bool]] = {}
         self._open_incident_ids: frozenset[str] | None = None
         self._last_disk_low_monotonic = float("-inf")
+        # Sealed segments the catalog could not take yet (recorder threads add, the main loop retries).
+        self.uncatalogued = CatalogBacklog(lambda segment: self.catalog.add_segment(segment))
 
     # ----- set-up -------------------------------------------------------------------------------------
     def _open_state(self) -> None:
@@ -119,10 +218,11 @@ class Daemon:
         # reconcile logs each repair itself and records recoveries in the audit log.
         reconcile(cfg.data_dir, self.catalog, self.signing_key, device_key=self.signing_key.public_key(),
                   audit=self.audit)
-        self.incidents = IncidentService(self.catalog, self.audit, cfg)
-        # The daemon keeps a space reserve so that a sweep on a completely full disk can still write
-        # its audit line and catalog marks.
-        self.sweeper = Sweeper(self.catalog, self.audit, cfg, cfg.data_dir, reserve_bytes=RESERVE_BYTES)
+        # The daemon keeps a space reserve so that on a completely full disk a sweep can still write its
+        # audit line and catalog marks, and an incident command can still be recorded.
+        self.reserve = SpaceReserve.in_dir(cfg.data_dir, RESERVE_BYTES)
+        self.incidents = IncidentService(self.catalog, self.audit, cfg, self.reserve)
+        self.sweeper = Sweeper(self.catalog, self.audit, cfg, cfg.data_dir, reserve=self.reserve)
 
     def _start_mqtt(self) -> None:
         if not self.config.mqtt.enabled:
@@ -167,6 +267,10 @@ class Daemon:
 
     # ----- recorders ----------------------------------------------------------------------------------
     def _chain_for(self, camera: str) -> ChainState:
+        # A queued segment is newer than any catalogued one of the camera: the chain goes on from it.
+        queued = self.uncatalogued.last_for(camera)
+        if queued is not None:
+            return ChainState(next_sequence=queued.meta.sequence + 1, prev_digest=queued.digest)
         last = self.catalog.last_segment(camera)
         if last is None:
             return ChainState(next_sequence=0, prev_digest=bytes(32))
@@ -204,8 +308,13 @@ class Daemon:
             slot.recorder.stop(timeout_s)
             log.info("camera stopped camera=%s", name)
 
-    def _on_sealed(self, segment: Any) -> None:
-        self.catalog.add_segment(segment)
+    def _on_sealed(self, segment: SealedSegment) -> None:
+        if not self.uncatalogued.offer(segment):
+            self._status_dirty.set()  # uncatalogued_segments changed
+
+    def _retry_uncatalogued(self, *, force: bool = False) -> None:
+        if self.uncatalogued.retry(force=force):
+            self._status_dirty.set()
 
     def _on_gap(self, camera: str, from_ns: int, to_ns: int, reason: str) -> None:
         # Reported when the gap has ended; camera_down/camera_up went out when it began and ended.
@@ -354,6 +463,7 @@ class Daemon:
         if due:
             self._next_sweep_monotonic = now + self.config.retention.sweep_interval_s
             self._last_sweep_monotonic = now
+            self._retry_uncatalogued(force=True)  # so that the sweep sees (and counts) every sealed segment
             self._sweep("disk_pressure" if pressure else "interval")
 
     # ----- status -------------------------------------------------------------------------------------
@@ -410,6 +520,8 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
             "state": "disk_full" if self.disk_full else "recording",
             "clock": {"synced": clock.clock_synced(), "boot_id": clock.boot_id()},
+            # Kept in memory by AuditLog (one stat per status): stored off the device, it anchors the log.
+            "audit_head": self.audit.head().to_json_dict(),
             "cameras": cameras,
             "disk": {
                 "free_bytes": usage.free,
@@ -426,6 +538,7 @@ class Daemon:
             },
             "incidents_open": len(self.incidents.list_open()),
             "held_bytes": self.catalog.held_bytes(now_ns, cfg.incidents),
+            "uncatalogued_segments": len(self.uncatalogued),
             "mqtt": self.mqtt.stats() if self.mqtt is not None else {"enabled": False},
             "last_errors": list(self.last_errors),
         }
@@ -547,13 +660,17 @@ class Daemon:
                 self._stop_camera(name)  # seals the open segment: the restart is at a segment boundary
                 restarted.append(name)
             self._start_camera(cam)
-        self.incidents = IncidentService(self.catalog, self.audit, new)
+        self.incidents.reconfigure(new)
         # The same sweeper keeps its clock history, so a reload cannot make it trust a jumped clock.
         self.sweeper.reconfigure(new)
         if old.mqtt != new.mqtt:
-            if self.mqtt is not None:
-                self.mqtt.stop()
+            # The old link clears the Home Assistant entities the new settings leave behind at the old
+            # place (removed cameras; all of them when discovery, the broker or the prefix changed); what
+            # it could not send, a new link to the same broker sends once connected.
+            unsent = self.mqtt.stop(next_config=new) if self.mqtt is not None else []
             self._start_mqtt()
+            if unsent and self.mqtt is not None:
+                self.mqtt.take_over_removals(unsent, previous=old)
         elif self.mqtt is not None:
             self.mqtt.reconfigure(new)  # same link; discovery follows the cameras added or removed
         self._status_dirty.set()
@@ -586,6 +703,7 @@ class Daemon:
                     self.signals.reload.clear()
                     self.reload()
                 self._supervise_recorders(now)
+                self._retry_uncatalogued()
                 self._maybe_sweep(now)
                 self._write_status(now)
                 problem = self.health_problem()
@@ -605,6 +723,10 @@ class Daemon:
         for slot in self.slots.values():
             slot.recorder.stop(10.0)
         log.info("cameras stopped count=%d", len(self.slots))
+        self._retry_uncatalogued(force=True)
+        if self.uncatalogued:
+            log.warning("sealed segments left uncatalogued; start-up reconciliation adopts them count=%d",
+                        len(self.uncatalogued))
         try:  # the last status still lists the cameras, each now 'stopped'
             statusfile.write_status(self.status_path, {**self.status(), "state": "stopped"})
         except OSError:

@@ -190,6 +190,36 @@ def test_mqtt_port_defaults_to_8883_with_tls():
     assert cfg.mqtt.tls == config_module.TlsConfig(ca_file=BASE / "ca.pem")
 
 
+@pytest.mark.parametrize("tls", [{}, True, {"ca_file": None}, {"ca_file": None, "cert_file": None}],
+                         ids=["empty-mapping", "true", "null-ca", "null-files"])
+def test_tls_without_ca_file_uses_the_system_ca_store(tls: object):
+    cfg = parse_config(changed(minimal(), {"mqtt": {"tls": tls}}), base_dir=BASE)
+    assert cfg.mqtt.tls == config_module.TlsConfig(ca_file=None, cert_file=None, key_file=None)
+    assert cfg.mqtt.port == 8883
+
+
+def test_tls_client_certificate_without_ca_file():
+    tls = {"cert_file": "client.pem", "key_file": "client.key"}
+    cfg = parse_config(changed(minimal(), {"mqtt": {"tls": tls, "port": 8884}}), base_dir=BASE)
+    assert cfg.mqtt.tls == config_module.TlsConfig(cert_file=BASE / "client.pem",
+                                                   key_file=BASE / "client.key")
+    assert cfg.mqtt.port == 8884
+
+
+def test_tls_false_is_plain_tcp():
+    cfg = parse_config(changed(minimal(), {"mqtt": {"tls": False}}), base_dir=BASE)
+    assert cfg.mqtt.tls is None
+    assert cfg.mqtt.port == 1883
+
+
+def test_an_empty_tls_section_is_refused_not_taken_as_plain_tcp():
+    with pytest.raises(ConfigError) as err:
+        parse_config(changed(minimal(), {"mqtt": {"tls": None}}), base_dir=BASE)
+    assert err.value.problems == [
+        "mqtt.tls: empty; write 'tls: true' (TLS checked against the system's CA store), a mapping with "
+        "ca_file, cert_file, key_file, or 'tls: false' (no TLS)"]
+
+
 @pytest.mark.parametrize("off", [None, False])
 def test_site_topic_null_or_false_turns_site_commands_off(off: object):
     cfg = parse_config(changed(minimal(), {"mqtt.site_topic": off}), base_dir=BASE)
@@ -361,15 +391,24 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
      "mqtt.password_file: missing (required when mqtt.username is set)"),
     ("password alone", {"mqtt.username": DELETE},
      "mqtt.username: missing (required when mqtt.password_file is set)"),
-    ("tls without ca", {"mqtt.tls.ca_file": DELETE},
-     "mqtt.tls.ca_file: missing (required when mqtt.tls is set)"),
+    ("tls ca empty", {"mqtt.tls.ca_file": ""},
+     "mqtt.tls.ca_file: expected a non-empty string without control characters, got ''"),
+    ("tls ca typo", {"mqtt.tls.cafile": "ca.pem"}, "mqtt.tls.cafile: unknown key (did you mean 'ca_file'?)"),
     ("cert without key", {"mqtt.tls.key_file": DELETE},
      "mqtt.tls.key_file: missing (required when cert_file is set: a client certificate needs its private "
      "key)"),
     ("key without cert", {"mqtt.tls.cert_file": DELETE},
      "mqtt.tls.cert_file: missing (required when key_file is set: a client certificate needs its private "
      "key)"),
-    ("tls true", {"mqtt.tls": True}, "mqtt.tls: expected a mapping of keys, got true"),
+    ("cert null with key", {"mqtt.tls.cert_file": None},
+     "mqtt.tls.cert_file: missing (required when key_file is set: a client certificate needs its private "
+     "key)"),
+    ("tls quoted true", {"mqtt.tls": "true"},
+     "mqtt.tls: expected true, false or a mapping with ca_file, cert_file, key_file; got 'true'"),
+    ("tls number", {"mqtt.tls": 1},
+     "mqtt.tls: expected true, false or a mapping with ca_file, cert_file, key_file; got 1"),
+    ("tls list", {"mqtt.tls": ["ca.pem"]},
+     "mqtt.tls: expected true, false or a mapping with ca_file, cert_file, key_file; got a list"),
     ("topic wildcard", {"mqtt.topic_prefix": "cctv/#"},
      "mqtt.topic_prefix: 'cctv/#' must not contain the MQTT wildcards '+' or '#'"),
     ("topic slash", {"mqtt.topic_prefix": "/cctv"},

@@ -6,7 +6,9 @@ commands acknowledged within a second and holding the right footage (checked wit
 incident ls`` and ``edgerec retention --dry-run``); refused commands changing nothing; ``offline`` from
 the Last Will on kill -9 and from the daemon on a clean stop; recording carrying on, gap-free, through a
 broker outage and with no broker at all; commands sent while the daemon was down applied when it returns;
-TLS with username/password and the ACL docs/mqtt.md recommends; reload and disk events.
+TLS with username/password and the ACL docs/mqtt.md recommends, and TLS checked against the system's CA
+store; reload (Home Assistant entities of removed cameras cleared, also when the MQTT settings change) and
+disk events.
 """
 
 from __future__ import annotations
@@ -151,6 +153,23 @@ def wait_online(listener: Listener, setup: Setup, daemon: Daemon) -> Received:
         except AssertionError:
             if daemon.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"daemon not online; its log:\n{daemon.log()}") from None
+
+
+def retained_on(broker: Broker, pattern: str) -> dict[str, bytes]:
+    """The retained messages on topics matching ``pattern`` now. A new subscription gets them right
+    after its SUBACK; a marker published once subscribed arrives after all of them."""
+    marker = pattern.replace("+", "marker")
+    with Listener(broker, [pattern]) as listener:
+        listener.publish(marker, b"marker")
+        listener.wait_for(marker)
+        return {m.topic: m.payload for m in listener.messages if m.retain}
+
+
+def camera_entities(setup: Setup, camera: str) -> set[str]:
+    node = f"edgerec_{setup.device_id}"
+    return {f"homeassistant/{component}/{node}/cam_{camera}_{what}/config" for component, what in
+            (("binary_sensor", "recording"), ("sensor", "last_packet_age"), ("sensor", "fps"),
+             ("sensor", "bitrate"))}
 
 
 def command(listener: Listener, setup: Setup, obj: dict[str, Any], transaction: str,
@@ -327,6 +346,30 @@ def test_reload_with_a_camera_removed_drops_its_entities_and_clean_stop_publishe
     assert "mqtt stopped" in daemon.log()
 
 
+def test_reload_changing_mqtt_settings_clears_the_entities_of_a_removed_camera(
+        tmp_path: Path, broker: Broker, officer: OfficerKey) -> None:
+    yard = {**CAMERA, "name": "yard"}
+    setup = make_setup(tmp_path, officer, broker.port, cameras=[CAMERA, yard])
+    gate_entities, yard_entities = camera_entities(setup, "gate"), camera_entities(setup, "yard")
+    with Listener(broker, [setup.availability]) as listener, \
+            Daemon(setup.config, tmp_path / "d.log") as daemon:
+        wait_online(listener, setup, daemon)
+        wait_for(lambda: gate_entities | yard_entities <= set(retained_on(broker, setup.discovery_node)), 15,
+                 "both cameras' entities retained")
+        listener.clear()
+        # yard goes, and the MQTT settings change too: the link is replaced, not reconfigured.
+        setup.reload(daemon, cameras=[CAMERA],
+                     mqtt={"enabled": True, "host": LOOPBACK, "port": broker.port, "status_interval_s": 20,
+                           "client_id": f"edgerec-{setup.device_id}-2"})
+        listener.wait_for(setup.availability, is_offline, timeout_s=10)  # the old link's goodbye
+        listener.wait_for(setup.availability, is_online, timeout_s=15)  # the new link
+        left = retained_on(broker, setup.discovery_node)
+        assert not yard_entities & set(left), daemon.log()
+        assert gate_entities <= set(left)
+        assert "mqtt discovery entities removed count=4" in daemon.log()
+        assert daemon.terminate() == 0, daemon.log()
+
+
 def test_broker_outage_brings_the_daemon_back_online_with_no_gap_in_recording(
         tmp_path: Path, officer: OfficerKey) -> None:
     with Broker(tmp_path / "mosquitto", persistence=True) as own:
@@ -406,6 +449,35 @@ def test_tls_username_password_and_the_documented_acl(tmp_path: Path, officer: O
             listener.publish("edgerec/all/incident/set", {"action": "close", "id": reply["id"],
                                                           "transaction": "site"})
             assert listener.wait_for(setup.result, reply_to("site")).json()["ok"] is True
+            assert daemon.terminate() == 0, daemon.log()
+            listener.wait_for(setup.availability, is_offline, timeout_s=5)
+
+
+def test_tls_without_ca_file_checks_the_broker_against_the_system_ca_store(
+        tmp_path: Path, officer: OfficerKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = make_test_ca(tmp_path / "ca")
+    for var in ("SSL_CERT_FILE", "SSL_CERT_DIR"):  # the daemons below get this environment
+        monkeypatch.delenv(var, raising=False)
+    with Broker(tmp_path / "mosquitto", tls=ca) as own:
+        setup = make_setup(tmp_path, officer, own.port, mqtt={"tls": True})
+        # The system's store does not know the test CA: a clear error, retries, and recording goes on.
+        refused = "mqtt connect failed: TLS certificate of the broker at"
+        with Daemon(setup.config, tmp_path / "untrusting.log") as daemon:
+            wait_for(lambda: daemon.log().count(refused) >= 2, START_TIMEOUT_S, "two refused handshakes")
+            wait_for_segments(setup.data_dir, 1, "a segment recorded all the same", daemon)
+            status = json.loads(run_cli("status", "-c", str(setup.config), "--json", check=True).stdout)
+            assert status["mqtt"]["connected"] is False
+            assert "checked against the system's CA store" in status["mqtt"]["last_error"]
+            assert daemon.terminate() == 0, daemon.log()
+        log = daemon.log()
+        assert f"error edgerec.mqtt: {refused}" in log  # an error (a set-up problem), not a warning
+        assert "Traceback" not in log
+        # OpenSSL's default verify paths include $SSL_CERT_FILE: with the test CA there, it connects.
+        trusting = {"SSL_CERT_FILE": str(ca.ca_cert)}
+        with Listener(own, [f"{setup.base}/#"], tls=ca) as listener, \
+                Daemon(setup.config, tmp_path / "trusting.log", env=trusting) as daemon:
+            wait_online(listener, setup, daemon)
+            listener.wait_for(f"{setup.base}/status", lambda m: m.json()["mqtt"]["connected"] is True)
             assert daemon.terminate() == 0, daemon.log()
             listener.wait_for(setup.availability, is_offline, timeout_s=5)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import sqlite3
+from contextlib import contextmanager
 from dataclasses import replace as dc_replace
 from datetime import UTC, datetime
 
@@ -12,7 +15,7 @@ from hypothesis import strategies as st
 
 from edgerec.audit import AuditLog, verify_audit
 from edgerec.catalog import Catalog, IncidentRow
-from edgerec.errors import CommandError
+from edgerec.errors import CatalogError, CommandError
 from edgerec.incidents import (
     IncidentService,
     WindowIndex,
@@ -24,6 +27,7 @@ from edgerec.incidents import (
     rfc3339,
     window_limit_problem,
 )
+from edgerec.spacereserve import SpaceReserve, make_reserve
 from tests.daemon_helpers import run_cli, write_config
 from tests.test_catalog import DAY, MIN, T0, add_segment, make_config
 
@@ -262,6 +266,188 @@ def test_failed_audit_append_leaves_nothing_recorded(env, tmp_path):
     result = service.apply(open_cmd(), NOW)
     assert not result.ok and "not recorded" in result.error and "No space" in result.error
     assert catalog.get_incident("INC-2026-0042") is None
+
+
+# ----- a full disk: the space reserve, and audit lines for commits that failed ------------------------------
+def counted_incident_lines(events):
+    """The ``incident_opened``/``incident_closed`` lines that count, as (event, id): every one except those
+    an ``incident_not_recorded`` line (same id and action) follows. Fails on a void line voiding nothing."""
+    counted = []
+    for e in events:
+        if e["event"] in ("incident_opened", "incident_closed"):
+            counted.append(e)
+        elif e["event"] == "incident_not_recorded":
+            voided = "incident_opened" if e["action"] == "open" else "incident_closed"
+            earlier = [c for c in counted if (c["event"], c["id"]) == (voided, e["id"])]
+            assert earlier, f"an incident_not_recorded line that voids nothing: {e}"
+            counted.remove(earlier[-1])
+    return [(e["event"], e["id"]) for e in counted]
+
+
+def catalog_incident_lines(catalog):
+    """The (event, id) lines the catalog's incidents call for, in the order of opening."""
+    out = []
+    for inc in catalog.incidents():
+        out.append(("incident_opened", inc.id))
+        if inc.closed_ns is not None:
+            out.append(("incident_closed", inc.id))
+    return out
+
+
+class FullDiskCatalog:
+    """The real catalog, except that a commit fails as SQLite's does when the WAL cannot grow on a full
+    disk (the transaction is rolled back) while ``full()`` says so; every other call is the real one."""
+
+    def __init__(self, catalog, full):
+        self._catalog, self._full, self.refused = catalog, full, 0
+
+    def __getattr__(self, name):
+        return getattr(self._catalog, name)
+
+    @contextmanager
+    def transaction(self):
+        with self._catalog.transaction():
+            yield
+            if self._full():
+                self.refused += 1
+                raise sqlite3.OperationalError("database or disk is full")
+
+
+class RefusingAudit:
+    """The real audit log, refusing appends (ENOSPC, nothing written) while ``refuse()`` says so."""
+
+    def __init__(self, audit, refuse):
+        self.audit, self.refuse, self.refused = audit, refuse, 0
+
+    def append_many(self, entries):
+        if self.refuse():
+            self.refused += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.audit.append_many(entries)
+
+    def append(self, event, **fields):
+        self.append_many([(event, fields)])
+
+
+@pytest.fixture
+def reserve(tmp_path):
+    r = SpaceReserve.in_dir(tmp_path)
+    make_reserve(r.path, 64 * 1024)
+    return r
+
+
+def test_an_open_whose_commit_hits_a_full_disk_gives_up_the_reserve_and_is_recorded_once(env, reserve):
+    service, catalog, data_dir = env
+    for i in range(3):
+        add_segment(catalog, "gate", i, ns("2026-11-20T10:00:00Z") + i * MIN, size=100)
+    service.catalog = full = FullDiskCatalog(catalog, reserve.path.exists)  # full until it is given up
+    service.reserve = reserve
+    result = service.apply(open_cmd(), NOW)
+    assert result.ok and not result.duplicate and result.error is None
+    assert (result.held_segments, result.held_bytes) == (3, 300)
+    assert full.refused == 1 and not reserve.path.exists()
+    assert catalog.get_incident("INC-2026-0042").opened_ns == NOW
+    # The first run's line was written before its commit failed: the log says so, then records the retry.
+    events = audit_events(data_dir)
+    assert [e["event"] for e in events] == ["incident_opened", "incident_not_recorded", "incident_opened"]
+    assert events[1]["id"] == "INC-2026-0042" and events[1]["action"] == "open"
+    assert "disk is full" in events[1]["error"]
+    assert counted_incident_lines(events) == catalog_incident_lines(catalog) == [
+        ("incident_opened", "INC-2026-0042")]
+    assert verify_audit(data_dir / "audit.log").ok
+    assert service.apply(open_cmd(), NOW + MIN).duplicate
+
+
+def test_a_close_whose_commit_hits_a_full_disk_gives_up_the_reserve_and_is_recorded_once(env, reserve):
+    service, catalog, data_dir = env
+    assert service.apply(open_cmd(), NOW).ok
+    service.catalog = FullDiskCatalog(catalog, reserve.path.exists)
+    service.reserve = reserve
+    result = service.apply(parse({"action": "close", "id": "INC-2026-0042", "by": "boss"}), NOW + DAY)
+    assert result.ok and not result.duplicate
+    row = catalog.get_incident("INC-2026-0042")
+    assert (row.closed_ns, row.closed_by) == (NOW + DAY, "boss")
+    events = audit_events(data_dir)
+    assert [e["event"] for e in events] == ["incident_opened", "incident_closed", "incident_not_recorded",
+                                            "incident_closed"]
+    assert events[2]["action"] == "close"
+    assert counted_incident_lines(events) == catalog_incident_lines(catalog)
+    assert verify_audit(data_dir / "audit.log").ok
+
+
+def test_an_audit_log_refusing_the_line_gives_up_the_reserve_and_writes_it_once(env, reserve):
+    service, catalog, data_dir = env
+    service.audit = refusing = RefusingAudit(service.audit, reserve.path.exists)
+    service.reserve = reserve
+    result = service.apply(open_cmd(), NOW)
+    assert result.ok and not result.duplicate and refusing.refused == 1 and not reserve.path.exists()
+    assert [e["event"] for e in audit_events(data_dir)] == ["incident_opened"]  # nothing to void
+    assert catalog.get_incident("INC-2026-0042") is not None
+
+
+def test_with_no_reserve_left_a_full_disk_is_not_recorded_and_the_written_line_is_voided(env):
+    service, catalog, data_dir = env
+    disk_full = [True]
+    service.catalog = FullDiskCatalog(catalog, lambda: disk_full[0])
+    service.reserve = SpaceReserve.in_dir(data_dir)  # none there: given up earlier
+    result = service.apply(open_cmd(), NOW)
+    assert not result.ok and result.error.startswith("not recorded: ") and "disk is full" in result.error
+    assert catalog.get_incident("INC-2026-0042") is None and catalog.incident_changes() == 0
+    events = audit_events(data_dir)
+    assert [e["event"] for e in events] == ["incident_opened", "incident_not_recorded"]
+    assert counted_incident_lines(events) == catalog_incident_lines(catalog) == []
+    assert verify_audit(data_dir / "audit.log").ok
+    # Space again: the sender's retry is a new incident, not a duplicate of a half-written one.
+    disk_full[0] = False
+    again = service.apply(open_cmd(), NOW + MIN)
+    assert again.ok and not again.duplicate
+    assert counted_incident_lines(audit_events(data_dir)) == catalog_incident_lines(catalog) == [
+        ("incident_opened", "INC-2026-0042")]
+
+
+def test_a_void_line_the_disk_refuses_goes_first_into_the_next_audit_write(env):
+    service, catalog, data_dir = env
+    disk_full = [True]
+    service.catalog = FullDiskCatalog(catalog, lambda: disk_full[0])
+    # The line fits in the log's last block, the line voiding it does not (nor does anything after it).
+    service.audit = RefusingAudit(service.audit, lambda: disk_full[0] and (data_dir / "audit.log").exists())
+    assert not service.apply(open_cmd(), NOW).ok
+    assert [e["event"] for e in audit_events(data_dir)] == ["incident_opened"]  # owed, not forgotten
+    disk_full[0] = False
+    assert service.apply(open_cmd(id="OTHER"), NOW + MIN).ok
+    events = audit_events(data_dir)
+    assert [(e["event"], e["id"]) for e in events] == [
+        ("incident_opened", "INC-2026-0042"), ("incident_not_recorded", "INC-2026-0042"),
+        ("incident_opened", "OTHER")]
+    assert counted_incident_lines(events) == catalog_incident_lines(catalog) == [("incident_opened", "OTHER")]
+    assert verify_audit(data_dir / "audit.log").ok
+
+
+class FailsAfterCommit(FullDiskCatalog):
+    """The commit goes through, then making it durable fails (as ``Catalog._sync_wal`` can)."""
+
+    @contextmanager
+    def transaction(self):
+        with self._catalog.transaction():
+            yield
+        try:
+            raise OSError(errno.EIO, "Input/output error")
+        except OSError as exc:
+            raise CatalogError("catalog: cannot sync: Input/output error") from exc
+
+
+def test_a_line_whose_change_was_committed_is_never_voided(env, reserve):
+    service, catalog, data_dir = env
+    service.catalog = FailsAfterCommit(catalog, lambda: True)
+    service.reserve = reserve
+    result = service.apply(open_cmd(), NOW)
+    # Not known to be durable, so not acknowledged; but the catalog has it, so its line stands.
+    assert not result.ok and "cannot sync" in result.error
+    assert reserve.path.exists()  # not a full disk: not retried
+    assert [e["event"] for e in audit_events(data_dir)] == ["incident_opened"]
+    assert counted_incident_lines(audit_events(data_dir)) == catalog_incident_lines(catalog)
+    service.catalog = catalog
+    assert service.apply(open_cmd(), NOW + MIN).duplicate  # the sender's retry
 
 
 def test_handle_turns_parse_errors_into_replies(env):

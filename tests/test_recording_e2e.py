@@ -83,6 +83,19 @@ def test_bad_config_exits_2_naming_each_key(tmp_path: Path, officer: OfficerKey)
     assert "cameras[1]" in proc.stderr
 
 
+def test_catalog_commands_before_the_first_recording_say_so_without_a_traceback(
+        tmp_path: Path, officer: OfficerKey) -> None:
+    data_dir = tmp_path / "not-yet"
+    cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=data_dir,
+                       cameras=[{"name": "cam", "url": "testsrc"}])
+    for command in (["ls"], ["verify"]):
+        proc = run_cli(*command, "-c", str(cfg))
+        assert proc.returncode == 2, proc.stderr
+        assert f"data_dir {data_dir}" in proc.stderr and "nothing has been recorded" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not data_dir.exists()
+
+
 def test_kill_9_loses_at_most_flush_seconds_and_everything_verifies(tmp_path: Path,
                                                                     officer: OfficerKey) -> None:
     data_dir = tmp_path / "data"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import sqlite3
 from dataclasses import replace
 
 import pytest
@@ -12,16 +14,22 @@ from hypothesis import strategies as st
 from edgerec.audit import AuditLog, verify_audit
 from edgerec.catalog import Catalog, IncidentRow, SegmentRow
 from edgerec.clock import ClockReading
+from edgerec.errors import CatalogError, CommandError
 from edgerec.incidents import holds
 from edgerec.retention import (
-    RESERVE_NAME,
     DeletedSegment,
     DiskState,
     RetentionPolicy,
     Sweeper,
     batches_by_directory,
-    make_reserve,
     plan_deletions,
+)
+from edgerec.spacereserve import (
+    RESERVE_NAME,
+    SpaceReserve,
+    is_disk_full_error,
+    make_reserve,
+    reserve_wanted,
 )
 from tests.test_catalog import DAY, MIN, T0, add_segment, make_config
 
@@ -472,11 +480,107 @@ def test_the_daemon_keeps_a_space_reserve_when_there_is_room(tmp_path):
     catalog = Catalog.open(tmp_path)
     try:
         sweeper = Sweeper(catalog, AuditLog(tmp_path / "audit.log"), cfg, tmp_path, free_space=Disk(),
-                          reserve_bytes=128 * 1024)
+                          reserve=SpaceReserve.in_dir(tmp_path, 128 * 1024))
         sweeper.sweep(now_ns=T0)
         assert (tmp_path / RESERVE_NAME).stat().st_size == 128 * 1024
     finally:
         catalog.close()
+
+
+# ----- the space reserve ----------------------------------------------------------------------------------
+def sqlite_failure(message, code):
+    """A CatalogError as the catalog raises it for a failed SQLite statement."""
+    inner = sqlite3.OperationalError(message)
+    inner.sqlite_errorcode = code
+    try:
+        raise CatalogError(f"catalog: write failed: {message}") from inner
+    except CatalogError as exc:
+        return exc
+
+
+def test_which_errors_mean_the_disk_is_full():
+    assert is_disk_full_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full_error(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not is_disk_full_error(OSError(errno.EIO, "Input/output error"))
+    assert is_disk_full_error(sqlite_failure("database or disk is full", sqlite3.SQLITE_FULL))
+    # Growing the WAL index (-shm) when the first process opens the catalog on a full disk.
+    assert is_disk_full_error(sqlite_failure("disk I/O error", sqlite3.SQLITE_IOERR_SHMSIZE))
+    assert not is_disk_full_error(sqlite_failure("disk I/O error", sqlite3.SQLITE_IOERR))
+    assert not is_disk_full_error(CatalogError("catalog: cannot sync"))
+    # Catalog.open hides the SQLite error from its message ("from None"); it is still its context.
+    try:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError:
+            raise CatalogError("catalog is unusable") from None
+    except CatalogError as hidden:
+        assert is_disk_full_error(hidden)
+
+
+@pytest.mark.parametrize(("size", "exists", "free", "wanted"), [
+    (1000, False, 2000, True),    # twice its size free: made
+    (1000, False, 1999, False),   # making it must not be what fills the disk
+    (1000, True, 10**9, False),   # there already
+    (0, False, 10**9, False),     # a reserve of nothing (the CLI's): never made
+])
+def test_when_a_reserve_is_made(size, exists, free, wanted):
+    assert reserve_wanted(size, exists, free) is wanted
+
+
+class Writes:
+    """A write that fails with ``errors`` in turn, then succeeds."""
+
+    def __init__(self, *errors):
+        self.errors, self.calls = list(errors), 0
+
+    def __call__(self):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "written"
+
+
+ENOSPC = OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_with_room_gives_up_the_reserve_and_writes_again_once(tmp_path):
+    reserve = SpaceReserve.in_dir(tmp_path)
+    make_reserve(reserve.path, 64 * 1024)
+    write = Writes(sqlite_failure("database or disk is full", sqlite3.SQLITE_FULL))
+    assert reserve.with_room(write) == "written" and write.calls == 2
+    assert not reserve.path.exists()
+    # No reserve left: the failure is the caller's, after one try.
+    write = Writes(ENOSPC)
+    with pytest.raises(OSError) as exc:
+        reserve.with_room(write)
+    assert exc.value is ENOSPC and write.calls == 1
+
+
+def test_with_room_keeps_the_reserve_for_other_errors_and_raises_a_second_failure(tmp_path):
+    reserve = SpaceReserve.in_dir(tmp_path)
+    make_reserve(reserve.path, 4096)
+    for error in (OSError(errno.EIO, "Input/output error"), CommandError("unknown incident id X")):
+        write = Writes(error)
+        with pytest.raises(type(error)):
+            reserve.with_room(write)
+        assert write.calls == 1 and reserve.path.exists()
+    write = Writes(ENOSPC, OSError(errno.ENOSPC, "still full"))
+    with pytest.raises(OSError, match="still full"):
+        reserve.with_room(write)
+    assert write.calls == 2 and not reserve.path.exists()
+
+
+def test_keep_makes_the_reserve_only_with_room_and_release_gives_it_up(tmp_path):
+    free = [10 * 1024]
+    reserve = SpaceReserve(tmp_path / RESERVE_NAME, 8 * 1024, free_bytes=lambda path: free[0])
+    assert not reserve.keep() and not reserve.path.exists()  # 10 KiB free: less than twice 8 KiB
+    free[0] = 16 * 1024
+    assert reserve.keep() and reserve.path.stat().st_size == 8 * 1024
+    assert reserve.path.stat().st_blocks * 512 >= 8 * 1024  # allocated: giving it up frees real space
+    assert not reserve.keep()  # already there
+    assert reserve.release() and not reserve.path.exists()
+    assert not reserve.release()  # nothing left to give up
+    assert not SpaceReserve.in_dir(tmp_path).keep()  # size 0: the CLI's, never made
 
 
 def test_a_clock_jump_is_logged_and_audited_once_by_the_sweep(tmp_path, caplog):

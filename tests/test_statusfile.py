@@ -67,6 +67,7 @@ def sample_status(**overrides) -> dict:
         },
         "incidents_open": 2,
         "held_bytes": 1_200_000_000,
+        "audit_head": {"lines": 57, "sha256": "ab" * 32},
         "mqtt": {"connected": True, "queued": 0},
         "last_errors": [{"at": rfc3339(NOW - 600), "message": "recorder for yard died"}],
     }
@@ -177,6 +178,7 @@ def test_format_status_summarises_daemon_cameras_disk_incidents_and_errors():
     assert "disk: 45.2 GB free (62.1%) of 58.0 GB, 12.8 GB used" in lines
     assert "retention: 28 days, oldest footage 27d 23h, last sweep 4m 0s ago (deleted 12)" in lines
     assert "incidents: 2 open, 1.2 GB held" in lines
+    assert f"audit log: 57 lines, head 57:{'ab' * 32}" in lines
     assert "mqtt: connected (queued=0)" in lines
     assert lines[-2:] == ["last errors:", "  2024-05-01T11:50:00.000Z recorder for yard died"]
     assert "WARNING" not in text and "NOT SYNCED" not in text
@@ -186,12 +188,14 @@ def test_format_status_flags_unsynced_clock_disk_full_and_stopped_daemon():
     status = sample_status(
         state="stopped", clock={"synced": False},
         retention={"days": 28, "last_sweep": None, "deleted_last_sweep": None, "disk_full": True},
-        mqtt={"enabled": False},
+        mqtt={"enabled": False}, uncatalogued_segments=3,
     )
     text = format_status({**status, "stale": True, "age_s": 500.0}, NOW)
     assert text.startswith("DAEMON STOPPED at ")
     assert "clock: NOT SYNCED" in text
     assert "DISK FULL" in text
+    assert "CATALOG BEHIND: 3 sealed segments" in text
+    assert "CATALOG BEHIND" not in format_status(sample_status(uncatalogued_segments=0), NOW)
     assert "last sweep never" in text
     assert "mqtt: disabled" in text
 
@@ -210,6 +214,7 @@ def test_format_status_survives_a_nearly_empty_status():
     text = format_status({"updated_at": rfc3339(NOW)}, datetime.fromtimestamp(NOW, UTC))
     assert "edgerec ? device ?: ? (pid ?, up ?)" in text
     assert "cameras: 0" in text
+    assert "audit log" not in text  # a daemon from before the head was published
 
 
 def test_human_units():

@@ -1,0 +1,264 @@
+"""Sealed segments the catalog cannot take (a full disk, a locked database) are queued and retried while
+the daemon runs: the backlog on its own, the daemon's use of it, and a real daemon against a real lock."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgerec.catalog import CATALOG_NAME, Catalog
+from edgerec.config import load_config
+from edgerec.errors import CatalogError
+from edgerec.inventory import segment_path
+from edgerec.recorder import ChainState
+from edgerec.segfile import SealedSegment
+from edgerec.supervisor import CATALOG_RETRY_S, CatalogBacklog, Daemon
+from tests.daemon_helpers import Daemon as DaemonProcess
+from tests.daemon_helpers import OfficerKey, run_cli, wait_for, write_config
+from tests.segfile_helpers import START_NS, TestKeys, make_keys, make_meta, write_segment
+
+S = 1_000_000_000
+
+
+class FakeClock:
+    def __init__(self, t: float = 100.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FlakyCatalog:
+    """The real catalog, except that ``add_segment`` first fails ``failures`` times as the real one does
+    when SQLite finds the disk full."""
+
+    def __init__(self, real: Catalog, failures: int):
+        self.real = real
+        self.failures = failures
+        self.calls: list[int] = []  # sequence numbers, one per add_segment call
+
+    def add_segment(self, seg: SealedSegment) -> Any:
+        self.calls.append(seg.meta.sequence)
+        if self.failures:
+            self.failures -= 1
+            # Through the catalog's own transaction, which wraps SQLite's error as it does for a real one.
+            with self.real.transaction():
+                raise sqlite3.OperationalError("database or disk is full")
+        return self.real.add_segment(seg)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.fixture(scope="module")
+def tk() -> TestKeys:
+    return make_keys()
+
+
+def make_segments(data_dir: Path, tk: TestKeys, n: int, camera: str = "gate") -> list[SealedSegment]:
+    """``n`` real sealed segments of one camera, chained, one second apart."""
+    out: list[SealedSegment] = []
+    prev = bytes(32)
+    for seq in range(n):
+        start = START_NS + seq * S
+        meta = make_meta(camera=camera, sequence=seq, start_ns=start, prev_digest=prev)
+        sealed = write_segment(segment_path(data_dir, camera, start), b"ts" * 500, tk, meta=meta, seed=seq)
+        out.append(sealed)
+        prev = sealed.digest
+    return out
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    cat = Catalog.open(data_dir)
+    yield cat
+    cat.close()
+
+
+def catalogued_sequences(cat: Catalog, camera: str = "gate") -> list[int]:
+    """Sequence numbers in the order the rows were inserted."""
+    return [r.sequence for r in sorted(cat.segments(camera), key=lambda r: r.id)]
+
+
+# ----- the backlog ---------------------------------------------------------------------------------------
+def test_segments_the_full_disk_refused_go_in_in_order_once_it_takes_them(
+        catalog: Catalog, tk: TestKeys, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edgerec.supervisor")
+    segs = make_segments(catalog.data_dir, tk, 4)
+    flaky = FlakyCatalog(catalog, failures=3)
+    clock = FakeClock()
+    backlog = CatalogBacklog(flaky.add_segment, clock=clock)
+
+    assert backlog.offer(segs[0]) is False  # failure 1
+    assert backlog.offer(segs[1]) is False and backlog.offer(segs[2]) is False
+    assert flaky.calls == [0]  # queued behind the first without a try of their own: order is kept
+    assert len(backlog) == 3
+
+    clock.t += CATALOG_RETRY_S - 0.1
+    assert backlog.retry() == 0 and flaky.calls == [0]  # backing off
+    clock.t += 0.1
+    assert backlog.retry() == 0 and flaky.calls == [0, 0]  # failure 2, once per step
+    assert backlog.retry() == 0 and flaky.calls == [0, 0]
+    assert backlog.retry(force=True) == 0 and flaky.calls == [0, 0, 0]  # failure 3 (before a sweep)
+    clock.t += CATALOG_RETRY_S
+    assert backlog.retry() == 3
+    assert flaky.calls == [0, 0, 0, 0, 1, 2] and len(backlog) == 0
+    assert backlog.offer(segs[3]) is True  # an empty queue: straight in again
+    assert catalogued_sequences(catalog) == [0, 1, 2, 3]
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("segment not catalogued; retrying" in m for m in messages) == 1
+    assert sum("segment still not catalogued" in m and "database or disk is full" in m for m in messages) == 2
+    assert sum("segment catalogued after retry" in m for m in messages) == 3
+
+
+def test_the_failure_is_the_one_the_catalog_gives_for_a_full_disk(catalog: Catalog, tk: TestKeys) -> None:
+    """What the retry decision sees: CatalogError caused by sqlite3.OperationalError."""
+    flaky = FlakyCatalog(catalog, failures=1)
+    with pytest.raises(CatalogError, match="write failed: database or disk is full") as caught:
+        flaky.add_segment(make_segments(catalog.data_dir, tk, 1)[0])
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+
+
+def test_a_segment_catalogued_meanwhile_by_someone_else_counts_as_done(
+        catalog: Catalog, tk: TestKeys) -> None:
+    segs = make_segments(catalog.data_dir, tk, 2)
+    flaky = FlakyCatalog(catalog, failures=1)
+    backlog = CatalogBacklog(flaky.add_segment, clock=FakeClock())
+    assert backlog.offer(segs[0]) is False
+    assert backlog.offer(segs[1]) is False
+    catalog.add_segment(segs[0])  # as start-up reconciliation of another run, or the CLI, would
+    assert backlog.retry(force=True) == 2 and len(backlog) == 0
+    assert catalogued_sequences(catalog) == [0, 1]  # no duplicate row
+
+
+def test_a_segment_the_catalog_can_never_take_is_left_to_reconciliation_without_blocking_the_rest(
+        catalog: Catalog, tk: TestKeys, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    segs = make_segments(catalog.data_dir, tk, 2)
+    elsewhere = make_segments(tmp_path / "elsewhere", tk, 1, camera="yard")[0]  # outside the data dir
+    with pytest.raises(CatalogError, match="not inside the data directory"):
+        CatalogBacklog(catalog.add_segment).offer(elsewhere)  # not queued: the recorder logs it
+    flaky = FlakyCatalog(catalog, failures=1)
+    backlog = CatalogBacklog(flaky.add_segment, clock=FakeClock())
+    assert backlog.offer(segs[0]) is False
+    assert backlog.offer(elsewhere) is False  # queued behind: no try of its own yet
+    assert backlog.offer(segs[1]) is False
+    assert backlog.retry(force=True) == 3 and len(backlog) == 0
+    assert catalogued_sequences(catalog) == [0, 1]
+    assert sum("left for start-up reconciliation" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_chain_goes_on_from_the_newest_queued_segment_of_the_camera(
+        catalog: Catalog, tk: TestKeys) -> None:
+    gate = make_segments(catalog.data_dir, tk, 2)
+    yard = make_segments(catalog.data_dir, tk, 1, camera="yard")
+    backlog = CatalogBacklog(FlakyCatalog(catalog, failures=1).add_segment, clock=FakeClock())
+    for seg in (gate[0], yard[0], gate[1]):
+        backlog.offer(seg)
+    assert backlog.last_for("gate") is gate[1]
+    assert backlog.last_for("yard") is yard[0]
+    assert backlog.last_for("door") is None
+
+
+# ----- the daemon's use of it ---------------------------------------------------------------------------
+@pytest.fixture
+def daemon(tmp_path: Path, officer: OfficerKey) -> Iterator[Daemon]:
+    """The daemon's state opened in-process (catalog, audit log, sweeper); recorders are not started."""
+    cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=tmp_path / "data",
+                       cameras=[{"name": "gate", "url": "testsrc", "health": False}])
+    d = Daemon(load_config(cfg))
+    old_umask = os.umask(0o022)
+    try:
+        d._open_state()  # it sets the daemon's umask: restored here
+    finally:
+        os.umask(old_umask)
+    try:
+        yield d
+    finally:
+        d.catalog.close()
+
+
+def test_the_daemon_queues_a_refused_segment_reports_it_and_retries_it_before_the_sweep(
+        daemon: Daemon, tk: TestKeys) -> None:
+    seg = make_segments(daemon.config.data_dir, tk, 1)[0]
+    real = daemon.catalog
+    daemon.catalog = FlakyCatalog(real, failures=1)  # type: ignore[assignment]
+    daemon._status_dirty.clear()
+
+    daemon._on_sealed(seg)  # as a recorder thread calls it; no exception reaches the recorder
+    assert daemon._status_dirty.is_set()
+    assert daemon.status()["uncatalogued_segments"] == 1
+    assert real.segments("gate") == []
+    # A recorder started now (restart, reload) goes on from the queued segment, not the catalog's last.
+    assert daemon._chain_for("gate") == ChainState(next_sequence=1, prev_digest=seg.digest)
+
+    daemon._retry_uncatalogued()  # backing off: not yet
+    assert daemon.status()["uncatalogued_segments"] == 1
+    daemon._maybe_sweep(0.0)  # the first sweep is due at once; the queue goes in first
+    assert daemon.last_sweep is not None
+    assert daemon.status()["uncatalogued_segments"] == 0
+    assert [r.path for r in real.segments("gate")] == [real.relative_path(seg.path)]
+    assert daemon._chain_for("gate") == ChainState(next_sequence=1, prev_digest=seg.digest)
+
+
+# ----- a real daemon, a really locked catalog -------------------------------------------------------------
+def read_status(data_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((data_dir / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def listed_paths(cfg: Path) -> list[dict[str, Any]]:
+    listing = json.loads(run_cli("ls", "-c", str(cfg), "--json", timeout=60, check=True).stdout)
+    return listing["cameras"].get("gate", {}).get("segments", [])
+
+
+@pytest.mark.slow
+def test_segments_sealed_while_another_process_locks_the_catalog_land_while_the_daemon_runs(
+        tmp_path: Path, officer: OfficerKey) -> None:
+    data_dir = tmp_path / "data"
+    cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=data_dir, segment_seconds=1,
+                       cameras=[{"name": "gate", "url": "testsrc:size=160x120:rate=10", "health": False,
+                                 "encoder": {"codec": "libx264", "gop_seconds": 1, "bitrate": 100_000}}])
+    log_path = tmp_path / "daemon.log"
+    with DaemonProcess(cfg, log_path, env={"RUNTIME_DIRECTORY": ""}) as daemon:
+        wait_for(lambda: read_status(data_dir).get("cameras", {}).get("gate", {}).get("segments"), 60,
+                 "a first catalogued segment")
+        # Another process takes the write lock and keeps it well past the catalog's busy timeout (5 s):
+        # every insert the daemon tries meanwhile fails with "database is locked".
+        holder = sqlite3.connect(data_dir / CATALOG_NAME, isolation_level=None, timeout=30)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            wait_for(lambda: read_status(data_dir).get("uncatalogued_segments", 0) >= 2, 60,
+                     "two sealed segments waiting for the catalog in the status")
+            status = json.loads(run_cli("status", "-c", str(cfg), "--json", timeout=30, check=True).stdout)
+            assert status["uncatalogued_segments"] >= 2
+            assert "segment not catalogued; retrying" in daemon.log()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+        def all_files_catalogued() -> bool:
+            on_disk = {p.relative_to(data_dir).as_posix() for p in data_dir.glob("gate/*/*.seg")}
+            return bool(on_disk) and on_disk <= {s["path"] for s in listed_paths(cfg)}
+
+        wait_for(all_files_catalogued, 3 * CATALOG_RETRY_S + 30, "every sealed segment in the catalog")
+        wait_for(lambda: read_status(data_dir).get("uncatalogued_segments") == 0, 30, "an empty queue")
+        assert daemon.proc.poll() is None  # caught up while running, not by start-up reconciliation
+        sequences = sorted(s["sequence"] for s in listed_paths(cfg))
+        assert sequences == list(range(len(sequences)))
+        assert "segment catalogued after retry" in daemon.log()
+        assert daemon.terminate(30) == 0
+    text = log_path.read_text()
+    assert "Traceback" not in text, text[-4000:]
+    assert "sealed-segment callback failed" not in text
