@@ -12,19 +12,18 @@ import logging
 import os
 import shutil
 import signal
-import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, clock, keys, notify, statusfile
 from .audit import AuditLog
 from .catalog import Catalog
+from .catalogqueue import CatalogQueue
 from .config import CameraConfig, Config, load_config
-from .errors import CatalogError, ConfigError, EdgerecError
+from .errors import ConfigError, EdgerecError
 from .incidents import IncidentService, command_result_for_error, parse_command
 from .reconcile import reconcile
 from .recorder import ChainState, ConnectionChange, Recorder
@@ -54,9 +53,6 @@ PRESSURE_SWEEP_MIN_INTERVAL_S = 1.0
 # ... and while only held footage is left (disk_full) at most this often: nothing changes until space is
 # freed, which is noticed on the next tick (one statvfs), or a hold's grace period ends.
 DISK_FULL_RESWEEP_S = 30.0
-# A sealed segment the catalog could not take (a full disk, a database locked by another process) is tried
-# again this long after a failure, and before every retention sweep.
-CATALOG_RETRY_S = 5.0
 
 
 def _first_attempt_done(recorder: Recorder) -> bool:
@@ -77,96 +73,6 @@ class _RecorderSlot:
 class _Signals:
     stop: threading.Event = field(default_factory=threading.Event)
     reload: threading.Event = field(default_factory=threading.Event)
-
-
-def _catalog_may_recover(exc: Exception) -> bool:
-    """A catalog write that failed for now (disk full, database locked or busy, I/O error) may succeed
-    later; anything else (a damaged database, a path outside the data directory) fails the same way each
-    time, and is left to start-up reconciliation."""
-    return isinstance(exc, CatalogError) and isinstance(exc.__cause__, sqlite3.OperationalError)
-
-
-class CatalogBacklog:
-    """Sealed segments the catalog could not take yet, oldest first, tried again from the main loop.
-
-    Until a segment is in, retention does not see it (it is never deleted, not even for space) and incident
-    holds do not count it; whatever is left at exit is adopted by start-up reconciliation. Recorder threads
-    call ``offer``; only the main thread calls ``retry``, so the head of the queue stays put while it is
-    inserted without the lock held. While segments wait, a recorder queues its own without touching the
-    catalog: a locked catalog holds a recorder up once (its first failed insert, up to the busy timeout),
-    not for every segment.
-    """
-
-    def __init__(self, add: Callable[[SealedSegment], object], clock: Callable[[], float] = time.monotonic):
-        self._add = add
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._queue: deque[SealedSegment] = deque()
-        self._next_retry = 0.0
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._queue)
-
-    def last_for(self, camera: str) -> SealedSegment | None:
-        """The camera's newest queued segment: the head of its chain while the catalog lags behind."""
-        with self._lock:
-            return next((s for s in reversed(self._queue) if s.meta.camera == camera), None)
-
-    def offer(self, segment: SealedSegment) -> bool:
-        """Catalogue ``segment`` now, or queue it (False). Behind segments already waiting it is queued
-        without a try, so that segments go in in the order they were sealed."""
-        with self._lock:
-            waiting = len(self._queue)
-            if waiting:
-                self._queue.append(segment)
-        if waiting:
-            log.warning("segment not catalogued yet: queued behind others camera=%s path=%s queued=%d",
-                        segment.meta.camera, segment.path, waiting + 1)
-            return False
-        try:
-            self._add(segment)
-        except Exception as exc:
-            if not _catalog_may_recover(exc):
-                raise  # the recorder logs it; start-up reconciliation adopts the file
-            with self._lock:
-                self._queue.append(segment)
-                self._next_retry = self._clock() + CATALOG_RETRY_S
-                waiting = len(self._queue)
-            log.error("segment not catalogued; retrying every %.0f s camera=%s path=%s queued=%d error=%s",
-                      CATALOG_RETRY_S, segment.meta.camera, segment.path, waiting, exc)
-            return False
-        return True
-
-    def retry(self, *, force: bool = False) -> int:
-        """Main thread: catalogue the queued segments in order until one fails, then wait CATALOG_RETRY_S
-        (unless ``force``: before a sweep, at stop). Returns how many left the queue."""
-        if not force and self._clock() < self._next_retry:
-            return 0
-        done = 0
-        while True:
-            with self._lock:
-                if not self._queue:
-                    return done
-                segment = self._queue[0]
-            try:
-                self._add(segment)  # a segment someone else catalogued meanwhile counts as done
-            except Exception as exc:
-                if _catalog_may_recover(exc):
-                    with self._lock:
-                        self._next_retry = self._clock() + CATALOG_RETRY_S
-                        waiting = len(self._queue)
-                    log.warning("segment still not catalogued camera=%s path=%s queued=%d error=%s",
-                                segment.meta.camera, segment.path, waiting, exc)
-                    return done
-                log.error("segment not catalogued; left for start-up reconciliation camera=%s path=%s "
-                          "error=%s", segment.meta.camera, segment.path, exc)
-            else:
-                log.info("segment catalogued after retry camera=%s path=%s", segment.meta.camera,
-                         segment.path)
-            with self._lock:
-                self._queue.popleft()
-            done += 1
 
 
 class Daemon:
@@ -197,8 +103,8 @@ class Daemon:
         self._snapshot_cameras: dict[str, tuple[str, bool]] = {}
         self._open_incident_ids: frozenset[str] | None = None
         self._last_disk_low_monotonic = float("-inf")
-        # Sealed segments the catalog could not take yet (recorder threads add, the main loop retries).
-        self.uncatalogued = CatalogBacklog(lambda segment: self.catalog.add_segment(segment))
+        # Sealed segments on their way into the catalog: recorder threads put, the main loop inserts.
+        self.uncatalogued = CatalogQueue(lambda segment: self.catalog.add_segment(segment))
 
     # ----- set-up -------------------------------------------------------------------------------------
     def _open_state(self) -> None:
@@ -309,11 +215,11 @@ class Daemon:
             log.info("camera stopped camera=%s", name)
 
     def _on_sealed(self, segment: SealedSegment) -> None:
-        if not self.uncatalogued.offer(segment):
-            self._status_dirty.set()  # uncatalogued_segments changed
+        self.uncatalogued.put(segment)  # the main loop inserts it within a tick: no SQLite on this thread
 
-    def _retry_uncatalogued(self, *, force: bool = False) -> None:
-        if self.uncatalogued.retry(force=force):
+    def _catalogue_sealed(self, *, force: bool = False) -> None:
+        behind = self.uncatalogued.behind()
+        if self.uncatalogued.drain(force=force) or self.uncatalogued.behind() != behind:
             self._status_dirty.set()
 
     def _on_gap(self, camera: str, from_ns: int, to_ns: int, reason: str) -> None:
@@ -463,7 +369,7 @@ class Daemon:
         if due:
             self._next_sweep_monotonic = now + self.config.retention.sweep_interval_s
             self._last_sweep_monotonic = now
-            self._retry_uncatalogued(force=True)  # so that the sweep sees (and counts) every sealed segment
+            self._catalogue_sealed(force=True)  # so that the sweep sees (and counts) every sealed segment
             self._sweep("disk_pressure" if pressure else "interval")
 
     # ----- status -------------------------------------------------------------------------------------
@@ -538,7 +444,7 @@ class Daemon:
             },
             "incidents_open": len(self.incidents.list_open()),
             "held_bytes": self.catalog.held_bytes(now_ns, cfg.incidents),
-            "uncatalogued_segments": len(self.uncatalogued),
+            "uncatalogued_segments": self.uncatalogued.behind(),
             "mqtt": self.mqtt.stats() if self.mqtt is not None else {"enabled": False},
             "last_errors": list(self.last_errors),
         }
@@ -703,7 +609,7 @@ class Daemon:
                     self.signals.reload.clear()
                     self.reload()
                 self._supervise_recorders(now)
-                self._retry_uncatalogued()
+                self._catalogue_sealed()
                 self._maybe_sweep(now)
                 self._write_status(now)
                 problem = self.health_problem()
@@ -723,7 +629,7 @@ class Daemon:
         for slot in self.slots.values():
             slot.recorder.stop(10.0)
         log.info("cameras stopped count=%d", len(self.slots))
-        self._retry_uncatalogued(force=True)
+        self._catalogue_sealed(force=True)
         if self.uncatalogued:
             log.warning("sealed segments left uncatalogued; start-up reconciliation adopts them count=%d",
                         len(self.uncatalogued))

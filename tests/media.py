@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -19,6 +20,10 @@ from pathlib import Path
 
 import av
 from av.video.frame import PictureType
+
+from edgerec.inventory import SEGMENT_SUFFIX
+from edgerec.segfile import CHECK_BYTES, CHUNK_OVERHEAD_BYTES, KIND_TRAILER, PARTIAL_SUFFIX, TAG_BYTES
+from tests.segfile_helpers import split_records
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
@@ -324,8 +329,26 @@ def scan_tree_for_plaintext(root: Path) -> dict[str, list[str]]:
     found = {}
     for path in sorted(Path(root).rglob("*")):
         if path.is_file():
-            hits = plaintext_video_findings(path.read_bytes())
+            hits = plaintext_video_findings(_scannable_bytes(path))
             if hits:
                 found[str(path)] = hits
     return found
+
+
+def _scannable_bytes(path: Path) -> bytes:
+    """The bytes of a file that may not look like video. For a segment file: its chunks' ciphertext,
+    joined. Its header, chunk prefixes and trailer are fixed-layout plaintext fields (times, counters,
+    lengths), which can spell a start code and a NAL header byte by chance: a frame counter of 0x165 is
+    ``00 00 01 65``, and so is a monotonic clock of about 1534 s in the header's big-endian field. Any
+    other file, or a segment file whose framing does not hold, is scanned whole."""
+    data = path.read_bytes()
+    if not path.name.endswith((SEGMENT_SUFFIX, SEGMENT_SUFFIX + PARTIAL_SUFFIX)):
+        return data
+    try:
+        _, records = split_records(data)
+    except (struct.error, IndexError):
+        return data
+    prefix = CHUNK_OVERHEAD_BYTES - TAG_BYTES - CHECK_BYTES
+    chunks = [r.raw[prefix:len(r.raw) - CHECK_BYTES] for r in records if r.kind != KIND_TRAILER]
+    return b"".join(chunks)
 

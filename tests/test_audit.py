@@ -368,20 +368,20 @@ def test_verify_with_the_head_detects_a_log_cut_before_it(tmp_path):
     assert not gone.ok and "ends at line 0" in gone.problem
 
 
-def test_audit_verify_command_takes_a_head(tmp_path, capsys):
-    from edgerec.cli import main
+def test_audit_verify_command_takes_a_head(tmp_path):
+    from tests.daemon_helpers import run_cli  # the real command: main() in-process would set up logging
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     path = data_dir / "audit.log"
     seen = write_log(path, 5).head()
-    assert main(["audit", "verify", "--data-dir", str(data_dir), "--head", str(seen)]) == 0
-    assert "line 5 is the expected head" in capsys.readouterr().out
+    proc = run_cli("audit", "verify", "--data-dir", str(data_dir), "--head", str(seen))
+    assert proc.returncode == 0 and "line 5 is the expected head" in proc.stdout
     path.write_bytes(b"\n".join(lines(path)[:4]) + b"\n")
-    assert main(["audit", "verify", "--data-dir", str(data_dir), "--head", str(seen)]) == 1
-    assert "BROKEN at line 5: the log ends at line 4" in capsys.readouterr().out
-    assert main(["audit", "verify", "--data-dir", str(data_dir), "--head", "5:abc"]) == 2
-    assert "--head 5:abc: expected LINES:SHA256" in capsys.readouterr().err
+    proc = run_cli("audit", "verify", "--data-dir", str(data_dir), "--head", str(seen))
+    assert proc.returncode == 1 and "BROKEN at line 5: the log ends at line 4" in proc.stdout
+    proc = run_cli("audit", "verify", "--data-dir", str(data_dir), "--head", "5:abc")
+    assert proc.returncode == 2 and "--head 5:abc: expected LINES:SHA256" in proc.stderr
 
 
 def test_daemon_publishes_the_head_in_its_status_and_follows_audited_events(tmp_path, officer):

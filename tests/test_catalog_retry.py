@@ -1,5 +1,6 @@
-"""Sealed segments the catalog cannot take (a full disk, a locked database) are queued and retried while
-the daemon runs: the backlog on its own, the daemon's use of it, and a real daemon against a real lock."""
+"""Sealed segments go into the catalog through a queue the daemon's main loop drains; those the catalog
+cannot take (a full disk, a locked database) wait there and are retried while the daemon runs: the queue on
+its own, the daemon's use of it, and a real daemon against a real lock."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from typing import Any
 import pytest
 
 from edgerec.catalog import CATALOG_NAME, Catalog
+from edgerec.catalogqueue import CATALOG_RETRY_S, CatalogQueue
 from edgerec.config import load_config
 from edgerec.errors import CatalogError
 from edgerec.inventory import segment_path
 from edgerec.recorder import ChainState
 from edgerec.segfile import SealedSegment
-from edgerec.supervisor import CATALOG_RETRY_S, CatalogBacklog, Daemon
+from edgerec.supervisor import Daemon
 from tests.daemon_helpers import Daemon as DaemonProcess
 from tests.daemon_helpers import OfficerKey, run_cli, wait_for, write_config
 from tests.segfile_helpers import START_NS, TestKeys, make_keys, make_meta, write_segment
@@ -89,30 +91,45 @@ def catalogued_sequences(cat: Catalog, camera: str = "gate") -> list[int]:
     return [r.sequence for r in sorted(cat.segments(camera), key=lambda r: r.id)]
 
 
-# ----- the backlog ---------------------------------------------------------------------------------------
+# ----- the queue -----------------------------------------------------------------------------------------
+def test_put_never_touches_the_catalog_and_drain_inserts_in_order(catalog: Catalog, tk: TestKeys) -> None:
+    segs = make_segments(catalog.data_dir, tk, 3)
+    flaky = FlakyCatalog(catalog, failures=0)
+    queue = CatalogQueue(flaky.add_segment, clock=FakeClock())
+    for seg in segs:
+        queue.put(seg)
+    assert flaky.calls == [] and len(queue) == 3
+    assert queue.behind() == 0  # waiting for the main loop is not being behind
+    assert queue.drain() == 3 and len(queue) == 0
+    assert catalogued_sequences(catalog) == [0, 1, 2]
+
+
 def test_segments_the_full_disk_refused_go_in_in_order_once_it_takes_them(
         catalog: Catalog, tk: TestKeys, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="edgerec.supervisor")
+    caplog.set_level(logging.INFO, logger="edgerec.catalogqueue")
     segs = make_segments(catalog.data_dir, tk, 4)
     flaky = FlakyCatalog(catalog, failures=3)
     clock = FakeClock()
-    backlog = CatalogBacklog(flaky.add_segment, clock=clock)
+    queue = CatalogQueue(flaky.add_segment, clock=clock)
 
-    assert backlog.offer(segs[0]) is False  # failure 1
-    assert backlog.offer(segs[1]) is False and backlog.offer(segs[2]) is False
-    assert flaky.calls == [0]  # queued behind the first without a try of their own: order is kept
-    assert len(backlog) == 3
+    queue.put(segs[0])
+    assert queue.drain() == 0  # failure 1
+    queue.put(segs[1])
+    queue.put(segs[2])
+    assert flaky.calls == [0]
+    assert len(queue) == 3 and queue.behind() == 3
 
     clock.t += CATALOG_RETRY_S - 0.1
-    assert backlog.retry() == 0 and flaky.calls == [0]  # backing off
+    assert queue.drain() == 0 and flaky.calls == [0]  # backing off
     clock.t += 0.1
-    assert backlog.retry() == 0 and flaky.calls == [0, 0]  # failure 2, once per step
-    assert backlog.retry() == 0 and flaky.calls == [0, 0]
-    assert backlog.retry(force=True) == 0 and flaky.calls == [0, 0, 0]  # failure 3 (before a sweep)
+    assert queue.drain() == 0 and flaky.calls == [0, 0]  # failure 2, once per step
+    assert queue.drain() == 0 and flaky.calls == [0, 0]
+    assert queue.drain(force=True) == 0 and flaky.calls == [0, 0, 0]  # failure 3 (before a sweep)
     clock.t += CATALOG_RETRY_S
-    assert backlog.retry() == 3
-    assert flaky.calls == [0, 0, 0, 0, 1, 2] and len(backlog) == 0
-    assert backlog.offer(segs[3]) is True  # an empty queue: straight in again
+    assert queue.drain() == 3
+    assert flaky.calls == [0, 0, 0, 0, 1, 2] and len(queue) == 0 and queue.behind() == 0
+    queue.put(segs[3])
+    assert queue.drain() == 1  # no backoff left over once the queue was empty
     assert catalogued_sequences(catalog) == [0, 1, 2, 3]
 
     messages = [r.getMessage() for r in caplog.records]
@@ -133,11 +150,12 @@ def test_a_segment_catalogued_meanwhile_by_someone_else_counts_as_done(
         catalog: Catalog, tk: TestKeys) -> None:
     segs = make_segments(catalog.data_dir, tk, 2)
     flaky = FlakyCatalog(catalog, failures=1)
-    backlog = CatalogBacklog(flaky.add_segment, clock=FakeClock())
-    assert backlog.offer(segs[0]) is False
-    assert backlog.offer(segs[1]) is False
+    queue = CatalogQueue(flaky.add_segment, clock=FakeClock())
+    queue.put(segs[0])
+    queue.put(segs[1])
+    assert queue.drain() == 0
     catalog.add_segment(segs[0])  # as start-up reconciliation of another run, or the CLI, would
-    assert backlog.retry(force=True) == 2 and len(backlog) == 0
+    assert queue.drain(force=True) == 2 and len(queue) == 0
     assert catalogued_sequences(catalog) == [0, 1]  # no duplicate row
 
 
@@ -146,13 +164,13 @@ def test_a_segment_the_catalog_can_never_take_is_left_to_reconciliation_without_
     segs = make_segments(catalog.data_dir, tk, 2)
     elsewhere = make_segments(tmp_path / "elsewhere", tk, 1, camera="yard")[0]  # outside the data dir
     with pytest.raises(CatalogError, match="not inside the data directory"):
-        CatalogBacklog(catalog.add_segment).offer(elsewhere)  # not queued: the recorder logs it
+        catalog.add_segment(elsewhere)
     flaky = FlakyCatalog(catalog, failures=1)
-    backlog = CatalogBacklog(flaky.add_segment, clock=FakeClock())
-    assert backlog.offer(segs[0]) is False
-    assert backlog.offer(elsewhere) is False  # queued behind: no try of its own yet
-    assert backlog.offer(segs[1]) is False
-    assert backlog.retry(force=True) == 3 and len(backlog) == 0
+    queue = CatalogQueue(flaky.add_segment, clock=FakeClock())
+    for seg in (segs[0], elsewhere, segs[1]):
+        queue.put(seg)
+    assert queue.drain() == 0  # the full disk, first
+    assert queue.drain(force=True) == 3 and len(queue) == 0
     assert catalogued_sequences(catalog) == [0, 1]
     assert sum("left for start-up reconciliation" in r.getMessage() for r in caplog.records) == 1
 
@@ -161,12 +179,12 @@ def test_the_chain_goes_on_from_the_newest_queued_segment_of_the_camera(
         catalog: Catalog, tk: TestKeys) -> None:
     gate = make_segments(catalog.data_dir, tk, 2)
     yard = make_segments(catalog.data_dir, tk, 1, camera="yard")
-    backlog = CatalogBacklog(FlakyCatalog(catalog, failures=1).add_segment, clock=FakeClock())
+    queue = CatalogQueue(FlakyCatalog(catalog, failures=1).add_segment, clock=FakeClock())
     for seg in (gate[0], yard[0], gate[1]):
-        backlog.offer(seg)
-    assert backlog.last_for("gate") is gate[1]
-    assert backlog.last_for("yard") is yard[0]
-    assert backlog.last_for("door") is None
+        queue.put(seg)
+    assert queue.last_for("gate") is gate[1]
+    assert queue.last_for("yard") is yard[0]
+    assert queue.last_for("door") is None
 
 
 # ----- the daemon's use of it ---------------------------------------------------------------------------
@@ -194,14 +212,17 @@ def test_the_daemon_queues_a_refused_segment_reports_it_and_retries_it_before_th
     daemon.catalog = FlakyCatalog(real, failures=1)  # type: ignore[assignment]
     daemon._status_dirty.clear()
 
-    daemon._on_sealed(seg)  # as a recorder thread calls it; no exception reaches the recorder
+    daemon._on_sealed(seg)  # as a recorder thread calls it: queued, the catalog is not touched
+    assert daemon.catalog.calls == []  # type: ignore[attr-defined]
+    assert daemon.status()["uncatalogued_segments"] == 0
+    daemon._catalogue_sealed()  # the main loop's tick: the full disk refuses it
     assert daemon._status_dirty.is_set()
     assert daemon.status()["uncatalogued_segments"] == 1
     assert real.segments("gate") == []
     # A recorder started now (restart, reload) goes on from the queued segment, not the catalog's last.
     assert daemon._chain_for("gate") == ChainState(next_sequence=1, prev_digest=seg.digest)
 
-    daemon._retry_uncatalogued()  # backing off: not yet
+    daemon._catalogue_sealed()  # backing off: not yet
     assert daemon.status()["uncatalogued_segments"] == 1
     daemon._maybe_sweep(0.0)  # the first sweep is due at once; the queue goes in first
     assert daemon.last_sweep is not None

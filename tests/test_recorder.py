@@ -257,6 +257,25 @@ def test_plaintext_scan_finds_ts_and_h264_but_not_random_bytes(tmp_path: Path) -
     assert plaintext_video_findings(os.urandom(1 << 20)) == []
 
 
+def test_plaintext_scan_of_a_segment_skips_its_plaintext_fields_but_not_its_chunks(tmp_path: Path) -> None:
+    from edgerec.inventory import segment_path
+    from tests.media import scan_tree_for_plaintext
+    from tests.segfile_helpers import make_keys, make_meta, split_records, write_segment
+
+    # A monotonic clock of ~1534 s in the header spells 00 00 01 65 (a start code and an IDR header).
+    meta = make_meta(monotonic_ns=0x0000016512345678)
+    seg = write_segment(segment_path(tmp_path, "cam", meta.start_ns), b"x" * 1000, make_keys(), meta=meta)
+    assert scan_tree_for_plaintext(tmp_path) == {}
+    # Plaintext video where the ciphertext belongs is still found.
+    clip = tmp_path / "clip.ts"
+    make_h264_clip(clip, 1, fps=25, gop=5)
+    header, records = split_records(seg.path.read_bytes())
+    chunk = records[0].raw
+    seg.path.write_bytes(header + chunk[:17] + clip.read_bytes() + chunk[-16:] + records[-1].raw)
+    clip.unlink()
+    assert list(scan_tree_for_plaintext(tmp_path)) == [str(seg.path)]
+
+
 class FullDisk:
     """An ENOSPC switch for the segment files: while ``full`` is set, segfile's writes and the recovery
     of a ``.partial`` fail as on a full filesystem (the rest of the system is left alone)."""
