@@ -110,6 +110,24 @@ def _read_last_line(f: Any, size: int) -> bytes:
     return chunk[:-1]
 
 
+def tail_entries(path: Path | str, max_bytes: int = _TAIL_READ_BYTES) -> list[dict[str, Any]]:
+    """The parsed complete lines in the last ``max_bytes`` of the log (oldest first; [] when there is no
+    log). For start-up checks of the most recent events, without reading a log of years."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            data = f.read(size - start)
+    except FileNotFoundError:
+        return []
+    raw_lines = data.split(b"\n")
+    raw_lines.pop()  # after the last newline: empty, or a torn line
+    if start > 0 and raw_lines:
+        raw_lines.pop(0)  # the read began inside this line
+    return [obj for obj in map(_parse, raw_lines) if obj is not None]
+
+
 class AuditLog:
     """Appends hash-chained lines to an audit file; safe to share between threads.
 

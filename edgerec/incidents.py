@@ -330,6 +330,25 @@ def not_recorded_entry(cmd: IncidentCommand, error: BaseException | str) -> Audi
     return "incident_not_recorded", {"id": cmd.id, "action": cmd.action, "error": str(error)}
 
 
+def unconfirmed_claims(entries: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(id, action) of the ``incident_opened``/``incident_closed`` lines among ``entries`` (audit lines,
+    oldest first) that no later ``incident_not_recorded`` voids: what the catalog must show. The last
+    claim of each id and action counts (a voided line followed by the successful retry's line)."""
+    actions = {"incident_opened": "open", "incident_closed": "close"}
+    pending: dict[tuple[str, str], None] = {}
+    for entry in entries:
+        event, inc_id = entry.get("event"), entry.get("id")
+        if not isinstance(inc_id, str):
+            continue
+        if event in actions:
+            key = (inc_id, actions[event])
+            pending.pop(key, None)
+            pending[key] = None  # in the order of the latest claim
+        elif event == "incident_not_recorded":
+            pending.pop((inc_id, str(entry.get("action"))), None)
+    return list(pending)
+
+
 @dataclass
 class _Run:
     """One run of a command's transaction: whether its audit line was appended (then the commit decides
@@ -365,6 +384,29 @@ class IncidentService:
         self.max_window_days = float(inc.max_window_days)
         self.max_open = int(inc.max_open)
         self.cameras = tuple(c.name for c in config.cameras)
+
+    def void_unrecorded(self, entries: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+        """At start-up: an ``incident_opened``/``incident_closed`` line among ``entries`` (the audit log's
+        last lines) whose change the catalog does not have was written just before a power cut or crash
+        ended its transaction; append ``incident_not_recorded`` for it, so that the log and the catalog
+        say the same. Inside a catalog write transaction, so that a command another process is
+        committing right now is waited for, not taken for lost. Returns the voided (id, action)s."""
+        voided = []
+        with self.catalog.transaction():
+            for inc_id, action in unconfirmed_claims(entries):
+                row = self.catalog.get_incident(inc_id)
+                recorded = row is not None and (action == "open" or not row.is_open)
+                if not recorded:
+                    voided.append((inc_id, action))
+            if voided:
+                self.audit.append_many([
+                    ("incident_not_recorded", {"id": inc_id, "action": action,
+                                               "error": "not in the catalog at start-up (interrupted)"})
+                    for inc_id, action in voided])
+        for inc_id, action in voided:
+            log.warning("incident audit line voided at start-up id=%s action=%s: not in the catalog",
+                        inc_id, action)
+        return voided
 
     def handle(self, obj: Any, now_ns: int) -> CommandResult:
         """Parse and apply a command object; every failure becomes a CommandResult (never raises

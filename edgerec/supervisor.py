@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, clock, keys, notify, statusfile
-from .audit import AuditLog
+from .audit import AuditLog, tail_entries
 from .catalog import Catalog
-from .catalogqueue import CatalogQueue
+from .catalogqueue import CatalogQueue, Gap
 from .config import CameraConfig, Config, load_config
 from .errors import ConfigError, EdgerecError
 from .incidents import IncidentService, command_result_for_error, parse_command
@@ -104,7 +104,9 @@ class Daemon:
         self._open_incident_ids: frozenset[str] | None = None
         self._last_disk_low_monotonic = float("-inf")
         # Sealed segments on their way into the catalog: recorder threads put, the main loop inserts.
-        self.uncatalogued = CatalogQueue(lambda segment: self.catalog.add_segment(segment))
+        self.uncatalogued = CatalogQueue(
+            lambda segment: self.catalog.add_segment(segment),
+            lambda gap: self.catalog.add_gap(gap.camera, gap.from_ns, gap.to_ns, gap.reason))
 
     # ----- set-up -------------------------------------------------------------------------------------
     def _open_state(self) -> None:
@@ -128,6 +130,10 @@ class Daemon:
         # audit line and catalog marks, and an incident command can still be recorded.
         self.reserve = SpaceReserve.in_dir(cfg.data_dir, RESERVE_BYTES)
         self.incidents = IncidentService(self.catalog, self.audit, cfg, self.reserve)
+        try:  # an incident line whose commit a power cut prevented is voided, so log and catalog agree
+            self.incidents.void_unrecorded(tail_entries(self.audit.path))
+        except (EdgerecError, OSError) as exc:  # a full disk: the next start tries again
+            log.error("audit log not checked against the catalog error=%s", exc)
         self.sweeper = Sweeper(self.catalog, self.audit, cfg, cfg.data_dir, reserve=self.reserve)
 
     def _start_mqtt(self) -> None:
@@ -223,8 +229,9 @@ class Daemon:
             self._status_dirty.set()
 
     def _on_gap(self, camera: str, from_ns: int, to_ns: int, reason: str) -> None:
-        # Reported when the gap has ended; camera_down/camera_up went out when it began and ended.
-        self.catalog.add_gap(camera, from_ns, to_ns, reason)
+        # Reported when the gap has ended; camera_down/camera_up went out when it began and ended. Queued
+        # behind the segments sealed before it, like them.
+        self.uncatalogued.put(Gap(camera, from_ns, to_ns, reason))
 
     def _on_connection(self, change: ConnectionChange) -> None:
         """A camera stopped delivering or delivers again: audit it and publish it at once."""

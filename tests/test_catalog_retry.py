@@ -8,14 +8,14 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edgerec.catalog import CATALOG_NAME, Catalog
-from edgerec.catalogqueue import CATALOG_RETRY_S, CatalogQueue
+from edgerec.catalogqueue import CATALOG_RETRY_S, CatalogQueue, Gap
 from edgerec.config import load_config
 from edgerec.errors import CatalogError
 from edgerec.inventory import segment_path
@@ -86,6 +86,10 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
     cat.close()
 
 
+def gap_adder(cat: Catalog) -> Callable[[Gap], None]:
+    return lambda gap: cat.add_gap(gap.camera, gap.from_ns, gap.to_ns, gap.reason)
+
+
 def catalogued_sequences(cat: Catalog, camera: str = "gate") -> list[int]:
     """Sequence numbers in the order the rows were inserted."""
     return [r.sequence for r in sorted(cat.segments(camera), key=lambda r: r.id)]
@@ -95,7 +99,7 @@ def catalogued_sequences(cat: Catalog, camera: str = "gate") -> list[int]:
 def test_put_never_touches_the_catalog_and_drain_inserts_in_order(catalog: Catalog, tk: TestKeys) -> None:
     segs = make_segments(catalog.data_dir, tk, 3)
     flaky = FlakyCatalog(catalog, failures=0)
-    queue = CatalogQueue(flaky.add_segment, clock=FakeClock())
+    queue = CatalogQueue(flaky.add_segment, gap_adder(catalog), clock=FakeClock())
     for seg in segs:
         queue.put(seg)
     assert flaky.calls == [] and len(queue) == 3
@@ -110,7 +114,7 @@ def test_segments_the_full_disk_refused_go_in_in_order_once_it_takes_them(
     segs = make_segments(catalog.data_dir, tk, 4)
     flaky = FlakyCatalog(catalog, failures=3)
     clock = FakeClock()
-    queue = CatalogQueue(flaky.add_segment, clock=clock)
+    queue = CatalogQueue(flaky.add_segment, gap_adder(catalog), clock=clock)
 
     queue.put(segs[0])
     assert queue.drain() == 0  # failure 1
@@ -138,6 +142,29 @@ def test_segments_the_full_disk_refused_go_in_in_order_once_it_takes_them(
     assert sum("segment catalogued after retry" in m for m in messages) == 3
 
 
+def test_a_gap_waits_in_order_with_the_segments_and_is_not_counted_as_one(catalog: Catalog,
+                                                                        tk: TestKeys) -> None:
+    segs = make_segments(catalog.data_dir, tk, 2)
+    flaky = FlakyCatalog(catalog, failures=1)
+    gaps: list[Gap] = []
+
+    def add_gap(gap: Gap) -> None:
+        # The segment before the gap is in when the gap goes in.
+        assert catalogued_sequences(catalog) == [0]
+        gaps.append(gap)
+        gap_adder(catalog)(gap)
+
+    queue = CatalogQueue(flaky.add_segment, add_gap, clock=FakeClock())
+    gap = Gap("gate", segs[0].end_ns, segs[1].meta.start_ns, "camera down")
+    for item in (segs[0], gap, segs[1]):
+        queue.put(item)
+    assert queue.drain() == 0 and queue.behind() == 2  # two segments behind; the gap is not one
+    assert queue.drain(force=True) == 3
+    assert gaps == [gap] and catalogued_sequences(catalog) == [0, 1]
+    assert [(g.from_ns, g.to_ns, g.reason) for g in catalog.gaps("gate")] == [
+        (gap.from_ns, gap.to_ns, "camera down")]
+
+
 def test_the_failure_is_the_one_the_catalog_gives_for_a_full_disk(catalog: Catalog, tk: TestKeys) -> None:
     """What the retry decision sees: CatalogError caused by sqlite3.OperationalError."""
     flaky = FlakyCatalog(catalog, failures=1)
@@ -150,7 +177,7 @@ def test_a_segment_catalogued_meanwhile_by_someone_else_counts_as_done(
         catalog: Catalog, tk: TestKeys) -> None:
     segs = make_segments(catalog.data_dir, tk, 2)
     flaky = FlakyCatalog(catalog, failures=1)
-    queue = CatalogQueue(flaky.add_segment, clock=FakeClock())
+    queue = CatalogQueue(flaky.add_segment, gap_adder(catalog), clock=FakeClock())
     queue.put(segs[0])
     queue.put(segs[1])
     assert queue.drain() == 0
@@ -166,7 +193,7 @@ def test_a_segment_the_catalog_can_never_take_is_left_to_reconciliation_without_
     with pytest.raises(CatalogError, match="not inside the data directory"):
         catalog.add_segment(elsewhere)
     flaky = FlakyCatalog(catalog, failures=1)
-    queue = CatalogQueue(flaky.add_segment, clock=FakeClock())
+    queue = CatalogQueue(flaky.add_segment, gap_adder(catalog), clock=FakeClock())
     for seg in (segs[0], elsewhere, segs[1]):
         queue.put(seg)
     assert queue.drain() == 0  # the full disk, first
@@ -179,7 +206,8 @@ def test_the_chain_goes_on_from_the_newest_queued_segment_of_the_camera(
         catalog: Catalog, tk: TestKeys) -> None:
     gate = make_segments(catalog.data_dir, tk, 2)
     yard = make_segments(catalog.data_dir, tk, 1, camera="yard")
-    queue = CatalogQueue(FlakyCatalog(catalog, failures=1).add_segment, clock=FakeClock())
+    queue = CatalogQueue(FlakyCatalog(catalog, failures=1).add_segment, gap_adder(catalog),
+                         clock=FakeClock())
     for seg in (gate[0], yard[0], gate[1]):
         queue.put(seg)
     assert queue.last_for("gate") is gate[1]

@@ -332,6 +332,31 @@ def test_config_edits_start_and_stop_cameras_and_a_broken_edit_keeps_the_old_con
     assert_no_traceback(daemon.log())
 
 
+def test_start_up_voids_an_incident_line_a_power_cut_kept_from_the_catalog(
+        tmp_path: Path, officer: OfficerKey, clip: Path) -> None:
+    from edgerec.audit import AuditLog, verify_audit
+
+    data_dir = tmp_path / "data"
+    cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=data_dir,
+                       cameras=[live_clip_camera("a", clip)])
+    opened = run_cli("incident", "open", "-c", str(cfg), "--id", "KEPT", "--camera", "a", "--from",
+                     "2026-11-20T09:55:00Z", "--by", "officer")
+    assert opened.returncode == 0, opened.stderr
+    # The audit line of an open whose catalog commit a power cut prevented (fsynced; the commit is not).
+    AuditLog(data_dir / "audit.log").append("incident_opened", id="LOST", camera="a", by="officer")
+    with Daemon(cfg, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: "incident audit line voided at start-up id=LOST" in daemon.log(), 30,
+                 "the start-up check")
+        assert daemon.terminate(15) == 0
+    events = [json.loads(line) for line in (data_dir / "audit.log").read_text().splitlines()]
+    voids = [e for e in events if e["event"] == "incident_not_recorded"]
+    assert [(e["id"], e["action"]) for e in voids] == [("LOST", "open")]
+    assert verify_audit(data_dir / "audit.log").ok
+    listed = run_cli("incident", "ls", "-c", str(cfg), "--json")
+    assert [i["id"] for i in json.loads(listed.stdout)] == ["KEPT"]
+    assert_no_traceback(daemon.log())
+
+
 # ----- status ------------------------------------------------------------------------------------------
 def test_status_command_reports_the_running_daemon_from_the_runtime_directory_without_mqtt(
         tmp_path: Path, officer: OfficerKey, clip: Path, systemd: FakeSystemd,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgerec.audit import AuditLog, verify_audit
+from edgerec.audit import AuditLog, tail_entries, verify_audit
 from edgerec.catalog import Catalog, IncidentRow
 from edgerec.errors import CatalogError, CommandError
 from edgerec.incidents import (
@@ -25,6 +25,7 @@ from edgerec.incidents import (
     parse_rfc3339,
     parse_time,
     rfc3339,
+    unconfirmed_claims,
     window_limit_problem,
 )
 from edgerec.spacereserve import SpaceReserve, make_reserve
@@ -448,6 +449,53 @@ def test_a_line_whose_change_was_committed_is_never_voided(env, reserve):
     assert counted_incident_lines(audit_events(data_dir)) == catalog_incident_lines(catalog)
     service.catalog = catalog
     assert service.apply(open_cmd(), NOW + MIN).duplicate  # the sender's retry
+
+
+def test_unconfirmed_claims_are_the_last_unvoided_line_of_each_id_and_action():
+    lines = [
+        {"event": "incident_opened", "id": "A"},
+        {"event": "incident_opened", "id": "B"},
+        {"event": "incident_not_recorded", "id": "B", "action": "open"},
+        {"event": "incident_opened", "id": "B"},  # the retry, recorded
+        {"event": "incident_closed", "id": "A"},
+        {"event": "incident_opened", "id": "C"},
+        {"event": "incident_not_recorded", "id": "C", "action": "open"},
+        {"event": "segment_deleted", "path": "x"},
+        {"event": "incident_opened", "id": 7},  # not a string id: not an incident line of ours
+    ]
+    assert unconfirmed_claims(lines) == [("A", "open"), ("B", "open"), ("A", "close")]
+
+
+def test_a_line_a_power_cut_kept_from_its_commit_is_voided_at_start_up(env):
+    service, catalog, data_dir = env
+    service.apply(open_cmd(id="KEPT"), NOW)
+    service.apply(parse({"action": "close", "id": "KEPT", "by": "officer"}), NOW + MIN)
+    # What a power cut between the audit line's fsync and the catalog's commit leaves: the line alone.
+    service.audit.append("incident_opened", id="LOST", camera="gate", **{"from": "2026-11-20T09:55:00.000Z"},
+                         to=None, reason="", by="officer")
+    service.audit.append("incident_closed", id="KEPT-2", by="officer")  # closing one never opened
+    entries = tail_entries(data_dir / "audit.log")
+    assert service.void_unrecorded(entries) == [("LOST", "open"), ("KEPT-2", "close")]
+    events = audit_events(data_dir)
+    assert [(e["event"], e["id"], e.get("action")) for e in events[-2:]] == [
+        ("incident_not_recorded", "LOST", "open"), ("incident_not_recorded", "KEPT-2", "close")]
+    assert counted_incident_lines(events) == catalog_incident_lines(catalog)
+    assert verify_audit(data_dir / "audit.log").ok
+    # Once settled, a second start finds nothing to void.
+    assert service.void_unrecorded(tail_entries(data_dir / "audit.log")) == []
+
+
+def test_tail_entries_reads_only_the_end_of_the_log_and_skips_torn_lines(tmp_path):
+    log = AuditLog(tmp_path / "audit.log")
+    for i in range(200):
+        log.append("note", i=i)
+    entries = tail_entries(log.path, max_bytes=1000)
+    assert entries and entries[-1]["i"] == 199 and len(entries) < 20
+    assert [e["i"] for e in entries] == list(range(200 - len(entries), 200))  # whole lines only
+    with open(log.path, "ab") as f:
+        f.write(b'{"n":201,"ts":"x","ev')  # torn by a power cut
+    assert tail_entries(log.path, max_bytes=1000)[-1]["i"] == 199
+    assert tail_entries(tmp_path / "none.log") == []
 
 
 def test_handle_turns_parse_errors_into_replies(env):
