@@ -522,7 +522,11 @@ class _Child:
                     log.debug("camera process output camera=%s line=%s", self.camera, line)
 
     def last_words(self) -> str:
-        """The child's last stderr line, as a suffix for an error message."""
+        """The child's last stderr line, as a suffix for an error message. Called once its output has
+        ended or was useless, when the program is usually exiting: it gets a moment to finish (its last
+        line may still be on the way), as does the thread reading its stderr."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=0.5)
         self._reader.join(timeout=0.5 if self.proc.poll() is not None else 0)
         return f" (program said: {self._stderr[-1]})" if self._stderr else ""
 
