@@ -390,3 +390,13 @@ class Listener:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def retained_on(broker: Broker, pattern: str) -> dict[str, bytes]:
+    """The retained messages on topics matching ``pattern`` now. A new subscription gets them right
+    after its SUBACK; a marker published once subscribed arrives after all of them."""
+    marker = pattern.replace("+", "marker")
+    with Listener(broker, [pattern]) as listener:
+        listener.publish(marker, b"marker")
+        listener.wait_for(marker)
+        return {m.topic: m.payload for m in listener.messages if m.retain}

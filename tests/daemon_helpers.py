@@ -43,6 +43,23 @@ def write_config(path: Path, *, officer: OfficerKey, data_dir: Path, cameras: li
     return path
 
 
+def open_daemon_state(config_path: Path) -> Any:
+    """Run the daemon's start-up (device key, catalog, audit log, reconciliation, sweeper) in this process,
+    without starting recorders, and return the daemon (``edgerec.supervisor.Daemon``). The umask it sets
+    for its files is undone for the rest of the tests. The caller closes its ``catalog``."""
+    from edgerec.config import load_config
+    from edgerec.supervisor import Daemon as Supervisor
+
+    supervisor = Supervisor(load_config(config_path))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        supervisor._open_state()
+    finally:
+        os.umask(umask)
+    return supervisor
+
+
 def edgerec_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgerec", *args]
 

@@ -208,11 +208,7 @@ def test_repair_tail_of_a_log_that_is_only_a_torn_line(tmp_path):
 
 
 def test_daemon_start_up_repairs_a_torn_audit_tail(tmp_path, officer):
-    import os
-
-    from edgerec.config import load_config
-    from edgerec.supervisor import Daemon
-    from tests.daemon_helpers import write_config
+    from tests.daemon_helpers import open_daemon_state, write_config
 
     data_dir = tmp_path / "data"
     data_dir.mkdir(mode=0o700)
@@ -222,13 +218,7 @@ def test_daemon_start_up_repairs_a_torn_audit_tail(tmp_path, officer):
         f.write(b'{"n":3,"ts":"2026-')
     cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=data_dir,
                        cameras=[{"name": "gate", "url": "testsrc"}])
-    daemon = Daemon(load_config(cfg))
-    umask = os.umask(0o022)
-    try:
-        daemon._open_state()  # it sets the daemon's umask: restored below
-    finally:
-        os.umask(umask)
-        daemon.catalog.close()
+    open_daemon_state(cfg).catalog.close()
     assert verify_audit(path).ok
     assert [json.loads(r)["event"] for r in lines(path)][2:] == ["audit_torn_tail"]
 

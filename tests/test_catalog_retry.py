@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,14 +15,13 @@ import pytest
 
 from edgerec.catalog import CATALOG_NAME, Catalog
 from edgerec.catalogqueue import CATALOG_RETRY_S, CatalogQueue, Gap
-from edgerec.config import load_config
 from edgerec.errors import CatalogError
 from edgerec.inventory import segment_path
 from edgerec.recorder import ChainState
 from edgerec.segfile import SealedSegment
 from edgerec.supervisor import Daemon
 from tests.daemon_helpers import Daemon as DaemonProcess
-from tests.daemon_helpers import OfficerKey, run_cli, wait_for, write_config
+from tests.daemon_helpers import OfficerKey, open_daemon_state, run_cli, wait_for, write_config
 from tests.segfile_helpers import START_NS, TestKeys, make_keys, make_meta, write_segment
 
 S = 1_000_000_000
@@ -221,12 +219,7 @@ def daemon(tmp_path: Path, officer: OfficerKey) -> Iterator[Daemon]:
     """The daemon's state opened in-process (catalog, audit log, sweeper); recorders are not started."""
     cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=tmp_path / "data",
                        cameras=[{"name": "gate", "url": "testsrc", "health": False}])
-    d = Daemon(load_config(cfg))
-    old_umask = os.umask(0o022)
-    try:
-        d._open_state()  # it sets the daemon's umask: restored here
-    finally:
-        os.umask(old_umask)
+    d = open_daemon_state(cfg)
     try:
         yield d
     finally:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import threading
 import time
@@ -37,11 +36,10 @@ import pytest
 from edgerec import keys, segfile
 from edgerec.audit import verify_audit
 from edgerec.catalog import Catalog
-from edgerec.config import load_config
 from edgerec.errors import SegmentError
 from edgerec.timefmt import rfc3339
 from tests.broker import Broker, Listener, mosquitto_available
-from tests.daemon_helpers import Daemon, OfficerKey, wait_for, write_config
+from tests.daemon_helpers import Daemon, OfficerKey, open_daemon_state, wait_for, write_config
 
 S = 1_000_000_000
 DEVICE = "crashdev"
@@ -174,17 +172,7 @@ class CrashLedger:
 
     def repair(self) -> None:
         """Run the daemon's start-up (key, catalog, reconciliation) in this process, then close it."""
-        from edgerec.supervisor import Daemon as Supervisor
-
-        umask = os.umask(0o022)
-        os.umask(umask)
-        sup = Supervisor(load_config(self.rig.config_path))
-        try:
-            sup._open_state()  # it sets the daemon's umask: restored below for the rest of the tests
-        finally:
-            os.umask(umask)
-            with contextlib.suppress(Exception):
-                sup.catalog.close()
+        open_daemon_state(self.rig.config_path).catalog.close()
 
     def check(self, killed_ns: int | None, loss_limit_s: float | None = None) -> float | None:
         """Assert every invariant on the repaired data directory; returns the footage lost to the kill

@@ -29,7 +29,15 @@ import yaml
 
 from edgerec.catalog import Catalog, SegmentRow
 from edgerec.timefmt import rfc3339
-from tests.broker import LOOPBACK, Broker, Listener, Received, make_test_ca, mosquitto_available
+from tests.broker import (
+    LOOPBACK,
+    Broker,
+    Listener,
+    Received,
+    make_test_ca,
+    mosquitto_available,
+    retained_on,
+)
 from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
 from tests.media import free_port
 
@@ -153,16 +161,6 @@ def wait_online(listener: Listener, setup: Setup, daemon: Daemon) -> Received:
         except AssertionError:
             if daemon.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"daemon not online; its log:\n{daemon.log()}") from None
-
-
-def retained_on(broker: Broker, pattern: str) -> dict[str, bytes]:
-    """The retained messages on topics matching ``pattern`` now. A new subscription gets them right
-    after its SUBACK; a marker published once subscribed arrives after all of them."""
-    marker = pattern.replace("+", "marker")
-    with Listener(broker, [pattern]) as listener:
-        listener.publish(marker, b"marker")
-        listener.wait_for(marker)
-        return {m.topic: m.payload for m in listener.messages if m.retain}
 
 
 def camera_entities(setup: Setup, camera: str) -> set[str]:

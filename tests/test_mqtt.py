@@ -39,7 +39,15 @@ from edgerec.mqtt import (
     stale_discovery_topics,
 )
 from edgerec.timefmt import rfc3339
-from tests.broker import LOOPBACK, Broker, Listener, make_test_ca, mosquitto_available, wait_until
+from tests.broker import (
+    LOOPBACK,
+    Broker,
+    Listener,
+    make_test_ca,
+    mosquitto_available,
+    retained_on,
+    wait_until,
+)
 from tests.media import free_port
 
 pytestmark = [pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed"),
@@ -731,16 +739,6 @@ def test_tls_without_ca_file_trusts_the_system_ca_store(tmp_path: Path, monkeypa
 
 
 # ----- Home Assistant discovery ---------------------------------------------------------------------------
-def retained_on(broker: Broker, pattern: str) -> dict[str, bytes]:
-    """The retained messages on topics matching ``pattern`` now. A new subscription gets them right
-    after its SUBACK; a marker published once subscribed arrives after all of them."""
-    marker = pattern.replace("+", "marker")
-    with Listener(broker, [pattern]) as listener:
-        listener.publish(marker, b"marker")
-        listener.wait_for(marker)
-        return {m.topic: m.payload for m in listener.messages if m.retain}
-
-
 def start_with_discovery(h: Harness, broker: Broker) -> str:
     """Start the link and wait until its discovery configs are retained; returns the topic pattern."""
     pattern = f"homeassistant/+/edgerec_{h.config.device_id}/+/config"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +15,9 @@ import pytest
 
 from edgerec.audit import verify_audit
 from edgerec.clock import ClockReading
-from edgerec.config import load_config
 from edgerec.incidents import parse_rfc3339
 from edgerec.timefmt import rfc3339
-from tests.daemon_helpers import OfficerKey, run_cli, write_config
+from tests.daemon_helpers import OfficerKey, open_daemon_state, run_cli, write_config
 from tests.media import make_h264_clip
 
 S = 1_000_000_000
@@ -204,15 +202,7 @@ class InjectedClock:
 def daemon(site: Site):
     """The daemon's state opened in-process (catalog, audit log, sweeper) over recorded footage, its
     sweeper's clock injected and its events captured; recorders are not started."""
-    from edgerec.supervisor import Daemon
-
-    cfg = load_config(site.config)
-    d = Daemon(cfg)
-    old_umask = os.umask(0o022)
-    try:
-        d._open_state()
-    finally:
-        os.umask(old_umask)
+    d = open_daemon_state(site.config)
     events: list[tuple[str, dict[str, Any]]] = []
     d._event = lambda kind, **fields: events.append((kind, fields))  # type: ignore[method-assign]
     newest = d.catalog.newest_plausible_end_ns()
