@@ -41,6 +41,7 @@ CATALOG_NAME = "catalog.sqlite3"
 BUSY_TIMEOUT_MS = 5000
 _IN_CHUNK = 500  # ids per "IN (...)" statement (well under SQLite's variable limit)
 INCIDENT_CHANGES_KEY = "incident_changes"  # meta counter: incident opens + closes, see incident_changes()
+INCIDENTS_CHECKED_KEY = "incidents_checked"  # meta flag: incidents checked against the audit log
 HELD_CACHE_S = 60.0  # held bytes in status may lag this much behind new footage
 DAY_NS = 86_400 * 1_000_000_000
 
@@ -245,6 +246,7 @@ class Catalog:
         self._incident_generation = 0
         self._held_cache: tuple[tuple[int, int], float, int] | None = None  # (key, monotonic s, bytes)
         self._max_duration_ns = self._meta("max_duration_ns", 0)
+        self.created = False  # set by open(): the file was made by this open (there was no catalog)
 
     # ----- opening ----------------------------------------------------------------------------------
     @classmethod
@@ -253,6 +255,7 @@ class Catalog:
         if not data_dir.is_dir():
             raise CatalogError(f"data directory {data_dir} does not exist")
         path = data_dir / CATALOG_NAME
+        created = not path.exists() or path.stat().st_size == 0  # SQLite makes an empty file a new catalog
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=BUSY_TIMEOUT_MS / 1000)
@@ -262,14 +265,36 @@ class Catalog:
             conn.execute("PRAGMA synchronous = NORMAL")
             _migrate(conn, path)
         except sqlite3.DatabaseError as exc:
-            raise CatalogError(
-                f"catalog {path} is unusable ({exc}); stop edgerec, move the file away and start again: "
-                "the catalog is rebuilt from the segment files") from None
-        return cls(conn, data_dir.resolve())
+            # The context (the sqlite3 error) stays attached: spacereserve.is_disk_full_error reads it.
+            raise CatalogError(open_error_message(path, exc)) from None
+        catalog = cls(conn, data_dir.resolve())
+        catalog.created = created
+        return catalog
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    # ----- incidents restored from the audit log (see reconcile.restore_incidents) -------------------
+    def incidents_checked(self) -> bool:
+        """Has this catalog's incident table been checked against the audit log (and restored from it)?"""
+        return self._meta(INCIDENTS_CHECKED_KEY, 0) == 1
+
+    def restore_incidents(self, rows: Iterable[IncidentRow]) -> list[IncidentRow]:
+        """Inside one transaction: insert the ``rows`` this catalog lacks (by id; rows it has are left as
+        they are) and mark it checked against the audit log. Returns the inserted rows; none when another
+        process marked it first (it restored them)."""
+        with self.transaction():
+            if self.incidents_checked():
+                return []
+            missing = [row for row in rows if self.get_incident(row.id) is None]
+            for row in missing:
+                self.insert_incident(row)
+            self._set_meta(INCIDENTS_CHECKED_KEY, 1)
+            # Synced even with nothing restored (once per catalog): a mark lost to a power cut would have
+            # the next start read the whole log again and restore lines a power cut kept from the catalog.
+            self._sync_on_commit = True
+        return missing
 
     # ----- plumbing ---------------------------------------------------------------------------------
     @contextmanager
@@ -725,6 +750,33 @@ def _marks(chunk: Sequence[int]) -> str:
 
 def _replace_times(seg: SegmentRow, start_ns: int, end_ns: int) -> SegmentRow:
     return seg._replace(start_ns=start_ns, end_ns=end_ns, time_ok=True)
+
+
+def open_error_message(path: Path, exc: sqlite3.DatabaseError) -> str:
+    """What to tell the operator when SQLite refuses to open the catalog. Only a damaged file (not a
+    database, malformed) is worth moving away; a full disk, a lock or an I/O error is not the file's fault,
+    and a new catalog would not fix it."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return (f"catalog {path} is damaged ({exc}); stop edgerec, move it (and any {CATALOG_NAME}-wal and "
+                "-shm next to it) away and start again: the catalog is rebuilt from the segment files and "
+                "the audit log (segments are adopted from the files and incidents restored from the audit "
+                "log)")
+    keep = "the file is not damaged: keep it"
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE) or "disk is full" in str(exc):
+        why = f"the disk is full; {keep}, free some space and try again"
+    elif primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        why = f"another process holds it locked; {keep} and try again (or stop the process that holds it)"
+    elif primary == sqlite3.SQLITE_IOERR:
+        why = ("the disk reported an I/O error; check it (dmesg) before anything else: a new catalog on a "
+               "failing disk would not last")
+    elif primary in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY):
+        why = (f"check the owner and permissions of the file and of {path.parent} (run edgerec as the "
+               f"service user); {keep}")
+    else:
+        why = f"{keep}; fix the cause and try again"
+    return f"catalog {path} cannot be opened ({exc}): {why}"
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

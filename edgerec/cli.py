@@ -236,14 +236,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _incident_service(cfg: Config) -> tuple[Any, Any]:
+def _open_catalog(cfg: Config) -> tuple[Any, Any, Any]:
+    """(catalog, audit log, space reserve) of the data directory, for the commands that change the catalog
+    or sweep. A catalog that lost its incidents (a damaged one moved away, a new one made by this very
+    open) gets them back from the audit log first, as at daemon start: whichever process opens it first."""
     from .audit import AuditLog
     from .catalog import Catalog
     from .errors import CatalogError
-    from .incidents import IncidentService
+    from .reconcile import restore_incidents
     from .spacereserve import SpaceReserve, is_disk_full_error
 
-    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The daemon's reserve file: on a completely full disk the command may give it up (the daemon makes
     # it again). Opening the catalog may need it too: with the daemon stopped, SQLite makes its WAL index.
     reserve = SpaceReserve.in_dir(cfg.data_dir)
@@ -255,7 +257,21 @@ def _incident_service(cfg: Config) -> tuple[Any, Any]:
         # Not "the catalog is unusable": nothing is wrong with it, and moving it away would be wrong.
         raise CatalogError(f"{cfg.data_dir}: the disk is full, the catalog cannot be opened; "
                            "nothing was recorded (free some space and try again)") from None
-    return IncidentService(catalog, AuditLog(cfg.data_dir / "audit.log"), cfg, reserve), catalog
+    audit = AuditLog(cfg.data_dir / "audit.log")
+    try:
+        restore_incidents(catalog, audit, reserve=reserve)
+    except BaseException:
+        catalog.close()
+        raise
+    return catalog, audit, reserve
+
+
+def _incident_service(cfg: Config) -> tuple[Any, Any]:
+    from .incidents import IncidentService
+
+    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    catalog, audit, reserve = _open_catalog(cfg)
+    return IncidentService(catalog, audit, cfg, reserve), catalog
 
 
 def cmd_incident(args: argparse.Namespace) -> int:
@@ -301,16 +317,15 @@ def _rfc3339_arg(text: str, what: str) -> str:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    from .audit import AuditLog
-    from .catalog import Catalog
     from .retention import Sweeper
 
     cfg = load_config(args.config)
     now_ns = _parse_time(args.now, "--now") if args.now else None
     refuse_root_on_foreign_data_dir(cfg.data_dir, "retention")
-    catalog = Catalog.open(cfg.data_dir)
+    # Even a dry run restores lost incidents: without them it would list held footage as due.
+    catalog, audit, reserve = _open_catalog(cfg)
     try:
-        sweeper = Sweeper(catalog, AuditLog(cfg.data_dir / "audit.log"), cfg, cfg.data_dir)
+        sweeper = Sweeper(catalog, audit, cfg, cfg.data_dir, reserve=reserve)
         report = sweeper.sweep(now_ns=now_ns, dry_run=args.dry_run)
     finally:
         catalog.close()

@@ -14,10 +14,17 @@ Run once at start, before any recorder writes (a ``.partial`` seen here is never
 
 Each step is logged, reported and (when an audit log is given) audited. The disk is walked one
 directory at a time and the catalog is read in pages, so memory stays flat however much footage there is.
+
+Incidents exist nowhere but in the catalog and the audit log, so a lost catalog (a damaged file moved
+away) cannot get them back from the segment files: ``restore_incidents`` gets them back from the audit log
+instead. The daemon runs it before reconciling (and before any sweep); the CLI commands that open the
+catalog to change it or to sweep (``incident``, ``retention``) run it too, so whichever process opens a
+new catalog first restores its holds.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import OrderedDict
@@ -26,10 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from . import segfile
-from .catalog import Catalog
+from .audit import AuditLog, AuditVerifyResult, verify_audit
+from .catalog import Catalog, IncidentRow
 from .errors import CatalogError, SegmentError
 from .fsutil import fsync_dir
+from .incidents import incidents_from_audit
 from .inventory import SEGMENT_SUFFIX
+from .spacereserve import SpaceReserve
+from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +237,119 @@ def _audit(audit: Any, report: ReconcileReport) -> None:
         if items:
             extra = {"reason": "interrupted_deletion"} if event == "segments_deleted" else {}
             audit.append(event, count=len(items), paths=items[:500], **extra)
+
+
+# ----- incidents from the audit log -------------------------------------------------------------------------
+_AUDITED_IDS = 500  # ids and problems named in the incidents_restored line (the count is exact)
+_INCIDENT_MARK = b'"incident_'  # in every incident line: other lines are not parsed
+
+
+@dataclass(frozen=True)
+class IncidentRestore:
+    """What ``restore_incidents`` did: the incidents it inserted, the log lines it could not use, the
+    audit log's chain check, and whether the catalog had just been created."""
+
+    restored: tuple[IncidentRow, ...]
+    problems: tuple[str, ...]
+    chain: AuditVerifyResult
+    catalog_created: bool
+
+    @property
+    def open_count(self) -> int:
+        return sum(1 for row in self.restored if row.is_open)
+
+    def audit_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "count": len(self.restored), "open": self.open_count, "source": "audit log",
+            "chain_ok": self.chain.ok, "catalog": "created" if self.catalog_created else "existing",
+            "ids": [row.id for row in self.restored[:_AUDITED_IDS]]}
+        if not self.chain.ok:
+            fields["chain_problem"] = self.chain.message
+        if self.problems:
+            fields["problems"] = list(self.problems[:_AUDITED_IDS])
+        return fields
+
+
+def restore_incidents(catalog: Catalog, audit: AuditLog, *,
+                      reserve: SpaceReserve | None = None) -> IncidentRestore | None:
+    """Insert every incident the audit log records that ``catalog`` lacks, once per catalog.
+
+    Trigger: the catalog's own mark (``Catalog.incidents_checked``), not whether its file existed before
+    this open. A catalog file that exists can still be one whose incidents are missing: one made by an
+    earlier edgerec that did not restore, or one whose creator was cut off by a power cut before it
+    restored. Its incidents table being empty says nothing (most devices have no incident); the mark, set
+    in the transaction that inserts the restored rows, does. So every catalog is checked once: a new one
+    at once, one from before this check at its first open by this version (then the log is read once).
+
+    The whole log is read (only incident lines are parsed) and its chain verified; a broken chain is
+    logged as an error and noted in the ``incidents_restored`` audit line, but the incidents are restored
+    anyway: keeping footage a forged line names is the lesser harm. Returns None when there was nothing
+    to check (marked before, or no audit log yet); raises CatalogError when the log cannot be read or the
+    catalog not written (the caller must not sweep: footage an incident holds would go)."""
+    if catalog.incidents_checked():
+        return None
+    write = reserve.with_room if reserve is not None else (lambda fn: fn())
+    if not audit.path.exists():  # a new device: no incident was ever recorded
+        write(lambda: catalog.restore_incidents([]))
+        return None
+    try:
+        audit.repair_tail()  # a line torn by a power cut is not a broken chain
+    except OSError as exc:
+        log.warning("audit log tail not repaired path=%s error=%s", audit.path, exc)
+    try:
+        chain = verify_audit(audit.path)
+        entries, unreadable = _incident_entries(audit.path)
+    except OSError as exc:
+        raise CatalogError(f"incidents not restored: the audit log {audit.path} cannot be read "
+                           f"({exc.strerror or exc}); not going on, since retention could delete footage "
+                           "they hold") from exc
+    logged = incidents_from_audit(entries)
+    restored = write(lambda: catalog.restore_incidents(logged.incidents))
+    result = IncidentRestore(tuple(restored), (*unreadable, *logged.problems), chain, catalog.created)
+    _report_restore(result)
+    if result.restored or result.problems:
+        try:
+            write(lambda: audit.append("incidents_restored", **result.audit_fields()))
+        except OSError as exc:  # the incidents are back (that matters most); the line is lost
+            log.error("incidents restored but not audited path=%s error=%s", audit.path, exc)
+    return result
+
+
+def _incident_entries(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The parsed incident lines of the whole log, oldest first, and the lines that look like incident
+    lines but are not JSON objects. Read a line at a time: a log of years is never held parsed."""
+    entries: list[dict[str, Any]] = []
+    problems: list[str] = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if _INCIDENT_MARK not in raw or not raw.endswith(b"\n"):
+                continue  # not an incident line, or torn by a power cut (never acknowledged)
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict):
+                entries.append(obj)
+            else:
+                problems.append(f"audit line {number}: not a JSON object (an incident line may be lost)")
+    return entries, problems
+
+
+def _report_restore(result: IncidentRestore) -> None:
+    if not result.chain.ok:
+        log.error("audit log hash chain broken (%s); incidents restored from it anyway: check them",
+                  result.chain.message)
+    for problem in result.problems:
+        log.error("incident line not restored: %s", problem)
+    for row in result.restored:
+        if row.is_open:
+            log.warning("open incident restored from the audit log id=%s camera=%s from=%s to=%s by=%s: "
+                        "its footage is held again", row.id, row.camera, rfc3339(row.from_ns),
+                        rfc3339(row.to_ns), row.by)
+        else:
+            log.info("closed incident restored from the audit log id=%s closed=%s", row.id,
+                     rfc3339(row.closed_ns))
+    if result.restored or result.catalog_created:
+        log.warning("incidents restored from the audit log count=%d open=%d catalog=%s chain_ok=%s",
+                    len(result.restored), result.open_count,
+                    "created" if result.catalog_created else "existing", result.chain.ok)

@@ -25,7 +25,7 @@ from .catalogqueue import CatalogQueue, Gap
 from .config import CameraConfig, Config, load_config
 from .errors import ConfigError, EdgerecError
 from .incidents import IncidentService, command_result_for_error, parse_command
-from .reconcile import reconcile
+from .reconcile import reconcile, restore_incidents
 from .recorder import ChainState, ConnectionChange, Recorder
 from .retention import Sweeper
 from .segfile import SealedSegment
@@ -103,6 +103,9 @@ class Daemon:
         self._snapshot_cameras: dict[str, tuple[str, bool]] = {}
         self._open_incident_ids: frozenset[str] | None = None
         self._last_disk_low_monotonic = float("-inf")
+        # Why retention may not run in this process (None: it may): deleting without every hold known
+        # could delete footage an incident keeps.
+        self.sweeps_blocked: str | None = None
         # Sealed segments on their way into the catalog: recorder threads put, the main loop inserts.
         self.uncatalogued = CatalogQueue(
             lambda segment: self.catalog.add_segment(segment),
@@ -123,12 +126,22 @@ class Daemon:
             self.audit.repair_tail()
         except OSError as exc:  # e.g. a full disk: the next append cuts it instead
             log.error("audit log tail not repaired path=%s error=%s", self.audit.path, exc)
-        # reconcile logs each repair itself and records recoveries in the audit log.
-        reconcile(cfg.data_dir, self.catalog, self.signing_key, device_key=self.signing_key.public_key(),
-                  audit=self.audit)
         # The daemon keeps a space reserve so that on a completely full disk a sweep can still write its
         # audit line and catalog marks, and an incident command can still be recorded.
         self.reserve = SpaceReserve.in_dir(cfg.data_dir, RESERVE_BYTES)
+        # A lost catalog's incidents come back from the audit log: before anything can sweep, and before
+        # the void check below, which would otherwise take every line of the lost catalog for one a power
+        # cut kept from its commit. If the log cannot be read, the daemon records but never sweeps until a
+        # restart succeeds: sweeping without the holds could delete the footage they keep, and not
+        # recording at all would lose more.
+        try:
+            restore_incidents(self.catalog, self.audit, reserve=self.reserve)
+        except (EdgerecError, OSError) as exc:
+            self.sweeps_blocked = f"incidents not checked against the audit log: {exc}"
+            self._error(f"retention disabled until a restart: {self.sweeps_blocked}")
+        # reconcile logs each repair itself and records recoveries in the audit log.
+        reconcile(cfg.data_dir, self.catalog, self.signing_key, device_key=self.signing_key.public_key(),
+                  audit=self.audit)
         self.incidents = IncidentService(self.catalog, self.audit, cfg, self.reserve)
         try:  # an incident line whose commit a power cut prevented is voided, so log and catalog agree
             self.incidents.void_unrecorded(tail_entries(self.audit.path))
@@ -364,6 +377,8 @@ class Daemon:
         """Sweep every sweep_interval_s, at once after a clock jump, and under the free-space mark (at
         most every PRESSURE_SWEEP_MIN_INTERVAL_S, or DISK_FULL_RESWEEP_S while only held footage is
         left); when space comes back while the disk is full, at once."""
+        if self.sweeps_blocked is not None:
+            return
         if self.sweeper.clock_jumped():
             self._next_sweep_monotonic = 0.0  # the sweep logs, audits and publishes the jump (once)
         pressure = self.sweeper.below_min_free()

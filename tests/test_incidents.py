@@ -21,6 +21,7 @@ from edgerec.incidents import (
     WindowIndex,
     command_result_for_error,
     holds,
+    incidents_from_audit,
     parse_command,
     parse_rfc3339,
     parse_time,
@@ -600,3 +601,119 @@ def test_cli_open_over_the_limit_exits_1_and_stores_nothing(tmp_path, officer):
         assert catalog.incidents() == []
     finally:
         catalog.close()
+
+
+# ----- incidents as the audit log tells them ------------------------------------------------------------
+def opened_line(n, inc_id, ts, **fields):
+    return {"n": n, "ts": ts, "event": "incident_opened", "id": inc_id, "camera": "gate",
+            "from": "2026-11-20T09:55:00.000Z", "to": "2026-11-20T10:30:00.000Z", "reason": "r", "by": "ann",
+            "pre_roll_s": 60.0, "post_roll_s": 30.0, **fields}
+
+
+def closed_line(n, inc_id, ts, by="bob"):
+    return {"n": n, "ts": ts, "event": "incident_closed", "id": inc_id, "by": by, "reason": ""}
+
+
+def void_line(n, inc_id, action):
+    return {"n": n, "ts": "2026-11-21T00:00:00.000Z", "event": "incident_not_recorded", "id": inc_id,
+            "action": action, "error": "disk full"}
+
+
+def test_incidents_from_audit_gives_back_what_the_service_recorded(tmp_path):
+    catalog = Catalog.open(tmp_path)
+    clock = [NOW]
+    audit = AuditLog(tmp_path / "audit.log", clock_ns=lambda: clock[0])
+    service = IncidentService(catalog, audit, make_config(tmp_path))
+    try:
+        assert service.apply(open_cmd(id="A"), NOW).ok
+        assert service.apply(open_cmd(id="B", camera="*", to=None, reason="open-ended"), NOW).ok
+        clock[0] = NOW + MIN
+        assert service.apply(parse({"action": "close", "id": "A", "by": "bob"}), NOW + MIN).ok
+        logged = incidents_from_audit(tail_entries(audit.path))
+        # The lines' ts is the command's time here (one clock): every field comes back exactly.
+        assert logged.problems == ()
+        assert sorted(logged.incidents, key=lambda i: i.id) == sorted(catalog.incidents(), key=lambda i: i.id)
+        assert {i.id: i.closed_by for i in logged.incidents} == {"A": "bob", "B": None}
+    finally:
+        catalog.close()
+
+
+def test_incidents_from_audit_honours_voids_retries_and_reopens():
+    lines = [
+        opened_line(1, "A", "2026-11-20T11:00:00.000Z"),
+        closed_line(2, "A", "2026-11-20T12:00:00.000Z"),
+        opened_line(3, "B", "2026-11-20T11:00:00.000Z"),
+        void_line(4, "B", "open"),
+        opened_line(5, "B", "2026-11-20T11:00:01.000Z", to=None),  # the retry counts
+        opened_line(6, "C", "2026-11-20T11:00:00.000Z"),
+        void_line(7, "C", "open"),  # never recorded
+        opened_line(8, "D", "2026-11-20T11:00:00.000Z"),
+        closed_line(9, "D", "2026-11-20T12:00:00.000Z"),
+        void_line(10, "D", "close"),  # the close was not recorded: still open
+        opened_line(11, "E", "2026-11-20T11:00:00.000Z"),
+        closed_line(12, "E", "2026-11-20T12:00:00.000Z"),
+        void_line(13, "E", "close"),
+        closed_line(14, "E", "2026-11-20T12:05:00.000Z", by="carl"),  # the close's retry
+        opened_line(15, "F", "2026-11-20T11:00:00.000Z"),
+        closed_line(16, "F", "2026-11-20T12:00:00.000Z"),
+        # F again, opened anew (a catalog lost before restores existed): the close above is the old one's.
+        opened_line(17, "F", "2026-11-22T08:00:00.000Z", **{"from": "2026-11-22T07:00:00.000Z"}, to=None),
+        {"n": 18, "ts": "2026-11-22T09:00:00.000Z", "event": "segments_deleted", "id": "A"},
+    ]
+    logged = incidents_from_audit(lines)
+    assert logged.problems == ()
+    got = {i.id: i for i in logged.incidents}
+    assert list(got) == ["A", "B", "D", "E", "F"]
+    assert (got["A"].closed_ns, got["A"].closed_by) == (ns("2026-11-20T12:00:00Z"), "bob")
+    assert got["A"].opened_ns == ns("2026-11-20T11:00:00Z")
+    assert (got["A"].from_ns, got["A"].to_ns) == (ns("2026-11-20T09:55:00Z"), ns("2026-11-20T10:30:00Z"))
+    assert (got["A"].pre_roll_ns, got["A"].post_roll_ns, got["A"].by) == (60 * 10**9, 30 * 10**9, "ann")
+    assert got["B"].is_open and got["B"].to_ns is None and got["B"].opened_ns == ns("2026-11-20T11:00:01Z")
+    assert got["D"].is_open
+    assert (got["E"].closed_ns, got["E"].closed_by) == (ns("2026-11-20T12:05:00Z"), "carl")
+    assert got["F"].is_open and got["F"].from_ns == ns("2026-11-22T07:00:00Z")
+
+
+def test_incidents_from_audit_reports_malformed_lines_and_keeps_going():
+    lines = [
+        opened_line(1, "BADFROM", "2026-11-20T11:00:00.000Z", **{"from": "yesterday"}),
+        opened_line(2, "BACKWARDS", "2026-11-20T11:00:00.000Z", to="2026-11-20T09:00:00.000Z"),
+        opened_line(3, "ROLL", "2026-11-20T11:00:00.000Z", pre_roll_s="60"),
+        opened_line(4, "NOCAM", "2026-11-20T11:00:00.000Z", camera=None),
+        opened_line(5, 7, "2026-11-20T11:00:00.000Z"),
+        opened_line(6, "BADTS", "noon"),
+        opened_line(7, "OK", "2026-11-20T11:00:00.000Z"),
+        closed_line(8, "OK", "half past twelve"),  # a malformed close: it stays open, still holding
+        closed_line(9, "NEVER-OPENED", "2026-11-20T12:00:00.000Z"),
+        {"event": "incident_opened", "id": "NOTHING"},  # no n, no fields at all
+    ]
+    logged = incidents_from_audit(lines)
+    assert [i.id for i in logged.incidents] == ["OK"] and logged.incidents[0].is_open
+    problems = "\n".join(logged.problems)
+    assert len(logged.problems) == 9, problems
+    for expected in ("audit line 1 (incident_opened): incident BADFROM not restored: field 'from'",
+                     "audit line 2 (incident_opened): incident BACKWARDS not restored: field 'to' is before",
+                     "audit line 3 (incident_opened): incident ROLL not restored: field 'pre_roll_s'",
+                     "incident NOCAM not restored: field 'camera'",
+                     "audit line 5 (incident_opened): field 'id' 7 is not an incident id",
+                     "incident BADTS not restored: field 'ts'",
+                     "audit line 8 (incident_closed): incident OK left open (it keeps holding): field 'ts'",
+                     "audit line 9 (incident_closed): incident NEVER-OPENED closed, but no line",
+                     "audit line ? (incident_opened): incident NOTHING not restored"):
+        assert expected in problems
+
+
+_FIELD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30),
+                          st.sampled_from(["2026-11-20T09:55:00Z", "open", "close", "A", "gate"]),
+                          st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3),
+                                                                               st.integers(), max_size=2))
+
+
+@given(st.lists(st.fixed_dictionaries(
+    {"event": st.sampled_from(["incident_opened", "incident_closed", "incident_not_recorded", "x"])},
+    optional={k: _FIELD_VALUES for k in ("n", "ts", "id", "camera", "from", "to", "reason", "by",
+                                          "pre_roll_s", "post_roll_s", "action")}), max_size=12))
+def test_incidents_from_audit_never_raises_on_arbitrary_lines(lines):
+    logged = incidents_from_audit(lines)
+    assert all(isinstance(p, str) for p in logged.problems)
+    assert all(i.closed_ns is None or isinstance(i.closed_ns, int) for i in logged.incidents)

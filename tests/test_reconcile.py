@@ -1,21 +1,27 @@
 """Start-up reconciliation on real encrypted segments: recovery, adoption, quarantine, vanished files and
-interrupted deletions."""
+interrupted deletions; and incidents restored from the real audit log into a real catalog."""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgerec.audit import AuditLog, verify_audit
-from edgerec.catalog import Catalog
-from edgerec.reconcile import QUARANTINE_DIR, reconcile
+from edgerec.audit import AuditLog, tail_entries, verify_audit
+from edgerec.catalog import CATALOG_NAME, Catalog, IncidentRow
+from edgerec.errors import CatalogError
+from edgerec.incidents import IncidentService, parse_command, unconfirmed_claims
+from edgerec.reconcile import QUARANTINE_DIR, reconcile, restore_incidents
 from edgerec.segfile import SegmentWriter
+from edgerec.timefmt import rfc3339
 from tests.segfile_helpers import make_keys, make_meta
-from tests.test_catalog import MIN, T0
+from tests.test_catalog import MIN, T0, make_config
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB of "TS"
 
@@ -164,3 +170,189 @@ def test_agreeing_catalog_and_disk_give_an_empty_report(env):
     second = reconcile(data_dir, catalog, keys.device, audit=audit)
     assert not second.changed and second.lines() == []
     assert len(catalog.segments()) == 3
+
+
+# ----- incidents restored from the audit log ----------------------------------------------------------------
+def record_incidents(data_dir: Path) -> list[IncidentRow]:
+    """Two incidents recorded by the real service (A open, B closed), in a catalog then closed."""
+    catalog = Catalog.open(data_dir)
+    service = IncidentService(catalog, AuditLog(data_dir / "audit.log"), make_config(data_dir))
+    try:
+        for inc_id, camera in (("A", "gate"), ("B", "*")):
+            cmd = parse_command({"action": "open", "id": inc_id, "camera": camera, "reason": f"why {inc_id}",
+                                 "from": rfc3339(T0), "to": rfc3339(T0 + 2 * MIN), "by": "ann"},
+                                cameras=("gate", "yard"), now_ns=time.time_ns())
+            assert service.apply(cmd, time.time_ns()).ok
+        close = parse_command({"action": "close", "id": "B", "by": "bob"}, cameras=(), now_ns=0)
+        assert service.apply(close, time.time_ns()).ok
+        return catalog.incidents()
+    finally:
+        catalog.close()
+
+
+def lose_catalog(data_dir: Path) -> None:
+    """What an operator does with a damaged catalog: move it (and its WAL files) away."""
+    for path in data_dir.glob(CATALOG_NAME + "*"):
+        path.rename(path.with_name(path.name + ".damaged"))
+
+
+def same_incident(restored: IncidentRow, original: IncidentRow) -> bool:
+    """Equal but for the times taken from the lines' ts: at most a moment after the command's own."""
+    def late(a: int | None, b: int | None) -> bool:  # a: ms precision, never before b
+        if a is None or b is None:
+            return a is b
+        return 0 <= a - b // 10**6 * 10**6 < 2 * 10**9
+
+    untimed = {"opened_ns": 0, "closed_ns": None}
+    return (late(restored.opened_ns, original.opened_ns) and late(restored.closed_ns, original.closed_ns)
+            and replace(restored, **untimed) == replace(original, **untimed))
+
+
+def incident_lines(data_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (data_dir / "audit.log").read_text().splitlines()]
+
+
+def test_a_new_catalog_gets_the_incidents_back_from_the_audit_log(tmp_path, caplog):
+    original = record_incidents(tmp_path)
+    lose_catalog(tmp_path)
+    catalog = Catalog.open(tmp_path)
+    try:
+        assert catalog.created and catalog.incidents() == [] and not catalog.incidents_checked()
+        caplog.set_level(logging.INFO)
+        result = restore_incidents(catalog, AuditLog(tmp_path / "audit.log"))
+        assert result is not None and result.chain.ok and result.catalog_created and result.problems == ()
+        restored = catalog.incidents()
+        assert [r.id for r in restored] == ["A", "B"] and list(result.restored) == restored
+        assert all(same_incident(r, o) for r, o in zip(restored, original, strict=True)), (restored, original)
+        assert restored[0].is_open and not restored[1].is_open and restored[1].closed_by == "bob"
+        assert catalog.incidents_checked() and catalog.incident_changes() >= 2
+        line = incident_lines(tmp_path)[-1]
+        assert line["event"] == "incidents_restored"
+        assert {k: line[k] for k in ("count", "open", "source", "chain_ok", "catalog", "ids")} == {
+            "count": 2, "open": 1, "source": "audit log", "chain_ok": True, "catalog": "created",
+            "ids": ["A", "B"]}
+        assert verify_audit(tmp_path / "audit.log").ok
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(m.startswith("open incident restored from the audit log id=A camera=gate")
+                   for m in warnings)
+        assert not any("id=B" in m for m in warnings)  # a closed one holds nothing new: no warning
+        # Checked once: the next open finds the mark, and restores and audits nothing more.
+        lines = len(incident_lines(tmp_path))
+        assert restore_incidents(catalog, AuditLog(tmp_path / "audit.log")) is None
+        assert len(incident_lines(tmp_path)) == lines and catalog.incidents() == restored
+    finally:
+        catalog.close()
+
+
+def test_restoring_first_leaves_the_start_up_void_check_nothing_to_void(tmp_path):
+    record_incidents(tmp_path)
+    lose_catalog(tmp_path)
+    catalog = Catalog.open(tmp_path)
+    audit = AuditLog(tmp_path / "audit.log")
+    try:
+        service = IncidentService(catalog, audit, make_config(tmp_path))
+        # In the other order the void check takes every line of the lost catalog for an interrupted commit.
+        assert sorted(unconfirmed_claims(tail_entries(audit.path))) == [("A", "open"), ("B", "close"),
+                                                                         ("B", "open")]
+        restore_incidents(catalog, audit)
+        assert service.void_unrecorded(tail_entries(audit.path)) == []
+        assert "incident_not_recorded" not in {e["event"] for e in incident_lines(tmp_path)}
+    finally:
+        catalog.close()
+
+
+def test_a_catalog_never_checked_gets_only_what_it_lacks(tmp_path):
+    original = record_incidents(tmp_path)
+    lose_catalog(tmp_path)
+    # A catalog an earlier edgerec made (no restore, no mark) that has since recorded B its own way.
+    catalog = Catalog.open(tmp_path)
+    try:
+        own_b = replace(original[1], reason="recorded again by hand")
+        catalog.insert_incident(own_b)
+        catalog.close()
+        catalog = Catalog.open(tmp_path)
+        assert not catalog.created and not catalog.incidents_checked()
+        result = restore_incidents(catalog, AuditLog(tmp_path / "audit.log"))
+        assert result is not None and [r.id for r in result.restored] == ["A"] and not result.catalog_created
+        assert catalog.get_incident("B") == own_b  # what the catalog has is left as it is
+        line = incident_lines(tmp_path)[-1]
+        assert (line["event"], line["count"], line["open"], line["catalog"]) == (
+            "incidents_restored", 1, 1, "existing")
+    finally:
+        catalog.close()
+
+
+def test_a_broken_chain_is_said_but_the_incidents_are_restored_anyway(tmp_path, caplog):
+    record_incidents(tmp_path)
+    log_path = tmp_path / "audit.log"
+    lines = log_path.read_text().splitlines(keepends=True)
+    lines[0] = lines[0].replace('"reason":"why A"', '"reason":"edited"')
+    log_path.write_text("".join(lines))
+    lose_catalog(tmp_path)
+    catalog = Catalog.open(tmp_path)
+    try:
+        caplog.set_level(logging.ERROR)
+        result = restore_incidents(catalog, AuditLog(log_path))
+        assert result is not None and not result.chain.ok
+        assert [r.id for r in catalog.incidents()] == ["A", "B"]
+        line = incident_lines(tmp_path)[-1]
+        assert line["event"] == "incidents_restored" and line["chain_ok"] is False
+        assert "BROKEN at line 1" in line["chain_problem"]
+        assert any("hash chain broken" in r.getMessage() for r in caplog.records)
+    finally:
+        catalog.close()
+
+
+def test_malformed_incident_lines_are_audited_as_problems(tmp_path):
+    audit = AuditLog(tmp_path / "audit.log")
+    audit.append("incident_opened", id="GOOD", camera="gate", **{"from": rfc3339(T0)}, to=None, reason="",
+                 by="ann", pre_roll_s=0.0, post_roll_s=0.0)
+    audit.append("incident_opened", id="BAD", camera="gate", by="ann")  # no window
+    with open(audit.path, "ab") as f:
+        f.write(b'{"event":"incident_opened","id":"TORN"')  # torn by a power cut: cut, not a problem
+    catalog = Catalog.open(tmp_path)
+    try:
+        result = restore_incidents(catalog, audit)
+        assert result is not None and [r.id for r in result.restored] == ["GOOD"]
+        assert len(result.problems) == 1 and "incident BAD not restored: field 'from'" in result.problems[0]
+        events = incident_lines(tmp_path)
+        assert [e["event"] for e in events[-2:]] == ["audit_torn_tail", "incidents_restored"]
+        assert events[-1]["problems"] == list(result.problems)
+        assert verify_audit(audit.path).ok
+    finally:
+        catalog.close()
+
+
+def test_without_an_audit_log_there_is_nothing_to_restore_and_no_log_is_made(tmp_path):
+    catalog = Catalog.open(tmp_path)
+    try:
+        assert restore_incidents(catalog, AuditLog(tmp_path / "audit.log")) is None
+        assert catalog.incidents_checked() and not (tmp_path / "audit.log").exists()
+    finally:
+        catalog.close()
+
+
+def test_an_unreadable_audit_log_stops_the_restore_and_leaves_the_catalog_unchecked(tmp_path):
+    (tmp_path / "audit.log").mkdir()  # not readable as a file, even by root
+    catalog = Catalog.open(tmp_path)
+    try:
+        with pytest.raises(CatalogError, match="incidents not restored: the audit log .* cannot be read"):
+            restore_incidents(catalog, AuditLog(tmp_path / "audit.log"))
+        assert not catalog.incidents_checked()
+    finally:
+        catalog.close()
+
+
+def test_the_process_that_marks_first_restores_the_other_finds_it_done(tmp_path):
+    record_incidents(tmp_path)
+    lose_catalog(tmp_path)
+    first, second = Catalog.open(tmp_path), Catalog.open(tmp_path)
+    try:
+        audit = AuditLog(tmp_path / "audit.log")
+        assert len(restore_incidents(first, audit).restored) == 2
+        assert restore_incidents(second, audit) is None
+        assert [r.id for r in second.incidents()] == ["A", "B"]
+        assert [e["event"] for e in incident_lines(tmp_path)].count("incidents_restored") == 1
+    finally:
+        first.close()
+        second.close()
