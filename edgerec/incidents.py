@@ -441,8 +441,8 @@ def incidents_from_audit(entries: Iterable[Mapping[str, Any]]) -> LoggedIncident
         by_action = claims.setdefault(inc_id, {"open": [], "close": []})
         if event in _CLAIM_ACTIONS:
             by_action[_CLAIM_ACTIONS[event]].append((index, entry))
-        elif entry.get("action") in by_action and by_action[entry["action"]]:
-            by_action[entry["action"]].pop()  # the voided line
+        elif (action := entry.get("action")) in ("open", "close") and by_action[action]:
+            by_action[action].pop()  # the voided line (an action of another type voids nothing)
     incidents = []
     for inc_id, by_action in claims.items():
         row = _incident_from_claims(inc_id, by_action, problems)

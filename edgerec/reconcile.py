@@ -301,8 +301,8 @@ def restore_incidents(catalog: Catalog, audit: AuditLog, *,
         entries, unreadable = _incident_entries(audit.path)
     except OSError as exc:
         raise CatalogError(f"incidents not restored: the audit log {audit.path} cannot be read "
-                           f"({exc.strerror or exc}); not going on, since retention could delete footage "
-                           "they hold") from exc
+                           f"({exc.strerror or exc}); retention must not run without them: it could delete "
+                           "footage they hold") from exc
     logged = incidents_from_audit(entries)
     restored = write(lambda: catalog.restore_incidents(logged.incidents))
     result = IncidentRestore(tuple(restored), (*unreadable, *logged.problems), chain, catalog.created)
