@@ -330,27 +330,36 @@ def not_recorded_entry(cmd: IncidentCommand, error: BaseException | str) -> Audi
     return "incident_not_recorded", {"id": cmd.id, "action": cmd.action, "error": str(error)}
 
 
-def unconfirmed_claims(entries: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    """(id, action) of the ``incident_opened``/``incident_closed`` lines among ``entries`` (audit lines,
-    oldest first) that no later ``incident_not_recorded`` voids: what the catalog must show. The last
-    claim of each id and action counts (a voided line followed by the successful retry's line)."""
-    actions = {"incident_opened": "open", "incident_closed": "close"}
-    pending: dict[tuple[str, str], None] = {}
-    for entry in entries:
+# ----- incidents as the audit log tells them (pure) -------------------------------------------------------
+_CLAIM_ACTIONS = {"incident_opened": "open", "incident_closed": "close"}
+_Claim = tuple[int, Mapping[str, Any]]  # (position in the entries, the line)
+
+
+def _counted_claims(entries: Iterable[_Claim]) -> dict[tuple[str, str], list[_Claim]]:
+    """Per (id, action), the ``incident_opened``/``incident_closed`` lines that count, oldest first. An
+    ``incident_not_recorded`` line voids the latest line of its id and action not voided yet, so a voided
+    line followed by its retry's line counts once. Lines whose id is not text are passed over."""
+    stacks: dict[tuple[str, str], list[_Claim]] = {}
+    for index, entry in entries:
         event, inc_id = entry.get("event"), entry.get("id")
         if not isinstance(inc_id, str):
             continue
-        if event in actions:
-            key = (inc_id, actions[event])
-            pending.pop(key, None)
-            pending[key] = None  # in the order of the latest claim
-        elif event == "incident_not_recorded":
-            pending.pop((inc_id, str(entry.get("action"))), None)
-    return list(pending)
+        if event in _CLAIM_ACTIONS:
+            stacks.setdefault((inc_id, _CLAIM_ACTIONS[event]), []).append((index, entry))
+        elif event == "incident_not_recorded" and (action := entry.get("action")) in ("open", "close"):
+            stack = stacks.get((inc_id, action))
+            if stack:
+                stack.pop()  # the voided line (an action of another type voids nothing)
+    return stacks
 
 
-# ----- incidents as the audit log tells them (pure) -------------------------------------------------------
-_CLAIM_ACTIONS = {"incident_opened": "open", "incident_closed": "close"}
+def unconfirmed_claims(entries: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(id, action) of the ``incident_opened``/``incident_closed`` lines among ``entries`` (audit lines,
+    oldest first) that no later ``incident_not_recorded`` voids: what the catalog must show, in the order
+    of each one's latest counted line."""
+    stacks = _counted_claims(enumerate(entries))
+    latest = sorted((stack[-1][0], key) for key, stack in stacks.items() if stack)
+    return [key for _, key in latest]
 
 
 @dataclass(frozen=True)
@@ -420,7 +429,8 @@ def incidents_from_audit(entries: Iterable[Mapping[str, Any]]) -> LoggedIncident
     its window, reason, by and rolls, opened at the line's ``ts``. The last unvoided ``incident_closed``
     line after it closes it (at its ``ts``, by its ``by``); a close line from before that open belongs to
     an earlier incident of the same id. A void cancels the latest line of its id and action that is not
-    yet voided (see ``unconfirmed_claims``), so a voided line followed by its retry counts once.
+    yet voided (``_counted_claims``, as for ``unconfirmed_claims``), so a voided line followed by its retry
+    counts once.
 
     Times come from the lines (millisecond precision): ``ts`` is written just after the command's time
     (at most milliseconds later), so a restored close releases its hold that much later, never earlier.
@@ -428,8 +438,8 @@ def incidents_from_audit(entries: Iterable[Mapping[str, Any]]) -> LoggedIncident
     Lines that cannot be used are reported in ``problems``, never raised: an open line with a malformed
     field leaves that incident out; a malformed close line leaves it open (it keeps holding).
     """
-    claims: dict[str, dict[str, list[tuple[int, Mapping[str, Any]]]]] = {}  # id -> action -> lines
     problems: list[str] = []
+    usable: list[_Claim] = []
     for index, entry in enumerate(entries):
         event = entry.get("event")
         if event not in _CLAIM_ACTIONS and event != "incident_not_recorded":
@@ -438,20 +448,18 @@ def incidents_from_audit(entries: Iterable[Mapping[str, Any]]) -> LoggedIncident
         if not isinstance(inc_id, str) or not ID_PATTERN.match(inc_id):
             problems.append(f"{_where(entry)}: field 'id' {inc_id!r:.80} is not an incident id")
             continue
-        by_action = claims.setdefault(inc_id, {"open": [], "close": []})
-        if event in _CLAIM_ACTIONS:
-            by_action[_CLAIM_ACTIONS[event]].append((index, entry))
-        elif (action := entry.get("action")) in ("open", "close") and by_action[action]:
-            by_action[action].pop()  # the voided line (an action of another type voids nothing)
+        usable.append((index, entry))
+    stacks = _counted_claims(usable)
     incidents = []
-    for inc_id, by_action in claims.items():
+    for inc_id in dict.fromkeys(inc_id for inc_id, _ in stacks):  # in the order of their first lines
+        by_action = {action: stacks.get((inc_id, action), []) for action in ("open", "close")}
         row = _incident_from_claims(inc_id, by_action, problems)
         if row is not None:
             incidents.append(row)
     return LoggedIncidents(tuple(incidents), tuple(problems))
 
 
-def _incident_from_claims(inc_id: str, by_action: Mapping[str, list[tuple[int, Mapping[str, Any]]]],
+def _incident_from_claims(inc_id: str, by_action: Mapping[str, list[_Claim]],
                           problems: list[str]) -> IncidentRow | None:
     if not by_action["open"]:
         if by_action["close"]:
