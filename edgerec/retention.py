@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -191,8 +192,10 @@ def plan_deletions(segments: Iterable[SegmentRow], incidents: Iterable[IncidentR
 
 # ----- the sweeper (I/O) ------------------------------------------------------------------------------
 def statvfs_disk_state(path: Path) -> DiskState:
-    st = os.statvfs(path)
-    return DiskState(total_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bavail * st.f_frsize)
+    # shutil.disk_usage: statvfs's f_blocks and f_bavail (space an unprivileged writer may use), as the
+    # status and the space reserve read it.
+    usage = shutil.disk_usage(path)
+    return DiskState(total_bytes=usage.total, free_bytes=usage.free)
 
 
 class DeletedSegment(NamedTuple):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,9 +63,9 @@ def reserve_wanted(size_bytes: int, exists: bool, free_bytes: int) -> bool:
 
 
 # ----- the file -----------------------------------------------------------------------------------------
-def statvfs_free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
+def free_bytes_at(path: Path) -> int:
+    """Free space for an unprivileged writer, as the rest of edgerec reads it (``shutil.disk_usage``)."""
+    return shutil.disk_usage(path).free
 
 
 @dataclass
@@ -74,7 +75,7 @@ class SpaceReserve:
 
     path: Path
     size_bytes: int = 0
-    free_bytes: Callable[[Path], int] = field(default=statvfs_free_bytes, repr=False)
+    free_bytes: Callable[[Path], int] = field(default=free_bytes_at, repr=False)
 
     @classmethod
     def in_dir(cls, data_dir: Path | str, size_bytes: int = 0) -> SpaceReserve:
