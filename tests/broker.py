@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -260,6 +261,9 @@ class Broker:
 
 def mosquitto_available() -> bool:
     return shutil.which("mosquitto") is not None
+
+
+needs_mosquitto = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
 
 
 # ----- recording client ---------------------------------------------------------------------------------

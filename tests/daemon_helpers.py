@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -41,6 +43,17 @@ def write_config(path: Path, *, officer: OfficerKey, data_dir: Path, cameras: li
     cfg.update(extra)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def segment_count(data_dir: Path, camera: str = "gate") -> int:
+    """Sealed segments of ``camera`` in the catalog, read-only: while the daemon is still creating the
+    catalog, 0."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{data_dir / 'catalog.sqlite3'}?mode=ro", uri=True,
+                                                timeout=5)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM segments WHERE camera = ?", (camera,)).fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 def open_daemon_state(config_path: Path) -> Any:

@@ -19,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import pytest
 from av.video.frame import PictureType
 
 from edgerec.inventory import SEGMENT_SUFFIX
@@ -163,6 +164,9 @@ def rtsp_server_available() -> bool:
         timeout=30,
     )
     return probe.returncode == 0
+
+
+needs_rtsp = pytest.mark.skipif(not rtsp_server_available(), reason="GStreamer RTSP server not installed")
 
 
 def start_rtsp_server(clip: Path, *, loop: bool = False, mount: str = "/cam",

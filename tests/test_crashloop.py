@@ -38,7 +38,7 @@ from edgerec.audit import verify_audit
 from edgerec.catalog import Catalog
 from edgerec.errors import SegmentError
 from edgerec.timefmt import rfc3339
-from tests.broker import Broker, Listener, mosquitto_available
+from tests.broker import Broker, Listener, needs_mosquitto
 from tests.daemon_helpers import Daemon, OfficerKey, open_daemon_state, wait_for, write_config
 
 S = 1_000_000_000
@@ -389,7 +389,7 @@ def crash_rounds(rig: CrashRig, kills: int, seed: int, log_dir: Path, progress: 
 
 # ----- the CI version -------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
+@needs_mosquitto
 def test_ten_kills_at_writes_rotations_sweeps_and_incident_commits_lose_nothing_promised(
         tmp_path: Path, officer: OfficerKey) -> None:
     with Broker(tmp_path / "broker") as broker:

@@ -13,10 +13,8 @@ disk events.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,13 +33,13 @@ from tests.broker import (
     Listener,
     Received,
     make_test_ca,
-    mosquitto_available,
+    needs_mosquitto,
     retained_on,
 )
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
+from tests.daemon_helpers import Daemon, OfficerKey, run_cli, segment_count, wait_for, write_config
 from tests.media import free_port
 
-pytestmark = [pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed"),
+pytestmark = [needs_mosquitto,
               pytest.mark.timeout(90)]
 
 REPLY_DEADLINE_S = 1.0
@@ -110,16 +108,6 @@ def sealed_segments(data_dir: Path, camera: str = "gate") -> list[SegmentRow]:
         return catalog.segments(camera=camera)
     finally:
         catalog.close()
-
-
-def segment_count(data_dir: Path, camera: str = "gate") -> int:
-    """Sealed segments in the catalog, read-only: while the daemon is still creating the catalog, 0."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{data_dir / 'catalog.sqlite3'}?mode=ro", uri=True,
-                                                timeout=5)) as conn:
-            return conn.execute("SELECT COUNT(*) FROM segments WHERE camera = ?", (camera,)).fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def wait_for_segments(data_dir: Path, count: int, what: str, daemon: Daemon) -> list[SegmentRow]:

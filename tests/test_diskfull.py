@@ -28,7 +28,7 @@ from edgerec.audit import verify_audit
 from edgerec.incidents import parse_rfc3339
 from edgerec.spacereserve import RESERVE_BYTES, RESERVE_NAME, SpaceReserve
 from edgerec.timefmt import rfc3339
-from tests.broker import LOOPBACK, Broker, Listener, mosquitto_available
+from tests.broker import LOOPBACK, Broker, Listener, needs_mosquitto
 from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
 from tests.test_daemon_mqtt import Setup, command, wait_online
 from tests.test_incidents import counted_incident_lines
@@ -383,7 +383,7 @@ def fill_completely_under_the_daemon(fs: Path, data: Path, tmp_path: Path) -> No
     assert free_bytes(fs) == 0
 
 
-@pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
+@needs_mosquitto
 def test_an_incident_opened_over_mqtt_is_recorded_on_a_completely_full_disk(
         tmp_path: Path, officer: OfficerKey, small_fs):
     fs = small_fs("24m")

@@ -44,13 +44,13 @@ from tests.broker import (
     Broker,
     Listener,
     make_test_ca,
-    mosquitto_available,
+    needs_mosquitto,
     retained_on,
     wait_until,
 )
 from tests.media import free_port
 
-pytestmark = [pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed"),
+pytestmark = [needs_mosquitto,
               pytest.mark.timeout(60)]
 
 REPLY_DEADLINE_S = 1.0

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from edgerec.timefmt import rfc3339
-from tests.broker import Broker, Listener, mosquitto_available
+from tests.broker import Broker, Listener, needs_mosquitto
 from tests.daemon_helpers import REPO, OfficerKey, wait_for
 from tests.test_crashloop import (
     CAMERA,
@@ -185,7 +185,7 @@ def power_cut_round(rig: CrashRig, ledger: CrashLedger, rng: random.Random, roun
 
 @pytest.mark.slow
 @needs_strace
-@pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
+@needs_mosquitto
 def test_power_cuts_lose_at_most_flush_plus_fsync_seconds_and_keep_acknowledged_incidents(
         tmp_path: Path, officer: OfficerKey) -> None:
     rng = random.Random(1123)

@@ -23,14 +23,12 @@ from edgerec.recorder import ChainState, Recorder, RecorderClock, backoff_delay,
 from tests.daemon_helpers import wait_for
 from tests.media import (
     make_h264_clip,
-    rtsp_server_available,
+    needs_rtsp,
     scan_tree_for_plaintext,
     start_rtsp_server,
     stop_process,
     video_packets,
 )
-
-needs_rtsp = pytest.mark.skipif(not rtsp_server_available(), reason="GStreamer RTSP server not installed")
 
 
 @dataclass

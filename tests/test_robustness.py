@@ -11,12 +11,10 @@ seen quickly.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -35,14 +33,14 @@ from edgerec.health import HealthChange
 from edgerec.recorder import ChainState, ConnectionChange, stall_age_s, timeline_for
 from edgerec.source import choose_encoder, is_live, read_timeout_s
 from edgerec.statusfile import read_status
-from tests.broker import Broker, Listener, mosquitto_available
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, write_config
+from tests.broker import Broker, Listener, needs_mosquitto
+from tests.daemon_helpers import Daemon, OfficerKey, run_cli, segment_count, write_config
 from tests.media import (
     PacedTcpServer,
     ffmpeg_tcp_push,
     make_h264_clip,
+    needs_rtsp,
     retime_clip,
-    rtsp_server_available,
     scan_tree_for_plaintext,
     start_rtsp_server,
     stop_process,
@@ -50,8 +48,6 @@ from tests.media import (
 )
 from tests.test_health import FAST, FROZEN_PICTURE, WORLD_B, _view, black, encode_clip, normal
 from tests.test_recorder import Rig, assert_chain, decrypted_packets, make_rig, wait_for
-
-needs_rtsp = pytest.mark.skipif(not rtsp_server_available(), reason="GStreamer RTSP server not installed")
 
 FIRST = ChainState(7, bytes(range(32)))  # the chain make_rig starts from
 TIMEOUT_S = 1.0
@@ -373,7 +369,7 @@ def test_tamper_detection_through_the_recorder(tmp_path: Path) -> None:
 
 
 # ----- TS over TCP through the daemon (the encoder serves, the recorder connects): events, audit, status
-@pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
+@needs_mosquitto
 def test_daemon_publishes_and_audits_camera_down_up_and_tamper_and_lists_the_gap(
         tmp_path: Path, officer: OfficerKey) -> None:
     clip = tmp_path / "clip.ts"
@@ -430,16 +426,6 @@ def test_daemon_publishes_and_audits_camera_down_up_and_tamper_and_lists_the_gap
     [gap_line] = [line for line in listed.splitlines() if line.strip().startswith("GAP")]
     assert down["reason"] in gap_line
     assert run_cli("verify", "-c", str(cfg), "--key", str(officer.private_path)).returncode == 0
-
-
-def segment_count(data_dir: Path, camera: str) -> int:
-    """Sealed segments of ``camera`` in the catalog (read-only; 0 while the catalog is being created)."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{data_dir / 'catalog.sqlite3'}?mode=ro", uri=True,
-                                                timeout=5)) as conn:
-            return conn.execute("SELECT COUNT(*) FROM segments WHERE camera = ?", (camera,)).fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 # ----- pure rules ---------------------------------------------------------------------------------------

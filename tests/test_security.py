@@ -31,7 +31,7 @@ from edgerec.catalog import IncidentRow, SegmentRow
 from edgerec.config import CameraConfig, Config, MqttConfig, TlsConfig
 from edgerec.incidents import parse_command
 from edgerec.retention import DiskState, RetentionPolicy, plan_deletions
-from tests.broker import Broker, make_test_ca, mosquitto_available
+from tests.broker import Broker, make_test_ca, needs_mosquitto
 from tests.daemon_helpers import REPO, OfficerKey, wait_for, write_config
 from tests.media import make_h264_clip, plaintext_video_findings, scan_tree_for_plaintext
 
@@ -193,7 +193,7 @@ def test_a_close_releases_footage_only_after_the_grace_period_of_the_daemons_clo
 
 
 # ----- MQTT over TLS --------------------------------------------------------------------------------
-@pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
+@needs_mosquitto
 def test_tls_link_refuses_a_broker_signed_by_another_ca_and_never_sends_the_password(tmp_path: Path) -> None:
     from edgerec.mqtt import MqttLink
 

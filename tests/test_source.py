@@ -15,7 +15,7 @@ from edgerec.source import CHILD_EXIT_TIMEOUT_S, input_options, open_source, red
 from edgerec.source import testsrc_graph as lavfi_graph_of_testsrc
 from tests.media import (
     make_h264_clip,
-    rtsp_server_available,
+    needs_rtsp,
     start_rtsp_server,
     stop_process,
     video_packets,
@@ -180,7 +180,7 @@ def test_unreachable_rtsp_camera_fails_fast_without_showing_the_password() -> No
     assert "admin:***@127.0.0.1" in str(info.value)
 
 
-@pytest.mark.skipif(not rtsp_server_available(), reason="GStreamer RTSP server not installed")
+@needs_rtsp
 def test_rtsp_source_reads_the_gstreamer_server(tmp_path: Path) -> None:
     clip = tmp_path / "clip.mp4"
     make_h264_clip(clip, 2, fps=25, gop=25)
