@@ -21,10 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edgerec.audit import AuditLog
-from edgerec.catalog import CATALOG_NAME, Catalog
-from edgerec.clock import RELEASE_FLOOR_NS
+from edgerec.catalog import Catalog
 from edgerec.config import CameraConfig, Config, RetentionConfig
+from edgerec.layout import CATALOG_NAME
 from edgerec.retention import DiskState, Sweeper
+from edgerec.walltime import RELEASE_FLOOR_NS
 
 S = 1_000_000_000
 MIN = 60 * S

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgerec.catalog import Catalog  # noqa: E402
-from edgerec.incidents import rfc3339  # noqa: E402
+from edgerec.timefmt import rfc3339  # noqa: E402
 from tests.broker import Broker, Listener  # noqa: E402
 from tests.daemon_helpers import Daemon, make_officer_key, run_cli, wait_for, write_config  # noqa: E402
 from tests.media import free_port, make_h264_clip, start_rtsp_server, stop_process  # noqa: E402

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from .fsutil import fsync_dir
 from .timefmt import rfc3339
@@ -128,6 +128,17 @@ def tail_entries(path: Path | str, max_bytes: int = _TAIL_READ_BYTES) -> list[di
     return [obj for obj in map(_parse, raw_lines) if obj is not None]
 
 
+AuditEntry = tuple[str, dict[str, Any]]  # (event, fields) of one line to append
+
+
+class AuditSink(Protocol):
+    """What a writer of audit lines needs (``AuditLog`` is one)."""
+
+    def append(self, event: str, **fields: Any) -> None: ...
+
+    def append_many(self, entries: Sequence[AuditEntry]) -> None: ...
+
+
 class AuditLog:
     """Appends hash-chained lines to an audit file; safe to share between threads.
 
@@ -199,7 +210,7 @@ class AuditLog:
         """Append one event and fsync it; raises OSError when the disk refuses."""
         self.append_many([(event, fields)])
 
-    def append_many(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    def append_many(self, entries: Sequence[AuditEntry]) -> None:
         """Append several events (``(event, fields)``) with one write and one fsync: a retention sweep
         names all its deletions before the first one, without an fsync per line. On an error none of
         them counts as written (a torn tail is cut at the next append)."""

@@ -28,22 +28,22 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-from .clock import PLAUSIBLE_SLACK_NS, RELEASE_FLOOR_NS, Redate
+from . import holds
 from .errors import CatalogError
 from .fsutil import fsync_dir
-from .timefmt import rfc3339
+from .layout import CATALOG_NAME, DataDir
+from .timefmt import DAY_NS, rfc3339
+from .walltime import WALL_TIME_RULES, WallTimeRules
 
 log = logging.getLogger(__name__)
 
-CATALOG_NAME = "catalog.sqlite3"
 BUSY_TIMEOUT_MS = 5000
 _IN_CHUNK = 500  # ids per "IN (...)" statement (well under SQLite's variable limit)
 INCIDENT_CHANGES_KEY = "incident_changes"  # meta counter: incident opens + closes, see incident_changes()
 INCIDENTS_CHECKED_KEY = "incidents_checked"  # meta flag: incidents checked against the audit log
 HELD_CACHE_S = 60.0  # held bytes in status may lag this much behind new footage
-DAY_NS = 86_400 * 1_000_000_000
 
 _SCHEMA_V1 = """
 CREATE TABLE segments (
@@ -178,29 +178,25 @@ class IncidentRow:
     def is_open(self) -> bool:
         return self.closed_ns is None
 
+    # What it holds, and until when, is decided by ``holds``; these ask it.
     @property
     def hold_start_ns(self) -> int:
-        return self.from_ns - self.pre_roll_ns
+        return holds.window_start_ns(self)
 
     @property
     def hold_end_ns(self) -> int | None:
         """End of the footage held; an open-ended incident holds until it is closed (plus post-roll)."""
-        if self.to_ns is not None:
-            return self.to_ns + self.post_roll_ns
-        if self.closed_ns is not None:
-            return self.closed_ns + self.post_roll_ns
-        return None
+        return holds.window_end_ns(self)
 
     def released_ns(self, grace_ns: int) -> int | None:
         """When the hold ends: close time plus the grace period (None while open)."""
-        return None if self.closed_ns is None else self.closed_ns + grace_ns
+        return holds.released_ns(self, grace_ns)
 
     def holds_at(self, now_ns: int, grace_ns: int) -> bool:
-        released = self.released_ns(grace_ns)
-        return released is None or now_ns < released
+        return holds.holds_at(self, now_ns, grace_ns)
 
     def covers(self, camera: str) -> bool:
-        return self.camera == "*" or self.camera == camera
+        return holds.covers(self, camera)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -220,6 +216,60 @@ _INCIDENT_COLUMNS = ("id, camera, from_ns, to_ns, reason, opened_by, opened_ns, 
                      "pre_roll_ns, post_roll_ns")
 
 
+class SegmentMetaLike(Protocol):
+    """The header fields of a segment the catalog records (``segfile.SegmentMeta`` has them)."""
+
+    @property
+    def camera(self) -> str: ...
+    @property
+    def sequence(self) -> int: ...
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def clock_synced(self) -> bool: ...
+    @property
+    def boot_id(self) -> str: ...
+    @property
+    def monotonic_ns(self) -> int: ...
+
+
+class ClosedSegment(Protocol):
+    """A closed segment as ``add_segment`` takes it (``segfile.SealedSegment`` is one)."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def meta(self) -> SegmentMetaLike: ...
+    @property
+    def end_ns(self) -> int: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def frames(self) -> int: ...
+    @property
+    def digest(self) -> bytes: ...
+    @property
+    def state(self) -> str: ...
+
+
+class NewDates(Protocol):
+    """New wall times for a segment recorded under a wrong clock (``clock.Redate`` is one)."""
+
+    @property
+    def segment_id(self) -> int: ...
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def end_ns(self) -> int: ...
+
+
+class GraceConfig(Protocol):
+    """The slice of the incidents configuration the held-bytes status needs."""
+
+    @property
+    def release_grace_days(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CameraSummary:
     camera: str
@@ -237,9 +287,11 @@ def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
 class Catalog:
     """The SQLite catalog of one data directory; safe to share between threads."""
 
-    def __init__(self, conn: sqlite3.Connection, data_dir: Path):
+    def __init__(self, conn: sqlite3.Connection, data_dir: Path, time_rules: WallTimeRules = WALL_TIME_RULES):
         self._conn = conn
         self.data_dir = data_dir
+        self.path = DataDir(data_dir).catalog_path
+        self.time_rules = time_rules  # which recording times are plausible (see add_segment)
         self._lock = threading.RLock()
         self._tx_depth = 0
         self._sync_on_commit = False  # set by writes that are promises (incidents); see transaction()
@@ -250,11 +302,13 @@ class Catalog:
 
     # ----- opening ----------------------------------------------------------------------------------
     @classmethod
-    def open(cls, data_dir: Path | str) -> Catalog:
+    def open(cls, data_dir: Path | str, *, time_rules: WallTimeRules = WALL_TIME_RULES) -> Catalog:
+        """Open (or create) the catalog of ``data_dir``. ``time_rules``: which recording times the
+        catalog takes as plausible (``walltime``; the clock module applies the same rules)."""
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise CatalogError(f"data directory {data_dir} does not exist")
-        path = data_dir / CATALOG_NAME
+        path = DataDir(data_dir).catalog_path
         created = not path.exists() or path.stat().st_size == 0  # SQLite makes an empty file a new catalog
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
@@ -267,7 +321,7 @@ class Catalog:
         except sqlite3.DatabaseError as exc:
             # The context (the sqlite3 error) stays attached: spacereserve.is_disk_full_error reads it.
             raise CatalogError(open_error_message(path, exc)) from None
-        catalog = cls(conn, data_dir.resolve())
+        catalog = cls(conn, data_dir.resolve(), time_rules)
         catalog.created = created
         return catalog
 
@@ -311,7 +365,7 @@ class Catalog:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise CatalogError(f"catalog {self.data_dir / CATALOG_NAME}: cannot write: {exc}") from exc
+                raise CatalogError(f"catalog {self.path}: cannot write: {exc}") from exc
             self._tx_depth = 1
             self._sync_on_commit = False
             try:
@@ -323,7 +377,7 @@ class Catalog:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    where = self.data_dir / CATALOG_NAME
+                    where = self.path
                     raise CatalogError(f"catalog {where}: write failed: {exc}") from exc
                 raise
             self._tx_depth = 0
@@ -336,7 +390,7 @@ class Catalog:
         rows can be rebuilt from the files after a power cut), but an incident is acknowledged to its
         sender once committed and exists nowhere else. ``fsync`` of any descriptor of the WAL flushes it;
         the directory is synced too, in case the WAL file itself is new."""
-        wal = self.data_dir / (CATALOG_NAME + "-wal")
+        wal = self.path.with_name(CATALOG_NAME + "-wal")
         try:
             fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -356,7 +410,7 @@ class Catalog:
             try:
                 return self._conn.execute(sql, tuple(params)).fetchall()
             except sqlite3.Error as exc:
-                raise CatalogError(f"catalog {self.data_dir / CATALOG_NAME}: read failed: {exc}") from exc
+                raise CatalogError(f"catalog {self.path}: read failed: {exc}") from exc
 
     def _meta(self, key: str, default: int) -> int:
         row = self._read("SELECT value FROM meta WHERE key = ?", (key,))
@@ -384,7 +438,7 @@ class Catalog:
         return self.data_dir / (row.path if isinstance(row, SegmentRow) else row)
 
     # ----- segments ---------------------------------------------------------------------------------
-    def add_segment(self, seg: Any) -> SegmentRow:
+    def add_segment(self, seg: ClosedSegment) -> SegmentRow:
         """Catalogue a sealed (or recovered) segment; adding the same path again returns the stored row.
 
         The wall time is judged here: before the release date, or earlier than the end of the camera's
@@ -402,8 +456,7 @@ class Catalog:
                 "SELECT end_ns FROM segments WHERE camera = ? AND sequence < ? AND time_ok = 1 "
                 "ORDER BY sequence DESC LIMIT 1", (meta.camera, meta.sequence))
             prev_end = prev[0][0] if prev else None
-            time_ok = start_ns >= RELEASE_FLOOR_NS and (prev_end is None
-                                                         or start_ns >= prev_end - PLAUSIBLE_SLACK_NS)
+            time_ok = self.time_rules.plausible(start_ns, prev_end)
             cur = self._conn.execute(
                 "INSERT INTO segments (camera, sequence, path, start_ns, end_ns, size_bytes, frames, digest, "
                 "state, clock_synced, boot_id, monotonic_ns, time_ok) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -511,12 +564,12 @@ class Catalog:
                 continue
             prv = self._read("SELECT end_ns FROM segments WHERE camera = ? AND sequence < ? "
                              "AND time_ok = 1 ORDER BY sequence DESC LIMIT 1", (seg.camera, seg.sequence))
-            lo = prv[0][0] if prv else RELEASE_FLOOR_NS
+            lo = prv[0][0] if prv else self.time_rules.floor_ns
             hi = max(lo, nxt[0][0])
             out.append(_replace_times(seg, lo, hi))
         return out
 
-    def apply_redates(self, redates: Sequence[Redate]) -> int:
+    def apply_redates(self, redates: Sequence[NewDates]) -> int:
         """Store new dates for footage recorded under a wrong clock (keeping the recorded start)."""
         if not redates:
             return 0
@@ -524,7 +577,8 @@ class Catalog:
             self._conn.executemany(
                 "UPDATE segments SET recorded_start_ns = coalesce(recorded_start_ns, start_ns), "
                 "start_ns = ?, end_ns = ?, time_ok = ? WHERE id = ?",
-                [(r.start_ns, r.end_ns, int(r.start_ns >= RELEASE_FLOOR_NS), r.segment_id) for r in redates])
+                [(r.start_ns, r.end_ns, int(self.time_rules.plausible(r.start_ns, None)), r.segment_id)
+                 for r in redates])
         return len(redates)
 
     def mark_deleting(self, ids: Sequence[int], now_ns: int) -> None:
@@ -621,20 +675,20 @@ class Catalog:
         Windows are merged per camera first (windows closer than the longest segment are joined, so a
         segment spanning two windows is not counted twice), then summed in SQL.
         """
-        holding = [i for i in self.incidents(relevant_since_ns=now_ns - grace_ns)
-                   if i.holds_at(now_ns, grace_ns)]
-        if not holding:
+        relevant = self.incidents(relevant_since_ns=now_ns - grace_ns)
+        if not any(i.holds_at(now_ns, grace_ns) for i in relevant):
             return 0, 0
         count = size = 0
-        for camera in self.cameras():
-            windows = [(i.hold_start_ns, i.hold_end_ns) for i in holding if i.covers(camera)]
-            for lo, hi in merge_windows(windows, join_gap_ns=self._max_duration_ns):
+        by_camera = holds.held_windows(relevant, self.cameras(), now_ns, grace_ns,
+                                       join_gap_ns=self._max_duration_ns)
+        for camera, windows in by_camera.items():
+            for lo, hi in windows:
                 n, b = self.window_totals(camera, lo, hi)
                 count += n
                 size += b
         return count, size
 
-    def held_bytes(self, now_ns: int, incidents: Any) -> int:
+    def held_bytes(self, now_ns: int, incidents: GraceConfig) -> int:
         """Bytes held by incidents, for status; recomputed at most every HELD_CACHE_S unless incidents
         changed. ``incidents`` is the IncidentsConfig (its grace period)."""
         grace_ns = int(incidents.release_grace_days * DAY_NS)
@@ -727,21 +781,6 @@ class Catalog:
             sql, params = "", ()
         return [_incident(r) for r in self._read(
             f"SELECT {_INCIDENT_COLUMNS} FROM incidents {sql} ORDER BY opened_ns, id", params)]
-
-
-def merge_windows(windows: Iterable[tuple[int, int | None]],
-                  join_gap_ns: int = 0) -> list[tuple[int, int | None]]:
-    """Union of [start, end] windows (end None = unbounded) as sorted disjoint windows; windows less than
-    ``join_gap_ns`` apart are joined."""
-    out: list[tuple[int, int | None]] = []
-    for lo, hi in sorted(windows, key=lambda w: w[0]):
-        if out:
-            plo, phi = out[-1]
-            if phi is None or lo <= phi + join_gap_ns:
-                out[-1] = (plo, None if phi is None or hi is None else max(phi, hi))
-                continue
-        out.append((lo, hi))
-    return out
 
 
 def _marks(chunk: Sequence[int]) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__
 from .config import Config, load_config
 from .errors import EdgerecError, UsageError
+from .layout import DataDir
 
 log = logging.getLogger("edgerec.cli")
 
@@ -151,7 +152,7 @@ def _print_json(obj: Any) -> None:
 
 
 def _parse_time(text: str, what: str) -> int:
-    from .incidents import parse_time
+    from .timefmt import parse_time
 
     try:
         return parse_time(text)
@@ -224,7 +225,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export_segments(paths, private, args.out, progress=progress)
     if cfg is not None:
-        AuditLog(data_dir / "audit.log").append(
+        AuditLog(DataDir(data_dir).audit_path).append(
             "export", camera=args.camera, **{"from": args.from_, "to": args.to}, out=str(args.out),
             segments=len(paths), by=args.by)
     print(f"wrote {args.out} ({result.segments_ok} segments, {result.frames} frames); "
@@ -257,7 +258,7 @@ def _open_catalog(cfg: Config) -> tuple[Any, Any, Any]:
         # Not "the catalog is unusable": nothing is wrong with it, and moving it away would be wrong.
         raise CatalogError(f"{cfg.data_dir}: the disk is full, the catalog cannot be opened; "
                            "nothing was recorded (free some space and try again)") from None
-    audit = AuditLog(cfg.data_dir / "audit.log")
+    audit = AuditLog(DataDir(cfg.data_dir).audit_path)
     try:
         restore_incidents(catalog, audit, reserve=reserve)
     except BaseException:
@@ -275,8 +276,6 @@ def _incident_service(cfg: Config) -> tuple[Any, Any]:
 
 
 def cmd_incident(args: argparse.Namespace) -> int:
-    from .incidents import parse_command
-
     cfg = load_config(args.config)
     refuse_root_on_foreign_data_dir(cfg.data_dir, "incident")
     service, catalog = _incident_service(cfg)
@@ -297,13 +296,13 @@ def cmd_incident(args: argparse.Namespace) -> int:
             obj.update({"camera": args.camera, "reason": args.reason,
                         "from": _rfc3339_arg(args.from_, "--from"),
                         "to": _rfc3339_arg(args.to, "--to") if args.to else None})
-        now_ns = time.time_ns()
-        cmd = parse_command(obj, cameras=[c.name for c in cfg.cameras], now_ns=now_ns)
-        result = service.apply(cmd, now_ns)
+        result = service.handle(obj, time.time_ns())
         if args.json:
             _print_json(result.to_json_dict())
         else:
             print(" ".join(f"{k}={v}" for k, v in result.to_json_dict().items() if v is not None))
+            if not result.ok:
+                print(f"edgerec: {result.error}", file=sys.stderr)
         return 0 if result.ok else 1
     finally:
         catalog.close()
@@ -347,7 +346,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"--head {args.head}: {exc}") from None
     data_dir, _ = _data_dir(args)
-    result = verify_audit(data_dir / "audit.log", expected)
+    result = verify_audit(DataDir(data_dir).audit_path, expected)
     print(result.message)
     return 0 if result.ok else 1
 

@@ -19,17 +19,10 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+
+from .walltime import PLAUSIBLE_SLACK_NS, RELEASE_FLOOR_NS, WallTimeRules
 
 log = logging.getLogger(__name__)
-
-# No wall time before this software's release date is plausible (a Pi booting at 1970, or a stale
-# fake-hwclock image, is caught by this floor).
-RELEASE_FLOOR_NS = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp()) * 1_000_000_000
-
-# Segment boundaries and thread scheduling make consecutive timestamps disagree by milliseconds; a wall
-# time this much earlier than the newest footage is still taken as a normal, plausible reading.
-PLAUSIBLE_SLACK_NS = 5 * 1_000_000_000
 
 # adjtimex(2): the kernel's clock state and status bits.
 _TIME_ERROR = 5
@@ -113,10 +106,8 @@ def read_clock() -> ClockReading:
 def plausible(wall_ns: int, newest_catalogued_ns: int | None, release_floor_ns: int = RELEASE_FLOOR_NS,
               *, slack_ns: int = PLAUSIBLE_SLACK_NS) -> bool:
     """Can ``wall_ns`` be believed? Not before the release floor, not before the newest footage already
-    catalogued (less a few seconds of slack)."""
-    if wall_ns < release_floor_ns:
-        return False
-    return newest_catalogued_ns is None or wall_ns >= newest_catalogued_ns - slack_ns
+    catalogued (less a few seconds of slack): ``walltime.WallTimeRules``."""
+    return WallTimeRules(release_floor_ns, slack_ns).plausible(wall_ns, newest_catalogued_ns)
 
 
 class ClockWatch:

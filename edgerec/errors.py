@@ -59,7 +59,3 @@ class CommandError(EdgerecError):
 
 class SourceError(EdgerecError):
     """A camera source cannot be opened or read (expected in the field; logged without traceback)."""
-
-
-class DiskFullError(EdgerecError):
-    """No space left to write footage and nothing unheld left to delete."""

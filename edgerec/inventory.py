@@ -6,47 +6,26 @@ taken off the device; the catalog, when present, adds gaps and is checked agains
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import segfile
 from .errors import SegmentError
+from .layout import CATALOG_NAME, DEVICE_PUB_NAME, PARTIAL_SUFFIX, SEGMENT_GLOB, start_ns_from_name
 from .timefmt import rfc3339
-
-SEGMENT_SUFFIX = ".seg"
-_NAME = re.compile(r"^(\d{8}T\d{6})\.(\d{3})Z\.seg$")
-
-
-def segment_path(data_dir: Path, camera: str, start_ns: int) -> Path:
-    """``<data_dir>/<camera>/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.mmmZ>.seg`` (UTC): sortable, filesystem-safe."""
-    seconds, rest_ns = divmod(start_ns, 1_000_000_000)
-    when = datetime.fromtimestamp(seconds, UTC)
-    name = f"{when:%Y%m%dT%H%M%S}.{rest_ns // 1_000_000:03d}Z{SEGMENT_SUFFIX}"
-    return Path(data_dir) / camera / f"{when:%Y-%m-%d}" / name
-
-
-def start_ns_from_name(path: Path) -> int | None:
-    """The start time a segment's name carries (the inverse of ``segment_path``); None for other names."""
-    m = _NAME.match(path.name)
-    if m is None:
-        return None
-    dt = datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
-    return int(dt.timestamp()) * 1_000_000_000 + int(m.group(2)) * 1_000_000
 
 
 def camera_dirs(data_dir: Path, camera: str | None = None) -> list[Path]:
     if camera is not None:
         d = data_dir / camera
         return [d] if d.is_dir() else []
-    return sorted(p for p in data_dir.iterdir() if p.is_dir() and any(p.glob(f"*/*{SEGMENT_SUFFIX}")))
+    return sorted(p for p in data_dir.iterdir() if p.is_dir() and any(p.glob(SEGMENT_GLOB)))
 
 
 def segment_files(data_dir: Path, camera: str) -> list[Path]:
     """A camera's segment files in time order (by their names, which sort by start time)."""
-    return sorted((data_dir / camera).glob(f"*/*{SEGMENT_SUFFIX}"), key=lambda p: p.name)
+    return sorted((data_dir / camera).glob(SEGMENT_GLOB), key=lambda p: p.name)
 
 
 def segments_in_range(data_dir: Path, camera: str, from_ns: int, to_ns: int) -> list[Path]:
@@ -74,14 +53,14 @@ def segments_in_range(data_dir: Path, camera: str, from_ns: int, to_ns: int) -> 
 def _device_key(data_dir: Path) -> Any:
     from . import keys
 
-    pub = data_dir / "device.pub"
+    pub = data_dir / DEVICE_PUB_NAME
     return keys.load_device_public_key(pub) if pub.exists() else None
 
 
 def listing(data_dir: Path, camera: str | None = None) -> dict[str, Any]:
     """Segments and gaps per camera, from the catalog when there is one, else from the files."""
     cameras: dict[str, Any] = {}
-    catalog_path = data_dir / "catalog.sqlite3"
+    catalog_path = data_dir / CATALOG_NAME
     if catalog_path.exists():
         from .catalog import Catalog
 
@@ -158,7 +137,8 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
     report = VerifyReport()
     device_key = _device_key(data_dir)
     if device_key is None:
-        report.notes.append(f"no device.pub in {data_dir}: signatures checked with the key in each header")
+        report.notes.append(f"no {DEVICE_PUB_NAME} in {data_dir}: signatures checked with the key in each "
+                            "header")
     on_disk: set[str] = set()
     for cam_dir in camera_dirs(data_dir, camera):
         prev_digest: bytes | None = None
@@ -172,14 +152,14 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
                 prev_digest = segfile.read_info(path, device_key=device_key).digest
             except SegmentError:
                 prev_digest = None  # the next one's chain link cannot be checked
-        for partial in sorted(cam_dir.glob("*/*.partial")):
+        for partial in sorted(cam_dir.glob(f"*/*{PARTIAL_SUFFIX}")):
             report.notes.append(f"{partial}: unfinished segment (recording, or recovered at next start)")
     _check_catalog(data_dir, camera, on_disk, report)
     return report
 
 
 def _check_catalog(data_dir: Path, camera: str | None, on_disk: set[str], report: VerifyReport) -> None:
-    if not (data_dir / "catalog.sqlite3").exists():
+    if not (data_dir / CATALOG_NAME).exists():
         return
     from .catalog import Catalog
 

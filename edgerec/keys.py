@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from .errors import KeyFormatError, UsageError
 from .fsutil import fsync_dir
+from .layout import DataDir
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ KEY_FILE_MAX_BYTES = 64 * 1024
 _RECIPIENT_ID_LABEL = b"edgerec recipient key id v1\x00"
 _DEVICE_ID_LABEL = b"edgerec device key id v1\x00"
 
-DEVICE_KEY_NAME = "device.key"
-DEVICE_PUB_NAME = "device.pub"
 
 
 # ---------------------------------------------------------------------------------------------- text codec
@@ -355,8 +354,8 @@ def load_or_create_device_key(data_dir: Path) -> Ed25519PrivateKey:
     """
     data_dir = Path(data_dir)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key_path = data_dir / DEVICE_KEY_NAME
-    pub_path = data_dir / DEVICE_PUB_NAME
+    key_path = DataDir(data_dir).device_key_path
+    pub_path = DataDir(data_dir).device_pub_path
     if not key_path.exists():
         _create_device_key(key_path)
     key = load_device_key(key_path)

@@ -32,20 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from . import segfile
-from .audit import AuditLog, AuditVerifyResult, verify_audit
+from .audit import AuditLog, AuditSink, AuditVerifyResult, verify_audit
 from .catalog import Catalog, IncidentRow
 from .errors import CatalogError, SegmentError
 from .fsutil import fsync_dir
 from .incidents import incidents_from_audit
-from .inventory import SEGMENT_SUFFIX
+from .layout import PARTIAL_SEGMENT_SUFFIX, QUARANTINE_DIR, SEGMENT_SUFFIX, DataDir
 from .spacereserve import SpaceReserve
 from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
-QUARANTINE_DIR = "quarantine"
-PARTIAL_SUFFIX = SEGMENT_SUFFIX + segfile.PARTIAL_SUFFIX
 _LISTING_CACHE_DIRS = 8
 
 
@@ -80,8 +80,9 @@ class ReconcileReport:
                 "finished_deletions": self.finished_deletions, "errors": self.errors}
 
 
-def reconcile(data_dir: Path | str, catalog: Catalog, signing_key: Any, device_key: Any = None, *,
-              audit: Any = None) -> ReconcileReport:
+def reconcile(data_dir: Path | str, catalog: Catalog, signing_key: Ed25519PrivateKey,
+              device_key: Ed25519PublicKey | None = None, *,
+              audit: AuditSink | None = None) -> ReconcileReport:
     """Bring catalog and disk into agreement (see the module docstring); returns what was done."""
     data_dir = Path(data_dir)
     report = ReconcileReport()
@@ -123,9 +124,10 @@ def _finish_deletions(data_dir: Path, catalog: Catalog, report: ReconcileReport)
     catalog.drop(done)
 
 
-def _reconcile_dir(data_dir: Path, here: Path, names: list[str], catalog: Catalog, signing_key: Any,
-                   device_key: Any, report: ReconcileReport) -> None:
-    partials = [n for n in names if n.endswith(PARTIAL_SUFFIX)]
+def _reconcile_dir(data_dir: Path, here: Path, names: list[str], catalog: Catalog,
+                   signing_key: Ed25519PrivateKey, device_key: Ed25519PublicKey | None,
+                   report: ReconcileReport) -> None:
+    partials = [n for n in names if n.endswith(PARTIAL_SEGMENT_SUFFIX)]
     for name in partials:
         _recover(data_dir, here / name, catalog, signing_key, report)
     if partials:  # recovery renamed some: list again
@@ -139,7 +141,7 @@ def _reconcile_dir(data_dir: Path, here: Path, names: list[str], catalog: Catalo
             _adopt(data_dir, here / name, catalog, device_key, report)
 
 
-def _recover(data_dir: Path, partial: Path, catalog: Catalog, signing_key: Any,
+def _recover(data_dir: Path, partial: Path, catalog: Catalog, signing_key: Ed25519PrivateKey,
              report: ReconcileReport) -> None:
     rel = _rel(data_dir, partial)
     try:
@@ -170,7 +172,8 @@ def _recover(data_dir: Path, partial: Path, catalog: Catalog, signing_key: Any,
                 sealed.frames, sealed.size_bytes)
 
 
-def _adopt(data_dir: Path, path: Path, catalog: Catalog, device_key: Any, report: ReconcileReport) -> None:
+def _adopt(data_dir: Path, path: Path, catalog: Catalog, device_key: Ed25519PublicKey | None,
+           report: ReconcileReport) -> None:
     rel = _rel(data_dir, path)
     try:
         info = segfile.read_info(path, device_key)
@@ -192,7 +195,7 @@ def _adopt(data_dir: Path, path: Path, catalog: Catalog, device_key: Any, report
 
 def _quarantine(data_dir: Path, path: Path, why: str, report: ReconcileReport) -> None:
     rel = _rel(data_dir, path)
-    target = data_dir / QUARANTINE_DIR / rel
+    target = DataDir(data_dir).quarantine_path(rel)
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.replace(path, target)
@@ -227,7 +230,7 @@ def _drop_vanished(data_dir: Path, catalog: Catalog, report: ReconcileReport) ->
         log.error("reconcile dropped row of missing file path=%s", rel)
 
 
-def _audit(audit: Any, report: ReconcileReport) -> None:
+def _audit(audit: AuditSink | None, report: ReconcileReport) -> None:
     if audit is None:
         return
     for event, items in (("segments_recovered", report.recovered), ("segments_adopted", report.adopted),

@@ -33,8 +33,8 @@ from . import clock as kernel_clock
 from . import segfile
 from .config import CameraConfig, DurabilityConfig
 from .errors import EdgerecError, SegmentError, SourceError
-from .inventory import segment_path
-from .segfile import PARTIAL_SUFFIX, SealedSegment, SegmentMeta, SegmentWriter
+from .layout import partial_path, segment_path
+from .segfile import SealedSegment, SegmentMeta, SegmentWriter
 from .segmenter import Segmenter, SegmentSummary, SinkFailed
 from .source import NETWORK_KINDS, Source, is_live, open_source
 
@@ -517,7 +517,7 @@ class Recorder:
         """The segment's path; a start time already taken (same millisecond) moves on by 1 ms."""
         for bump in range(NAME_COLLISION_TRIES):
             path = segment_path(self.data_dir, self.camera.name, start_ns + bump * NS_PER_MS)
-            if not path.exists() and not path.with_name(path.name + PARTIAL_SUFFIX).exists():
+            if not path.exists() and not partial_path(path).exists():
                 return path
         raise EdgerecError(f"camera {self.camera.name}: no free segment name near {path}")
 

@@ -34,33 +34,67 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from . import clock as clockmod
+from .audit import AuditEntry, AuditSink
 from .catalog import Catalog, IncidentRow, SegmentRow
 from .fsutil import fsync_dir
-from .incidents import WindowIndex
+from .holds import Holds, WindowIndex, held_index
+from .layout import DataDir, day_dir_name, is_day_dir_name
 from .spacereserve import SpaceReserve
-from .timefmt import rfc3339
+from .timefmt import DAY_NS, rfc3339
 
 log = logging.getLogger(__name__)
 
-DAY_NS = 86_400 * 1_000_000_000
 DEFAULT_RETENTION_DAYS = 28.0
 REASONS = ("age", "released", "disk_pressure")
 DELETE_BATCH = 2000  # rows per mark/unlink/drop round (one directory): the catalog lock is held briefly
 AUDIT_PATHS_PER_LINE = 500  # ids listed in a re-dating line
 PRESSURE_FIRST_PAGE = 1024
-QUARANTINE_DIR = "quarantine"
-_DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+# ----- the configuration it needs -----------------------------------------------------------------------
+class RetentionSettings(Protocol):
+    """The ``retention`` section of the configuration (``config.RetentionConfig``)."""
+
+    @property
+    def days(self) -> float: ...
+    @property
+    def sweep_interval_s(self) -> float: ...
+    @property
+    def min_free_bytes(self) -> int | None: ...
+    @property
+    def min_free_pct(self) -> float | None: ...
+
+
+class CameraRetention(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def retention_days(self) -> float | None: ...
+
+
+class GraceSettings(Protocol):
+    @property
+    def release_grace_days(self) -> float: ...
+
+
+class RetentionConfigSlice(Protocol):
+    """The slice of the configuration retention needs (``config.Config`` has it)."""
+
+    @property
+    def retention(self) -> RetentionSettings: ...
+    @property
+    def incidents(self) -> GraceSettings: ...
+    @property
+    def cameras(self) -> Sequence[CameraRetention]: ...
 
 
 # ----- the policy (pure) ------------------------------------------------------------------------------
@@ -79,7 +113,7 @@ class RetentionPolicy:
     release_grace_ns: int = 7 * DAY_NS
 
     @classmethod
-    def from_config(cls, config: Any) -> RetentionPolicy:
+    def from_config(cls, config: RetentionConfigSlice) -> RetentionPolicy:
         r = config.retention
         return cls(
             default_days=r.days,
@@ -135,17 +169,7 @@ def plan_deletions(segments: Iterable[SegmentRow], incidents: Iterable[IncidentR
     deletable segment, so that a remaining shortfall means the disk is full of held footage (when
     False, the caller fetches more candidates and plans again).
     """
-    grace_ns = policy.release_grace_ns
-    holding: list[tuple[str, int, int | None, Any]] = []
-    released: list[tuple[str, int, int | None, Any]] = []
-    for inc in incidents:
-        window = (inc.camera, inc.hold_start_ns, inc.hold_end_ns)
-        if inc.holds_at(now_ns, grace_ns):
-            holding.append((*window, None))
-        else:
-            released.append((*window, inc.released_ns(grace_ns)))
-    held = WindowIndex(holding)
-    released_index = WindowIndex(released)
+    hold = Holds.at(incidents, now_ns, policy.release_grace_ns)
 
     deletions: list[Deletion] = []
     spare: list[SegmentRow] = []  # unheld and not yet of age: what disk pressure may take
@@ -154,7 +178,7 @@ def plan_deletions(segments: Iterable[SegmentRow], incidents: Iterable[IncidentR
     freed = 0
     # This loop runs once per candidate (tens of thousands when a day of many cameras expires): the
     # common case (unheld, of age, never held past it) is kept to a few cheap operations.
-    held_any, released_any = held.any_overlap, released_index.any_overlap
+    held_any, released_any = hold.held.any_overlap, hold.released.any_overlap
     add_seen = seen.add
     for seg in segments:
         seg_id, camera = seg.id, seg.camera
@@ -169,8 +193,9 @@ def plan_deletions(segments: Iterable[SegmentRow], incidents: Iterable[IncidentR
             keep_ns = keep_by_camera[camera] = policy.retention_ns(camera)
         expiry_ns = end_ns + keep_ns
         if expiry_ns <= now_ns:
-            kept_past_age = released_any(camera, start_ns, end_ns) and any(
-                r > expiry_ns for r in released_index.overlapping(camera, start_ns, end_ns))
+            # (released_any first: the cheap test that rules out most candidates)
+            kept_past_age = released_any(camera, start_ns, end_ns) and hold.kept_past(
+                camera, start_ns, end_ns, expiry_ns)
             deletions.append(Deletion(seg_id, "released" if kept_past_age else "age"))
             freed += seg.size_bytes
         else:
@@ -282,7 +307,7 @@ class Sweeper:
     each sweep (the daemon's keeps 4 MiB; by default the data directory's, kept by nobody, only given up).
     """
 
-    def __init__(self, catalog: Catalog, audit: Any, config: Any, data_dir: Path | str,
+    def __init__(self, catalog: Catalog, audit: AuditSink, config: RetentionConfigSlice, data_dir: Path | str,
                  free_space: Callable[[], DiskState] | None = None,
                  clock: Callable[[], clockmod.ClockReading] | None = None, *,
                  reserve: SpaceReserve | None = None):
@@ -298,7 +323,7 @@ class Sweeper:
         # the one that cannot be made.
         self.reserve = reserve if reserve is not None else SpaceReserve.in_dir(self.data_dir)
 
-    def reconfigure(self, config: Any) -> None:
+    def reconfigure(self, config: RetentionConfigSlice) -> None:
         """Take a reloaded configuration, keeping what the sweep clock has learnt (a fresh Sweeper would
         believe a wall clock that jumped ahead while unsynchronised)."""
         self.policy = RetentionPolicy.from_config(config)
@@ -432,7 +457,7 @@ class Sweeper:
 
     def _audit_deletions(self, batches: Sequence[Sequence[DeletedSegment]]) -> None:
         """One ``segments_deleted`` line per directory (a camera's day) and reason, naming every file."""
-        entries: list[tuple[str, dict[str, Any]]] = []
+        entries: list[AuditEntry] = []
         early = early_bytes = 0
         for batch in batches:
             by_reason: dict[str, list[DeletedSegment]] = {}
@@ -486,10 +511,10 @@ class Sweeper:
 
     def _remove_empty_date_dirs(self, dirs: Iterable[str], now_ns: int) -> None:
         """Remove emptied ``YYYY-MM-DD`` directories of days before yesterday (today's may be in use)."""
-        limit = datetime.fromtimestamp(now_ns / 1e9 - 86_400, UTC).strftime("%Y-%m-%d")
+        limit = day_dir_name(now_ns - DAY_NS)
         for d in dirs:
             name = os.path.basename(d)
-            if not _DATE_DIR.match(name) or name >= limit or Path(d) == self.data_dir:
+            if not is_day_dir_name(name) or name >= limit or Path(d) == self.data_dir:
                 continue
             try:
                 os.rmdir(d)
@@ -522,7 +547,7 @@ class Sweeper:
 
     def _expire_quarantine(self, now_ns: int, errors: list[str]) -> int:
         """Quarantined files (damaged segments set aside at start-up) follow the default retention too."""
-        qdir = self.data_dir / QUARANTINE_DIR
+        qdir = DataDir(self.data_dir).quarantine_dir
         if not qdir.is_dir():
             return 0
         cutoff_s = (now_ns - int(self.policy.default_days * DAY_NS)) / 1e9
@@ -556,17 +581,15 @@ class _HoldGuard:
     def __init__(self, catalog: Catalog, policy: RetentionPolicy, now_ns: int, planned_changes: int):
         self.catalog, self.policy, self.now_ns = catalog, policy, now_ns
         self.changes = planned_changes
-        self.held: WindowIndex | None = None  # None: nothing changed since the plan
+        self.held: WindowIndex[None] | None = None  # None: nothing changed since the plan
 
     def newly_held(self, batch: Sequence[DeletedSegment]) -> list[DeletedSegment]:
         """The segments of ``batch`` an incident holds now (call inside the marking transaction)."""
         changes = self.catalog.incident_changes()
         if changes != self.changes:
             grace_ns = self.policy.release_grace_ns
-            self.held = WindowIndex((i.camera, i.hold_start_ns, i.hold_end_ns, None)
-                                    for i in self.catalog.incidents(open_only=False,
-                                                                    relevant_since_ns=self.now_ns - grace_ns)
-                                    if i.holds_at(self.now_ns, grace_ns))
+            self.held = held_index(self.catalog.incidents(relevant_since_ns=self.now_ns - grace_ns),
+                                   self.now_ns, grace_ns)
             self.changes = changes
         if not self.held:
             return []

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .errors import SegmentError
 from .fsutil import fsync_dir
 from .keys import device_key_id, format_key_id, key_id
+from .layout import PARTIAL_SUFFIX, partial_path
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 MAGIC = b"EDGERSEG"
 FORMAT_VERSION = 1
 SUITE_V1 = 1  # HPKE(X25519, HKDF-SHA256, AES-256-GCM) + AES-256-GCM STREAM + SHA-256 + Ed25519
-PARTIAL_SUFFIX = ".partial"
 
 FILE_KEY_BYTES = 32
 STREAM_NONCE_BYTES = 16
@@ -368,7 +368,7 @@ def parse_header(raw: bytes, path: object = "<header>") -> Header:
 
 
 def partial_path_for(path: Path) -> Path:
-    return path.with_name(path.name + PARTIAL_SUFFIX)
+    return partial_path(path)
 
 
 class SegmentWriter:

@@ -27,12 +27,12 @@ from typing import TypeVar
 
 from .errors import EdgerecError
 from .fsutil import fsync_dir
+from .layout import DataDir
 
 log = logging.getLogger(__name__)
 
 # Room for the audit lines and catalog writes of a sweep on a full disk (a batch of deletions needs a few
 # hundred KiB of WAL and one audit line) or of an incident command (a few pages of WAL and one line).
-RESERVE_NAME = ".space-reserve"
 RESERVE_BYTES = 4 * 1024 * 1024
 
 T = TypeVar("T")
@@ -79,7 +79,7 @@ class SpaceReserve:
 
     @classmethod
     def in_dir(cls, data_dir: Path | str, size_bytes: int = 0) -> SpaceReserve:
-        return cls(Path(data_dir) / RESERVE_NAME, size_bytes)
+        return cls(DataDir(Path(data_dir)).reserve_path, size_bytes)
 
     def with_room(self, write: Callable[[], T]) -> T:
         """Run ``write`` (a catalog transaction or an audit append); if it fails because the disk is full,

@@ -24,7 +24,7 @@ from .catalog import Catalog
 from .catalogqueue import CatalogQueue, Gap
 from .config import CameraConfig, Config, load_config
 from .errors import ConfigError, EdgerecError
-from .incidents import IncidentService, command_result_for_error, parse_command
+from .incidents import IncidentService
 from .reconcile import reconcile, restore_incidents
 from .recorder import ChainState, ConnectionChange, Recorder
 from .retention import Sweeper
@@ -311,19 +311,13 @@ class Daemon:
             return "mqtt thread is dead"
         return None
 
-    # ----- incidents (CLI and MQTT share IncidentService; this is the MQTT entry) ------------------------
+    # ----- incidents (CLI and MQTT share IncidentService.handle; this is the MQTT entry) -----------------
     def handle_command(self, obj: dict[str, Any]) -> dict[str, Any]:
-        now_ns = time.time_ns()
-        try:
-            cmd = parse_command(obj, cameras=[c.name for c in self.config.cameras], now_ns=now_ns,
-                                incidents=self.config.incidents)
-        except EdgerecError as exc:
-            return command_result_for_error(obj, str(exc)).to_json_dict()
-        result = self.incidents.apply(cmd, now_ns)
+        result = self.incidents.handle(obj, time.time_ns())
         if result.ok and not result.duplicate:
             # The event also asks the main loop for a new status; it republishes the incident list when it
             # sees the set of open incidents change (as it does for incidents opened with the CLI).
-            self._event(f"incident_{'opened' if cmd.action == 'open' else 'closed'}", id=cmd.id)
+            self._event(f"incident_{'opened' if result.action == 'open' else 'closed'}", id=result.id)
         return result.to_json_dict()
 
     def _incidents_payload(self) -> list[dict[str, Any]]:

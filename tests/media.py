@@ -22,8 +22,8 @@ import av
 import pytest
 from av.video.frame import PictureType
 
-from edgerec.inventory import SEGMENT_SUFFIX
-from edgerec.segfile import CHECK_BYTES, CHUNK_OVERHEAD_BYTES, KIND_TRAILER, PARTIAL_SUFFIX, TAG_BYTES
+from edgerec.layout import PARTIAL_SEGMENT_SUFFIX, SEGMENT_SUFFIX
+from edgerec.segfile import CHECK_BYTES, CHUNK_OVERHEAD_BYTES, KIND_TRAILER, TAG_BYTES
 from tests.segfile_helpers import split_records
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -346,7 +346,7 @@ def _scannable_bytes(path: Path) -> bytes:
     ``00 00 01 65``, and so is a monotonic clock of about 1534 s in the header's big-endian field. Any
     other file, or a segment file whose framing does not hold, is scanned whole."""
     data = path.read_bytes()
-    if not path.name.endswith((SEGMENT_SUFFIX, SEGMENT_SUFFIX + PARTIAL_SUFFIX)):
+    if not path.name.endswith((SEGMENT_SUFFIX, PARTIAL_SEGMENT_SUFFIX)):
         return data
     try:
         _, records = split_records(data)

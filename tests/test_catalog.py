@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from edgerec.catalog import CATALOG_NAME, SCHEMA_VERSION, Catalog, IncidentRow, merge_windows
-from edgerec.clock import RELEASE_FLOOR_NS, Redate
+from edgerec.catalog import SCHEMA_VERSION, Catalog, IncidentRow
+from edgerec.clock import Redate
 from edgerec.config import CameraConfig, Config, IncidentsConfig, RetentionConfig
 from edgerec.errors import CatalogError
+from edgerec.holds import merge_windows
+from edgerec.layout import CATALOG_NAME
 from edgerec.segfile import SealedSegment, SegmentMeta
+from edgerec.walltime import RELEASE_FLOOR_NS
 
 S = 1_000_000_000
 MIN = 60 * S

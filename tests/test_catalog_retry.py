@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from edgerec.catalog import CATALOG_NAME, Catalog
+from edgerec.catalog import Catalog
 from edgerec.catalogqueue import CATALOG_RETRY_S, CatalogQueue, Gap
 from edgerec.errors import CatalogError
-from edgerec.inventory import segment_path
+from edgerec.layout import CATALOG_NAME, segment_path
 from edgerec.recorder import ChainState
 from edgerec.segfile import SealedSegment
 from edgerec.supervisor import Daemon

@@ -25,9 +25,9 @@ import pytest
 
 from edgerec import segfile
 from edgerec.audit import verify_audit
-from edgerec.incidents import parse_rfc3339
-from edgerec.spacereserve import RESERVE_BYTES, RESERVE_NAME, SpaceReserve
-from edgerec.timefmt import rfc3339
+from edgerec.layout import RESERVE_NAME
+from edgerec.spacereserve import RESERVE_BYTES, SpaceReserve
+from edgerec.timefmt import parse_rfc3339, rfc3339
 from tests.broker import LOOPBACK, Broker, Listener, needs_mosquitto
 from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
 from tests.test_daemon_mqtt import Setup, command, wait_online

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from edgerec import catalog as catalog_module
-from edgerec.catalog import CATALOG_NAME, Catalog
+from edgerec.catalog import Catalog
 from edgerec.errors import CatalogError
-from edgerec.incidents import parse_rfc3339
-from edgerec.timefmt import rfc3339
+from edgerec.layout import CATALOG_NAME
+from edgerec.timefmt import parse_rfc3339, rfc3339
 from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for
 from tests.test_diskfull import fill_up, small_fs  # noqa: F401
 from tests.test_retention_e2e import (  # noqa: F401

@@ -16,20 +16,17 @@ from hypothesis import strategies as st
 from edgerec.audit import AuditLog, tail_entries, verify_audit
 from edgerec.catalog import Catalog, IncidentRow
 from edgerec.errors import CatalogError, CommandError
+from edgerec.holds import WindowIndex, holds
 from edgerec.incidents import (
     IncidentService,
-    WindowIndex,
     command_result_for_error,
-    holds,
     incidents_from_audit,
     parse_command,
-    parse_rfc3339,
-    parse_time,
-    rfc3339,
     unconfirmed_claims,
     window_limit_problem,
 )
 from edgerec.spacereserve import SpaceReserve, make_reserve
+from edgerec.timefmt import parse_rfc3339, parse_time, rfc3339
 from tests.daemon_helpers import run_cli, write_config
 from tests.test_catalog import DAY, MIN, T0, add_segment, make_config
 

@@ -14,10 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgerec.audit import AuditLog, tail_entries, verify_audit
-from edgerec.catalog import CATALOG_NAME, Catalog, IncidentRow
+from edgerec.catalog import Catalog, IncidentRow
 from edgerec.errors import CatalogError
 from edgerec.incidents import IncidentService, parse_command, unconfirmed_claims
-from edgerec.reconcile import QUARANTINE_DIR, reconcile, restore_incidents
+from edgerec.layout import CATALOG_NAME, QUARANTINE_DIR
+from edgerec.reconcile import reconcile, restore_incidents
 from edgerec.segfile import SegmentWriter
 from edgerec.timefmt import rfc3339
 from tests.segfile_helpers import make_keys, make_meta

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgerec import segfile
 from edgerec.config import CameraConfig, DurabilityConfig
-from edgerec.inventory import start_ns_from_name
-from edgerec.recorder import ChainState, Recorder, RecorderClock, backoff_delay, segment_path
+from edgerec.layout import segment_path, start_ns_from_name
+from edgerec.recorder import ChainState, Recorder, RecorderClock, backoff_delay
 from tests.daemon_helpers import wait_for
 from tests.media import (
     make_h264_clip,
@@ -256,7 +256,6 @@ def test_plaintext_scan_finds_ts_and_h264_but_not_random_bytes(tmp_path: Path) -
 
 
 def test_plaintext_scan_of_a_segment_skips_its_plaintext_fields_but_not_its_chunks(tmp_path: Path) -> None:
-    from edgerec.inventory import segment_path
     from tests.media import scan_tree_for_plaintext
     from tests.segfile_helpers import make_keys, make_meta, split_records, write_segment
 

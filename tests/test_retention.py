@@ -15,7 +15,8 @@ from edgerec.audit import AuditLog, verify_audit
 from edgerec.catalog import Catalog, IncidentRow, SegmentRow
 from edgerec.clock import ClockReading
 from edgerec.errors import CatalogError, CommandError
-from edgerec.incidents import holds
+from edgerec.holds import holds
+from edgerec.layout import RESERVE_NAME
 from edgerec.retention import (
     DeletedSegment,
     DiskState,
@@ -25,7 +26,6 @@ from edgerec.retention import (
     plan_deletions,
 )
 from edgerec.spacereserve import (
-    RESERVE_NAME,
     SpaceReserve,
     is_disk_full_error,
     make_reserve,
@@ -632,7 +632,8 @@ class OpensAnIncidentAfterNaming:
 
 
 def test_incident_opened_between_plan_and_marking_keeps_its_footage(world):
-    from edgerec.incidents import IncidentService, rfc3339
+    from edgerec.incidents import IncidentService
+    from edgerec.timefmt import rfc3339
 
     cfg, catalog, audit, disk, sweeper = world
     rows = record(catalog, days=1, per_day=24, cameras=("gate", "yard"))

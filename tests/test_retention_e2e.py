@@ -15,8 +15,7 @@ import pytest
 
 from edgerec.audit import verify_audit
 from edgerec.clock import ClockReading
-from edgerec.incidents import parse_rfc3339
-from edgerec.timefmt import rfc3339
+from edgerec.timefmt import parse_rfc3339, rfc3339
 from tests.daemon_helpers import OfficerKey, open_daemon_state, run_cli, write_config
 from tests.media import make_h264_clip
 
