@@ -506,6 +506,24 @@ def test_handle_turns_parse_errors_into_replies(env):
     assert service.handle({**OPEN}, NOW).ok
 
 
+def test_handle_is_the_one_entry_point_and_never_raises_what_a_command_can_cause(env):
+    """Malformed, unknown, conflicting, over a limit and not recorded: each is a refusing reply."""
+    service, catalog, _ = env
+    for obj in (None, ["open"], {"action": 7}, {"action": "close", "id": "NOPE"}):
+        reply = service.handle(obj, NOW)
+        assert not reply.ok and reply.error and reply.held_segments == 0
+    assert service.handle({**OPEN}, NOW).ok
+    conflict = service.handle({**OPEN, "camera": "yard"}, NOW)
+    assert not conflict.ok and "different window or camera" in conflict.error
+    service.max_open = 1
+    limited = service.handle({**OPEN, "id": "SECOND"}, NOW)
+    assert not limited.ok and "incidents.max_open" in limited.error
+    service.max_open = 20
+    service.audit = RefusingAudit(service.audit, lambda: True)
+    lost = service.handle({**OPEN, "id": "THIRD"}, NOW)
+    assert not lost.ok and lost.error.startswith("not recorded:") and catalog.get_incident("THIRD") is None
+
+
 def test_list_open_and_all(env):
     service, _, _ = env
     service.apply(open_cmd(), NOW)
