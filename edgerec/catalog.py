@@ -530,6 +530,7 @@ class Catalog:
 
     def oldest_segments(self, limit: int, after: tuple[int, int] | None = None) -> list[SegmentRow]:
         """The oldest segments across cameras by (start_ns, id), after the given key (keyset paging)."""
+        params: tuple[int, ...]
         if after is None:
             sql, params = "deleting_ns IS NULL", ()
         else:
@@ -710,7 +711,8 @@ class Catalog:
     def gaps(self, camera: str | None = None, start_ns: int | None = None,
              end_ns: int | None = None) -> list[GapRow]:
         """Gaps (of a camera) overlapping [start_ns, end_ns], in time order."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if camera is not None:
             where.append("camera = ?")
             params.append(camera)
@@ -773,6 +775,7 @@ class Catalog:
     def incidents(self, *, open_only: bool = False,
                   relevant_since_ns: int | None = None) -> list[IncidentRow]:
         """Incidents by opening time; ``relevant_since_ns`` keeps the open ones and those closed since."""
+        params: tuple[int, ...]
         if open_only:
             sql, params = "WHERE closed_ns IS NULL", ()
         elif relevant_since_ns is not None:

@@ -38,7 +38,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -420,11 +420,11 @@ class Sweeper:
         done: list[DeletedSegment] = []
         guard = _HoldGuard(self.catalog, self.policy, now_ns, incident_changes)
         for planned_batch in batches:  # one directory at a time: one directory fsync per batch
-            batch = self.reserve.with_room(lambda b=planned_batch: self._mark_unheld(b, guard, now_ns))
+            batch = self.reserve.with_room(partial(self._mark_unheld, planned_batch, guard, now_ns))
             if not batch:
                 continue
             gone, dirs = self._unlink([(d.id, d.path) for d in batch], errors)
-            self.reserve.with_room(lambda gone=gone: self.catalog.drop(gone))
+            self.reserve.with_room(partial(self.catalog.drop, gone))
             if len(gone) == len(batch):
                 done += batch
             else:

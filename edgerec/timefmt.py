@@ -57,7 +57,8 @@ def parse_time(text: str) -> int:
     m = _LOCAL.match(stripped)
     if m is not None:
         try:
-            dt = datetime(*(int(g or 0) for g in m.groups()))
+            year, month, day, hour, minute, second = (int(g or 0) for g in m.groups())
+            dt = datetime(year, month, day, hour, minute, second)
             return int(dt.timestamp()) * NS_PER_S  # naive: local time of this machine
         except ValueError:
             pass
