@@ -630,12 +630,9 @@ def _check_recipients(value: object, path: str, problems: list[str]) -> Any:
         problems.append(f"{path}: at least one recipient public key is needed, or nobody can ever decrypt "
                         "the footage")
         return _INVALID
-    try:
-        from . import keys as keys_module
-    except ModuleNotFoundError as exc:  # only while the keys module is not written yet
-        if exc.name != f"{__package__}.keys":
-            raise
-        keys_module = None
+    # Imported here, as before: loading the config alone does not pull in the cryptography package.
+    from . import keys as keys_module
+
     keys: list[str] = []
     first_index: dict[str, int] = {}
     for i, item in enumerate(value):
@@ -643,15 +640,13 @@ def _check_recipients(value: object, path: str, problems: list[str]) -> Any:
         if not isinstance(item, str):
             problems.append(f"{item_path}: expected a public key string, got {_describe(item)}")
             continue
-        text = item.strip()
-        if keys_module is not None:
-            try:
-                # Stored in its canonical spelling, so the same key typed in upper case is a duplicate.
-                text = keys_module.format_public_key(keys_module.parse_public_key(text, source=item_path))
-            except KeyFormatError as exc:
-                message = str(exc)
-                problems.append(message if message.startswith(item_path) else f"{item_path}: {message}")
-                continue
+        try:
+            # Stored in its canonical spelling, so the same key typed in upper case is a duplicate.
+            text = keys_module.format_public_key(keys_module.parse_public_key(item.strip(), source=item_path))
+        except KeyFormatError as exc:
+            message = str(exc)
+            problems.append(message if message.startswith(item_path) else f"{item_path}: {message}")
+            continue
         if text in first_index:
             problems.append(f"{item_path}: the same key as {path}[{first_index[text]}]")
             continue

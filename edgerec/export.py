@@ -3,10 +3,18 @@
 Decisions (also stated in the manifest):
 
 - **Bad segments are reported, not hidden.** Each segment is checked (framing, trailer hash and device
-  signature, then every chunk authenticated while decrypting, strictly; a segment marked ``recovered``
-  after a crash is read up to its last good chunk). A segment that fails is left out of the MP4, named
-  with the reason in the manifest and in ``ExportResult.problems``, and the export goes on with the next
-  one. A break in the hash chain between two consecutive segments is reported the same way.
+  signature, then every chunk authenticated while decrypting, strictly). A segment that fails is left
+  out of the MP4, named with the reason in the manifest and in ``ExportResult.problems``, and the export
+  goes on with the next one. A break in the hash chain is reported the same way.
+- **Chain order.** A camera's segments go into the MP4 in the order of their sequence numbers (from the
+  authenticated headers), not of their names; each one's link to the one before is stated
+  (``segfile.link_status``).
+- **Recovered segments are footage, and say so.** A segment closed by crash recovery ends at its last
+  intact chunk; it is read strictly like any other and included, with ``state: "recovered"`` and a note
+  in the manifest.
+- **Only frames the device counted.** A segment's ``frames`` counts the frames whose bytes are all in
+  it; its payload may end with (part of) one more frame when it was cut short. Exactly ``frames`` frames
+  go into the MP4; the rest is counted in ``frames_left_out``.
 - **Gaps are closed.** The MP4's timeline is continuous: each segment follows the previous one directly,
   so a player shows the footage without frozen stretches. Where each segment sits in the MP4 and when
   it was really recorded are both in the manifest (``output_start_s`` and ``start``/``end``).
@@ -62,9 +70,11 @@ class SegmentReport:
     end_ns: int | None = None
     state: str | None = None  # "sealed" | "recovered"
     clock_synced: bool | None = None
-    chain: str | None = None  # "ok", "first" or "broken" (relative to the previous segment in the export)
+    chain: str | None = None  # segfile.link_status relative to the segment before it in this export
     frames: int = 0  # video frames taken into the MP4
+    frames_left_out: int = 0  # demuxed beyond the segment's own frame count (a frame cut by a crash)
     output_start_s: float | None = None  # where this segment begins in the MP4
+    note: str | None = None  # e.g. why a recovered segment is shorter than it was meant to be
 
 
 @dataclass(frozen=True)
@@ -85,13 +95,27 @@ def manifest_path_for(out: Path) -> Path:
     return out.with_name(out.name + MANIFEST_SUFFIX)
 
 
-def chain_status(previous: segfile.SealedSegment | None, current: segfile.SealedSegment) -> str:
-    """Does ``current`` link to ``previous`` (the segment exported just before it)?"""
-    if previous is None:
-        return "first"
-    if current.meta.camera == previous.meta.camera and current.meta.prev_digest == previous.digest:
-        return "ok"
-    return "broken"
+RECOVERED_NOTE = ("recovered after a crash: it ends at its last intact chunk; the footage after it was lost "
+                  "with the power")
+
+
+def export_order(paths: Sequence[Path]) -> list[tuple[Path, segfile.Header | None]]:
+    """The segments in chain order: each camera's by sequence number (cameras in the order they first
+    appear); files whose header cannot be read come last (they are reported, not exported)."""
+    headers: list[tuple[Path, segfile.Header | None]] = []
+    for raw in paths:
+        path = Path(raw)
+        try:
+            headers.append((path, segfile.read_header(path)))
+        except (SegmentError, OSError):
+            headers.append((path, None))
+    cameras: dict[str, int] = {}
+    for _, header in headers:
+        if header is not None:
+            cameras.setdefault(header.meta.camera, len(cameras))
+    readable = sorted(((p, h) for p, h in headers if h is not None),
+                      key=lambda item: (cameras[item[1].meta.camera], item[1].meta.sequence))
+    return readable + [(p, h) for p, h in headers if h is None]
 
 
 def _fraction(value: Any) -> Fraction | None:
@@ -121,8 +145,9 @@ class _Mp4Remuxer:
     def compatible(self, stream: Any) -> bool:
         return self._params is None or self.params_of(stream) == self._params
 
-    def append(self, payload: bytes) -> tuple[int, float]:
-        """Remux one segment's TS payload; return (frames, where it starts in the MP4 in seconds)."""
+    def append(self, payload: bytes, max_frames: int) -> tuple[int, float, int]:
+        """Remux the first ``max_frames`` video frames of one segment's TS payload; return (frames, where
+        it starts in the MP4 in seconds, frames demuxed beyond ``max_frames`` and left out)."""
         with av.open(io.BytesIO(payload), "r", format="mpegts") as ts:
             if not ts.streams.video:
                 raise ValueError("no video stream in the decrypted payload")
@@ -131,11 +156,14 @@ class _Mp4Remuxer:
                 raise ValueError(f"stream parameters {self.params_of(in_stream)} differ from the first "
                                  f"segment's {self._params}; export it separately")
             packets = [p for p in ts.demux(in_stream) if p.size and p.dts is not None]
+            left_out = max(0, len(packets) - max_frames)
+            del packets[max_frames:]
             if not packets:
                 raise ValueError("no video packets in the decrypted payload")
             if self._container is None:
                 self._open(in_stream)
-            return self._mux_segment(packets, in_stream)
+            frames, start_s = self._mux_segment(packets, in_stream)
+            return frames, start_s, left_out
 
     def _open(self, template: Any) -> None:
         self._container = av.open(str(self.path), "w", format="mp4", options=dict(MP4_OPTIONS))
@@ -199,28 +227,27 @@ def _frame_ticks(packets: list[Any], stream: Any, tb: Fraction) -> int:
 
 
 # ----- one segment --------------------------------------------------------------------------------
-def _read_segment(path: Path, private_key: X25519PrivateKey) -> tuple[segfile.SealedSegment, bytes]:
-    """Check a segment and decrypt its payload into memory; raise SegmentError on any problem."""
-    info = segfile.read_info(path)
-    if info.state == "recovered":
-        errors: list[SegmentError] = []
-        payload = b"".join(segfile.decrypt(path, private_key, recover=True, errors=errors))
-        if errors:
-            raise errors[0]
-    else:
-        payload = b"".join(segfile.decrypt(path, private_key))
-    return info, payload
+def _read_segment(path: Path, private_key: X25519PrivateKey) -> tuple[segfile.SegmentCheck, bytes | None]:
+    """Check a segment (keyless walk: framing, hashes, signature) and, when that passes, decrypt its
+    payload into memory strictly (recovered segments allowed). Raises SegmentError when decryption fails;
+    returns no payload when the keyless check already failed."""
+    check = segfile.check_segment(path)
+    if not check.ok:
+        return check, None
+    return check, b"".join(segfile.decrypt(path, private_key, allow_recovered=True))
 
 
-def _report_for(path: Path, info: segfile.SealedSegment | None, **fields: Any) -> SegmentReport:
-    if info is None:
+def _report_for(path: Path, check: segfile.SegmentCheck | None, **fields: Any) -> SegmentReport:
+    if check is None or check.header is None:
         return SegmentReport(path=str(path), **fields)
-    meta = info.meta
-    return SegmentReport(
-        path=str(path), digest=info.digest.hex(), sequence=meta.sequence, device_id=meta.device_id,
-        camera=meta.camera, start=rfc3339(meta.start_ns), end=rfc3339(info.end_ns), start_ns=meta.start_ns,
-        end_ns=info.end_ns, state=info.state, clock_synced=meta.clock_synced, **fields,
-    )
+    meta = check.header.meta
+    common: dict[str, Any] = dict(
+        path=str(path), digest=check.digest.hex() if check.digest else None, sequence=meta.sequence,
+        device_id=meta.device_id, camera=meta.camera, start=rfc3339(meta.start_ns), start_ns=meta.start_ns,
+        state=check.state, clock_synced=meta.clock_synced)
+    if check.info is not None:
+        common.update(end=rfc3339(check.info.end_ns), end_ns=check.info.end_ns)
+    return SegmentReport(**common, **fields)
 
 
 # ----- the export ---------------------------------------------------------------------------------
@@ -242,20 +269,22 @@ def export_segments(
     remuxer = _Mp4Remuxer(tmp)
     reports: list[SegmentReport] = []
     problems: list[str] = []
-    previous: segfile.SealedSegment | None = None
+    previous: dict[str, segfile.ChainLink] = {}  # per camera: the segment walked last
     total = len(segment_paths)
     try:
-        for done, raw_path in enumerate(segment_paths, start=1):
-            path = Path(raw_path)
-            report, info = _export_one(path, private_key, remuxer, previous)
+        for done, (path, header) in enumerate(export_order(segment_paths), start=1):
+            before = previous.get(header.meta.camera) if header is not None else None
+            report, link = _export_one(path, private_key, remuxer, before)
             reports.append(report)
             if report.verification != "ok":
                 problems.append(f"{path}: {report.verification}")
-            elif report.chain == "broken":
-                problems.append(f"{path}: hash chain broken (the previous segment of this export is not the "
-                                f"one this segment follows; a segment is missing or was replaced)")
-            if report.included:
-                previous = info
+            if report.chain == segfile.LINK_BROKEN:
+                problems.append(f"{path}: hash chain broken (it does not follow the segment numbered just "
+                                f"before it; that one was replaced or altered)")
+            elif report.chain == segfile.LINK_DUPLICATE:
+                problems.append(f"{path}: a second segment with sequence {report.sequence}: the chain forked")
+            if link is not None and header is not None and report.chain != segfile.LINK_DUPLICATE:
+                previous[header.meta.camera] = link
             if progress is not None:
                 progress(done, total)
         if not remuxer.opened:
@@ -277,24 +306,41 @@ def export_segments(
 
 
 def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
-                previous: segfile.SealedSegment | None) -> tuple[SegmentReport, segfile.SealedSegment | None]:
-    info: segfile.SealedSegment | None = None
+                previous: segfile.ChainLink | None) -> tuple[SegmentReport, segfile.ChainLink | None]:
+    """Check, decrypt and remux one segment; its manifest line and what the chain walk knows of it."""
+    check: segfile.SegmentCheck | None = None
     try:
-        info, payload = _read_segment(path, private_key)
+        check, payload = _read_segment(path, private_key)
     except SegmentError as exc:
-        return _report_for(path, info, included=False, verification=exc.what), None
+        return _failed(path, check or segfile.check_segment(path), exc.what, previous)
     except OSError as exc:
         return _report_for(path, None, included=False, verification=f"cannot read: {exc.strerror}"), None
-    chain = chain_status(previous, info)
+    if payload is None:
+        return _failed(path, check, check.problems[0].what, previous)
+    link = segfile.ChainLink.of(check)
+    assert link is not None and check.info is not None
+    chain = segfile.link_status(previous, link)
+    note = RECOVERED_NOTE if check.state == "recovered" else None
     try:
-        frames, output_start_s = remuxer.append(payload)
+        frames, output_start_s, left_out = remuxer.append(payload, check.info.frames)
     except (av.FFmpegError, ValueError) as exc:
-        return _report_for(path, info, included=False, verification=f"cannot remux the video: {exc}",
-                           chain=chain), info
+        return _report_for(path, check, included=False, verification=f"cannot remux the video: {exc}",
+                           chain=chain, note=note), link
     finally:
         del payload
-    return _report_for(path, info, included=True, verification="ok", chain=chain, frames=frames,
-                       output_start_s=round(output_start_s, 6)), info
+    return _report_for(path, check, included=True, verification="ok", chain=chain, frames=frames,
+                       frames_left_out=left_out, output_start_s=round(output_start_s, 6), note=note), link
+
+
+def _failed(path: Path, check: segfile.SegmentCheck, what: str,
+            previous: segfile.ChainLink | None) -> tuple[SegmentReport, segfile.ChainLink | None]:
+    """A segment left out: its line names why; as a link it is damaged (its digest proves nothing)."""
+    link = segfile.ChainLink.of(check)
+    if link is None:
+        return _report_for(path, check, included=False, verification=what), None
+    link = segfile.ChainLink(link.sequence, link.prev_digest, link.digest, intact=False)
+    return _report_for(path, check, included=False, verification=what,
+                       chain=segfile.link_status(previous, link)), link
 
 
 # ----- output files -------------------------------------------------------------------------------
@@ -314,6 +360,12 @@ def write_manifest(result: ExportResult) -> None:
             "bad_segments": "left out of the output and listed here with the reason; the export goes on",
             "gaps": "closed: segments follow each other directly in the output timeline; real times are "
                     "start/end, the position in the output is output_start_s",
+            "order": "each camera's segments by sequence number; chain says how each follows the one "
+                     "before it (ok, skip, gap, unconfirmed, first, start; broken and duplicate are "
+                     "problems)",
+            "recovered_segments": "included up to their last intact chunk, with state 'recovered' and a note",
+            "frames": "a segment contributes exactly the frames it counts; frames_left_out counts the "
+                      "(possibly cut) frame a crash left after them",
         },
         "segments": [asdict(s) for s in result.segments],
         "problems": list(result.problems),

@@ -12,7 +12,14 @@ from typing import Any
 
 from . import segfile
 from .errors import SegmentError
-from .layout import CATALOG_NAME, DEVICE_PUB_NAME, PARTIAL_SUFFIX, SEGMENT_GLOB, start_ns_from_name
+from .layout import (
+    CATALOG_NAME,
+    DEVICE_PUB_NAME,
+    PARTIAL_SUFFIX,
+    SEGMENT_GLOB,
+    day_dir_name,
+    start_ns_from_name,
+)
 from .timefmt import rfc3339
 
 
@@ -118,6 +125,7 @@ class VerifyReport:
     checked: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)  # valid segments that end at their last intact chunk
 
     @property
     def ok(self) -> bool:
@@ -126,14 +134,39 @@ class VerifyReport:
     def lines(self) -> list[str]:
         verdict = "OK" if self.ok else f"{len(self.problems)} problem(s)"
         return [*(f"problem: {p}" for p in self.problems), *(f"note: {n}" for n in self.notes),
-                f"{self.checked} segments checked: {verdict}"]
+                f"{self.checked} segments checked ({len(self.recovered)} recovered after a crash): {verdict}"]
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": self.checked, "problems": self.problems, "notes": self.notes}
+        return {"ok": self.ok, "checked": self.checked, "problems": self.problems, "notes": self.notes,
+                "recovered": self.recovered}
+
+
+# A segment's name is its start time to the millisecond, moved on by up to this much when the name was
+# taken (the recorder tries the next millisecond, up to 1000 times).
+NAME_SLACK_NS = 1_000_000_000
+
+
+def name_problem(path: Path, camera_dir: Path, meta: segfile.SegmentMeta) -> str | None:
+    """What is wrong with where a segment lies, given its (authenticated) header; None when nothing.
+
+    The name and the directories are not authenticated: a renamed, moved or swapped file is found here,
+    while the chain walk (by sequence) stays intact."""
+    if meta.camera != camera_dir.name:
+        return (f"the header says camera {meta.camera!r}, the file lies in {camera_dir.name!r}: "
+                "moved or swapped")
+    name_ns = start_ns_from_name(path)
+    start_ms_ns = meta.start_ns - meta.start_ns % 1_000_000
+    if name_ns is None or not 0 <= name_ns - start_ms_ns < NAME_SLACK_NS or (
+        path.parent.name != day_dir_name(name_ns)
+    ):
+        return (f"the name does not match the header's start time {rfc3339(meta.start_ns)} "
+                f"(sequence {meta.sequence}): renamed or swapped")
+    return None
 
 
 def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None = None) -> VerifyReport:
-    """Verify every segment file (framing, signature, chain; with a key also every chunk) and the catalog."""
+    """Verify every segment file (framing, signature; with a key also every chunk), each camera's hash
+    chain walked by sequence number, where each file lies, and the catalog against the files."""
     report = VerifyReport()
     device_key = _device_key(data_dir)
     if device_key is None:
@@ -141,21 +174,53 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
                             "header")
     on_disk: set[str] = set()
     for cam_dir in camera_dirs(data_dir, camera):
-        prev_digest: bytes | None = None
+        links: list[tuple[segfile.ChainLink, Path]] = []
         for path in segment_files(data_dir, cam_dir.name):
             on_disk.add(str(path.relative_to(data_dir)))
             report.checked += 1
-            errors = segfile.verify(path, private_key=private_key, device_key=device_key,
-                                    prev_digest=prev_digest)
-            report.problems.extend(str(e) for e in errors)
-            try:
-                prev_digest = segfile.read_info(path, device_key=device_key).digest
-            except SegmentError:
-                prev_digest = None  # the next one's chain link cannot be checked
+            check = segfile.check_segment(path, private_key=private_key, device_key=device_key)
+            report.problems.extend(str(e) for e in check.problems)
+            if check.state == "recovered" and check.ok:
+                report.recovered.append(str(path))
+                report.notes.append(f"{path}: recovered after a crash: it ends at its last intact chunk")
+            link = segfile.ChainLink.of(check)
+            if link is None:
+                continue  # the header is unreadable: no sequence, no place in the chain (reported above)
+            assert check.header is not None
+            misplaced = name_problem(path, cam_dir, check.header.meta)
+            if misplaced is not None:
+                report.problems.append(f"{path}: {misplaced}")
+            links.append((link, path))
+        _walk_chain(links, report)
         for partial in sorted(cam_dir.glob(f"*/*{PARTIAL_SUFFIX}")):
             report.notes.append(f"{partial}: unfinished segment (recording, or recovered at next start)")
     _check_catalog(data_dir, camera, on_disk, report)
     return report
+
+
+def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyReport) -> None:
+    """Report how each segment follows the one before it, in sequence order (spec section 7.6)."""
+    previous: segfile.ChainLink | None = None
+    for link, path in segfile.chain_order(links):
+        status = segfile.link_status(previous, link)
+        where = f"{path} (sequence {link.sequence})"
+        after = f"sequence {previous.sequence}" if previous is not None else ""
+        if status == segfile.LINK_BROKEN:
+            report.problems.append(f"{where}: hash chain broken: prev_digest is not the digest of {after}")
+        elif status == segfile.LINK_DUPLICATE:
+            report.problems.append(f"{where}: a second segment with this sequence number: the chain forked")
+        elif status == segfile.LINK_GAP:
+            report.notes.append(f"{where}: follows {after}; the segments numbered in between are not here "
+                                "(deleted by retention, or missing)")
+        elif status == segfile.LINK_SKIP:
+            report.notes.append(f"{where}: follows {after} directly; the numbers in between were never "
+                                "closed (a segment lost to a failed recovery is in quarantine)")
+        elif status == segfile.LINK_UNCONFIRMED:
+            report.notes.append(f"{where}: link not confirmed: {after} before it is damaged")
+        elif status == segfile.LINK_FIRST:
+            report.notes.append(f"{where}: first segment here; the ones before it are gone (retention)")
+        if status != segfile.LINK_DUPLICATE:  # a fork: the walk goes on from the first of the two
+            previous = link
 
 
 def _check_catalog(data_dir: Path, camera: str | None, on_disk: set[str], report: VerifyReport) -> None:

@@ -234,11 +234,6 @@ def chunk_nonce(index: int, last: bool) -> bytes:
     return index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
 
 
-def chunk_prefix(last: bool, plaintext_len: int, end_ns: int, frames: int) -> bytes:
-    kind = KIND_FINAL_CHUNK if last else KIND_CHUNK
-    return _CHUNK_PREFIX.pack(kind, plaintext_len + TAG_BYTES, end_ns, frames)
-
-
 def chunk_check(file_hash_state: Any) -> bytes:
     """Keyless integrity check of a chunk record: the first 16 bytes of the SHA-256 of the file from its
     first byte through the record's ciphertext and tag. ``file_hash_state`` is a running ``hashlib``
@@ -315,7 +310,7 @@ def parse_header(raw: bytes, path: object = "<header>") -> Header:
         return SegmentError(path, offset, what)
 
     if len(raw) < 16:
-        raise fail(len(raw), f"not an edgerec segment: only {len(raw)} bytes")
+        raise fail(0, f"not an edgerec segment: only {len(raw)} bytes")
     if raw[:8] != MAGIC:
         raise fail(0, "not an edgerec segment (bad magic)")
     version, suite, header_len = struct.unpack_from(">HHI", raw, 8)
@@ -326,7 +321,7 @@ def parse_header(raw: bytes, path: object = "<header>") -> Header:
     if not HEADER_MIN_BYTES <= header_len <= HEADER_MAX_BYTES:
         raise fail(12, f"header length {header_len} out of range {HEADER_MIN_BYTES}..{HEADER_MAX_BYTES}")
     if len(raw) != header_len:
-        raise fail(len(raw), f"truncated header: {len(raw)} of {header_len} bytes")
+        raise fail(0, f"truncated header: {len(raw)} of {header_len} bytes")
     (_, _, _, _, chunk_max, nonce, device_public, prev_digest, sequence, start_ns, mono_ns, synced) = (
         _HEADER_FIXED.unpack_from(raw, 0)
     )
@@ -736,11 +731,16 @@ class _Source:
         self.offset = 0
         self.hasher = hashlib.sha256()
 
-    def read(self, n: int, what: str) -> bytes:
+    def read(self, n: int, what: str, record_start: int) -> bytes:
+        """``n`` more bytes of the record that begins at ``record_start``. A truncation is reported at
+        the record's first byte (the header's is 0): that is where recovery cuts, and the record it names."""
         data = self.f.read(n)
         if len(data) < n:
+            present = self.offset + len(data) - record_start
             raise SegmentError(
-                self.path, self.offset, f"truncated {what}: needs {n} bytes, the file has {len(data)} left"
+                self.path, record_start,
+                f"truncated {what}: the file ends {present} bytes into this record (needs "
+                f"{self.offset + n - record_start})",
             )
         self.hasher.update(data)
         self.offset += n
@@ -764,8 +764,8 @@ def _raise(error: SegmentError) -> None:
 
 def _read_header(src: _Source) -> Header:
     if src.size < 16:
-        raise SegmentError(src.path, src.size, f"not an edgerec segment: only {src.size} bytes")
-    fixed = src.read(16, "header")
+        raise SegmentError(src.path, 0, f"not an edgerec segment: only {src.size} bytes")
+    fixed = src.read(16, "header", 0)
     if fixed[:8] != MAGIC:
         raise SegmentError(src.path, 0, "not an edgerec segment (bad magic)")
     header_len = struct.unpack_from(">I", fixed, 12)[0]
@@ -773,7 +773,7 @@ def _read_header(src: _Source) -> Header:
         fixed[8:12] == struct.pack(">HH", FORMAT_VERSION, SUITE_V1)
         and HEADER_MIN_BYTES <= header_len <= HEADER_MAX_BYTES
     ):
-        return parse_header(fixed + src.read(header_len - 16, "header"), src.path)
+        return parse_header(fixed + src.read(header_len - 16, "header", 0), src.path)
     return parse_header(fixed, src.path)  # raises, naming the bad field
 
 
@@ -797,7 +797,7 @@ def _scan(src: _Source, header: Header, report: Report) -> Iterator[_Chunk | _Tr
                 f"missing trailer: the file ends after {index} chunks (not closed, or truncated)",
             )
         if kind in (KIND_CHUNK, KIND_FINAL_CHUNK):
-            rest = src.read(_CHUNK_PREFIX.size - 1, f"chunk {index} header")
+            rest = src.read(_CHUNK_PREFIX.size - 1, f"chunk {index}", start)
             prefix = bytes([kind]) + rest
             _, ct_len, _, _ = _CHUNK_PREFIX.unpack(prefix)
             if not TAG_BYTES <= ct_len <= max_ct:
@@ -809,10 +809,10 @@ def _scan(src: _Source, header: Header, report: Report) -> Iterator[_Chunk | _Tr
                 report(SegmentError(src.path, start, f"chunk {index} follows the final chunk"))
             if kind == KIND_CHUNK and ct_len == TAG_BYTES:
                 report(SegmentError(src.path, start, f"chunk {index} is empty but not final"))
-            ciphertext = src.read(ct_len, f"chunk {index}")
+            ciphertext = src.read(ct_len, f"chunk {index}", start)
             check_offset = src.offset
             expected = chunk_check(src.hasher)
-            check = src.read(CHECK_BYTES, f"chunk {index} check")
+            check = src.read(CHECK_BYTES, f"chunk {index}", start)
             check_ok = hmac.compare_digest(check, expected) if checks_valid else None
             if check_ok is False:
                 checks_valid = False
@@ -825,7 +825,7 @@ def _scan(src: _Source, header: Header, report: Report) -> Iterator[_Chunk | _Tr
             index += 1
             seen_final = seen_final or kind == KIND_FINAL_CHUNK
         elif kind == KIND_TRAILER:
-            raw = bytes([kind]) + src.read(TRAILER_BYTES - 1, "trailer")
+            raw = bytes([kind]) + src.read(TRAILER_BYTES - 1, "trailer", start)
             if src.size > src.offset:
                 report(SegmentError(
                     src.path, src.offset,
@@ -961,21 +961,42 @@ def read_info(path: Path, device_key: Ed25519PublicKey | None = None) -> SealedS
     raise AssertionError("unreachable: _scan ends with a trailer or raises")  # pragma: no cover
 
 
-def verify(
+@dataclass(frozen=True)
+class SegmentCheck:
+    """What ``check_segment`` found in one file: its problems, and what a chain walk needs from it."""
+
+    path: Path
+    problems: tuple[SegmentError, ...]
+    header: Header | None  # None: the header failed H1-H10 and nothing after it was read
+    digest: bytes | None  # SHA-256 of header..trailer as found (the chain link); None without a trailer
+    state: str | None  # the trailer's state ("sealed", "recovered"); None without a readable trailer
+    info: SealedSegment | None = None  # what ``read_info`` returns; only for a segment without problems
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_segment(
     path: Path,
     *,
     private_key: X25519PrivateKey | None = None,
     device_key: Ed25519PublicKey | None = None,
     prev_digest: bytes | None = None,
-) -> list[SegmentError]:
-    """Every problem found in a segment (empty list: good).
+) -> SegmentCheck:
+    """Every problem found in a segment (``docs/segment-format.md`` section 7), with its header and digest.
 
     Without ``private_key``: framing, chunk checks, trailer hash and signature, and the hash chain when
     ``prev_digest`` is given. With it: also unwrap the file key, check the header MAC and authenticate
-    every chunk.
+    every chunk. A fatal problem ends the walk (it is the last one listed); the digest is that of the
+    bytes as found, so it is known for a damaged segment too as long as its trailer was reached.
     """
     path = Path(path)
     problems: list[SegmentError] = []
+    header: Header | None = None
+    digest: bytes | None = None
+    state: str | None = None
+    trailer: _Trailer | None = None
 
     def report(error: SegmentError) -> None:
         if len(problems) < _MAX_REPORTED_PROBLEMS:
@@ -1002,6 +1023,9 @@ def verify(
             for record in _scan(src, header, report):
                 if isinstance(record, _Trailer):
                     _check_trailer(src, header, record, tally, report, device_key)
+                    digest = src.hasher.digest()
+                    state = _STATE_NAMES.get(record.fields[1], f"unknown({record.fields[1]})")
+                    trailer = record
                     break
                 tally.add(record)
                 # A chunk whose own check failed is already reported; the tags of the chunks after
@@ -1013,7 +1037,22 @@ def verify(
                         report(_auth_error(path, record))
     except SegmentError as exc:
         report(exc)
-    return problems
+    info = None
+    if not problems and header is not None and trailer is not None and digest is not None:
+        info = _sealed_segment(path, header, trailer, digest, trailer.offset + TRAILER_BYTES)
+    return SegmentCheck(path, tuple(problems), header, digest, state, info)
+
+
+def verify(
+    path: Path,
+    *,
+    private_key: X25519PrivateKey | None = None,
+    device_key: Ed25519PublicKey | None = None,
+    prev_digest: bytes | None = None,
+) -> list[SegmentError]:
+    """Every problem found in a segment (empty list: good); see ``check_segment``."""
+    return list(check_segment(path, private_key=private_key, device_key=device_key,
+                              prev_digest=prev_digest).problems)
 
 
 def _auth_error(path: Path, chunk: _Chunk) -> SegmentError:
@@ -1027,20 +1066,24 @@ def decrypt(
     path: Path,
     private_key: X25519PrivateKey,
     *,
+    allow_recovered: bool = False,
     recover: bool = False,
     errors: list[SegmentError] | None = None,
 ) -> Iterator[bytes]:
     """Yield the plaintext chunk by chunk.
 
-    Strict (default): raises SegmentError on the first problem, including a missing final chunk (a
-    segment recovered after a crash has none: read it with ``recover=True``) and a bad trailer. A
-    chunk is yielded only after it authenticated, so the caller has to consume to the end before
-    trusting the whole. ``recover=True``: yields every chunk that authenticates and stops at the first
-    problem, appending it to ``errors`` (when given) so the caller can report it; a segment that
-    ``recover_partial`` closed reads to its end with no error.
+    Strict (default): raises SegmentError on the first problem. A segment closed by crash recovery
+    (state ``recovered``: it ends at its last intact chunk) is refused unless ``allow_recovered``, so
+    nobody takes a cut-short segment for a whole one by accident; a caller that allows it must say so
+    where it presents the footage (export names it in its manifest). A chunk is yielded only after it
+    authenticated, so the caller has to consume to the end before trusting the whole.
+
+    ``recover=True`` (salvage): yields every chunk that authenticates and stops at the first problem,
+    appending it to ``errors`` (when given) so the caller can report it; a recovered segment reads to its
+    end with no error.
     """
     if not recover:
-        return _decrypt_strict(Path(path), private_key, accept_recovered=False)
+        return _decrypt_strict(Path(path), private_key, accept_recovered=allow_recovered)
     return _decrypt_recovering(_decrypt_strict(Path(path), private_key, accept_recovered=True), errors)
 
 
@@ -1055,8 +1098,8 @@ def _decrypt_recovering(strict: Iterator[bytes], errors: list[SegmentError] | No
 
 def _decrypt_strict(path: Path, private_key: X25519PrivateKey, *, accept_recovered: bool) -> Iterator[bytes]:
     """Yield authenticated chunks; raise on the first problem. ``accept_recovered``: a valid trailer of
-    state ``recovered`` ends the segment without a final chunk (its signature is by the header's device
-    key, which the header MAC authenticated, so a truncation by anyone else is still detected)."""
+    state ``recovered`` ends the segment, with or without a final chunk (its signature is by the header's
+    device key, which the header MAC authenticated, so a truncation by anyone else is still detected)."""
     with _open_path(path) as f:
         src = _Source(f, path)
         header = _read_header(src)
@@ -1065,13 +1108,12 @@ def _decrypt_strict(path: Path, private_key: X25519PrivateKey, *, accept_recover
         tally = _Tally()
         for record in _scan(src, header, _raise):
             if isinstance(record, _Trailer):
-                _check_trailer(src, header, record, tally, _raise, None)
-                recovered = record.fields[1] == STATE_RECOVERED
-                if not tally.seen_final and not (accept_recovered and recovered):
+                _check_trailer(src, header, record, tally, _raise, None)  # T8: sealed needs a final chunk
+                if record.fields[1] == STATE_RECOVERED and not accept_recovered:
                     raise SegmentError(
-                        path, record.offset,
-                        "no final chunk: the segment was cut short (recovered after a crash?); "
-                        "read it in recovery mode",
+                        path, record.offset + 1,
+                        "recovered segment: closed by crash recovery at its last intact chunk, the rest "
+                        "was lost; read it allowing recovered segments",
                     )
                 return
             try:
@@ -1080,6 +1122,63 @@ def _decrypt_strict(path: Path, private_key: X25519PrivateKey, *, accept_recover
                 raise _auth_error(path, record) from None
             tally.add(record)
             yield plaintext
+
+
+# ------------------------------------------------------------------------------------------- hash chains
+
+GENESIS_DIGEST = bytes(DIGEST_BYTES)  # prev_digest of a camera's first segment
+
+# How a segment follows the one before it in a chain walk (spec section 7.6). The first two are problems.
+LINK_BROKEN = "broken"  # next sequence number, previous segment intact, but prev_digest differs
+LINK_DUPLICATE = "duplicate"  # two segments claim one sequence number: the chain forked
+LINK_OK = "ok"  # next sequence number and prev_digest is the previous segment's digest
+LINK_SKIP = "skip"  # numbers skipped, link intact: the segments in between were never closed
+LINK_GAP = "gap"  # numbers skipped, link to another segment: the ones in between are not here
+LINK_UNCONFIRMED = "unconfirmed"  # the previous segment is damaged: its digest proves nothing
+LINK_START = "start"  # the camera's first segment ever (prev_digest all zero)
+LINK_FIRST = "first"  # first of the walk, its predecessors are not here (retention, or not selected)
+LINK_PROBLEMS = frozenset({LINK_BROKEN, LINK_DUPLICATE})
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """One segment as a chain walk sees it: from its header, and its digest as found."""
+
+    sequence: int
+    prev_digest: bytes
+    digest: bytes | None  # None: not known (the walk through the file did not reach its trailer)
+    intact: bool  # the file passed every check
+
+    @classmethod
+    def of(cls, check: SegmentCheck) -> ChainLink | None:
+        """None when the header itself is unreadable: such a file has no place in the chain."""
+        if check.header is None:
+            return None
+        meta = check.header.meta
+        return cls(meta.sequence, meta.prev_digest, check.digest, check.ok)
+
+
+def chain_order(links: Sequence[tuple[ChainLink, Any]]) -> list[tuple[ChainLink, Any]]:
+    """A camera's segments in chain order: by sequence number (never by name or start time, which a
+    clock step can move backwards and which the file name does not authenticate)."""
+    return sorted(links, key=lambda item: item[0].sequence)
+
+
+def link_status(previous: ChainLink | None, current: ChainLink) -> str:
+    """How ``current`` follows ``previous``, the segment of the same camera walked just before it (by
+    sequence). One of the ``LINK_*`` values; ``LINK_PROBLEMS`` are breaks, the others are explained."""
+    if previous is None:
+        return LINK_START if current.prev_digest == GENESIS_DIGEST else LINK_FIRST
+    if current.sequence == previous.sequence:
+        return LINK_DUPLICATE
+    linked = previous.digest is not None and hmac.compare_digest(current.prev_digest, previous.digest)
+    if current.sequence == previous.sequence + 1:
+        if linked:
+            return LINK_OK
+        return LINK_BROKEN if previous.intact else LINK_UNCONFIRMED
+    if linked:
+        return LINK_SKIP
+    return LINK_GAP if previous.intact else LINK_UNCONFIRMED
 
 
 # ----------------------------------------------------------------------------------------------- recovery

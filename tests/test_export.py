@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgerec import segfile
 from edgerec.config import CameraConfig, DurabilityConfig
-from edgerec.errors import EdgerecError
-from edgerec.export import export_segments, manifest_path_for
+from edgerec.errors import EdgerecError, SegmentError
+from edgerec.export import RECOVERED_NOTE, export_segments, manifest_path_for
 from edgerec.recorder import ChainState, Recorder
 from tests.media import decoded_frame_hashes, make_h264_clip, video_packets
 
@@ -95,7 +97,8 @@ def test_manifest_lists_every_segment_with_its_verification(tmp_path: Path, reco
     assert [e["sequence"] for e in entries] == [0, 1, 2]
     assert [e["digest"] for e in entries] == [s.digest.hex() for s in recording.segments]
     assert all(e["verification"] == "ok" and e["included"] for e in entries)
-    assert [e["chain"] for e in entries] == ["first", "ok", "ok"]
+    assert [e["chain"] for e in entries] == ["start", "ok", "ok"]  # sequence 0 starts the camera's chain
+    assert all(e["state"] == "sealed" and e["note"] is None and e["frames_left_out"] == 0 for e in entries)
     assert sum(e["frames"] for e in entries) == recording.frames
     assert [e["output_start_s"] for e in entries] == pytest.approx([0.0, 2.0, 4.0], abs=0.05)
     assert manifest["output"]["frames"] == recording.frames
@@ -110,12 +113,13 @@ def test_tampered_segment_is_reported_and_the_export_goes_on(tmp_path: Path, rec
 
     out = tmp_path / "out.mp4"
     result = export_segments(paths, recording.private_key, out)
-    assert len(result.problems) >= 1 and str(paths[1]) in result.problems[0]
+    assert str(paths[1]) in result.problems[0]
     assert result.segments_ok == 2
     [bad] = [s for s in result.segments if not s.included]
     assert bad.path == str(paths[1]) and bad.verification != "ok"
-    # The segment after the bad one no longer links to the segment before it in this export.
-    assert result.segments[2].chain == "broken"
+    # The bad segment's digest proves nothing, so the link after it is unconfirmed: not a second problem.
+    assert result.segments[2].chain == "unconfirmed"
+    assert len(result.problems) == 1
     expected = recording.frames - recording.segments[1].frames
     assert result.frames == expected
     assert len(decoded_frame_hashes(out)) == expected
@@ -130,24 +134,63 @@ def test_wrong_key_exports_nothing_and_leaves_no_file(tmp_path: Path, recording:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_recovered_segment_is_exported_up_to_its_last_good_chunk(tmp_path: Path) -> None:
+def _frame_starts(payload: bytes) -> list[int]:
+    """Where each video frame's bytes begin in a TS payload."""
+    with av.open(io.BytesIO(payload), "r", format="mpegts") as ts:
+        return [p.pos for p in ts.demux(ts.streams.video[0]) if p.size]
+
+
+def test_recovered_segment_is_exported_with_exactly_the_frames_it_counts(tmp_path: Path) -> None:
+    """A crash in the middle of a frame: the last kept chunk holds part of a frame the writer had not
+    noted yet (the segmenter notes a frame after all of its bytes). The segment counts ``kept`` frames,
+    its payload demuxes to one more; export takes exactly ``kept`` and says what it left out."""
     rec = record_clip(tmp_path / "r", bframes=False, seconds=2, segment_seconds=10)
     [seg] = rec.segments
-    # Re-create the situation after a power cut: a .partial with whole chunks but no final chunk/trailer.
     payload = b"".join(segfile.decrypt(seg.path, rec.private_key))
+    starts = _frame_starts(payload)
+    kept = 20
     key = Ed25519PrivateKey.generate()
     path = tmp_path / "20261124T000000.000Z.seg"
-    writer = segfile.SegmentWriter(path, seg.meta, [rec.private_key.public_key()], key, chunk_bytes=4096)
-    writer.note(seg.end_ns, seg.frames)
-    writer.write(payload)
-    writer.poll()
+    writer = segfile.SegmentWriter(path, seg.meta, [rec.private_key.public_key()], key, chunk_bytes=4096,
+                                   flush_seconds=0)  # every write is sealed at once: a crash loses nothing
+    writer.write(payload[: starts[kept]])
+    writer.note(seg.meta.start_ns + kept * 40_000_000, kept)
+    half = (starts[kept + 1] - starts[kept]) // 2
+    writer.write(payload[starts[kept] : starts[kept] + half])  # then the power goes
     recovered = segfile.recover_partial(writer.partial_path, key)
     writer.abort()  # releases the descriptor; the file itself was renamed by the recovery
-    assert recovered.state == "recovered"
+    assert (recovered.state, recovered.frames) == ("recovered", kept)
+    with pytest.raises(SegmentError, match="recovered segment"):
+        b"".join(segfile.decrypt(recovered.path, rec.private_key))
+    cut_payload = b"".join(segfile.decrypt(recovered.path, rec.private_key, allow_recovered=True))
+    assert len(_frame_starts(cut_payload)) == kept + 1  # "61 noted, 62 decoded"
 
     out = tmp_path / "out.mp4"
     result = export_segments([recovered.path], rec.private_key, out)
     assert result.problems == ()
-    assert result.segments[0].state == "recovered"
-    assert 0 < result.frames < rec.frames  # the unsealed tail was lost with the power
-    assert decoded_frame_hashes(out) == decoded_frame_hashes(rec.clip)[: len(decoded_frame_hashes(out))]
+    [entry] = result.segments
+    assert (entry.state, entry.included, entry.frames, entry.frames_left_out) == ("recovered", True, kept, 1)
+    assert entry.note == RECOVERED_NOTE
+    assert result.frames == kept
+    assert decoded_frame_hashes(out) == decoded_frame_hashes(rec.clip)[:kept]
+    manifest = json.loads(manifest_path_for(out).read_text())
+    assert manifest["segments"][0]["state"] == "recovered" and "recovered_segments" in manifest["policy"]
+
+
+def test_segments_are_exported_in_sequence_order_whatever_order_they_are_given(
+    tmp_path: Path, recording: Recording
+) -> None:
+    out = tmp_path / "out.mp4"
+    result = export_segments([s.path for s in reversed(recording.segments)], recording.private_key, out)
+    assert result.problems == ()
+    assert [s.sequence for s in result.segments] == [0, 1, 2]
+    assert [s.chain for s in result.segments] == ["start", "ok", "ok"]
+    assert decoded_frame_hashes(out) == decoded_frame_hashes(recording.clip)
+
+
+def test_a_hole_in_the_export_is_a_gap_not_a_problem(tmp_path: Path, recording: Recording) -> None:
+    """Retention keeps held footage and deletes around it, so a range may hold a hole."""
+    first, _, last = recording.segments
+    result = export_segments([first.path, last.path], recording.private_key, tmp_path / "out.mp4")
+    assert result.problems == ()
+    assert [s.chain for s in result.segments] == ["start", "gap"]

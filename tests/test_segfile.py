@@ -761,8 +761,8 @@ def test_truncation_mid_chunk_is_detected(tmp_path: Path, tk: TestKeys, sample: 
     _, records = _records(blob)
     path = _copy(tmp_path, blob[: records[2].offset + 40])
     err = _strict_error(path, tk.recipient)
-    assert "truncated chunk 2" in err.what
-    assert records[2].offset < err.offset <= records[2].offset + 40
+    assert "truncated chunk 2" in err.what and "40 bytes into this record" in err.what
+    assert err.offset == records[2].offset  # a truncation is reported at the record it cuts
     assert len(segfile.verify(path)) == 1
     assert b"".join(segfile.decrypt(path, tk.recipient, recover=True)) == data[: 2 * SMALL_CHUNK_BYTES]
 
@@ -779,8 +779,12 @@ def test_truncated_then_re_signed_segment_cannot_pass_as_complete(
         tmp_path, _rebuild(header, chunks, tk.device, segfile.STATE_RECOVERED), "recovered.seg"
     )
     assert segfile.read_info(recovered_claim).state == "recovered"
-    assert "no final chunk" in _strict_error(recovered_claim, tk.recipient).what
+    assert "recovered segment" in _strict_error(recovered_claim, tk.recipient).what
     assert b"".join(segfile.decrypt(recovered_claim, tk.recipient, recover=True)) == data[:192]
+    # Allowed explicitly, it reads strictly (every check) and is still a recovered segment, not a whole one.
+    assert b"".join(segfile.decrypt(recovered_claim, tk.recipient, allow_recovered=True)) == data[:192]
+    with pytest.raises(SegmentError, match="no final chunk"):
+        b"".join(segfile.decrypt(sealed_claim, tk.recipient, allow_recovered=True))
 
 
 def test_data_appended_after_the_trailer_is_detected(
@@ -916,7 +920,8 @@ def test_recover_partial_keeps_complete_chunks_and_cuts_a_torn_tail(tmp_path: Pa
     errors: list[SegmentError] = []
     assert b"".join(segfile.decrypt(sealed.path, tk.recipient, recover=True, errors=errors)) == data
     assert errors == []
-    assert "no final chunk" in _strict_error(sealed.path, tk.recipient).what
+    assert "recovered segment" in _strict_error(sealed.path, tk.recipient).what
+    assert b"".join(segfile.decrypt(sealed.path, tk.recipient, allow_recovered=True)) == data
 
 
 def test_recover_partial_with_no_chunks_gives_an_empty_segment(tmp_path: Path, tk: TestKeys) -> None:

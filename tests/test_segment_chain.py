@@ -1,0 +1,240 @@
+"""The rules around the segment format (docs/segment-format.md sections 7.1, 7.6): which header problems
+end a walk, where truncations are reported, and how a camera's hash chain is walked and reported."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edgerec import inventory, segfile
+from edgerec.segfile import ChainLink, link_status
+from tests.segfile_helpers import START_NS, TestKeys, make_keys, make_meta, split_records, write_segment
+
+SECOND_NS = 1_000_000_000
+ZERO = segfile.GENESIS_DIGEST
+
+
+@pytest.fixture(scope="module")
+def tk() -> TestKeys:
+    return make_keys()
+
+
+# ----- link_status (pure) -------------------------------------------------------------------------------
+def _link(seq: int, prev: bytes, digest: bytes | None = None, intact: bool = True) -> ChainLink:
+    return ChainLink(seq, prev, digest if digest is not None else bytes([seq + 1]) * 32, intact)
+
+
+@pytest.mark.parametrize(("previous", "current", "status"), [
+    (None, _link(0, ZERO), segfile.LINK_START),
+    (None, _link(5, b"\x07" * 32), segfile.LINK_FIRST),  # retention deleted 0..4
+    (_link(4, ZERO), _link(5, _link(4, ZERO).digest), segfile.LINK_OK),
+    (_link(4, ZERO), _link(5, b"\xee" * 32), segfile.LINK_BROKEN),
+    (_link(4, ZERO, intact=False), _link(5, b"\xee" * 32), segfile.LINK_UNCONFIRMED),
+    (_link(4, ZERO, digest=b"", intact=False), _link(5, b"\xee" * 32), segfile.LINK_UNCONFIRMED),
+    (_link(4, ZERO), _link(6, _link(4, ZERO).digest), segfile.LINK_SKIP),  # 5 was lost before sealing
+    (_link(4, ZERO), _link(9, b"\xee" * 32), segfile.LINK_GAP),  # 5..8 deleted (held 4 kept)
+    (_link(4, ZERO), _link(4, ZERO), segfile.LINK_DUPLICATE),
+])
+def test_link_status(previous: ChainLink | None, current: ChainLink, status: str) -> None:
+    assert link_status(previous, current) == status
+    assert (status in segfile.LINK_PROBLEMS) == (status in {segfile.LINK_BROKEN, segfile.LINK_DUPLICATE})
+
+
+def test_chain_order_is_by_sequence_not_by_given_order() -> None:
+    links = [(_link(3, ZERO), "c"), (_link(1, ZERO), "a"), (_link(2, ZERO), "b")]
+    assert [name for _, name in segfile.chain_order(links)] == ["a", "b", "c"]
+
+
+# ----- header problems are fatal; H11 is not ------------------------------------------------------------
+def _sample(tmp_path: Path, tk: TestKeys) -> bytes:
+    return write_segment(tmp_path / "s.seg", os.urandom(3000), tk, chunk_bytes=512).path.read_bytes()
+
+
+def _header_damage(blob: bytes) -> dict[str, tuple[int, bytes]]:
+    """Rule -> (offset, replacement bytes) that breaks exactly that rule."""
+    header_len = struct.unpack_from(">I", blob, 12)[0]
+    strings = 125
+    count_at = strings
+    for _ in range(5):
+        count_at += 1 + blob[count_at]
+    return {
+        "H2": (0, b"X"), "H3": (8, b"\x00\x02"), "H4": (10, b"\x00\x09"),
+        "H5": (12, struct.pack(">I", 65537)), "H6": (16, struct.pack(">I", 0)), "H7": (124, b"\x02"),
+        "H8": (strings, bytes([255])), "H9": (count_at, b"\x00"),
+        "H10": (12, struct.pack(">I", header_len + 1)),
+    }
+
+
+@pytest.mark.parametrize("rule", ["H1", "H2", "H3", "H4", "H5", "H6", "H7", "H8", "H9", "H10"])
+def test_every_header_problem_is_fatal(tmp_path: Path, tk: TestKeys, rule: str) -> None:
+    blob = bytearray(_sample(tmp_path, tk))
+    if rule == "H1":
+        blob = blob[:15]
+    else:
+        offset, repl = _header_damage(bytes(blob))[rule]
+        blob[offset : offset + len(repl)] = repl
+    path = tmp_path / "bad.seg"
+    path.write_bytes(bytes(blob))
+    check = segfile.check_segment(path, private_key=tk.recipient, prev_digest=b"\x01" * 32)
+    # One problem and nothing after it: the walk stopped at the header (not even H11 was evaluated).
+    assert len(check.problems) == 1, check.problems
+    assert (check.header, check.digest, check.state) == (None, None, None)
+    assert segfile.ChainLink.of(check) is None
+
+
+def test_hash_chain_mismatch_is_not_fatal(tmp_path: Path, tk: TestKeys) -> None:
+    path = write_segment(tmp_path / "s.seg", b"x" * 2000, tk, chunk_bytes=512).path
+    check = segfile.check_segment(path, private_key=tk.recipient, prev_digest=b"\x01" * 32)
+    assert [p.offset for p in check.problems] == [68]
+    assert check.header is not None and check.digest == hashlib.sha256(path.read_bytes()).digest()
+
+
+# ----- truncations are reported at the record they cut --------------------------------------------------
+def test_truncations_are_reported_at_the_first_byte_of_the_cut_record(tmp_path: Path, tk: TestKeys) -> None:
+    blob = _sample(tmp_path, tk)
+    header, records = split_records(blob)
+    trailer_at = len(blob) - segfile.TRAILER_BYTES
+    cases = {
+        len(header) - 1: 0,  # inside the header
+        records[1].offset + 3: records[1].offset,  # inside a chunk's prefix
+        records[1].offset + 30: records[1].offset,  # inside its ciphertext
+        records[1].offset + len(records[1].raw) - 2: records[1].offset,  # inside its check
+        trailer_at + 10: trailer_at,  # inside the trailer
+        trailer_at: trailer_at,  # no trailer at all
+    }
+    for cut, expected in cases.items():
+        path = tmp_path / f"cut{cut}.seg"
+        path.write_bytes(blob[:cut])
+        problems = segfile.verify(path)
+        assert [p.offset for p in problems] == [expected], (cut, problems)
+
+
+def test_digest_of_a_damaged_segment_is_of_its_bytes_as_found(tmp_path: Path, tk: TestKeys) -> None:
+    blob = bytearray(_sample(tmp_path, tk))
+    blob[len(blob) // 2] ^= 1
+    path = tmp_path / "d.seg"
+    path.write_bytes(bytes(blob))
+    check = segfile.check_segment(path)
+    assert not check.ok and check.info is None
+    assert check.digest == hashlib.sha256(bytes(blob)).digest()
+
+
+# ----- verify_tree walks each camera's chain by sequence --------------------------------------------------
+def _record_chain(data_dir: Path, tk: TestKeys, starts_s: list[int], *, first_seq: int = 0,
+                  prev: bytes = ZERO) -> list[segfile.SealedSegment]:
+    sealed = []
+    for i, start_s in enumerate(starts_s):
+        start_ns = START_NS + start_s * SECOND_NS
+        meta = make_meta(sequence=first_seq + i, start_ns=start_ns, prev_digest=prev)
+        path = inventory.segment_path(data_dir, meta.camera, start_ns)
+        seg = write_segment(path, os.urandom(1500), tk, meta=meta, chunk_bytes=512, seed=i)
+        sealed.append(seg)
+        prev = seg.digest
+    return sealed
+
+
+def _device_pub(data_dir: Path, tk: TestKeys) -> None:
+    from edgerec import keys
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "device.pub").write_text(keys.format_device_public_key(tk.device.public_key()) + "\n")
+
+
+def test_a_clean_chain_verifies_with_one_start(tmp_path: Path, tk: TestKeys) -> None:
+    _record_chain(tmp_path, tk, [0, 10, 20])
+    report = inventory.verify_tree(tmp_path, private_key=tk.recipient)
+    assert report.ok and report.checked == 3, report.problems
+    assert not [n for n in report.notes if "sequence" in n]
+
+
+def test_a_clock_step_backwards_is_not_a_chain_break(tmp_path: Path, tk: TestKeys) -> None:
+    """Names sort by start time; the chain goes by sequence: segment 2 started 'before' segment 1."""
+    _record_chain(tmp_path, tk, [100, 200, 50])
+    report = inventory.verify_tree(tmp_path)
+    assert report.ok, report.problems
+
+
+def test_two_swapped_files_keep_the_chain_and_are_named_as_misplaced(tmp_path: Path, tk: TestKeys) -> None:
+    a, b, _ = _record_chain(tmp_path, tk, [0, 10, 20])
+    tmp = a.path.with_name("swap")
+    os.replace(a.path, tmp)
+    os.replace(b.path, a.path)
+    os.replace(tmp, b.path)
+    report = inventory.verify_tree(tmp_path)
+    assert len(report.problems) == 2, report.problems
+    assert all("renamed or swapped" in p for p in report.problems)
+    assert not any("chain" in p for p in report.problems)
+
+
+def test_a_file_moved_to_another_camera_is_named(tmp_path: Path, tk: TestKeys) -> None:
+    [seg] = _record_chain(tmp_path, tk, [0])
+    other = tmp_path / "back-yard" / seg.path.parent.name
+    other.mkdir(parents=True)
+    shutil.move(seg.path, other / seg.path.name)
+    report = inventory.verify_tree(tmp_path)
+    assert any("the header says camera 'front-door'" in p for p in report.problems), report.problems
+
+
+def test_a_replaced_segment_breaks_the_chain_after_it(tmp_path: Path, tk: TestKeys) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10, 20])
+    # A validly signed segment (stolen device key) put in place of sequence 1: the next link breaks.
+    segs[1].path.unlink()
+    write_segment(segs[1].path, b"forged" * 200, tk,
+                  meta=replace(segs[1].meta, prev_digest=segs[0].digest), chunk_bytes=512)
+    report = inventory.verify_tree(tmp_path)
+    assert [p for p in report.problems if "hash chain broken" in p] == [
+        f"{segs[2].path} (sequence 2): hash chain broken: prev_digest is not the digest of sequence 1"]
+
+
+def test_after_a_damaged_segment_the_link_is_unconfirmed_not_a_second_problem(
+    tmp_path: Path, tk: TestKeys
+) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10, 20])
+    blob = bytearray(segs[1].path.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    segs[1].path.write_bytes(bytes(blob))
+    report = inventory.verify_tree(tmp_path)
+    assert report.problems and all(p.startswith(str(segs[1].path)) for p in report.problems)
+    assert any("link not confirmed" in n and str(segs[2].path) in n for n in report.notes)
+
+
+def test_retention_and_holds_leave_a_first_segment_and_gaps_as_notes(tmp_path: Path, tk: TestKeys) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10, 20, 30, 40, 50])
+    for i in (0, 1, 3, 4):  # retention deleted these; a hold kept 2
+        segs[i].path.unlink()
+    report = inventory.verify_tree(tmp_path)
+    assert report.ok, report.problems
+    assert any("(sequence 2): first segment here" in n for n in report.notes)
+    assert any("(sequence 5): follows sequence 2; the segments numbered in between are not here" in n
+               for n in report.notes)
+
+
+def test_a_forked_chain_is_a_problem(tmp_path: Path, tk: TestKeys) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10])
+    # A second recorder on the camera continued from the same head: two segments number 1.
+    _record_chain(tmp_path, tk, [15], first_seq=1, prev=segs[0].digest)
+    report = inventory.verify_tree(tmp_path)
+    assert any("the chain forked" in p for p in report.problems), report.problems
+
+
+def test_recovered_segments_are_listed_as_such(tmp_path: Path, tk: TestKeys) -> None:
+    _device_pub(tmp_path, tk)
+    [seg] = _record_chain(tmp_path, tk, [0])
+    meta = make_meta(sequence=1, start_ns=START_NS + 10 * SECOND_NS, prev_digest=seg.digest)
+    path = inventory.segment_path(tmp_path, meta.camera, meta.start_ns)
+    writer = segfile.SegmentWriter(path, meta, [tk.recipient_public], tk.device, chunk_bytes=512)
+    writer.note(meta.start_ns + SECOND_NS, 5)
+    writer.write(os.urandom(2000))
+    writer.poll()
+    recovered = segfile.recover_partial(writer.partial_path, tk.device)
+    writer.abort()
+    report = inventory.verify_tree(tmp_path, private_key=tk.recipient)
+    assert report.ok, report.problems
+    assert report.recovered == [str(recovered.path)]
+    assert report.to_json_dict()["recovered"] == [str(recovered.path)]
