@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgerec import inventory, segfile
+from edgerec import inventory, layout, segfile
 from edgerec.segfile import ChainLink, link_status
 from tests.segfile_helpers import START_NS, TestKeys, make_keys, make_meta, split_records, write_segment
 
@@ -132,7 +132,7 @@ def _record_chain(data_dir: Path, tk: TestKeys, starts_s: list[int], *, first_se
     for i, start_s in enumerate(starts_s):
         start_ns = START_NS + start_s * SECOND_NS
         meta = make_meta(sequence=first_seq + i, start_ns=start_ns, prev_digest=prev)
-        path = inventory.segment_path(data_dir, meta.camera, start_ns)
+        path = layout.segment_path(data_dir, meta.camera, start_ns)
         seg = write_segment(path, os.urandom(1500), tk, meta=meta, chunk_bytes=512, seed=i)
         sealed.append(seg)
         prev = seg.digest
@@ -227,7 +227,7 @@ def test_recovered_segments_are_listed_as_such(tmp_path: Path, tk: TestKeys) -> 
     _device_pub(tmp_path, tk)
     [seg] = _record_chain(tmp_path, tk, [0])
     meta = make_meta(sequence=1, start_ns=START_NS + 10 * SECOND_NS, prev_digest=seg.digest)
-    path = inventory.segment_path(tmp_path, meta.camera, meta.start_ns)
+    path = layout.segment_path(tmp_path, meta.camera, meta.start_ns)
     writer = segfile.SegmentWriter(path, meta, [tk.recipient_public], tk.device, chunk_bytes=512)
     writer.note(meta.start_ns + SECOND_NS, 5)
     writer.write(os.urandom(2000))
