@@ -63,3 +63,8 @@ class SourceError(EdgerecError):
 
 class DiskFullError(EdgerecError):
     """No space left to write footage and nothing unheld left to delete."""
+
+
+class UntrustedFileError(ConfigError):
+    """A config file, a directory above it, or a file it names can be changed by someone other than root and
+    the service user (see filetrust.py); each problem names the file and the fix."""
