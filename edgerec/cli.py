@@ -267,9 +267,8 @@ def _open_catalog(cfg: Config) -> tuple[Any, Any, Any]:
 
 
 def _incident_service(cfg: Config) -> tuple[Any, Any]:
-    from .incidents import IncidentService
-
     from .fsutil import ensure_private_dir
+    from .incidents import IncidentService
 
     tightened = ensure_private_dir(cfg.data_dir)
     if tightened:
