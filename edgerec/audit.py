@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from .fsutil import fsync_dir
+from .fsutil import create_private, fsync_dir
+from .redact import redact_obj
 from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,8 @@ class AuditLog:
             lines = []
             for event, fields in entries:
                 n += 1
-                line = encode_line(n, ts, event, fields, prev)
+                # Redacted before hashing: a credential in a chained line could never be removed.
+                line = encode_line(n, ts, event, redact_obj(fields), prev)
                 prev = line_hash(line)
                 lines.append(line)
             f.flush()
@@ -259,7 +261,7 @@ class AuditLog:
 
     def _open_rw(self) -> int:
         existed = self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = create_private(self.path, os.O_RDWR | os.O_CREAT)
         if not existed:
             # strict: a new log's first line is a promise; its directory entry must be durable too.
             try:

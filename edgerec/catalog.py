@@ -32,8 +32,9 @@ from typing import Any, NamedTuple, Protocol
 
 from . import holds
 from .errors import CatalogError
-from .fsutil import fsync_dir
+from .fsutil import create_private, fsync_dir, make_private
 from .layout import CATALOG_NAME, DataDir
+from .redact import redact
 from .timefmt import DAY_NS, rfc3339
 from .walltime import WALL_TIME_RULES, WallTimeRules
 
@@ -310,6 +311,10 @@ class Catalog:
             raise CatalogError(f"data directory {data_dir} does not exist")
         path = DataDir(data_dir).catalog_path
         created = not path.exists() or path.stat().st_size == 0  # SQLite makes an empty file a new catalog
+        if not path.exists():  # SQLite would create it 0644 under umask 022; its -wal and -shm copy its mode
+            os.close(create_private(path))
+        for existing in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            make_private(existing)
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=BUSY_TIMEOUT_MS / 1000)
@@ -706,7 +711,7 @@ class Catalog:
     def add_gap(self, camera: str, from_ns: int, to_ns: int, reason: str) -> None:
         with self.transaction():
             self._conn.execute("INSERT INTO gaps (camera, from_ns, to_ns, reason) VALUES (?, ?, ?, ?)",
-                               (camera, int(from_ns), int(to_ns), reason))
+                               (camera, int(from_ns), int(to_ns), redact(reason)))
 
     def gaps(self, camera: str | None = None, start_ns: int | None = None,
              end_ns: int | None = None) -> list[GapRow]:

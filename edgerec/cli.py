@@ -268,9 +268,12 @@ def _open_catalog(cfg: Config) -> tuple[Any, Any, Any]:
 
 
 def _incident_service(cfg: Config) -> tuple[Any, Any]:
+    from .fsutil import ensure_private_dir
     from .incidents import IncidentService
 
-    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tightened = ensure_private_dir(cfg.data_dir)
+    if tightened:
+        logging.getLogger("edgerec.cli").warning("%s", tightened)
     catalog, audit, reserve = _open_catalog(cfg)
     return IncidentService(catalog, audit, cfg, reserve), catalog
 
@@ -396,7 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except EdgerecError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
+        from .redact import redact
+
+        for line in redact(str(exc)).splitlines() or [type(exc).__name__]:
             print(f"edgerec: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -115,6 +115,10 @@ class CameraConfig:
     health: bool = True  # keyframe health / tamper analysis
     input_options: dict[str, str] = field(default_factory=dict)  # extra FFmpeg input options
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # Network cameras: credentials kept out of the url (and so out of config dumps and status). The
+    # password is read from the file and put into the url only when the camera is opened (source.py).
+    username: str | None = None
+    password_file: Path | None = None
 
     @property
     def kind(self) -> str:
@@ -221,7 +225,8 @@ _KEYS: dict[str, tuple[str, ...]] = {
          "incidents", "mqtt", "health", "status_file"),
     "durability": ("flush_seconds", "fsync_seconds"),
     "cameras[]": ("name", "url", "realtime", "loop", "enabled", "rtsp_transport", "timeout_seconds",
-                  "stall_seconds", "retention", "health", "input_options", "encoder"),
+                  "stall_seconds", "retention", "health", "input_options", "encoder", "username",
+                  "password_file"),
     "cameras[].retention": ("days",),
     "cameras[].encoder": ("codec", "bitrate", "gop_seconds", "preset"),
     "retention": ("days", "sweep_interval_s", "min_free"),
@@ -579,6 +584,28 @@ def _testsrc_problem(rest: str) -> str:
     return ""
 
 
+CREDENTIALS_FIX = ("write it percent-encoded (@ as %40, : as %3A, / as %2F, # as %23), or give the password "
+                   "in a file: password_file (and username) in the camera entry")
+
+
+def _userinfo_problem(url: str) -> str:
+    """What is wrong with the user name and password in a network url, or ''. Never quotes any part of them.
+
+    A password with an unencoded '@', ':', '/' or '#' is split by every url parser at the wrong place (part
+    of the password becomes the host, the port or the path), so it is refused as a whole.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""  # reported by the caller without the url's text
+    after_netloc = url.split("://", 1)[-1][len(parts.netloc):]
+    userinfo = parts.netloc.rpartition("@")[0]
+    if ("@" not in parts.netloc and "@" in after_netloc) or "@" in userinfo or userinfo.count(":") > 1:
+        return ("the user name or password in the url contains '@', ':', '/' or '#' that is not "
+                f"percent-encoded (an '@' in the path must be %40 too): {CREDENTIALS_FIX}")
+    return ""
+
+
 def _url_check(base_dir: Path) -> Check:
     """A camera url: the scheme decides what must be in it. Files are not checked for existence."""
 
@@ -592,11 +619,14 @@ def _url_check(base_dir: Path) -> Check:
         kind = source_kind(value)
         why = ""
         if kind in ("rtsp", "http", "tcp"):
+            why = _userinfo_problem(value)
             try:
                 parts = urlsplit(value)
                 host, _port = parts.hostname, parts.port  # .port raises ValueError when not a port number
             except ValueError as exc:
-                host, why = None, f"not a valid {kind} url ({exc})"
+                # The exception quotes the url's text, which may hold a password: say only what is wrong.
+                reason = "the port is not a number" if "could not be cast" in str(exc) else str(exc)
+                host, why = None, why or f"not a valid {kind} url ({reason})"
             if not host and not why:
                 example = {"rtsp": "rtsp://192.168.1.20:554/stream", "http": "http://192.168.1.20/video.ts",
                            "tcp": "tcp://192.168.1.20:9000"}[kind]
@@ -713,7 +743,14 @@ def _camera(value: object, path: str, base_dir: Path, segment_seconds: float | N
     s.put(kw, "retention", _camera_retention_days, "retention_days")
     s.put(kw, "input_options", _check_input_options)
     encoder = s.get("encoder", lambda v, p, pr: _encoder(v, p, pr), EncoderConfig())
+    s.put(kw, "username", _optional(_check_str))
+    s.put(kw, "password_file", _optional(_path_check(base_dir)))
     s.finish()
+    if url is not _INVALID and not {"username", "password_file"} & s.bad:
+        credentials_problem = _camera_credentials_problem(url, kw.get("username"), kw.get("password_file"))
+        if credentials_problem:
+            problems.append(f"{path}.{credentials_problem}")
+            return None
     gop_given = isinstance(value.get("encoder"), Mapping) and "gop_seconds" in value["encoder"]
     if encoder is not _INVALID and segment_seconds is not None and encoder.gop_seconds > segment_seconds \
             and not gop_given:
@@ -728,6 +765,26 @@ def _camera(value: object, path: str, base_dir: Path, segment_seconds: float | N
     if name is _INVALID or url is _INVALID or encoder is _INVALID or s.bad:
         return None
     return CameraConfig(name=name, url=url, encoder=encoder, **kw)
+
+
+def _camera_credentials_problem(url: str, username: str | None, password_file: Path | None) -> str:
+    """What is wrong with a camera's username/password_file given its url, or '' (key name first)."""
+    if username is None and password_file is None:
+        return ""
+    if source_kind(url) not in ("rtsp", "http"):
+        key = "password_file" if password_file is not None else "username"
+        return (f"{key}: only for rtsp:// and http(s):// cameras (an exec: program reads its credentials "
+                "from its own files)")
+    parts = urlsplit(url)
+    if parts.password is not None:
+        return "password_file: the url has a password too: remove it from the url"
+    if password_file is None:
+        return "password_file: missing (required when username is set)"
+    if username is not None and parts.username is not None:
+        return "username: the url has a user name too: remove it from the url or from username"
+    if username is None and parts.username is None:
+        return "username: missing (required when password_file is set, unless the url names the user)"
+    return ""
 
 
 def _cameras(value: object, base_dir: Path, segment_seconds: float | None, problems: list[str]) -> Any:
@@ -1067,10 +1124,32 @@ def read_config_text(path: Path) -> str:
         raise ConfigError([f"not UTF-8 text (byte {exc.start})"], source) from None
 
 
+def trusted_files(config: Config) -> list[Path]:
+    """The files of a config that decide what the daemon runs or hold its secrets (see filetrust.py)."""
+    files = [config.source_path] if config.source_path is not None else []
+    files += [c.password_file for c in config.cameras if c.password_file is not None]
+    files += [p for p in (config.mqtt.password_file,) if p is not None]
+    if config.mqtt.tls is not None:
+        tls = config.mqtt.tls
+        files += [p for p in (tls.ca_file, tls.cert_file, tls.key_file) if p is not None]
+    return files
+
+
 def load_config(path: Path) -> Config:
-    """Read, parse and validate a config file; relative paths in it are taken from its directory."""
+    """Read, parse and validate a config file; relative paths in it are taken from its directory.
+
+    Refused (UntrustedFileError) when someone other than root or this process's user can change the file,
+    a directory above it, or a password or key file it names. The credentials in its camera urls are
+    registered with redact.py, so that no log line, status or audit line carries them from now on.
+    """
+    from . import filetrust, redact
+
     path = Path(path).absolute()
     source = str(path)
+    filetrust.check_trusted([path])  # before reading: an untrusted file's content is not even parsed
     data = parse_yaml(read_config_text(path), source)
-    config = parse_config(data, base_dir=path.parent, source=source)
-    return dataclasses.replace(config, source_path=path)
+    config = dataclasses.replace(parse_config(data, base_dir=path.parent, source=source), source_path=path)
+    filetrust.check_trusted(trusted_files(config))
+    for camera in config.cameras:
+        redact.register_text_secrets(camera.url)
+    return config

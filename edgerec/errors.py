@@ -59,3 +59,9 @@ class CommandError(EdgerecError):
 
 class SourceError(EdgerecError):
     """A camera source cannot be opened or read (expected in the field; logged without traceback)."""
+
+
+
+class UntrustedFileError(ConfigError):
+    """A config file, a directory above it, or a file it names can be changed by someone other than root and
+    the service user (see filetrust.py); each problem names the file and the fix."""

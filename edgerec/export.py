@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import __version__, segfile
 from .errors import EdgerecError, SegmentError
+from .fsutil import create_private
+from .redact import redact_obj
 from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,8 @@ class _Mp4Remuxer:
             return frames, start_s, left_out
 
     def _open(self, template: Any) -> None:
+        # FFmpeg would create it 0666 less the umask: decrypted footage is for the one who exported it.
+        os.close(create_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
         self._container = av.open(str(self.path), "w", format="mp4", options=dict(MP4_OPTIONS))
         self._stream = self._container.add_stream_from_template(template)
         self._params = self.params_of(template)
@@ -373,8 +377,8 @@ def write_manifest(result: ExportResult) -> None:
     path = result.manifest_path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=2)
+        with open(create_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", encoding="utf-8") as f:
+            json.dump(redact_obj(document), f, indent=2)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .errors import KeyFormatError, UsageError
-from .fsutil import fsync_dir
+from .fsutil import create_private, fsync_dir
 from .layout import DataDir
 
 log = logging.getLogger(__name__)
@@ -173,9 +173,8 @@ class GeneratedRecipient:
 
 def _write_new_file(path: Path, content: str, mode: int) -> None:
     """Create ``path`` (never overwriting), write ``content``, fsync; ``mode`` is set exactly."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    fd = create_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode=mode)
     try:
-        os.fchmod(fd, mode)  # the umask may only have narrowed it, but say exactly what we mean
         data = content.encode("utf-8")
         while data:
             data = data[os.write(fd, data) :]

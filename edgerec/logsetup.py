@@ -18,6 +18,7 @@ import time
 from typing import IO
 
 from .errors import EdgerecError, UsageError
+from .redact import redact
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -97,13 +98,17 @@ def rfc3339_ms(created_s: float) -> str:
 
 
 class LineFormatter(logging.Formatter):
-    """Formats a record as one line (plus traceback lines only for unexpected exceptions)."""
+    """Formats a record as one line (plus traceback lines only for unexpected exceptions), credentials
+    redacted (redact.py): every library's messages pass here, FFmpeg's and camera programs' too."""
 
     def __init__(self, journal: bool):
         super().__init__()
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
+        return redact(self._format(record))
+
+    def _format(self, record: logging.LogRecord) -> str:
         message = record.getMessage().replace("\n", "\\n")
         exc = record.exc_info[1] if record.exc_info else None
         trace = ""

@@ -31,6 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from . import __version__
 from .config import Config, TlsConfig
 from .errors import ConfigError
+from .redact import redact_obj, register_secret
 from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
@@ -389,6 +390,7 @@ class MqttLink:
             client.enable_logger(logging.getLogger(__name__ + ".paho"))
         if m.username is not None:
             password = read_password_file(m.password_file) if m.password_file is not None else None
+            register_secret(password)
             client.username_pw_set(m.username, password)
         if m.tls is not None:
             # ca_certs=None: paho calls SSLContext.load_default_certs(), i.e. OpenSSL's default verify
@@ -543,7 +545,8 @@ class MqttLink:
         payload = {"event": kind, "at": rfc3339(self._clock_ns()), "device_id": self._config.device_id,
                    **fields}
         log.info("mqtt event kind=%s", kind)
-        return self._publish(self.topics.events, json.dumps(payload, default=str), retain=False, queue=True)
+        return self._publish(self.topics.events, json.dumps(redact_obj(payload), default=str), retain=False,
+                             queue=True)
 
     def reconfigure(self, config: Config) -> None:
         """Take a new configuration with the same MQTT settings (cameras added or removed):
@@ -598,9 +601,11 @@ class MqttLink:
             for topic, payload in discovery_messages(self._config, self.topics):
                 self._publish(topic, payload, retain=True)
         if status:
-            self._publish(self.topics.status, json.dumps(self._status(), default=str), retain=True)
+            self._publish(self.topics.status, json.dumps(redact_obj(self._status()), default=str),
+                          retain=True)
         if incidents:
-            self._publish(self.topics.incidents, json.dumps(self._incidents(), default=str), retain=True)
+            self._publish(self.topics.incidents, json.dumps(redact_obj(self._incidents()), default=str),
+                          retain=True)
 
     def _publish(self, topic: str, payload: str | bytes, *, retain: bool, queue: bool = False,
                  properties: Properties | None = None) -> bool:
@@ -745,7 +750,7 @@ class MqttLink:
     def _publish_reply(self, msg: mqtt.MQTTMessage, envelope: Envelope, reply: Mapping[str, Any]) -> None:
         device_id = self._config.device_id
         try:
-            payload = finish_reply(reply, envelope, device_id)
+            payload = finish_reply(redact_obj(reply), envelope, device_id)
         except (TypeError, ValueError):
             log.exception("incident reply not serialisable id=%s", reply.get("id"))
             self._stats.internal_errors += 1

@@ -491,7 +491,7 @@ class Recorder:
             prev_digest=self.chain.prev_digest,
         )
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             writer = SegmentWriter(path, meta, self.recipients, self.signing_key,
                                    flush_seconds=self.durability.flush_seconds,
                                    fsync_seconds=self.durability.fsync_seconds)

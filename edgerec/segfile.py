@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import SegmentError
-from .fsutil import fsync_dir
+from .fsutil import create_private, fsync_dir
 from .keys import device_key_id, format_key_id, key_id
 from .layout import PARTIAL_SUFFIX, partial_path
 
@@ -441,7 +441,7 @@ class SegmentWriter:
         if self._path.exists():
             raise FileExistsError(f"{self._path} already exists")
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        self._fd = create_private(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             self._append(header, header_hasher.copy())
             os.fdatasync(self._fd)

@@ -25,13 +25,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import av
 from av.video.frame import PictureType
 
 from .config import CameraConfig, EncoderConfig, source_kind
 from .errors import SourceError
+from .redact import redact, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,38 @@ def as_fraction(value: Any) -> Fraction | None:
     return Fraction(int(value.numerator), int(value.denominator))
 
 
-def redact_url(url: str) -> str:
-    """The url with any password replaced, fit for logs and error messages."""
+def read_camera_password(camera: CameraConfig) -> str:
+    """The password in the camera's ``password_file`` (its first line); SourceError naming the file only."""
+    assert camera.password_file is not None
+    try:
+        with open(camera.password_file, encoding="utf-8") as fh:
+            password = fh.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise SourceError(f"camera {camera.name}: cannot read password_file {camera.password_file}: "
+                          f"{why}") from None
+    if not password:
+        raise SourceError(f"camera {camera.name}: password_file {camera.password_file} is empty")
+    register_secret(password)  # from now on scrubbed from every log line, status and audit line
+    return password
+
+
+def url_with_credentials(url: str, username: str, password: str) -> str:
+    """``url`` with ``username:password@`` put in, both percent-encoded (so any character is allowed)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"))
+
+
+def open_url(camera: CameraConfig) -> str:
+    """The url FFmpeg opens: the configured one, with the password from ``password_file`` put in now (it is
+    never stored in the config, the status or anything else that is kept)."""
+    if camera.password_file is None:
+        return camera.url
+    username = camera.username
+    if username is None:
+        username = unquote(urlsplit(camera.url).username or "")
+    return url_with_credentials(camera.url, username, read_camera_password(camera))
 
 
 def testsrc_graph(url: str) -> str:
@@ -334,7 +358,7 @@ def open_source(camera: CameraConfig, *, monotonic: Callable[[], float] = time.m
     elif kind == "v4l2":
         target, fmt, options = camera.url, "v4l2", dict(camera.input_options)
     else:
-        target, fmt, options = camera.url, None, input_options(camera)
+        target, fmt, options = open_url(camera), None, input_options(camera)
     timeouts = (camera.timeout_seconds, read_timeout_s(camera)) if kind in NETWORK_KINDS else None
     try:
         container = open_input(target, fmt, options, timeouts)
@@ -348,7 +372,7 @@ def open_source(camera: CameraConfig, *, monotonic: Callable[[], float] = time.m
     try:
         stream = container.streams.best("video")
         if stream is None:
-            raise SourceError(f"camera {camera.name}: no video stream in {redact_url(camera.url)}")
+            raise SourceError(f"camera {camera.name}: no video stream in {redact(camera.url)}")
         if child is not None and not stream.codec_context.width:
             raise SourceError(f"camera {camera.name}: the camera program sent no H.264 video"
                               f"{child.last_words()}")
@@ -391,8 +415,8 @@ def open_input(target: str, fmt: str | None, options: dict[str, str],
     try:
         return av.open(target, "r", **kwargs)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or _one_line(exc).replace(target, redact_url(target))
-        raise SourceError(f"cannot open {redact_url(target)}: {reason}") from exc
+        reason = getattr(exc, "strerror", None) or _one_line(exc)
+        raise SourceError(redact(f"cannot open {target}: {reason}")) from exc
 
 
 # ----- the encoder path for raw sources -----------------------------------------------------------------
@@ -516,7 +540,7 @@ class _Child:
         assert stderr is not None
         with stderr:
             for raw in stderr:
-                line = raw.decode("utf-8", "replace").rstrip()
+                line = redact(raw.decode("utf-8", "replace").rstrip())
                 if line:
                     self._stderr.append(line)
                     log.debug("camera process output camera=%s line=%s", self.camera, line)

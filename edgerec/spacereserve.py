@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .errors import EdgerecError
-from .fsutil import fsync_dir
+from .fsutil import create_private, fsync_dir
 from .layout import DataDir
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class SpaceReserve:
 def make_reserve(path: Path, size_bytes: int) -> None:
     """Write a file of ``size_bytes`` with its blocks allocated (so giving it up really frees them)."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = create_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         try:
             os.posix_fallocate(fd, 0, size_bytes)

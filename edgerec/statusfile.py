@@ -19,8 +19,10 @@ from typing import Any
 import yaml
 
 from .errors import EdgerecError
+from .fsutil import PRIVATE_FILE_MODE, create_private
+from .redact import redact_obj
 
-STATUS_FILE_MODE = 0o640
+STATUS_FILE_MODE = PRIVATE_FILE_MODE
 STATUS_FILE_NAME = "status.json"
 # The daemon rewrites the file every few seconds; this much silence means it is stuck or gone.
 STALE_AFTER_S = 30.0
@@ -133,10 +135,9 @@ def write_status(path: Path, status: dict[str, Any], *, fsync: bool = False) -> 
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    data = json.dumps(status, indent=2, default=str).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, STATUS_FILE_MODE)
+    data = json.dumps(redact_obj(status), indent=2, default=str).encode() + b"\n"
+    fd = create_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW)
     try:
-        os.fchmod(fd, STATUS_FILE_MODE)  # the umask (0077 under systemd) would narrow the create mode
         with os.fdopen(fd, "wb", closefd=False) as f:
             f.write(data)
             f.flush()

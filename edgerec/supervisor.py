@@ -18,12 +18,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, clock, keys, notify, statusfile
+from . import __version__, clock, fsutil, keys, notify, statusfile
 from .audit import AuditLog, tail_entries
 from .catalog import Catalog
 from .catalogqueue import CatalogQueue, Gap
 from .config import CameraConfig, Config, load_config
-from .errors import ConfigError, EdgerecError
+from .errors import ConfigError, EdgerecError, UntrustedFileError
 from .incidents import IncidentService
 from .reconcile import reconcile, restore_incidents
 from .recorder import ChainState, ConnectionChange, Recorder
@@ -116,7 +116,9 @@ class Daemon:
         cfg = self.config
         # Footage metadata, the catalog and logs are nobody else's business, also outside systemd's UMask.
         os.umask(0o077)
-        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tightened = fsutil.ensure_private_dir(cfg.data_dir)  # raises when the directory is another user's
+        if tightened:
+            log.warning("%s", tightened)
         self.signing_key = keys.load_or_create_device_key(cfg.data_dir)
         self.recipients = [keys.parse_public_key(r) for r in cfg.recipients]
         self.catalog = Catalog.open(cfg.data_dir)
@@ -556,6 +558,8 @@ class Daemon:
                 self._error(f"config reload rejected: {problem}")
             log.warning("config reload rejected; the running configuration stays path=%s problems=%d",
                         path, len(exc.problems))
+            if isinstance(exc, UntrustedFileError):  # someone else may have tried to change what we run
+                self._audit("config_refused", path=str(path), problems=exc.problems)
             return
         if new == self.config:
             log.info("config unchanged path=%s", path)

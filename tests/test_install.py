@@ -77,6 +77,18 @@ def test_install_is_idempotent_and_uninstall_keeps_data_until_purge(tmp_path, in
 
     assert config.read_bytes() == EXAMPLE_CONFIG.read_bytes()
     assert (config.stat().st_mode & 0o777) == 0o640
+    # The service's own user: the config root:edgerec 0640 (edgerec refuses one others can write), the
+    # data directory edgerec's alone.
+    assert "skipped (DESTDIR): useradd --system --gid edgerec" in first.stderr
+    assert "skipped (DESTDIR): usermod --append --groups video edgerec" in first.stderr
+    assert "skipped (DESTDIR): chown root:edgerec /etc/edgerec/edgerec.yaml" in first.stderr
+    assert "skipped (DESTDIR): chown root:edgerec /etc/edgerec" in first.stderr
+    assert "skipped (DESTDIR): chown edgerec:edgerec /var/lib/edgerec" in first.stderr
+    assert (config.parent.stat().st_mode & 0o777) == 0o750
+    assert ((root / "var/lib/edgerec").stat().st_mode & 0o777) == 0o700
+    from edgerec.filetrust import check_trusted
+
+    check_trusted([config])  # the installed config passes the rule
     assert unit.read_bytes() == (REPO / "systemd/edgerec.service").read_bytes()
     assert wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/edgerec.service"
     assert os.readlink(root / "usr/local/bin/edgerec") == "/opt/edgerec/venv/bin/edgerec"

@@ -11,7 +11,7 @@ import pytest
 
 from edgerec.config import CameraConfig, EncoderConfig
 from edgerec.errors import SourceError
-from edgerec.source import CHILD_EXIT_TIMEOUT_S, input_options, open_source, redact_url
+from edgerec.source import CHILD_EXIT_TIMEOUT_S, input_options, open_source
 from edgerec.source import testsrc_graph as lavfi_graph_of_testsrc
 from tests.media import (
     make_h264_clip,
@@ -210,6 +210,8 @@ def test_input_options_by_kind() -> None:
     assert input_options(CameraConfig("c", "/x.mp4")) == {}
 
 
-def test_redact_url_hides_only_the_password() -> None:
+def test_redact_hides_only_the_password_of_a_camera_url() -> None:
+    from edgerec.redact import redact as redact_url
+
     assert redact_url("rtsp://u:p@10.0.0.2:554/s") == "rtsp://u:***@10.0.0.2:554/s"
     assert redact_url("rtsp://10.0.0.2/s") == "rtsp://10.0.0.2/s"

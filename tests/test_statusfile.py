@@ -75,14 +75,14 @@ def sample_status(**overrides) -> dict:
     return status
 
 
-def test_written_status_reads_back_with_age_and_mode_0640(tmp_path):
+def test_written_status_reads_back_with_age_and_mode_0600_despite_the_umask(tmp_path):
     path = tmp_path / "status.json"
-    old_umask = os.umask(0o077)  # as under systemd's UMask=0077
+    old_umask = os.umask(0o022)  # a shell's umask: the file is private all the same
     try:
         write_status(path, sample_status())
     finally:
         os.umask(old_umask)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     got = read_status(path, now=NOW)
     assert got["device_id"] == "pi-gate"
     assert got["cameras"]["gate"]["segments"] == 1234
