@@ -30,7 +30,7 @@ from ..catalogqueue import CatalogQueue, Gap
 from ..config import CameraConfig, Config, load_config
 from ..errors import ConfigError, EdgerecError
 from ..incidents import IncidentService
-from ..reconcile import reconcile, restore_incidents
+from ..reconcile import ReconcileReport, reconcile, restore_incidents
 from ..recorder import ChainState, ConnectionChange, Recorder
 from ..retention import Sweeper
 from ..segfile import SealedSegment
@@ -211,23 +211,38 @@ class Daemon:
 
     def _repair(self) -> bool:
         """Start-up reconciliation (it logs each repair and audits recoveries) and the void check. False
-        when the disk is too full for it: recorders must not start before it (their chains go on from
+        while the disk is too full for it: recorders must not start before it (their chains go on from
         the segments it adopts), so it is retried until it succeeds."""
-        cfg = self.config
         try:
-            self.reserve.with_room(lambda: reconcile(
-                cfg.data_dir, self.catalog, self.signing_key, device_key=self.signing_key.public_key(),
-                audit=self.audit))
+            report = self.reserve.with_room(self._reconcile)
+            if report.errors and self._disk_short() and self.reserve.release():
+                report = self._reconcile()  # what it could not catalogue, now with the reserve's room
         except (EdgerecError, OSError) as exc:
             if not is_disk_full_error(exc):
                 raise
             log.error("start-up repair waits for disk space error=%s", exc)
+            return False
+        if report.errors and self._disk_short():
+            # A recovered segment left out of the catalog would be forked by a recorder starting from
+            # the catalog's last segment: wait for space, then reconcile again.
+            log.error("start-up repair waits for disk space errors=%d", len(report.errors))
             return False
         try:  # an incident line whose commit a power cut prevented is voided, so log and catalog agree
             self.incidents.void_unrecorded(tail_entries(self.audit.path))
         except (EdgerecError, OSError) as exc:  # a full disk: the next start tries again
             log.error("audit log not checked against the catalog error=%s", exc)
         return True
+
+    def _reconcile(self) -> ReconcileReport:
+        cfg = self.config
+        return reconcile(cfg.data_dir, self.catalog, self.signing_key,
+                         device_key=self.signing_key.public_key(), audit=self.audit)
+
+    def _disk_short(self) -> bool:
+        try:
+            return self.sweeper.below_min_free()
+        except OSError:
+            return True
 
     def _start_mqtt(self, config: Config | None = None) -> None:
         config = config or self.config
