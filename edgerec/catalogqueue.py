@@ -1,10 +1,10 @@
 """Sealed segments (and footage gaps) on their way into the catalog.
 
 Recorder threads never wait on SQLite: a recorder hands each sealed segment and each ended gap to
-``CatalogQueue.put`` and goes back to its camera, and the daemon's main loop inserts the queue in order
-(``drain``, every tick). A
+``CatalogQueue.put`` and goes back to its camera, and the daemon's worker thread inserts the queue in
+order (``drain``, every tick). A
 catalog that cannot take a segment for now (a full disk, a database another process holds locked past the
-busy timeout, an I/O error) keeps the queue where it is: the main loop tries again every
+busy timeout, an I/O error) keeps the queue where it is: the worker tries again every
 ``CATALOG_RETRY_S`` and before each retention sweep, and the status shows how many segments wait
 (``behind``). Until a segment is in, retention does not see it (it is never deleted, not even for space)
 and incident holds do not count it; whatever is left at exit is adopted by start-up reconciliation, as is a
@@ -48,8 +48,8 @@ class Gap:
 
 class CatalogQueue:
     """Sealed segments and gaps not yet in the catalog, oldest first. Any thread may ``put``; only one
-    thread (the daemon's main loop) calls ``drain``, so the head of the queue stays put while it is
-    inserted without the lock held."""
+    thread at a time (the daemon's worker; at shutdown, once it has ended, the main thread) calls
+    ``drain``, so the head of the queue stays put while it is inserted without the lock held."""
 
     def __init__(self, add_segment: Callable[[SealedSegment], object], add_gap: Callable[[Gap], object],
                  clock: Callable[[], float] = time.monotonic):

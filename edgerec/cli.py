@@ -162,7 +162,7 @@ def _parse_time(text: str, what: str) -> int:
 
 # ----- commands -------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from .supervisor import Daemon
+    from .daemon import Daemon
 
     cfg = load_config(args.config)
     return Daemon(cfg, exit_at_eof=args.exit_at_eof).run()

@@ -29,7 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from . import __version__
-from .config import Config, TlsConfig
+from .config import CameraConfig, Config, MqttConfig, TlsConfig
 from .errors import ConfigError
 from .redact import redact_obj, register_secret
 from .timefmt import rfc3339
@@ -58,6 +58,25 @@ EVENT_KINDS = frozenset({
 CommandHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
+# ----- what the link needs from the configuration ------------------------------------------------------
+@dataclass(frozen=True)
+class MqttLinkSettings:
+    """The part of the configuration the link uses: the MQTT settings, the device's name, and the cameras
+    (for the Home Assistant entities). A config reload hands the link new settings."""
+
+    mqtt: MqttConfig
+    device_id: str
+    cameras: tuple[CameraConfig, ...]
+
+    @classmethod
+    def from_config(cls, config: Config) -> MqttLinkSettings:
+        return cls(config.mqtt, config.device_id, tuple(config.cameras))
+
+
+# The topic and discovery functions read only these fields: a Config or the link's settings.
+LinkConfig = Config | MqttLinkSettings
+
+
 # ----- topics ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Topics:
@@ -75,7 +94,7 @@ class Topics:
     discovery_prefix: str
 
     @classmethod
-    def from_config(cls, config: Config) -> Topics:
+    def from_config(cls, config: LinkConfig) -> Topics:
         m = config.mqtt
         base = f"{m.topic_prefix.rstrip('/')}/{config.device_id}"
         return cls(
@@ -193,7 +212,7 @@ def _camera_template(camera: str, expression: str) -> str:
     return "{% set c = value_json.cameras.get(" + json.dumps(camera) + ") or {} %}{{ " + expression + " }}"
 
 
-def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, str]]:
+def discovery_messages(config: LinkConfig, topics: Topics) -> list[tuple[str, str]]:
     """(topic, retained JSON payload) for every Home Assistant entity of this device."""
     node = _slug(f"edgerec_{config.device_id}")
     device = {
@@ -254,13 +273,13 @@ def discovery_removals(old: list[tuple[str, str]], new: list[tuple[str, str]]) -
     return [t for t, _ in old if t not in keep]
 
 
-def _discovery_place(config: Config) -> tuple[str, int, str, str]:
+def _discovery_place(config: LinkConfig) -> tuple[str, int, str, str]:
     """Where a configuration's discovery configs live: broker (host, port), discovery prefix, node."""
     m = config.mqtt
     return m.host, m.port, m.discovery_prefix, _slug(f"edgerec_{config.device_id}")
 
 
-def stale_discovery_topics(old: Config, new: Config) -> list[str]:
+def stale_discovery_topics(old: LinkConfig, new: LinkConfig) -> list[str]:
     """The discovery config topics published under ``old`` that nobody clears or overwrites once ``new``
     replaces it: on the same broker, prefix and node with discovery still on, those of entities ``new``
     no longer has (removed or disabled cameras); when ``new`` turns MQTT or discovery off, or publishes
@@ -317,6 +336,9 @@ def _set_tcp_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
 
 @dataclass
 class _Stats:
+    """The link's counters. paho's network thread, the publisher thread and any thread publishing an
+    event change them, so every change and every read goes through the lock."""
+
     connects: int = 0
     disconnects: int = 0
     commands: int = 0
@@ -328,6 +350,28 @@ class _Stats:
     last_disconnect: str | None = None
     last_error: str | None = None
     session_present: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, name: str, **fields: Any) -> None:
+        """Add one to counter ``name`` and set ``fields``, together."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+            for key, value in fields.items():
+                setattr(self, key, value)
+
+    def note(self, **fields: Any) -> None:
+        with self._lock:
+            for key, value in fields.items():
+                setattr(self, key, value)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"session_present": self.session_present, "connects": self.connects,
+                    "disconnects": self.disconnects, "commands": self.commands,
+                    "command_errors": self.command_errors, "internal_errors": self.internal_errors,
+                    "published": self.published, "publish_failures": self.publish_failures,
+                    "last_connect": self.last_connect, "last_disconnect": self.last_disconnect,
+                    "last_error": self.last_error}
 
 
 @dataclass
@@ -355,15 +399,15 @@ class MqttLink:
     and on request) and incidents, so a slow ``status()`` never holds up the network thread.
     """
 
-    def __init__(self, config: Config, *, status: Callable[[], dict[str, Any]],
+    def __init__(self, settings: MqttLinkSettings, *, status: Callable[[], dict[str, Any]],
                  incidents: Callable[[], list[dict[str, Any]]], on_command: CommandHandler,
                  clock_ns: Callable[[], int] = time.time_ns):
-        self._config = config
+        self._settings = settings
         self._status = status
         self._incidents = incidents
         self._on_command = on_command
         self._clock_ns = clock_ns
-        self.topics = Topics.from_config(config)
+        self.topics = Topics.from_config(settings)
         self._client: mqtt.Client | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -379,8 +423,8 @@ class MqttLink:
         """Connect in the background (the broker may be down) and start publishing."""
         if self._client is not None:
             raise RuntimeError("MqttLink already started")
-        m = self._config.mqtt
-        client_id = m.client_id or f"edgerec-{self._config.device_id}"
+        m = self._settings.mqtt
+        client_id = m.client_id or f"edgerec-{self._settings.device_id}"
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                              manual_ack=True)
         client.suppress_exceptions = True  # belt and braces: our callbacks catch everything themselves
@@ -425,12 +469,12 @@ class MqttLink:
         log.info("mqtt starting host=%s port=%d client_id=%s base=%s tls=%s", m.host, m.port, client_id,
                  self.topics.base, tls)
 
-    def stop(self, next_config: Config | None = None) -> list[str]:
+    def stop(self, next_settings: MqttLinkSettings | None = None) -> list[str]:
         """Publish what is still due, then ``offline`` (a clean disconnect does not fire the will), then
         disconnect and stop.
 
-        Still due: the discovery removals ``reconfigure`` scheduled, and, when a link for ``next_config``
-        is about to replace this one (a reload that changed the MQTT settings), the entities that config
+        Still due: the discovery removals ``reconfigure`` scheduled, and, when a link for ``next_settings``
+        is about to replace this one (a reload that changed the MQTT settings), the entities those settings
         leaves behind here (``stale_discovery_topics``). Each is waited for like ``offline``. Returns the
         removal topics not confirmed by the broker (not connected, or no PUBACK in time), for the next
         link to send (``take_over_removals``)."""
@@ -443,8 +487,9 @@ class MqttLink:
             self._publisher.join(timeout=STOP_PUBLISH_TIMEOUT_S)
         with self._lock:
             removals, self._schedule.removals = self._schedule.removals, []
-        if next_config is not None:
-            removals += [t for t in stale_discovery_topics(self._config, next_config) if t not in removals]
+        if next_settings is not None:
+            stale = stale_discovery_topics(self._settings, next_settings)
+            removals += [t for t in stale if t not in removals]
         unsent = removals
         if client.is_connected():
             messages = [(topic, b"") for topic in removals] + [(self.topics.availability, OFFLINE.encode())]
@@ -485,11 +530,11 @@ class MqttLink:
                 unconfirmed.add(topic)
         return unconfirmed
 
-    def take_over_removals(self, topics: list[str], previous: Config) -> None:
+    def take_over_removals(self, topics: list[str], previous: MqttLinkSettings) -> None:
         """Send discovery removals a replaced link could not (``stop`` returned them), once connected:
         only when this link talks to the same broker as ``previous``; on another broker those retained
         configs do not exist and the old broker is out of reach."""
-        m, p = self._config.mqtt, previous.mqtt
+        m, p = self._settings.mqtt, previous.mqtt
         if not topics or (m.host, m.port) != (p.host, p.port):
             return
         with self._lock:
@@ -511,21 +556,10 @@ class MqttLink:
 
     def stats(self) -> dict[str, Any]:
         """A small dict for the daemon's status."""
-        s = self._stats
         return {"enabled": True, "connected": self._connected, "subscribed": self._subscribed,
-                "session_present": s.session_present, "connects": s.connects, "disconnects": s.disconnects,
-                "commands": s.commands, "command_errors": s.command_errors,
-                "internal_errors": s.internal_errors, "published": s.published,
-                "publish_failures": s.publish_failures, "last_connect": s.last_connect,
-                "last_disconnect": s.last_disconnect, "last_error": s.last_error}
+                **self._stats.snapshot()}
 
     # ----- publishing API (any thread; none of these block on the network) ---------------------------
-    def publish_status(self) -> None:
-        """Publish the retained status now (from the publisher thread)."""
-        with self._lock:
-            self._schedule.status_due_monotonic = 0.0
-        self._wake.set()
-
     def status_changed(self) -> None:
         """Something in the status changed: publish soon, at most once per STATUS_MIN_INTERVAL_S."""
         with self._lock:
@@ -542,25 +576,25 @@ class MqttLink:
 
     def publish_event(self, kind: str, **fields: Any) -> bool:
         """Publish one event on ``<base>/events`` (not retained); queued while the broker is away."""
-        payload = {"event": kind, "at": rfc3339(self._clock_ns()), "device_id": self._config.device_id,
+        payload = {"event": kind, "at": rfc3339(self._clock_ns()), "device_id": self._settings.device_id,
                    **fields}
         log.info("mqtt event kind=%s", kind)
         return self._publish(self.topics.events, json.dumps(redact_obj(payload), default=str), retain=False,
                              queue=True)
 
-    def reconfigure(self, config: Config) -> None:
-        """Take a new configuration with the same MQTT settings (cameras added or removed):
-        remove the discovery entities of cameras that are gone and publish the new ones."""
-        old = discovery_messages(self._config, self.topics)
-        self._config = config
+    def reconfigure(self, settings: MqttLinkSettings) -> None:
+        """Take new settings with the same MQTT settings (cameras added or removed): remove the discovery
+        entities of cameras that are gone and publish the new ones."""
+        old = discovery_messages(self._settings, self.topics)
+        self._settings = settings
         with self._lock:
-            self._schedule.removals += discovery_removals(old, discovery_messages(config, self.topics))
+            self._schedule.removals += discovery_removals(old, discovery_messages(settings, self.topics))
             self._schedule.discovery = True
         self._wake.set()
 
     # ----- publisher thread -----------------------------------------------------------------------------
     def _publisher_main(self) -> None:
-        interval_s = self._config.mqtt.status_interval_s
+        interval_s = self._settings.mqtt.status_interval_s
         while not self._stopping.is_set():
             with self._lock:
                 wait_s = self._schedule.status_due_monotonic - time.monotonic()
@@ -583,7 +617,7 @@ class MqttLink:
                 self._publish_due(connected, removals, discovery, status, incidents)
             except Exception:  # a failing callback must not end the thread
                 log.exception("mqtt publish failed")
-                self._stats.last_error = "publish failed (see log)"
+                self._stats.note(last_error="publish failed (see log)")
 
     def _publish_due(self, connected: bool, removals: list[str], discovery: bool, status: bool,
                      incidents: bool) -> None:
@@ -597,8 +631,8 @@ class MqttLink:
             self._publish(self.topics.availability, ONLINE, retain=True)
         for topic in removals:
             self._publish(topic, b"", retain=True)
-        if discovery and self._config.mqtt.discovery:
-            for topic, payload in discovery_messages(self._config, self.topics):
+        if discovery and self._settings.mqtt.discovery:
+            for topic, payload in discovery_messages(self._settings, self.topics):
                 self._publish(topic, payload, retain=True)
         if status:
             self._publish(self.topics.status, json.dumps(redact_obj(self._status()), default=str),
@@ -616,27 +650,26 @@ class MqttLink:
             info = client.publish(topic, payload, qos=QOS, retain=retain, properties=properties)
         except (ValueError, TypeError) as exc:  # bad topic (wildcards in a ResponseTopic) or payload
             log.warning("mqtt publish refused topic=%s error=%s", topic, exc)
-            self._stats.publish_failures += 1
+            self._stats.count("publish_failures")
             return False
         # NO_CONN: paho keeps a QoS 1 message and sends it after the next connect.
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("mqtt publish failed topic=%s error=%s", topic, mqtt.error_string(info.rc))
-            self._stats.publish_failures += 1
+            self._stats.count("publish_failures")
             return False
-        self._stats.published += 1
+        self._stats.count("published")
         return True
 
     # ----- paho callbacks (network thread; each catches everything) -------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         try:
             if reason.is_failure:
-                self._stats.last_error = f"connect refused: {reason}"
+                self._stats.note(last_error=f"connect refused: {reason}")
                 log.error("mqtt connect refused reason=%s", reason)
                 return
             self._connected = True
-            self._stats.connects += 1
-            self._stats.last_connect = rfc3339(self._clock_ns())
-            self._stats.session_present = bool(flags.session_present)
+            self._stats.count("connects", last_connect=rfc3339(self._clock_ns()),
+                              session_present=bool(flags.session_present))
             # Subscribe every time: the broker may have lost the session. Commands are events, not state:
             # a retained command must not run again on each reconnect, hence RETAIN_DO_NOT_SEND.
             no_retained = SubscribeOptions(qos=QOS, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
@@ -653,12 +686,12 @@ class MqttLink:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         try:
-            m = self._config.mqtt
+            m = self._settings.mqtt
             # paho calls this from inside its `except OSError:` around the connection attempt and does
             # not pass the exception on: it is the one being handled.
             exc = sys.exc_info()[1]
             message = describe_connect_failure(exc, m.host, m.port, m.tls)
-            self._stats.last_error = message
+            self._stats.note(last_error=message)
             if isinstance(exc, ssl.SSLError):  # a set-up problem retrying will not fix: error, not warning
                 log.error("mqtt connect failed: %s", message)
             else:
@@ -671,8 +704,7 @@ class MqttLink:
             was_connected, self._connected = self._connected, False
             self._subscribed = False
             if was_connected:
-                self._stats.disconnects += 1
-                self._stats.last_disconnect = rfc3339(self._clock_ns())
+                self._stats.count("disconnects", last_disconnect=rfc3339(self._clock_ns()))
             if not self._stopping.is_set():
                 log.warning("mqtt disconnected reason=%s", reason)
         except Exception:
@@ -682,7 +714,7 @@ class MqttLink:
         try:
             refused = [code for code in reasons if code.is_failure]
             for code in refused:
-                self._stats.last_error = f"subscribe refused: {code}"
+                self._stats.note(last_error=f"subscribe refused: {code}")
                 log.error("mqtt subscribe refused reason=%s", code)
             self._subscribed = not refused
             # The status published on connect went out before this SUBACK and says `subscribed: false`;
@@ -719,7 +751,7 @@ class MqttLink:
             self._wake.set()
 
     def _handle_command(self, msg: mqtt.MQTTMessage) -> None:
-        self._stats.commands += 1
+        self._stats.count("commands")
         envelope = decode_command(bytes(msg.payload))
         if envelope.command is None:
             reply: Mapping[str, Any] = error_reply(None, envelope.error or "malformed command")
@@ -729,7 +761,7 @@ class MqttLink:
                 command = expand_open_now(command, self._clock_ns())
             reply = self._call_on_command(command)
         if not reply.get("ok"):
-            self._stats.command_errors += 1
+            self._stats.count("command_errors")
         log.info("incident command topic=%s action=%s id=%s ok=%s duplicate=%s error=%s redelivered=%s",
                  msg.topic, reply.get("action"), reply.get("id"), reply.get("ok"), reply.get("duplicate"),
                  reply.get("error"), bool(msg.dup))
@@ -744,16 +776,16 @@ class MqttLink:
         except Exception:
             log.exception("incident command handler failed action=%s id=%s", command.get("action"),
                           command.get("id"))
-            self._stats.internal_errors += 1
+            self._stats.count("internal_errors")
             return error_reply(command, INTERNAL_ERROR)
 
     def _publish_reply(self, msg: mqtt.MQTTMessage, envelope: Envelope, reply: Mapping[str, Any]) -> None:
-        device_id = self._config.device_id
+        device_id = self._settings.device_id
         try:
             payload = finish_reply(redact_obj(reply), envelope, device_id)
         except (TypeError, ValueError):
             log.exception("incident reply not serialisable id=%s", reply.get("id"))
-            self._stats.internal_errors += 1
+            self._stats.count("internal_errors")
             payload = finish_reply(error_reply(reply, INTERNAL_ERROR), envelope, device_id)
         self._publish(self.topics.result, payload, retain=False, queue=True)
         response_topic = getattr(msg.properties, "ResponseTopic", None) if msg.properties else None

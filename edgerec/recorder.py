@@ -264,6 +264,17 @@ class Recorder:
 
     def stop(self, timeout: float) -> None:
         """Seal the open segment, close the source and join the threads (waits at most ``timeout``)."""
+        self.request_stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("recorder did not stop in time camera=%s timeout_s=%.1f", self.camera.name, timeout)
+        if self._flusher.is_alive():
+            self._flusher.join(max(1.0, POLL_INTERVAL_S * 5))
+
+    def request_stop(self) -> None:
+        """Ask the recording thread to seal its open segment and end, without waiting for it. Only once
+        the thread has ended (``is_alive`` False) is ``chain`` the head a successor may go on from."""
         self._stop.set()
         with self._lock:
             attempt = self._attempt
@@ -272,12 +283,6 @@ class Recorder:
         source = self._source
         if source is not None:
             source.interrupt()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("recorder did not stop in time camera=%s timeout_s=%.1f", self.camera.name, timeout)
-        if self._flusher.is_alive():
-            self._flusher.join(max(1.0, POLL_INTERVAL_S * 5))
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

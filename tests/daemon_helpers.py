@@ -58,16 +58,16 @@ def segment_count(data_dir: Path, camera: str = "gate") -> int:
 
 def open_daemon_state(config_path: Path) -> Any:
     """Run the daemon's start-up (device key, catalog, audit log, reconciliation, sweeper) in this process,
-    without starting recorders, and return the daemon (``edgerec.supervisor.Daemon``). The umask it sets
+    without starting recorders, and return the daemon (``edgerec.daemon.Daemon``). The umask it sets
     for its files is undone for the rest of the tests. The caller closes its ``catalog``."""
     from edgerec.config import load_config
-    from edgerec.supervisor import Daemon as Supervisor
+    from edgerec.daemon import Daemon as Supervisor
 
     supervisor = Supervisor(load_config(config_path))
     umask = os.umask(0o022)
     os.umask(umask)
     try:
-        supervisor._open_state()
+        supervisor.open_state()
     finally:
         os.umask(umask)
     return supervisor

@@ -15,11 +15,11 @@ import pytest
 
 from edgerec.catalog import Catalog
 from edgerec.catalogqueue import CATALOG_RETRY_S, CatalogQueue, Gap
+from edgerec.daemon import Daemon
 from edgerec.errors import CatalogError
 from edgerec.layout import CATALOG_NAME, segment_path
 from edgerec.recorder import ChainState
 from edgerec.segfile import SealedSegment
-from edgerec.supervisor import Daemon
 from tests.daemon_helpers import Daemon as DaemonProcess
 from tests.daemon_helpers import OfficerKey, open_daemon_state, run_cli, wait_for, write_config
 from tests.segfile_helpers import START_NS, TestKeys, make_keys, make_meta, write_segment
@@ -231,13 +231,13 @@ def test_the_daemon_queues_a_refused_segment_reports_it_and_retries_it_before_th
     seg = make_segments(daemon.config.data_dir, tk, 1)[0]
     real = daemon.catalog
     daemon.catalog = FlakyCatalog(real, failures=1)  # type: ignore[assignment]
-    daemon._status_dirty.clear()
+    daemon._facts_wanted.clear()
 
     daemon._on_sealed(seg)  # as a recorder thread calls it: queued, the catalog is not touched
     assert daemon.catalog.calls == []  # type: ignore[attr-defined]
     assert daemon.status()["uncatalogued_segments"] == 0
-    daemon._catalogue_sealed()  # the main loop's tick: the full disk refuses it
-    assert daemon._status_dirty.is_set()
+    daemon._catalogue_sealed()  # the worker's tick: the full disk refuses it
+    assert daemon._facts_wanted.is_set()  # the status asks the worker for a new count
     assert daemon.status()["uncatalogued_segments"] == 1
     assert real.segments("gate") == []
     # A recorder started now (restart, reload) goes on from the queued segment, not the catalog's last.

@@ -9,7 +9,7 @@ daemon, waits for one kind of moment and kills it there:
 - ``sweep``: the instant the audit log grows (a deletion decided and marked, files perhaps not unlinked);
 - ``incident``: a few milliseconds after an incident command was published (commit perhaps half done).
 
-After every kill the start-up repair (``Daemon._open_state``: device key, catalog, reconciliation) runs
+After every kill the start-up repair (``Daemon.open_state``: device key, catalog, reconciliation) runs
 in this process and ``CrashLedger.check`` asserts: no ``.partial`` is left and nothing was quarantined;
 every segment verifies (framing, signature, and every chunk decrypted with the officer's key); catalog
 rows and segment files match one to one; each camera's hash chain is intact, or every break is a

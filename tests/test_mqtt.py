@@ -26,6 +26,7 @@ from edgerec.mqtt import (
     MAX_COMMAND_BYTES,
     OPEN_NOW_BUTTON_PAYLOAD,
     MqttLink,
+    MqttLinkSettings,
     Topics,
     decode_command,
     describe_connect_failure,
@@ -107,7 +108,8 @@ class Harness:
         return self.handler(obj)
 
     def start(self) -> MqttLink:
-        self.link = MqttLink(self.config, status=self.status, incidents=lambda: self.incidents_list,
+        self.link = MqttLink(MqttLinkSettings.from_config(self.config), status=self.status,
+                             incidents=lambda: self.incidents_list,
                              on_command=self.on_command, clock_ns=lambda: NOW_NS)
         self.link.start()
         return self.link
@@ -515,7 +517,7 @@ CHILD = r"""
 import os, sys, threading
 from pathlib import Path
 from edgerec.config import CameraConfig, Config, MqttConfig
-from edgerec.mqtt import MqttLink
+from edgerec.mqtt import MqttLink, MqttLinkSettings
 
 port, device_id, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 config = Config(device_id=device_id, data_dir=Path("."), recipients=(),
@@ -528,7 +530,7 @@ def on_command(obj):
         os._exit(9)  # dies before committing: the broker must deliver the command again
     return {"id": obj.get("id"), "action": obj.get("action"), "ok": True}
 
-MqttLink(config, status=dict, incidents=list, on_command=on_command).start()
+MqttLink(MqttLinkSettings.from_config(config), status=dict, incidents=list, on_command=on_command).start()
 threading.Event().wait()
 """
 
@@ -702,8 +704,9 @@ def test_unreadable_credentials_are_config_errors(tmp_path: Path) -> None:
     broker.port = free_port()
     for mqtt_settings in ({"username": "u", "password_file": tmp_path / "missing"},
                           {"tls": TlsConfig(ca_file=tmp_path / "missing-ca.crt")}):
-        link = MqttLink(make_config(broker, new_device_id(), tmp_path, **mqtt_settings), status=dict,
-                        incidents=list, on_command=ok_reply)
+        config = make_config(broker, new_device_id(), tmp_path, **mqtt_settings)
+        settings = MqttLinkSettings.from_config(config)
+        link = MqttLink(settings, status=dict, incidents=list, on_command=ok_reply)
         with pytest.raises(ConfigError, match="mqtt"):
             link.start()
         assert not link.thread_alive()
@@ -755,7 +758,8 @@ def test_stop_before_a_replacement_clears_the_entities_it_leaves_behind(broker: 
     pattern = start_with_discovery(h, broker)
     new = replace(h.config, cameras=h.config.cameras[:1],
                   mqtt=replace(h.config.mqtt, status_interval_s=5.0, discovery=discovery))
-    assert h.link.stop(next_config=new) == []  # every removal acknowledged by the broker
+    # every removal acknowledged by the broker
+    assert h.link.stop(next_settings=MqttLinkSettings.from_config(new)) == []
     left = retained_on(broker, pattern)
     if discovery:  # the replacement publishes the rest again; only the removed camera's are gone
         assert set(left) == config_topics(new) and not any("/cam_yard_" in t for t in left)
@@ -767,7 +771,7 @@ def test_removals_scheduled_just_before_stop_are_still_sent(broker: Broker, tmp_
     h = Harness(make_config(broker, new_device_id(), tmp_path))
     pattern = start_with_discovery(h, broker)
     fewer = replace(h.config, cameras=h.config.cameras[:1])
-    h.link.reconfigure(fewer)
+    h.link.reconfigure(MqttLinkSettings.from_config(fewer))
     h.link.stop()  # at once: the publisher thread may not have got to the removals
     assert set(retained_on(broker, pattern)) == config_topics(fewer)
 
@@ -780,14 +784,14 @@ def test_removals_the_old_link_could_not_send_are_sent_by_its_successor(tmp_path
                       mqtt=replace(h.config.mqtt, client_id=f"{h.config.mqtt.client_id}-2"))
         own.stop()  # a reload while the broker is away
         wait_until(lambda: not h.link.connected, what="link noticed the broker is gone")
-        unsent = h.link.stop(next_config=new)
+        unsent = h.link.stop(next_settings=MqttLinkSettings.from_config(new))
         assert sorted(unsent) == sorted(t for t in config_topics(h.config) if "/cam_yard_" in t)
         own.start()
         assert any("/cam_yard_" in t for t in retained_on(own, pattern))  # kept by the broker's persistence
         successor = Harness(new)
         successor.start()
         try:
-            successor.link.take_over_removals(unsent, previous=h.config)
+            successor.link.take_over_removals(unsent, previous=MqttLinkSettings.from_config(h.config))
             wait_until(lambda: set(retained_on(own, pattern)) == config_topics(new),
                        what="the removed camera's entities cleared by the new link")
         finally:
@@ -819,7 +823,7 @@ def test_discovery_is_retained_and_republished_when_home_assistant_comes_online(
             assert [m for m in listener.messages if m.topic.endswith("/config")] == []
             # Removing a camera removes its entities (an empty retained config).
             listener.clear()
-            h.link.reconfigure(replace(h.config, cameras=h.config.cameras[:1]))
+            h.link.reconfigure(MqttLinkSettings.from_config(replace(h.config, cameras=h.config.cameras[:1])))
             wait_until(lambda: len([m for m in listener.messages if m.payload == b""]) == 4,
                        what="entities of the removed camera deleted")
     finally:
@@ -835,7 +839,7 @@ def test_link_threads_survive_a_failing_status_callback(broker: Broker, tmp_path
         raise RuntimeError("status broke")
 
     config = make_config(broker, new_device_id(), tmp_path, discovery=False, status_interval_s=0.1)
-    link = MqttLink(config, status=status, incidents=list, on_command=ok_reply)
+    link = MqttLink(MqttLinkSettings.from_config(config), status=status, incidents=list, on_command=ok_reply)
     link.start()
     try:
         wait_until(lambda: len(calls) >= 3, what="status retried on schedule")
@@ -848,8 +852,8 @@ def test_link_threads_survive_a_failing_status_callback(broker: Broker, tmp_path
 def test_stop_returns_promptly_when_the_broker_is_unreachable(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "never")
     broker.port = free_port()
-    link = MqttLink(make_config(broker, new_device_id(), tmp_path), status=dict, incidents=list,
-                    on_command=ok_reply)
+    settings = MqttLinkSettings.from_config(make_config(broker, new_device_id(), tmp_path))
+    link = MqttLink(settings, status=dict, incidents=list, on_command=ok_reply)
     link.start()
     started = time.monotonic()
     link.stop()

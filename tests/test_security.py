@@ -195,7 +195,7 @@ def test_a_close_releases_footage_only_after_the_grace_period_of_the_daemons_clo
 # ----- MQTT over TLS --------------------------------------------------------------------------------
 @needs_mosquitto
 def test_tls_link_refuses_a_broker_signed_by_another_ca_and_never_sends_the_password(tmp_path: Path) -> None:
-    from edgerec.mqtt import MqttLink
+    from edgerec.mqtt import MqttLink, MqttLinkSettings
 
     real_ca = make_test_ca(tmp_path / "real")
     impostor_ca = make_test_ca(tmp_path / "impostor")
@@ -208,7 +208,8 @@ def test_tls_link_refuses_a_broker_signed_by_another_ca_and_never_sends_the_pass
                      mqtt=MqttConfig(enabled=True, host="127.0.0.1", port=impostor.port,
                                      client_id="edgerec-dev", username="dev", password_file=password,
                                      tls=TlsConfig(ca_file=real_ca.ca_cert)))
-        link = MqttLink(cfg, status=dict, incidents=list, on_command=lambda obj: {"ok": False})
+        link = MqttLink(MqttLinkSettings.from_config(cfg), status=dict, incidents=list,
+                        on_command=lambda obj: {"ok": False})
         link.start()
         try:
             # The device aborts the handshake (the certificate does not verify): mosquitto logs the alert.
