@@ -208,7 +208,7 @@ def test_repair_tail_of_a_log_that_is_only_a_torn_line(tmp_path):
 
 
 def test_daemon_start_up_repairs_a_torn_audit_tail(tmp_path, officer):
-    from tests.daemon_helpers import open_daemon_state, write_config
+    from tests.helpers.daemon import open_daemon_state, write_config
 
     data_dir = tmp_path / "data"
     data_dir.mkdir(mode=0o700)
@@ -361,7 +361,7 @@ def test_verify_with_the_head_detects_a_log_cut_before_it(tmp_path):
 
 
 def test_audit_verify_command_takes_a_head(tmp_path):
-    from tests.daemon_helpers import run_cli  # the real command: main() in-process would set up logging
+    from tests.helpers.daemon import run_cli  # the real command: main() in-process would set up logging
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -378,7 +378,7 @@ def test_audit_verify_command_takes_a_head(tmp_path):
 
 def test_daemon_publishes_the_head_in_its_status_and_follows_audited_events(tmp_path, officer):
     from edgerec.timefmt import rfc3339
-    from tests.daemon_helpers import Daemon, run_cli, wait_for, write_config
+    from tests.helpers.daemon import Daemon, run_cli, wait_for, write_config
 
     data_dir = tmp_path / "data"
     status_path = tmp_path / "status.json"

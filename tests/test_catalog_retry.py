@@ -20,9 +20,9 @@ from edgerec.inventory import segment_path
 from edgerec.recorder import ChainState
 from edgerec.segfile import SealedSegment
 from edgerec.supervisor import Daemon
-from tests.daemon_helpers import Daemon as DaemonProcess
-from tests.daemon_helpers import OfficerKey, open_daemon_state, run_cli, wait_for, write_config
-from tests.segfile_helpers import START_NS, TestKeys, make_keys, make_meta, write_segment
+from tests.helpers.daemon import Daemon as DaemonProcess
+from tests.helpers.daemon import OfficerKey, open_daemon_state, run_cli, wait_for, write_config
+from tests.helpers.segments import START_NS, TestKeys, make_keys, make_meta, write_segment
 
 S = 1_000_000_000
 

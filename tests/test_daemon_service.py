@@ -28,8 +28,8 @@ from edgerec.cli import refuse_root_on_foreign_data_dir
 from edgerec.configwatch import ConfigFileWatcher
 from edgerec.errors import UsageError
 from edgerec.timefmt import rfc3339
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
-from tests.media import free_port, make_h264_clip
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for, write_config
+from tests.helpers.media import free_port, make_h264_clip
 
 WATCHDOG_USEC = 2_000_000
 WATCHDOG_S = WATCHDOG_USEC / 1e6

@@ -10,103 +10,30 @@ injected free-space reading is covered by ``tests/test_retention.py``
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
 import sqlite3
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from edgerec import segfile
 from edgerec.audit import verify_audit
 from edgerec.incidents import parse_rfc3339
 from edgerec.spacereserve import RESERVE_BYTES, RESERVE_NAME, SpaceReserve
 from edgerec.timefmt import rfc3339
-from tests.broker import LOOPBACK, Broker, Listener, needs_mosquitto
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
-from tests.test_daemon_mqtt import Setup, command, wait_online
-from tests.test_incidents import counted_incident_lines
-from tests.test_retention_e2e import S, make_site, newest_end_ns, recording  # noqa: F401
-
-MIB = 1024 * 1024
-
-
-def _mount_tmpfs(path: Path, size: str) -> str | None:
-    """Mount a tmpfs of ``size`` at ``path``; None, or why it cannot be done here."""
-    if os.geteuid() != 0:
-        return "mounting a tmpfs needs root"
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                          capture_output=True, text=True, timeout=30)
-    return None if proc.returncode == 0 else f"mount -t tmpfs failed: {proc.stderr.strip()}"
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """``small_fs("4m")`` mounts a tmpfs of that size and returns its directory; all are unmounted after
-    the test."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        path = tmp_path / f"fs{len(mounted)}"
-        path.mkdir()
-        why = _mount_tmpfs(path, size)
-        if why is not None:
-            pytest.skip(f"{why}; disk pressure is tested with an injected free-space reading in "
-                        "tests/test_retention.py instead")
-        mounted.append(path)
-        return path
-
-    try:
-        yield mount
-    finally:
-        for path in reversed(mounted):
-            if subprocess.run(["umount", str(path)], capture_output=True, timeout=30).returncode != 0:
-                subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def fill_to(path: Path, filler: Path, free_left: int) -> None:
-    """Grow ``filler`` (with real blocks) until ``path`` has about ``free_left`` bytes free."""
-    grow = free_bytes(path) - free_left
-    assert grow > 0, "already below the wanted free space"
-    size = filler.stat().st_size if filler.exists() else 0
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.posix_fallocate(fd, size, grow)
-    finally:
-        os.close(fd)
-
-
-def fill_up(filler: Path) -> None:
-    """Write ``filler`` until the filesystem says ENOSPC (in smaller and smaller pieces, so nothing is
-    left)."""
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for piece in (MIB, 64 * 1024, 4096, 512):
-            block = bytes(piece)
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, block)
-        with pytest.raises(OSError) as exc:
-            os.write(fd, b"x" * 4096)
-        assert exc.value.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
+from tests.helpers.audit import counted_incident_lines
+from tests.helpers.broker import LOOPBACK, Broker, Listener, needs_mosquitto
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for, write_config
+from tests.helpers.mqtt_daemon import Setup, command, wait_online
+from tests.helpers.site import S, make_site, newest_end_ns
+from tests.helpers.tmpfs import MIB, fill_to, fill_up, free_bytes
 
 
 # ----- disk pressure through the CLI ----------------------------------------------------------------------
 def test_disk_pressure_on_a_small_filesystem_deletes_the_oldest_unheld_footage_across_cameras(
-        recording, officer: OfficerKey, tmp_path: Path, small_fs):  # noqa: F811
+        recording, officer: OfficerKey, tmp_path: Path, small_fs):
     fs = small_fs("4m")
     site = make_site(recording, officer, tmp_path, data_dir=fs / "data", retention={"min_free": "1m"})
     segs = site.segments()

@@ -18,17 +18,16 @@ from edgerec.catalog import CATALOG_NAME, Catalog
 from edgerec.errors import CatalogError
 from edgerec.incidents import parse_rfc3339
 from edgerec.timefmt import rfc3339
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for
-from tests.test_diskfull import fill_up, small_fs  # noqa: F401
-from tests.test_retention_e2e import (  # noqa: F401
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for
+from tests.helpers.site import (
     CAMERAS,
     DAY,
     S,
     Site,
     make_site,
     newest_end_ns,
-    recording,
 )
+from tests.helpers.tmpfs import fill_up
 
 # The footage is recorded once by the daemon (the `recording` fixture); the daemons started here only
 # restore and reconcile, so no new footage blurs which segments a sweep must keep.
@@ -37,7 +36,7 @@ DAMAGED_ADVICE = "incidents restored from the audit log"
 
 
 @pytest.fixture
-def held_site(recording: Path, officer: OfficerKey,  # noqa: F811
+def held_site(recording: Path, officer: OfficerKey,
               tmp_path: Path) -> tuple[Site, dict[str, Any]]:
     """A site with two incidents opened with the CLI, INC-GATE open and INC-YARD closed (still held: its
     grace period is 30 days), and what a sweep 29 days after the footage must keep."""
@@ -194,7 +193,7 @@ def test_a_locked_catalog_is_not_called_damaged(tmp_path, monkeypatch):
     Catalog.open(tmp_path).close()  # the lock gone, the same file opens
 
 
-def test_a_catalog_on_a_full_disk_is_not_called_damaged(tmp_path, small_fs):  # noqa: F811
+def test_a_catalog_on_a_full_disk_is_not_called_damaged(tmp_path, small_fs):
     data = small_fs("4m") / "data"
     data.mkdir()
     Catalog.open(data).close()  # closed: its WAL index must be made again at the next open
@@ -209,7 +208,7 @@ def test_a_catalog_on_a_full_disk_is_not_called_damaged(tmp_path, small_fs):  # 
 
 
 def test_an_unreadable_audit_log_keeps_the_daemon_recording_but_never_sweeping(tmp_path, officer):
-    from tests.daemon_helpers import open_daemon_state, write_config
+    from tests.helpers.daemon import open_daemon_state, write_config
 
     data_dir = tmp_path / "data"
     data_dir.mkdir(mode=0o700)

@@ -39,7 +39,7 @@ from edgerec.mqtt import (
     stale_discovery_topics,
 )
 from edgerec.timefmt import rfc3339
-from tests.broker import (
+from tests.helpers.broker import (
     LOOPBACK,
     Broker,
     Listener,
@@ -48,7 +48,7 @@ from tests.broker import (
     retained_on,
     wait_until,
 )
-from tests.media import free_port
+from tests.helpers.media import free_port
 
 pytestmark = [needs_mosquitto,
               pytest.mark.timeout(60)]

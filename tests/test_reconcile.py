@@ -20,8 +20,8 @@ from edgerec.incidents import IncidentService, parse_command, unconfirmed_claims
 from edgerec.reconcile import QUARANTINE_DIR, reconcile, restore_incidents
 from edgerec.segfile import SegmentWriter
 from edgerec.timefmt import rfc3339
-from tests.segfile_helpers import make_keys, make_meta
-from tests.test_catalog import MIN, T0, make_config
+from tests.helpers.catalog import MIN, T0, make_config
+from tests.helpers.segments import make_keys, make_meta
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB of "TS"
 

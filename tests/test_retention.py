@@ -31,7 +31,7 @@ from edgerec.spacereserve import (
     make_reserve,
     reserve_wanted,
 )
-from tests.test_catalog import DAY, MIN, T0, add_segment, make_config
+from tests.helpers.catalog import DAY, MIN, T0, add_segment, make_config
 
 GRACE = 7 * DAY
 POLICY = RetentionPolicy(default_days=28, camera_days={"short": 7}, min_free_bytes=1000, min_free_pct=None,
