@@ -10,6 +10,7 @@ injected free-space reading is covered by ``tests/test_retention.py``
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import sqlite3
 import subprocess
@@ -26,6 +27,7 @@ from edgerec.timefmt import rfc3339
 from tests.helpers.audit import counted_incident_lines
 from tests.helpers.broker import LOOPBACK, Broker, Listener, needs_mosquitto
 from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for, write_config
+from tests.helpers.events import named, parse_log
 from tests.helpers.mqtt_daemon import Setup, command, wait_online
 from tests.helpers.site import S, make_site, newest_end_ns
 from tests.helpers.tmpfs import MIB, fill_to, fill_up, free_bytes
@@ -112,7 +114,7 @@ def assert_every_file_verifies(cfg: Path, officer: OfficerKey, data_dir: Path) -
 
 def restart_for_reconciliation(cfg: Path, log_path: Path) -> None:
     with Daemon(cfg, log_path) as d:
-        wait_for(lambda: "reconcile done" in d.log(), 30, "start-up reconciliation")
+        wait_for(lambda: d.events("reconcile done"), 30, "start-up reconciliation")
         assert d.terminate() == 0
 
 
@@ -130,7 +132,10 @@ def test_enospc_with_only_held_footage_pauses_recording_as_disk_full_and_resumes
         wait_for(lambda: read_status(tmp_path).get("state") == "disk_full", 20,
                  "disk_full in the status file")
         assert read_status(tmp_path)["retention"]["disk_full"] is True
-        wait_for(lambda: "No space left on device" in d.log(), 20, "a segment write hitting ENOSPC")
+        enospc = f"[Errno {errno.ENOSPC}]"
+        wait_for(lambda: [e for e in d.events() if e.fields.get("camera") == "gate"
+                          and e.fields.get("error", "").startswith(enospc)], 20,
+                 "a segment write hitting ENOSPC")
         wait_for(lambda: read_status(tmp_path)["cameras"]["gate"]["state"] == "waiting_disk", 20,
                  "the recorder waiting for space")
         assert d.proc.poll() is None
@@ -141,9 +146,9 @@ def test_enospc_with_only_held_footage_pauses_recording_as_disk_full_and_resumes
         wait_for(lambda: len({p.name for p in sealed(data)} - held_before) >= 2, 30, "new segments")
         assert d.proc.poll() is None
         assert d.terminate() == 0
-    log = (tmp_path / "daemon.log").read_text()
-    assert "disk full: only held footage is left" in log and "disk space back; recording resumes" in log
-    assert "Traceback" not in log
+    assert d.events("disk full: only held footage is left; not starting new segments")
+    assert d.events("disk space back; recording resumes")
+    assert "Traceback" not in d.log()
     restart_for_reconciliation(cfg, tmp_path / "daemon2.log")
     assert held_before <= {p.name for p in sealed(data)}  # nothing held was deleted
     assert_every_file_verifies(cfg, officer, data)
@@ -170,8 +175,8 @@ def test_enospc_with_unheld_footage_makes_room_by_deleting_the_oldest_and_record
         wait_for(lambda: len({p.name for p in sealed(data)} - filled) >= 2, 30, "segments recorded after")
         assert d.proc.poll() is None
         assert d.terminate() == 0
-    log = (tmp_path / "daemon.log").read_text()
-    assert "retention sweep failed" not in log and "Traceback" not in log
+    assert not [e for e in d.events() if e.name.startswith("retention sweep failed")]
+    assert "Traceback" not in d.log()
     gone = deleted_for_space()
     assert min(gone) <= min(filled)  # the oldest went first
     assert not gone & {p.name for p in sealed(data)}
@@ -234,7 +239,8 @@ def test_the_cli_records_an_incident_on_a_completely_full_disk_while_the_daemon_
         assert opened.returncode == 0, opened.stdout + opened.stderr
         reply = json.loads(opened.stdout)
         assert reply["ok"] and not reply["duplicate"] and reply["error"] is None
-        assert not reserve.path.exists() and "space reserve released" in opened.stderr
+        assert not reserve.path.exists()
+        assert named(parse_log(opened.stderr), "disk full: space reserve released", path=reserve.path)
         # The audit line fitted in the log's last block, the commit did not fit in the WAL: the first
         # try's line is voided, then the retry's line follows.
         assert [(e["event"], e["id"]) for e in audit_events(data)] == [
@@ -335,7 +341,7 @@ def test_an_incident_opened_over_mqtt_is_recorded_on_a_completely_full_disk(
                                               "by": "pytest"}, "t-full-1", 5.0)
             assert reply["ok"] and not reply["duplicate"] and reply["error"] is None
             assert not (data / RESERVE_NAME).exists()
-            wait_for(lambda: "space reserve released" in daemon.log(), 5, "the reserve given up")
+            wait_for(lambda: daemon.events("disk full: space reserve released"), 5, "the reserve given up")
             assert incident_ids(setup.config) == ["HOLD", "FULL-1"]
             assert_audit_verifies(setup.config)
 

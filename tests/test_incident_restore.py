@@ -19,6 +19,7 @@ from edgerec.errors import CatalogError
 from edgerec.incidents import parse_rfc3339
 from edgerec.timefmt import rfc3339
 from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for
+from tests.helpers.events import Event, named, parse_log
 from tests.helpers.site import (
     CAMERAS,
     DAY,
@@ -105,13 +106,14 @@ def sweep_keeps_exactly_the_held_footage(site: Site, expected: dict[str, Any]) -
     assert "audit log OK" in site.cli("audit", "verify")
 
 
-def run_daemon_start_up(site: Site, log_path: Path) -> str:
-    """Start the daemon, wait for its start-up (restore and reconciliation) to finish, stop it."""
+def run_daemon_start_up(site: Site, log_path: Path) -> list[Event]:
+    """Start the daemon, wait for its start-up (restore and reconciliation) to finish, stop it; return the
+    events it logged."""
     with Daemon(site.config, log_path) as daemon:
-        wait_for(lambda: "reconcile done" in daemon.log() or daemon.proc.poll() is not None, 60,
+        wait_for(lambda: daemon.events("reconcile done") or daemon.proc.poll() is not None, 60,
                  "the daemon's start-up reconciliation")
         assert daemon.terminate(30) == 0, daemon.log()[-3000:]
-    return daemon.log()
+    return daemon.events()
 
 
 def test_the_daemon_restores_the_incidents_of_a_damaged_and_moved_catalog(held_site, tmp_path):
@@ -127,10 +129,11 @@ def test_the_daemon_restores_the_incidents_of_a_damaged_and_moved_catalog(held_s
     assert "is damaged (file is not a database)" in daemon.log() and DAMAGED_ADVICE in daemon.log()
 
     move_catalog_away(site.data_dir)
-    log = run_daemon_start_up(site, tmp_path / "daemon.log")
-    assert "open incident restored from the audit log id=INC-GATE camera=gate" in log
-    assert "open incident restored from the audit log id=INC-YARD" not in log  # closed: nothing held anew
-    assert "incidents restored from the audit log count=2 open=1 catalog=created chain_ok=True" in log
+    events = run_daemon_start_up(site, tmp_path / "daemon.log")
+    assert named(events, "open incident restored from the audit log", id="INC-GATE", camera="gate")
+    assert not named(events, "open incident restored from the audit log", id="INC-YARD")  # closed
+    assert named(events, "incidents restored from the audit log", count=2, open=1, catalog="created",
+                 chain_ok=True)
 
     assert_incidents_restored(site, expected["incidents"])
     [line] = restore_lines(site)
@@ -152,13 +155,13 @@ def test_a_cli_sweep_on_the_new_catalog_restores_the_holds_before_anything_else(
     first = run_cli("retention", "-c", str(site.config), "--now", expected["now"], "--json")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["deleted"] == []  # the new catalog knows no segment yet
-    assert "open incident restored from the audit log id=INC-GATE" in first.stderr
+    assert named(parse_log(first.stderr), "open incident restored from the audit log", id="INC-GATE")
     assert_incidents_restored(site, expected["incidents"])
 
     # The daemon then finds a catalog that exists: already restored (marked), it is not restored twice,
     # and it adopts the footage; the next sweep keeps what the incidents hold.
-    log = run_daemon_start_up(site, tmp_path / "daemon.log")
-    assert "restored from the audit log" not in log
+    events = run_daemon_start_up(site, tmp_path / "daemon.log")
+    assert not [e for e in events if e.name.endswith("restored from the audit log")]
     [line] = restore_lines(site)
     assert (line["count"], line["open"], line["catalog"]) == (2, 1, "created")
     sweep_keeps_exactly_the_held_footage(site, expected)
