@@ -34,6 +34,7 @@ from tests.helpers.broker import (
     retained_on,
 )
 from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for
+from tests.helpers.events import Event
 from tests.helpers.media import free_port
 from tests.helpers.mqtt_daemon import (
     CAMERA,
@@ -219,7 +220,7 @@ def test_reload_with_a_camera_removed_drops_its_entities_and_clean_stop_publishe
 
         assert daemon.terminate() == 0, daemon.log()
         listener.wait_for(setup.availability, is_offline, timeout_s=5)
-    assert "mqtt stopped" in daemon.log()
+    assert daemon.events("mqtt stopped")
 
 
 def test_reload_changing_mqtt_settings_clears_the_entities_of_a_removed_camera(
@@ -242,7 +243,7 @@ def test_reload_changing_mqtt_settings_clears_the_entities_of_a_removed_camera(
         left = retained_on(broker, setup.discovery_node)
         assert not yard_entities & set(left), daemon.log()
         assert gate_entities <= set(left)
-        assert "mqtt discovery entities removed count=4" in daemon.log()
+        assert daemon.events("mqtt discovery entities removed", count=4)
         assert daemon.terminate() == 0, daemon.log()
 
 
@@ -337,17 +338,19 @@ def test_tls_without_ca_file_checks_the_broker_against_the_system_ca_store(
     with Broker(tmp_path / "mosquitto", tls=ca) as own:
         setup = make_setup(tmp_path, officer, own.port, mqtt={"tls": True})
         # The system's store does not know the test CA: a clear error, retries, and recording goes on.
-        refused = "mqtt connect failed: TLS certificate of the broker at"
+        def refused() -> list[Event]:
+            return [e for e in daemon.events() if e.logger == "edgerec.mqtt"
+                    and e.name.startswith("mqtt connect failed") and f"127.0.0.1:{own.port}" in e.name]
+
         with Daemon(setup.config, tmp_path / "untrusting.log") as daemon:
-            wait_for(lambda: daemon.log().count(refused) >= 2, START_TIMEOUT_S, "two refused handshakes")
+            wait_for(lambda: len(refused()) >= 2, START_TIMEOUT_S, "two refused handshakes")
             wait_for_segments(setup.data_dir, 1, "a segment recorded all the same", daemon)
             status = json.loads(run_cli("status", "-c", str(setup.config), "--json", check=True).stdout)
             assert status["mqtt"]["connected"] is False
             assert "checked against the system's CA store" in status["mqtt"]["last_error"]
             assert daemon.terminate() == 0, daemon.log()
-        log = daemon.log()
-        assert f"error edgerec.mqtt: {refused}" in log  # an error (a set-up problem), not a warning
-        assert "Traceback" not in log
+        assert {e.level for e in refused()} == {"error"}  # a set-up problem, not a warning
+        assert "Traceback" not in daemon.log()
         # OpenSSL's default verify paths include $SSL_CERT_FILE: with the test CA there, it connects.
         trusting = {"SSL_CERT_FILE": str(ca.ca_cert)}
         with Listener(own, [f"{setup.base}/#"], tls=ca) as listener, \
