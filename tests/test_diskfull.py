@@ -1,7 +1,7 @@
 """Disk pressure and a full disk on a real small filesystem: a size-limited tmpfs mounted by the test;
 and incidents recorded on a completely full disk (the space reserve), through the CLI and over MQTT.
 
-Mounting needs root (CAP_SYS_ADMIN). Where it is not permitted these tests skip; the same policy with an
+Mounting needs root (CAP_SYS_ADMIN): without it these tests skip and say so; the same policy with an
 injected free-space reading is covered by ``tests/test_retention.py``
 (``test_disk_pressure_deletes_oldest_unheld_early_and_audits_it``,
 ``test_disk_full_when_only_held_footage_is_left``).
@@ -30,7 +30,9 @@ from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for, write_co
 from tests.helpers.events import named, parse_log
 from tests.helpers.mqtt_daemon import Setup, command, wait_online
 from tests.helpers.site import S, make_site, newest_end_ns
-from tests.helpers.tmpfs import MIB, fill_to, fill_up, free_bytes
+from tests.helpers.tmpfs import MIB, fill_to, fill_up, free_bytes, needs_root_for_tmpfs
+
+pytestmark = needs_root_for_tmpfs
 
 
 # ----- disk pressure through the CLI ----------------------------------------------------------------------

@@ -28,7 +28,7 @@ from tests.helpers.site import (
     make_site,
     newest_end_ns,
 )
-from tests.helpers.tmpfs import fill_up
+from tests.helpers.tmpfs import fill_up, needs_root_for_tmpfs
 
 # The footage is recorded once by the daemon (the `recording` fixture); the daemons started here only
 # restore and reconcile, so no new footage blurs which segments a sweep must keep.
@@ -196,6 +196,7 @@ def test_a_locked_catalog_is_not_called_damaged(tmp_path, monkeypatch):
     Catalog.open(tmp_path).close()  # the lock gone, the same file opens
 
 
+@needs_root_for_tmpfs
 def test_a_catalog_on_a_full_disk_is_not_called_damaged(tmp_path, small_fs):
     data = small_fs("4m") / "data"
     data.mkdir()

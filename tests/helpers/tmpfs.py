@@ -15,10 +15,15 @@ import pytest
 MIB = 1024 * 1024
 
 
+NEEDS_ROOT = "needs root to mount a tmpfs (CAP_SYS_ADMIN)"
+# Full-disk tests fill a real small filesystem: skipped up front, with the reason, when not run as root.
+needs_root_for_tmpfs = pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
+
+
 def mount_tmpfs(path: Path, size: str) -> str | None:
     """Mount a tmpfs of ``size`` at ``path``; None, or why it cannot be done here."""
     if os.geteuid() != 0:
-        return "mounting a tmpfs needs root"
+        return NEEDS_ROOT
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
                           capture_output=True, text=True, timeout=30)
     return None if proc.returncode == 0 else f"mount -t tmpfs failed: {proc.stderr.strip()}"
