@@ -21,9 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.broker import Broker  # noqa: E402
-from tests.daemon_helpers import make_officer_key  # noqa: E402
-from tests.test_crashloop import CrashRig, KillRecord, crash_rounds  # noqa: E402
+from tests.helpers.broker import Broker  # noqa: E402
+from tests.helpers.crashloop import CrashRig, KillRecord, crash_rounds  # noqa: E402
+from tests.helpers.daemon import make_officer_key  # noqa: E402
 
 
 class RepairCounter(logging.Handler):

@@ -31,12 +31,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.broker when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.helpers.broker when run as a script
 
 from edgerec.config import CameraConfig, Config, MqttConfig  # noqa: E402
 from edgerec.errors import CommandError  # noqa: E402
 from edgerec.mqtt import MqttLink, Topics, error_reply  # noqa: E402
-from tests.broker import Broker, set_tcp_nodelay  # noqa: E402
+from tests.helpers.broker import Broker, set_tcp_nodelay  # noqa: E402
 
 CAMERAS = ("gate", "yard", "hall", "roof")
 SEGMENT_NS = 60 * 1_000_000_000

@@ -4,8 +4,8 @@ Unattended; prints one line per event and a summary, writes ``soak.json`` into t
 exits 0 only when every check passed:
 
 - a test-pattern camera (``testsrc``, encoded live) and an RTSP camera served by GStreamer
-  (``tests/media.py``), both in real time;
-- a private mosquitto (``tests/broker.py``) restarted every ``--broker-every`` seconds;
+  (``tests/helpers/media.py``), both in real time;
+- a private mosquitto (``tests/helpers/broker.py``) restarted every ``--broker-every`` seconds;
 - the RTSP server killed every ``--camera-every`` seconds and restarted ``--camera-down`` seconds later;
 - a retention sweep run every ``--sweep-every`` seconds as a separate ``edgerec retention --now T``
   process, with ``T`` jumped ahead so that it deletes the older footage while the daemon records;
@@ -39,9 +39,9 @@ sys.path.insert(0, str(REPO))
 
 from edgerec.catalog import Catalog  # noqa: E402
 from edgerec.timefmt import rfc3339  # noqa: E402
-from tests.broker import Broker, Listener  # noqa: E402
-from tests.daemon_helpers import Daemon, make_officer_key, run_cli, wait_for, write_config  # noqa: E402
-from tests.media import free_port, make_h264_clip, start_rtsp_server, stop_process  # noqa: E402
+from tests.helpers.broker import Broker, Listener  # noqa: E402
+from tests.helpers.daemon import Daemon, make_officer_key, run_cli, wait_for, write_config  # noqa: E402
+from tests.helpers.media import free_port, make_h264_clip, start_rtsp_server, stop_process  # noqa: E402
 
 S = 1_000_000_000
 DEVICE = "soakdev"

@@ -121,8 +121,8 @@ class CatalogQueue:
             self._next_try = self._clock() + CATALOG_RETRY_S
             waiting = len(self._queue)
         if first:
-            log.error("%s not catalogued; retrying every %.0f s %s queued=%d error=%s", _kind(item),
-                      CATALOG_RETRY_S, _describe(item), waiting, exc)
+            log.error("%s not catalogued; retrying %s every_s=%.0f queued=%d error=%s", _kind(item),
+                      _describe(item), CATALOG_RETRY_S, waiting, exc)
         else:
             log.warning("%s still not catalogued %s queued=%d error=%s", _kind(item), _describe(item),
                         waiting, exc)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the privacy officer's key pair and a way to write configs."""
+"""Shared fixtures: the privacy officer's key pair, a data directory, the recorded site footage and small
+tmpfs file systems (the last two defined in ``tests.helpers``, offered to every test module here)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import OfficerKey, make_officer_key
+from tests.helpers.daemon import OfficerKey, make_officer_key
+from tests.helpers.site import recording  # noqa: F401 - a fixture
+from tests.helpers.tmpfs import small_fs  # noqa: F401 - a fixture
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,10 @@ from edgerec.errors import CatalogError
 from edgerec.layout import CATALOG_NAME, segment_path
 from edgerec.recorder import ChainState
 from edgerec.segfile import SealedSegment
-from tests.daemon_helpers import Daemon as DaemonProcess
-from tests.daemon_helpers import OfficerKey, open_daemon_state, run_cli, wait_for, write_config
-from tests.segfile_helpers import START_NS, TestKeys, make_keys, make_meta, write_segment
+from tests.helpers.daemon import Daemon as DaemonProcess
+from tests.helpers.daemon import OfficerKey, open_daemon_state, run_cli, wait_for, write_config
+from tests.helpers.events import from_records, named
+from tests.helpers.segments import START_NS, TestKeys, make_keys, make_meta, write_segment
 
 S = 1_000_000_000
 
@@ -134,10 +135,11 @@ def test_segments_the_full_disk_refused_go_in_in_order_once_it_takes_them(
     assert queue.drain() == 1  # no backoff left over once the queue was empty
     assert catalogued_sequences(catalog) == [0, 1, 2, 3]
 
-    messages = [r.getMessage() for r in caplog.records]
-    assert sum("segment not catalogued; retrying" in m for m in messages) == 1
-    assert sum("segment still not catalogued" in m and "database or disk is full" in m for m in messages) == 2
-    assert sum("segment catalogued after retry" in m for m in messages) == 3
+    events = from_records(caplog.records)
+    assert len(named(events, "segment not catalogued; retrying", camera="gate")) == 1
+    still = named(events, "segment still not catalogued", camera="gate")
+    assert len(still) == 2 and all(e.fields["error"].endswith("database or disk is full") for e in still)
+    assert len(named(events, "segment catalogued after retry", camera="gate")) == 3
 
 
 def test_a_gap_waits_in_order_with_the_segments_and_is_not_counted_as_one(catalog: Catalog,
@@ -197,7 +199,8 @@ def test_a_segment_the_catalog_can_never_take_is_left_to_reconciliation_without_
     assert queue.drain() == 0  # the full disk, first
     assert queue.drain(force=True) == 3 and len(queue) == 0
     assert catalogued_sequences(catalog) == [0, 1]
-    assert sum("left for start-up reconciliation" in r.getMessage() for r in caplog.records) == 1
+    left = named(from_records(caplog.records), "segment not catalogued; left for start-up reconciliation")
+    assert [e.fields["camera"] for e in left] == ["yard"]
 
 
 def test_the_chain_goes_on_from_the_newest_queued_segment_of_the_camera(
@@ -285,7 +288,7 @@ def test_segments_sealed_while_another_process_locks_the_catalog_land_while_the_
                      "two sealed segments waiting for the catalog in the status")
             status = json.loads(run_cli("status", "-c", str(cfg), "--json", timeout=30, check=True).stdout)
             assert status["uncatalogued_segments"] >= 2
-            assert "segment not catalogued; retrying" in daemon.log()
+            assert daemon.events("segment not catalogued; retrying", camera="gate")
         finally:
             holder.execute("ROLLBACK")
             holder.close()
@@ -299,8 +302,8 @@ def test_segments_sealed_while_another_process_locks_the_catalog_land_while_the_
         assert daemon.proc.poll() is None  # caught up while running, not by start-up reconciliation
         sequences = sorted(s["sequence"] for s in listed_paths(cfg))
         assert sequences == list(range(len(sequences)))
-        assert "segment catalogued after retry" in daemon.log()
+        assert daemon.events("segment catalogued after retry", camera="gate")
         assert daemon.terminate(30) == 0
     text = log_path.read_text()
     assert "Traceback" not in text, text[-4000:]
-    assert "sealed-segment callback failed" not in text
+    assert not daemon.events("sealed-segment callback failed")

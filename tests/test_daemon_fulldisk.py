@@ -22,7 +22,7 @@ import pytest
 from edgerec import segfile
 from edgerec.audit import verify_audit
 from edgerec.timefmt import rfc3339
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, segment_count, wait_for, write_config
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, segment_count, wait_for, write_config
 
 MIB = 1024 * 1024
 

@@ -14,158 +14,49 @@ disk events.
 from __future__ import annotations
 
 import json
-import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from edgerec.catalog import Catalog, SegmentRow
+from edgerec.catalog import Catalog
 from edgerec.timefmt import rfc3339
-from tests.broker import (
+from tests.helpers.broker import (
     LOOPBACK,
     Broker,
     Listener,
-    Received,
     make_test_ca,
     needs_mosquitto,
     retained_on,
 )
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, segment_count, wait_for, write_config
-from tests.media import free_port
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for
+from tests.helpers.events import Event
+from tests.helpers.media import free_port
+from tests.helpers.mqtt_daemon import (
+    CAMERA,
+    REPLY_DEADLINE_S,
+    START_TIMEOUT_S,
+    Setup,
+    camera_entities,
+    command,
+    incidents_cli,
+    is_offline,
+    is_online,
+    make_setup,
+    reply_to,
+    sealed_segments,
+    wait_for_segments,
+    wait_online,
+)
 
 pytestmark = [needs_mosquitto,
               pytest.mark.timeout(90)]
 
-REPLY_DEADLINE_S = 1.0
-START_TIMEOUT_S = 30.0  # daemon start to first message (the interpreter and PyAV load first)
-SEGMENT_TIMEOUT_S = 30.0
 DAY_NS = 86_400 * 10**9
-# Small, cheap test pictures; a keyframe every second so 1 s segments are exact.
-CAMERA = {"name": "gate", "url": "testsrc:size=160x120:rate=10", "health": False,
-          "encoder": {"codec": "libx264", "gop_seconds": 1, "bitrate": 100_000}}
-
-
-# ----- helpers ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Setup:
-    """A daemon's config file, data directory and MQTT base topic."""
-
-    config: Path
-    data_dir: Path
-    device_id: str
-
-    @property
-    def base(self) -> str:
-        return f"edgerec/{self.device_id}"
-
-    @property
-    def command(self) -> str:
-        return f"{self.base}/incident/set"
-
-    @property
-    def result(self) -> str:
-        return f"{self.base}/incident/result"
-
-    @property
-    def availability(self) -> str:
-        return f"{self.base}/availability"
-
-    @property
-    def discovery_node(self) -> str:
-        return f"homeassistant/+/edgerec_{self.device_id}/+/config"
-
-    def reload(self, daemon: Daemon, **changes: Any) -> None:
-        """Change top-level keys of the config file and make the daemon reload it (SIGHUP)."""
-        cfg = yaml.safe_load(self.config.read_text())
-        cfg.update(changes)
-        self.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        daemon.proc.send_signal(signal.SIGHUP)
-
-
-def make_setup(tmp_path: Path, officer: OfficerKey, port: int, *, cameras: list[dict[str, Any]] | None = None,
-               mqtt: dict[str, Any] | None = None, device_id: str | None = None, **extra: Any) -> Setup:
-    # A device id per test: the module's broker keeps retained messages between tests.
-    device_id = device_id or f"dev{uuid.uuid4().hex[:10]}"
-    data_dir = tmp_path / "data"
-    settings = {"enabled": True, "host": LOOPBACK, "port": port, **(mqtt or {})}
-    cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=data_dir, device_id=device_id,
-                       segment_seconds=1, cameras=cameras or [CAMERA],
-                       incidents={"pre_roll_s": 0, "post_roll_s": 0}, mqtt=settings, **extra)
-    return Setup(cfg, data_dir, device_id)
-
-
-def sealed_segments(data_dir: Path, camera: str = "gate") -> list[SegmentRow]:
-    if not (data_dir / "catalog.sqlite3").exists():
-        return []
-    catalog = Catalog.open(data_dir)
-    try:
-        return catalog.segments(camera=camera)
-    finally:
-        catalog.close()
-
-
-def wait_for_segments(data_dir: Path, count: int, what: str, daemon: Daemon) -> list[SegmentRow]:
-    def enough() -> bool:
-        if daemon.proc.poll() is not None:
-            raise AssertionError(f"the daemon exited with {daemon.proc.returncode}")
-        return segment_count(data_dir) >= count
-
-    try:
-        wait_for(enough, SEGMENT_TIMEOUT_S, what, interval=0.1)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; {segment_count(data_dir)} sealed; the daemon's log:\n{daemon.log()}") \
-            from None
-    return sealed_segments(data_dir)
-
-
-def incidents_cli(setup: Setup, *extra: str) -> list[dict[str, Any]]:
-    return json.loads(run_cli("incident", "ls", "-c", str(setup.config), "--json", *extra, check=True).stdout)
-
-
-def is_online(m: Received) -> bool:
-    return m.payload == b"online"
-
-
-def is_offline(m: Received) -> bool:
-    return m.payload == b"offline"
-
-
-def reply_to(transaction: str) -> Callable[[Received], bool]:
-    return lambda m: m.json().get("transaction") == transaction
-
-
-def wait_online(listener: Listener, setup: Setup, daemon: Daemon) -> Received:
-    """Wait for ``online``, failing at once with the daemon's log if the daemon exits instead."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            return listener.wait_for(setup.availability, is_online, timeout_s=0.5)
-        except AssertionError:
-            if daemon.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"daemon not online; its log:\n{daemon.log()}") from None
-
-
-def camera_entities(setup: Setup, camera: str) -> set[str]:
-    node = f"edgerec_{setup.device_id}"
-    return {f"homeassistant/{component}/{node}/cam_{camera}_{what}/config" for component, what in
-            (("binary_sensor", "recording"), ("sensor", "last_packet_age"), ("sensor", "fps"),
-             ("sensor", "bitrate"))}
-
-
-def command(listener: Listener, setup: Setup, obj: dict[str, Any], transaction: str,
-            deadline_s: float = REPLY_DEADLINE_S) -> dict[str, Any]:
-    """Publish a command and return its reply, failing if it takes longer than ``deadline_s``."""
-    sent = time.monotonic()
-    listener.publish(setup.command, {**obj, "transaction": transaction})
-    reply = listener.wait_for(setup.result, reply_to(transaction), timeout_s=deadline_s + 5)
-    assert reply.at_monotonic - sent <= deadline_s, f"reply after {reply.at_monotonic - sent:.2f} s"
-    return reply.json()
 
 
 # ----- fixtures -----------------------------------------------------------------------------------------
@@ -329,7 +220,7 @@ def test_reload_with_a_camera_removed_drops_its_entities_and_clean_stop_publishe
 
         assert daemon.terminate() == 0, daemon.log()
         listener.wait_for(setup.availability, is_offline, timeout_s=5)
-    assert "mqtt stopped" in daemon.log()
+    assert daemon.events("mqtt stopped")
 
 
 def test_reload_changing_mqtt_settings_clears_the_entities_of_a_removed_camera(
@@ -352,7 +243,7 @@ def test_reload_changing_mqtt_settings_clears_the_entities_of_a_removed_camera(
         left = retained_on(broker, setup.discovery_node)
         assert not yard_entities & set(left), daemon.log()
         assert gate_entities <= set(left)
-        assert "mqtt discovery entities removed count=4" in daemon.log()
+        assert daemon.events("mqtt discovery entities removed", count=4)
         assert daemon.terminate() == 0, daemon.log()
 
 
@@ -447,17 +338,19 @@ def test_tls_without_ca_file_checks_the_broker_against_the_system_ca_store(
     with Broker(tmp_path / "mosquitto", tls=ca) as own:
         setup = make_setup(tmp_path, officer, own.port, mqtt={"tls": True})
         # The system's store does not know the test CA: a clear error, retries, and recording goes on.
-        refused = "mqtt connect failed: TLS certificate of the broker at"
+        def refused() -> list[Event]:
+            return [e for e in daemon.events() if e.logger == "edgerec.mqtt"
+                    and e.name.startswith("mqtt connect failed") and f"127.0.0.1:{own.port}" in e.name]
+
         with Daemon(setup.config, tmp_path / "untrusting.log") as daemon:
-            wait_for(lambda: daemon.log().count(refused) >= 2, START_TIMEOUT_S, "two refused handshakes")
+            wait_for(lambda: len(refused()) >= 2, START_TIMEOUT_S, "two refused handshakes")
             wait_for_segments(setup.data_dir, 1, "a segment recorded all the same", daemon)
             status = json.loads(run_cli("status", "-c", str(setup.config), "--json", check=True).stdout)
             assert status["mqtt"]["connected"] is False
             assert "checked against the system's CA store" in status["mqtt"]["last_error"]
             assert daemon.terminate() == 0, daemon.log()
-        log = daemon.log()
-        assert f"error edgerec.mqtt: {refused}" in log  # an error (a set-up problem), not a warning
-        assert "Traceback" not in log
+        assert {e.level for e in refused()} == {"error"}  # a set-up problem, not a warning
+        assert "Traceback" not in daemon.log()
         # OpenSSL's default verify paths include $SSL_CERT_FILE: with the test CA there, it connects.
         trusting = {"SSL_CERT_FILE": str(ca.ca_cert)}
         with Listener(own, [f"{setup.base}/#"], tls=ca) as listener, \

@@ -27,7 +27,7 @@ from edgerec.daemon.status import (
 )
 from edgerec.daemon.worker import Worker
 from edgerec.recorder import RecorderStats
-from tests.daemon_helpers import wait_for
+from tests.helpers.daemon import wait_for
 
 GATE = CameraConfig("gate", "rtsp://127.0.0.1:8554/gate")
 YARD = CameraConfig("yard", "rtsp://127.0.0.1:8554/yard")

@@ -28,8 +28,9 @@ from edgerec.cli import refuse_root_on_foreign_data_dir
 from edgerec.configwatch import ConfigFileWatcher
 from edgerec.errors import UsageError
 from edgerec.timefmt import rfc3339
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
-from tests.media import free_port, make_h264_clip
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for, write_config
+from tests.helpers.events import named
+from tests.helpers.media import free_port, make_h264_clip
 
 WATCHDOG_USEC = 2_000_000
 WATCHDOG_S = WATCHDOG_USEC / 1e6
@@ -64,6 +65,7 @@ while True:
         due += 0.04
         time.sleep(max(0.0, due - time.monotonic()))
 """
+REJECTED = "config reload rejected; the running configuration stays"
 STALL_S = 1.5  # above the ~0.6 s the demuxer needs to probe the program's output
 
 
@@ -151,10 +153,6 @@ def partials(data_dir: Path, camera: str = "*") -> list[Path]:
     return sorted(data_dir.glob(f"{camera}/*/*.partial"))
 
 
-def log_count(daemon: Daemon, text: str) -> int:
-    return daemon.log().count(text)
-
-
 def assert_no_traceback(log_text: str) -> None:
     assert "Traceback" not in log_text, log_text[-4000:]
 
@@ -174,9 +172,9 @@ def test_ready_status_watchdog_and_stopping_reach_systemd_and_sigterm_leaves_onl
     with Daemon(cfg, tmp_path / "daemon.log", env={**systemd.env(), "RUNTIME_DIRECTORY": ""}) as daemon:
         ready_at = systemd.wait_for(lambda m: m.startswith("READY=1"), 20, "READY=1")
         # READY only once every camera is open or has failed its first attempt and is retrying.
-        log_at_ready = daemon.log()
-        assert "source opened camera=gate" in log_at_ready
-        assert "camera disconnected camera=door" in log_at_ready
+        events_at_ready = daemon.events()
+        assert named(events_at_ready, "source opened", camera="gate")
+        assert named(events_at_ready, "camera disconnected", camera="door")
         assert not any(t < ready_at for t in systemd.pings()), "watchdog pinged before READY"
 
         systemd.wait_for(lambda m: m.startswith("STATUS=") and "1/2 cameras recording" in m, 10,
@@ -225,8 +223,9 @@ def test_watchdog_pings_stop_while_a_camera_hangs_and_resume_when_it_recovers(
 
         pause.touch()  # the recorder now hangs on its read of the camera program's output
         hung_at = time.monotonic()
-        wait_for(lambda: "watchdog withheld" in daemon.log(), 4 * STALL_S, "the watchdog to be withheld")
-        assert 'reason="camera picam sent nothing for' in daemon.log()
+        withheld = wait_for(lambda: daemon.events("watchdog withheld: daemon unhealthy"), 4 * STALL_S,
+                            "the watchdog to be withheld")
+        assert "picam" in withheld[0].fields["reason"]
         # Longer than WatchdogSec= without a ping: systemd would now restart the service.
         deadline = time.monotonic() + WATCHDOG_S + 0.5
         wait_for(lambda: time.monotonic() > deadline, WATCHDOG_S + 2, "one watchdog period to pass")
@@ -236,13 +235,14 @@ def test_watchdog_pings_stop_while_a_camera_hangs_and_resume_when_it_recovers(
         assert last_ping < hung_at + 2 * STALL_S + 1.0, "kept pinging although the recorder was stuck"
         # The recorder ended the program (SIGTERM ignored, then SIGKILL), but the pipe's other holder
         # keeps its read blocked: only systemd's watchdog can help now.
-        wait_for(lambda: "camera process ignored SIGTERM; killing it" in daemon.log(), 10, "the SIGKILL")
+        wait_for(lambda: daemon.events("camera process ignored SIGTERM; killing it", camera="picam"), 10,
+                 "the SIGKILL")
         assert not systemd.pings(last_ping + 0.01)
 
         pause.unlink()
         resumed_at = time.monotonic()
         systemd.wait_for(lambda m: m == "WATCHDOG=1", 10, "pings after the camera recovers", since=resumed_at)
-        assert "watchdog health restored" in daemon.log()
+        assert daemon.events("watchdog health restored; pinging systemd again")
         assert daemon.terminate(15) == 0
     assert partials(data_dir) == []
     assert_no_traceback(daemon.log())
@@ -296,35 +296,35 @@ def test_config_edits_start_and_stop_cameras_and_a_broken_edit_keeps_the_old_con
         texts = systemd.texts(edit_at)
         reloading = next(i for i, m in enumerate(texts) if m.startswith("RELOADING=1\nMONOTONIC_USEC="))
         assert "READY=1" in texts[reloading + 1:]
-        assert "camera stopped camera=a" not in daemon.log()  # an unchanged camera keeps recording
+        assert not daemon.events("camera stopped", camera="a")  # an unchanged camera keeps recording
 
         # A camera removed (file replaced by rename) stops, its open segment sealed.
         configure(live_clip_camera("b", clip), atomic=True)
-        wait_for(lambda: "camera stopped camera=a" in daemon.log(), 15, "camera a to stop")
+        wait_for(lambda: daemon.events("camera stopped", camera="a"), 15, "camera a to stop")
         assert partials(data_dir, "a") == []
         a_segments = sealed(data_dir, "a")
 
         # A broken edit is rejected key by key; the running config goes on recording.
-        rejected_before = log_count(daemon, "config reload rejected")
+        rejected_before = len(daemon.events(REJECTED))
         cfg_path.write_text(cfg_path.read_text().replace("segment_seconds: 1", "segment_seconds: -5")
                             + "no_such_key: 1\n")
-        wait_for(lambda: log_count(daemon, "config reload rejected") >= rejected_before + 2, 10,
-                 "the broken config to be rejected")
+        rejected = wait_for(lambda: daemon.events(REJECTED)[rejected_before:], 10,
+                            "the broken config to be rejected")
+        assert rejected[0].has(problems=2)
         b_count = len(sealed(data_dir, "b"))
         wait_for(lambda: len(sealed(data_dir, "b")) >= b_count + 2, 15, "camera b recording on")
         assert daemon.proc.poll() is None
-        log_text = daemon.log()
-        assert "segment_seconds" in log_text and "no_such_key" in log_text
         errors = [e["message"] for e in status_json(cfg_path)["last_errors"]]
         assert any("config reload rejected" in e and "segment_seconds" in e for e in errors), errors
+        assert any("config reload rejected" in e and "no_such_key" in e for e in errors), errors
 
         # SIGHUP reloads too (here: the same broken file, rejected again), framed by RELOADING/READY.
         hup_at = time.monotonic()
-        rejected_before = log_count(daemon, "config reload rejected")
+        rejected_before = len(daemon.events(REJECTED))
         daemon.proc.send_signal(signal.SIGHUP)
         systemd.wait_for(lambda m: m == "READY=1", 10, "READY=1 after SIGHUP", since=hup_at)
         assert any(m.startswith("RELOADING=1") for m in systemd.texts(hup_at))
-        assert log_count(daemon, "config reload rejected") > rejected_before
+        assert len(daemon.events(REJECTED)) > rejected_before
 
         assert daemon.terminate(15) == 0
     assert sealed(data_dir, "a") == a_segments  # nothing more was recorded after a was removed
@@ -345,8 +345,8 @@ def test_start_up_voids_an_incident_line_a_power_cut_kept_from_the_catalog(
     # The audit line of an open whose catalog commit a power cut prevented (fsynced; the commit is not).
     AuditLog(data_dir / "audit.log").append("incident_opened", id="LOST", camera="a", by="officer")
     with Daemon(cfg, tmp_path / "daemon.log") as daemon:
-        wait_for(lambda: "incident audit line voided at start-up id=LOST" in daemon.log(), 30,
-                 "the start-up check")
+        wait_for(lambda: daemon.events("incident audit line voided at start-up", id="LOST", action="open"),
+                 30, "the start-up check")
         assert daemon.terminate(15) == 0
     events = [json.loads(line) for line in (data_dir / "audit.log").read_text().splitlines()]
     voids = [e for e in events if e["event"] == "incident_not_recorded"]
@@ -435,7 +435,7 @@ def test_expected_failures_log_one_key_value_line_each_without_tracebacks_at_the
                        cameras=[unreachable_camera("door")],
                        mqtt={"enabled": True, "host": "127.0.0.1", "port": broker_port})
     with Daemon(cfg, tmp_path / "daemon.log", "--log-level", "warning") as daemon:
-        wait_for(lambda: log_count(daemon, "camera disconnected camera=door") >= 2, 15,
+        wait_for(lambda: len(daemon.events("camera disconnected", camera="door")) >= 2, 15,
                  "two refused connection attempts")
         assert daemon.terminate(15) == 0
     lines = daemon.log().splitlines()
@@ -444,9 +444,9 @@ def test_expected_failures_log_one_key_value_line_each_without_tracebacks_at_the
         assert LOG_LINE.match(line), f"not one formatted line per event: {line!r}"
         assert " info " not in line and " debug " not in line, f"below --log-level warning: {line!r}"
     assert_no_traceback(daemon.log())
-    refused = [line for line in lines if "camera disconnected camera=door" in line]
-    assert all(" warning " in line and "Connection refused" in line and "retry_in_s=" in line
-               for line in refused), refused
+    refused = daemon.events("camera disconnected", camera="door")
+    assert refused and all(e.level == "warning" and "retry_in_s" in e.fields
+                           and "Connection refused" in e.fields.get("reason", "") for e in refused), refused
 
 
 # ----- tools run as root -------------------------------------------------------------------------------

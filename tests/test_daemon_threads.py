@@ -28,7 +28,7 @@ from edgerec.daemon import Daemon
 from edgerec.daemon import supervisor as supervisor_module
 from edgerec.recorder import Recorder
 from edgerec.segfile import SealedSegment
-from tests.daemon_helpers import OfficerKey, segment_count, wait_for, write_config
+from tests.helpers.daemon import OfficerKey, segment_count, wait_for, write_config
 
 WATCHDOG_USEC = 2_000_000
 WATCHDOG_S = WATCHDOG_USEC / 1e6

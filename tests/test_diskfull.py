@@ -1,7 +1,7 @@
 """Disk pressure and a full disk on a real small filesystem: a size-limited tmpfs mounted by the test;
 and incidents recorded on a completely full disk (the space reserve), through the CLI and over MQTT.
 
-Mounting needs root (CAP_SYS_ADMIN). Where it is not permitted these tests skip; the same policy with an
+Mounting needs root (CAP_SYS_ADMIN): without it these tests skip and say so; the same policy with an
 injected free-space reading is covered by ``tests/test_retention.py``
 (``test_disk_pressure_deletes_oldest_unheld_early_and_audits_it``,
 ``test_disk_full_when_only_held_footage_is_left``).
@@ -12,101 +12,32 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import sqlite3
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from edgerec import segfile
 from edgerec.audit import verify_audit
 from edgerec.layout import RESERVE_NAME
 from edgerec.spacereserve import RESERVE_BYTES, SpaceReserve
 from edgerec.timefmt import parse_rfc3339, rfc3339
-from tests.broker import LOOPBACK, Broker, Listener, needs_mosquitto
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
-from tests.test_daemon_mqtt import Setup, command, wait_online
-from tests.test_incidents import counted_incident_lines
-from tests.test_retention_e2e import S, make_site, newest_end_ns, recording  # noqa: F401
+from tests.helpers.audit import counted_incident_lines
+from tests.helpers.broker import LOOPBACK, Broker, Listener, needs_mosquitto
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for, write_config
+from tests.helpers.events import named, parse_log
+from tests.helpers.mqtt_daemon import Setup, command, wait_online
+from tests.helpers.site import S, make_site, newest_end_ns
+from tests.helpers.tmpfs import MIB, fill_to, fill_up, free_bytes, needs_root_for_tmpfs
 
-MIB = 1024 * 1024
-
-
-def _mount_tmpfs(path: Path, size: str) -> str | None:
-    """Mount a tmpfs of ``size`` at ``path``; None, or why it cannot be done here."""
-    if os.geteuid() != 0:
-        return "mounting a tmpfs needs root"
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                          capture_output=True, text=True, timeout=30)
-    return None if proc.returncode == 0 else f"mount -t tmpfs failed: {proc.stderr.strip()}"
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """``small_fs("4m")`` mounts a tmpfs of that size and returns its directory; all are unmounted after
-    the test."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        path = tmp_path / f"fs{len(mounted)}"
-        path.mkdir()
-        why = _mount_tmpfs(path, size)
-        if why is not None:
-            pytest.skip(f"{why}; disk pressure is tested with an injected free-space reading in "
-                        "tests/test_retention.py instead")
-        mounted.append(path)
-        return path
-
-    try:
-        yield mount
-    finally:
-        for path in reversed(mounted):
-            if subprocess.run(["umount", str(path)], capture_output=True, timeout=30).returncode != 0:
-                subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def fill_to(path: Path, filler: Path, free_left: int) -> None:
-    """Grow ``filler`` (with real blocks) until ``path`` has about ``free_left`` bytes free."""
-    grow = free_bytes(path) - free_left
-    assert grow > 0, "already below the wanted free space"
-    size = filler.stat().st_size if filler.exists() else 0
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.posix_fallocate(fd, size, grow)
-    finally:
-        os.close(fd)
-
-
-def fill_up(filler: Path) -> None:
-    """Write ``filler`` until the filesystem says ENOSPC (in smaller and smaller pieces, so nothing is
-    left)."""
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for piece in (MIB, 64 * 1024, 4096, 512):
-            block = bytes(piece)
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, block)
-        with pytest.raises(OSError) as exc:
-            os.write(fd, b"x" * 4096)
-        assert exc.value.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
+pytestmark = needs_root_for_tmpfs
 
 
 # ----- disk pressure through the CLI ----------------------------------------------------------------------
 def test_disk_pressure_on_a_small_filesystem_deletes_the_oldest_unheld_footage_across_cameras(
-        recording, officer: OfficerKey, tmp_path: Path, small_fs):  # noqa: F811
+        recording, officer: OfficerKey, tmp_path: Path, small_fs):
     fs = small_fs("4m")
     site = make_site(recording, officer, tmp_path, data_dir=fs / "data", retention={"min_free": "1m"})
     segs = site.segments()
@@ -185,7 +116,7 @@ def assert_every_file_verifies(cfg: Path, officer: OfficerKey, data_dir: Path) -
 
 def restart_for_reconciliation(cfg: Path, log_path: Path) -> None:
     with Daemon(cfg, log_path) as d:
-        wait_for(lambda: "reconcile done" in d.log(), 30, "start-up reconciliation")
+        wait_for(lambda: d.events("reconcile done"), 30, "start-up reconciliation")
         assert d.terminate() == 0
 
 
@@ -203,7 +134,10 @@ def test_enospc_with_only_held_footage_pauses_recording_as_disk_full_and_resumes
         wait_for(lambda: read_status(tmp_path).get("state") == "disk_full", 20,
                  "disk_full in the status file")
         assert read_status(tmp_path)["retention"]["disk_full"] is True
-        wait_for(lambda: "No space left on device" in d.log(), 20, "a segment write hitting ENOSPC")
+        enospc = f"[Errno {errno.ENOSPC}]"
+        wait_for(lambda: [e for e in d.events() if e.fields.get("camera") == "gate"
+                          and e.fields.get("error", "").startswith(enospc)], 20,
+                 "a segment write hitting ENOSPC")
         wait_for(lambda: read_status(tmp_path)["cameras"]["gate"]["state"] == "waiting_disk", 20,
                  "the recorder waiting for space")
         assert d.proc.poll() is None
@@ -214,9 +148,9 @@ def test_enospc_with_only_held_footage_pauses_recording_as_disk_full_and_resumes
         wait_for(lambda: len({p.name for p in sealed(data)} - held_before) >= 2, 30, "new segments")
         assert d.proc.poll() is None
         assert d.terminate() == 0
-    log = (tmp_path / "daemon.log").read_text()
-    assert "disk full: only held footage is left" in log and "disk space back; recording resumes" in log
-    assert "Traceback" not in log
+    assert d.events("disk full: only held footage is left; not starting new segments")
+    assert d.events("disk space back; recording resumes")
+    assert "Traceback" not in d.log()
     restart_for_reconciliation(cfg, tmp_path / "daemon2.log")
     assert held_before <= {p.name for p in sealed(data)}  # nothing held was deleted
     assert_every_file_verifies(cfg, officer, data)
@@ -243,8 +177,8 @@ def test_enospc_with_unheld_footage_makes_room_by_deleting_the_oldest_and_record
         wait_for(lambda: len({p.name for p in sealed(data)} - filled) >= 2, 30, "segments recorded after")
         assert d.proc.poll() is None
         assert d.terminate() == 0
-    log = (tmp_path / "daemon.log").read_text()
-    assert "retention sweep failed" not in log and "Traceback" not in log
+    assert not [e for e in d.events() if e.name.startswith("retention sweep failed")]
+    assert "Traceback" not in d.log()
     gone = deleted_for_space()
     assert min(gone) <= min(filled)  # the oldest went first
     assert not gone & {p.name for p in sealed(data)}
@@ -307,7 +241,8 @@ def test_the_cli_records_an_incident_on_a_completely_full_disk_while_the_daemon_
         assert opened.returncode == 0, opened.stdout + opened.stderr
         reply = json.loads(opened.stdout)
         assert reply["ok"] and not reply["duplicate"] and reply["error"] is None
-        assert not reserve.path.exists() and "space reserve released" in opened.stderr
+        assert not reserve.path.exists()
+        assert named(parse_log(opened.stderr), "disk full: space reserve released", path=reserve.path)
         # The audit line fitted in the log's last block, the commit did not fit in the WAL: the first
         # try's line is voided, then the retry's line follows.
         assert [(e["event"], e["id"]) for e in audit_events(data)] == [
@@ -408,7 +343,7 @@ def test_an_incident_opened_over_mqtt_is_recorded_on_a_completely_full_disk(
                                               "by": "pytest"}, "t-full-1", 5.0)
             assert reply["ok"] and not reply["duplicate"] and reply["error"] is None
             assert not (data / RESERVE_NAME).exists()
-            wait_for(lambda: "space reserve released" in daemon.log(), 5, "the reserve given up")
+            wait_for(lambda: daemon.events("disk full: space reserve released"), 5, "the reserve given up")
             assert incident_ids(setup.config) == ["HOLD", "FULL-1"]
             assert_audit_verifies(setup.config)
 

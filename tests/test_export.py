@@ -19,7 +19,7 @@ from edgerec.config import CameraConfig, DurabilityConfig
 from edgerec.errors import EdgerecError, SegmentError
 from edgerec.export import RECOVERED_NOTE, export_segments, manifest_path_for
 from edgerec.recorder import ChainState, Recorder
-from tests.media import decoded_frame_hashes, make_h264_clip, video_packets
+from tests.helpers.media import decoded_frame_hashes, make_h264_clip, video_packets
 
 
 @dataclass(frozen=True)

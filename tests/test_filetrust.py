@@ -22,7 +22,7 @@ from edgerec.config import load_config
 from edgerec.errors import EdgerecError, UntrustedFileError
 from edgerec.filetrust import FileStat, check_trusted, untrusted_reason
 from edgerec.timefmt import rfc3339
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, segment_count, wait_for, write_config
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, segment_count, wait_for, write_config
 
 SERVICE_UID = 990
 OTHER_UID = 1234

@@ -42,7 +42,7 @@ with _instrumented:
     from edgerec.errors import CommandError, SegmentError
     from edgerec.incidents import ID_PATTERN, parse_command
     from edgerec.mqtt import decode_command, expand_open_now
-    from tests.segfile_helpers import make_keys, make_meta, split_records, write_segment
+    from tests.helpers.segments import make_keys, make_meta, split_records, write_segment
 
 EXAMPLES = int(os.environ.get("EDGEREC_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False, database=None,
@@ -56,7 +56,7 @@ def _ts_payload() -> bytes:
     """Real MPEG-TS bytes: a short H.264 clip muxed to TS (cached next to the fuzz corpus)."""
     cache = Path(tempfile.gettempdir()) / "edgerec-fuzz-payload.ts"
     if not cache.exists():
-        from tests.media import make_h264_clip
+        from tests.helpers.media import make_h264_clip
 
         tmp = cache.with_suffix(f".{os.getpid()}.ts")
         make_h264_clip(tmp, seconds=0.4, fps=25, size=(64, 48), gop=5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import av
@@ -28,100 +28,22 @@ from edgerec.health import (
     analyze,
     packet_time_s,
 )
-
-WIDTH_PX, HEIGHT_PX = 320, 240
-FPS = 25
-GOP_FRAMES = 10  # a keyframe every 0.4 s keeps the clips short
-SWITCH_S = 3.0  # normal scene before the change
-CLIP_S = 8.0
-
-# Short durations so that a few seconds of video are enough; the detection levels are the defaults.
-FAST = HealthThresholds(
-    analysis_interval_s=0.0,
-    frozen_after_s=2.0,
-    dark_after_s=1.0,
-    blurred_after_s=1.0,
-    moved_after_s=1.0,
-    clear_after_s=1.0,
+from tests.helpers.scenes import (
+    CLIP_S,
+    FAST,
+    FPS,
+    FROZEN_PICTURE,
+    GOP_FRAMES,
+    SWITCH_S,
+    WORLD_A,
+    WORLD_A_BLURRED,
+    WORLD_B,
+    black,
+    encode_clip,
+    normal,
+    then,
+    view,
 )
-
-Scene = Callable[[int], np.ndarray]  # frame index -> gray picture
-
-
-def _smooth(img: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Gaussian blur through the FFT (numpy only)."""
-    fy = np.fft.fftfreq(img.shape[0])[:, None]
-    fx = np.fft.fftfreq(img.shape[1])[None, :]
-    kernel = np.exp(-2.0 * np.pi**2 * sigma_px**2 * (fx**2 + fy**2))
-    return np.real(np.fft.ifft2(np.fft.fft2(img) * kernel))
-
-
-def _world(seed: int) -> np.ndarray:
-    """A natural-looking texture (detail at several scales plus some flat objects), larger than a view."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((HEIGHT_PX + 40, WIDTH_PX + 40))
-    for sigma_px, amplitude in [(32, 30), (8, 15), (2, 10), (0.7, 6)]:
-        layer = _smooth(rng.standard_normal(img.shape), sigma_px)
-        img += amplitude * layer / layer.std()
-    for _ in range(25):
-        y, x = rng.integers(0, img.shape[0] - 40), rng.integers(0, img.shape[1] - 40)
-        img[y : y + rng.integers(10, 40), x : x + rng.integers(10, 40)] += rng.uniform(-40, 40)
-    return img + 120.0
-
-
-WORLD_A = _world(1)
-WORLD_B = _world(2)
-WORLD_A_BLURRED = _smooth(WORLD_A, 8.0)
-
-
-def _view(world: np.ndarray, i: int, gain: float = 1.0, noise_levels: float = 2.0,
-          obj: bool = True) -> np.ndarray:
-    """A fixed camera looking at ``world``: a small shake, a square walking across, sensor noise."""
-    rng = np.random.default_rng(i)
-    dy, dx = i % 3, (i // 2) % 3
-    img = world[20 + dy : 20 + dy + HEIGHT_PX, 20 + dx : 20 + dx + WIDTH_PX] * gain
-    if obj:
-        x = (i * 4) % (WIDTH_PX - 30)
-        img[100:130, x : x + 30] = 230.0 * gain
-    img = img + rng.normal(0.0, noise_levels, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def normal(i: int) -> np.ndarray:
-    return _view(WORLD_A, i)
-
-
-def then(after: Scene) -> Scene:
-    """The normal scene until SWITCH_S, then ``after``."""
-    switch = round(SWITCH_S * FPS)
-    return lambda i: normal(i) if i < switch else after(i)
-
-
-def black(i: int) -> np.ndarray:
-    rng = np.random.default_rng(i)
-    return np.clip(rng.normal(6.0, 1.5, (HEIGHT_PX, WIDTH_PX)), 0, 255).astype(np.uint8)
-
-
-FROZEN_PICTURE = normal(round(SWITCH_S * FPS))
-
-
-def encode_clip(scene: Scene, seconds: float = CLIP_S, b_frames: int = 0) -> bytes:
-    """Encode ``scene`` to H.264 in MPEG-TS (what the recorder handles), all in memory."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mpegts") as out:
-        stream = out.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = WIDTH_PX, HEIGHT_PX, "yuv420p"
-        stream.codec_context.gop_size = GOP_FRAMES
-        stream.codec_context.max_b_frames = b_frames
-        stream.options = {"preset": "veryfast", "crf": "26", "bf": str(b_frames),
-                          "keyint_min": str(GOP_FRAMES), "sc_threshold": "0"}
-        for i in range(round(seconds * FPS)):
-            frame = av.VideoFrame.from_ndarray(scene(i), format="gray").reformat(format="yuv420p")
-            frame.pts = i
-            frame.pict_type = av.video.frame.PictureType.NONE  # let the encoder choose (GOP)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return buf.getvalue()
 
 
 def demux(clip: bytes) -> Iterator[tuple[av.Packet, av.video.stream.VideoStream]]:
@@ -187,7 +109,7 @@ def test_every_keyframe_decodes_at_once_to_a_small_gray_picture(b_frames: int) -
 
 def test_normal_scene_with_motion_and_fading_light_raises_nothing(b_frames: int) -> None:
     n = round(CLIP_S * FPS)
-    fading = lambda i: _view(WORLD_A, i, gain=1.0 - 0.5 * i / n)  # noqa: E731
+    fading = lambda i: view(WORLD_A, i, gain=1.0 - 0.5 * i / n)  # noqa: E731
     changes, _, keyframes = run_monitor(encode_clip(fading, b_frames=b_frames))
     assert keyframes == n // GOP_FRAMES
     assert changes == []
@@ -209,14 +131,14 @@ def test_frozen_picture_raises_frozen_after_its_duration(b_frames: int) -> None:
 
 
 def test_camera_turned_to_another_scene_raises_moved(b_frames: int) -> None:
-    changes, first_t_s, _ = run_monitor(encode_clip(then(lambda i: _view(WORLD_B, i)), b_frames=b_frames))
+    changes, first_t_s, _ = run_monitor(encode_clip(then(lambda i: view(WORLD_B, i)), b_frames=b_frames))
     assert raised(changes) == ["moved"]
     assert changes[0].t_s - first_t_s >= SWITCH_S + FAST.moved_after_s
     assert "dissimilarity=" in changes[0].detail
 
 
 def test_strongly_blurred_lens_raises_blurred(b_frames: int) -> None:
-    blurred = lambda i: _view(WORLD_A_BLURRED, i, obj=False, noise_levels=1.0)  # noqa: E731
+    blurred = lambda i: view(WORLD_A_BLURRED, i, obj=False, noise_levels=1.0)  # noqa: E731
     changes, first_t_s, _ = run_monitor(encode_clip(then(blurred), b_frames=b_frames))
     assert raised(changes) == ["blurred"]
     assert changes[0].t_s - first_t_s >= SWITCH_S + FAST.blurred_after_s

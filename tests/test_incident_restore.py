@@ -18,17 +18,17 @@ from edgerec.catalog import Catalog
 from edgerec.errors import CatalogError
 from edgerec.layout import CATALOG_NAME
 from edgerec.timefmt import parse_rfc3339, rfc3339
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for
-from tests.test_diskfull import fill_up, small_fs  # noqa: F401
-from tests.test_retention_e2e import (  # noqa: F401
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for
+from tests.helpers.events import Event, named, parse_log
+from tests.helpers.site import (
     CAMERAS,
     DAY,
     S,
     Site,
     make_site,
     newest_end_ns,
-    recording,
 )
+from tests.helpers.tmpfs import fill_up, needs_root_for_tmpfs
 
 # The footage is recorded once by the daemon (the `recording` fixture); the daemons started here only
 # restore and reconcile, so no new footage blurs which segments a sweep must keep.
@@ -37,7 +37,7 @@ DAMAGED_ADVICE = "incidents restored from the audit log"
 
 
 @pytest.fixture
-def held_site(recording: Path, officer: OfficerKey,  # noqa: F811
+def held_site(recording: Path, officer: OfficerKey,
               tmp_path: Path) -> tuple[Site, dict[str, Any]]:
     """A site with two incidents opened with the CLI, INC-GATE open and INC-YARD closed (still held: its
     grace period is 30 days), and what a sweep 29 days after the footage must keep."""
@@ -106,13 +106,14 @@ def sweep_keeps_exactly_the_held_footage(site: Site, expected: dict[str, Any]) -
     assert "audit log OK" in site.cli("audit", "verify")
 
 
-def run_daemon_start_up(site: Site, log_path: Path) -> str:
-    """Start the daemon, wait for its start-up (restore and reconciliation) to finish, stop it."""
+def run_daemon_start_up(site: Site, log_path: Path) -> list[Event]:
+    """Start the daemon, wait for its start-up (restore and reconciliation) to finish, stop it; return the
+    events it logged."""
     with Daemon(site.config, log_path) as daemon:
-        wait_for(lambda: "reconcile done" in daemon.log() or daemon.proc.poll() is not None, 60,
+        wait_for(lambda: daemon.events("reconcile done") or daemon.proc.poll() is not None, 60,
                  "the daemon's start-up reconciliation")
         assert daemon.terminate(30) == 0, daemon.log()[-3000:]
-    return daemon.log()
+    return daemon.events()
 
 
 def test_the_daemon_restores_the_incidents_of_a_damaged_and_moved_catalog(held_site, tmp_path):
@@ -128,10 +129,11 @@ def test_the_daemon_restores_the_incidents_of_a_damaged_and_moved_catalog(held_s
     assert "is damaged (file is not a database)" in daemon.log() and DAMAGED_ADVICE in daemon.log()
 
     move_catalog_away(site.data_dir)
-    log = run_daemon_start_up(site, tmp_path / "daemon.log")
-    assert "open incident restored from the audit log id=INC-GATE camera=gate" in log
-    assert "open incident restored from the audit log id=INC-YARD" not in log  # closed: nothing held anew
-    assert "incidents restored from the audit log count=2 open=1 catalog=created chain_ok=True" in log
+    events = run_daemon_start_up(site, tmp_path / "daemon.log")
+    assert named(events, "open incident restored from the audit log", id="INC-GATE", camera="gate")
+    assert not named(events, "open incident restored from the audit log", id="INC-YARD")  # closed
+    assert named(events, "incidents restored from the audit log", count=2, open=1, catalog="created",
+                 chain_ok=True)
 
     assert_incidents_restored(site, expected["incidents"])
     [line] = restore_lines(site)
@@ -153,13 +155,13 @@ def test_a_cli_sweep_on_the_new_catalog_restores_the_holds_before_anything_else(
     first = run_cli("retention", "-c", str(site.config), "--now", expected["now"], "--json")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["deleted"] == []  # the new catalog knows no segment yet
-    assert "open incident restored from the audit log id=INC-GATE" in first.stderr
+    assert named(parse_log(first.stderr), "open incident restored from the audit log", id="INC-GATE")
     assert_incidents_restored(site, expected["incidents"])
 
     # The daemon then finds a catalog that exists: already restored (marked), it is not restored twice,
     # and it adopts the footage; the next sweep keeps what the incidents hold.
-    log = run_daemon_start_up(site, tmp_path / "daemon.log")
-    assert "restored from the audit log" not in log
+    events = run_daemon_start_up(site, tmp_path / "daemon.log")
+    assert not [e for e in events if e.name.endswith("restored from the audit log")]
     [line] = restore_lines(site)
     assert (line["count"], line["open"], line["catalog"]) == (2, 1, "created")
     sweep_keeps_exactly_the_held_footage(site, expected)
@@ -194,7 +196,8 @@ def test_a_locked_catalog_is_not_called_damaged(tmp_path, monkeypatch):
     Catalog.open(tmp_path).close()  # the lock gone, the same file opens
 
 
-def test_a_catalog_on_a_full_disk_is_not_called_damaged(tmp_path, small_fs):  # noqa: F811
+@needs_root_for_tmpfs
+def test_a_catalog_on_a_full_disk_is_not_called_damaged(tmp_path, small_fs):
     data = small_fs("4m") / "data"
     data.mkdir()
     Catalog.open(data).close()  # closed: its WAL index must be made again at the next open
@@ -209,7 +212,7 @@ def test_a_catalog_on_a_full_disk_is_not_called_damaged(tmp_path, small_fs):  # 
 
 
 def test_an_unreadable_audit_log_keeps_the_daemon_recording_but_never_sweeping(tmp_path, officer):
-    from tests.daemon_helpers import open_daemon_state, write_config
+    from tests.helpers.daemon import open_daemon_state, write_config
 
     data_dir = tmp_path / "data"
     data_dir.mkdir(mode=0o700)

@@ -27,8 +27,9 @@ from edgerec.incidents import (
 )
 from edgerec.spacereserve import SpaceReserve, make_reserve
 from edgerec.timefmt import parse_rfc3339, parse_time, rfc3339
-from tests.daemon_helpers import run_cli, write_config
-from tests.test_catalog import DAY, MIN, T0, add_segment, make_config
+from tests.helpers.audit import counted_incident_lines
+from tests.helpers.catalog import DAY, MIN, T0, add_segment, make_config
+from tests.helpers.daemon import run_cli, write_config
 
 CAMERAS = ("gate", "yard")
 NOW = T0 + DAY
@@ -268,21 +269,6 @@ def test_failed_audit_append_leaves_nothing_recorded(env, tmp_path):
 
 
 # ----- a full disk: the space reserve, and audit lines for commits that failed ------------------------------
-def counted_incident_lines(events):
-    """The ``incident_opened``/``incident_closed`` lines that count, as (event, id): every one except those
-    an ``incident_not_recorded`` line (same id and action) follows. Fails on a void line voiding nothing."""
-    counted = []
-    for e in events:
-        if e["event"] in ("incident_opened", "incident_closed"):
-            counted.append(e)
-        elif e["event"] == "incident_not_recorded":
-            voided = "incident_opened" if e["action"] == "open" else "incident_closed"
-            earlier = [c for c in counted if (c["event"], c["id"]) == (voided, e["id"])]
-            assert earlier, f"an incident_not_recorded line that voids nothing: {e}"
-            counted.remove(earlier[-1])
-    return [(e["event"], e["id"]) for e in counted]
-
-
 def catalog_incident_lines(catalog):
     """The (event, id) lines the catalog's incidents call for, in the order of opening."""
     out = []

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgerec import keys
 from edgerec.errors import KeyFormatError, UsageError
+from tests.helpers.events import from_records, named
 
 
 def _mode(path: Path) -> int:
@@ -138,7 +139,7 @@ def test_private_key_readable_by_others_loads_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="edgerec.keys"):
         key = keys.load_private_key(out)
     assert isinstance(key, X25519PrivateKey)
-    assert any("readable by others" in r.getMessage() for r in caplog.records)
+    assert named(from_records(caplog.records), "private key readable by others", path=out, mode="0644")
 
 
 def test_private_key_0600_loads_without_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

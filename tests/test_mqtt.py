@@ -40,7 +40,7 @@ from edgerec.mqtt import (
     stale_discovery_topics,
 )
 from edgerec.timefmt import rfc3339
-from tests.broker import (
+from tests.helpers.broker import (
     LOOPBACK,
     Broker,
     Listener,
@@ -49,7 +49,7 @@ from tests.broker import (
     retained_on,
     wait_until,
 )
-from tests.media import free_port
+from tests.helpers.media import free_port
 
 pytestmark = [needs_mosquitto,
               pytest.mark.timeout(60)]

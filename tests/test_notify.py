@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from edgerec import notify
+from tests.helpers.events import from_records
 
 
 @pytest.fixture
@@ -137,11 +138,11 @@ def test_withheld_watchdog_logs_the_reason_once_and_its_recovery(systemd_socket,
             clock.now_s += 20
             assert not dog.tick(False, reason="camera gate sent nothing for 21.0 s while recording")
         assert dog.tick(True)
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages == [
-        'watchdog withheld: daemon unhealthy reason="camera gate sent nothing for 21.0 s while recording"; '
-        "systemd restarts it after timeout_s=30.0",
-        "watchdog health restored; pinging systemd again",
+    events = [(e.name, e.fields) for e in from_records(caplog.records)]
+    assert events == [
+        ("watchdog withheld: daemon unhealthy",
+         {"reason": "camera gate sent nothing for 21.0 s while recording", "timeout_s": "30.0"}),
+        ("watchdog health restored; pinging systemd again", {}),
     ]
 
 

@@ -34,9 +34,8 @@ from typing import Any
 import pytest
 
 from edgerec.timefmt import rfc3339
-from tests.broker import Broker, Listener, needs_mosquitto
-from tests.daemon_helpers import REPO, OfficerKey, wait_for
-from tests.test_crashloop import (
+from tests.helpers.broker import Broker, Listener, needs_mosquitto
+from tests.helpers.crashloop import (
     CAMERA,
     LATENCY_ALLOWANCE_S,
     CrashLedger,
@@ -44,7 +43,8 @@ from tests.test_crashloop import (
     S,
     partial_files,
 )
-from tests.test_write_order import Call, needs_strace, parse_strace, strace_cmd
+from tests.helpers.daemon import REPO, OfficerKey, wait_for
+from tests.helpers.strace import Call, needs_strace, parse_strace, strace_cmd
 
 POLL_INTERVAL_S = 0.2  # the recorder's flush timer: an fdatasync may come this much after fsync_seconds
 

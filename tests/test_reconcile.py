@@ -21,8 +21,9 @@ from edgerec.layout import CATALOG_NAME, QUARANTINE_DIR
 from edgerec.reconcile import reconcile, restore_incidents
 from edgerec.segfile import SegmentWriter
 from edgerec.timefmt import rfc3339
-from tests.segfile_helpers import make_keys, make_meta
-from tests.test_catalog import MIN, T0, make_config
+from tests.helpers.catalog import MIN, T0, make_config
+from tests.helpers.events import from_records, named
+from tests.helpers.segments import make_keys, make_meta
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB of "TS"
 
@@ -233,10 +234,9 @@ def test_a_new_catalog_gets_the_incidents_back_from_the_audit_log(tmp_path, capl
             "count": 2, "open": 1, "source": "audit log", "chain_ok": True, "catalog": "created",
             "ids": ["A", "B"]}
         assert verify_audit(tmp_path / "audit.log").ok
-        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        assert any(m.startswith("open incident restored from the audit log id=A camera=gate")
-                   for m in warnings)
-        assert not any("id=B" in m for m in warnings)  # a closed one holds nothing new: no warning
+        warnings = [e for e in from_records(caplog.records) if e.level == "warning"]
+        assert named(warnings, "open incident restored from the audit log", id="A", camera="gate")
+        assert not [e for e in warnings if e.has(id="B")]  # a closed one holds nothing new: no warning
         # Checked once: the next open finds the mark, and restores and audits nothing more.
         lines = len(incident_lines(tmp_path))
         assert restore_incidents(catalog, AuditLog(tmp_path / "audit.log")) is None
@@ -299,7 +299,7 @@ def test_a_broken_chain_is_said_but_the_incidents_are_restored_anyway(tmp_path, 
         line = incident_lines(tmp_path)[-1]
         assert line["event"] == "incidents_restored" and line["chain_ok"] is False
         assert "BROKEN at line 1" in line["chain_problem"]
-        assert any("hash chain broken" in r.getMessage() for r in caplog.records)
+        assert [e.level for e in from_records(caplog.records) if "hash chain broken" in e.name] == ["error"]
     finally:
         catalog.close()
 

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import av
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgerec import segfile
 from edgerec.config import CameraConfig, DurabilityConfig
-from edgerec.layout import segment_path, start_ns_from_name
-from edgerec.recorder import ChainState, Recorder, RecorderClock, backoff_delay
-from tests.daemon_helpers import wait_for
-from tests.media import (
+from edgerec.inventory import start_ns_from_name
+from edgerec.recorder import ChainState, RecorderClock, backoff_delay, segment_path
+from tests.helpers.daemon import wait_for
+from tests.helpers.media import (
     make_h264_clip,
     needs_rtsp,
     scan_tree_for_plaintext,
@@ -29,49 +24,7 @@ from tests.media import (
     stop_process,
     video_packets,
 )
-
-
-@dataclass
-class Rig:
-    recorder: Recorder
-    data_dir: Path
-    private_key: X25519PrivateKey
-    sealed: list[segfile.SealedSegment] = field(default_factory=list)
-    gaps: list[tuple[str, int, int, str]] = field(default_factory=list)
-
-
-def make_rig(tmp_path: Path, camera: CameraConfig, **kwargs: Any) -> Rig:
-    private_key = X25519PrivateKey.generate()
-    data_dir = tmp_path / "data"
-    sealed: list[segfile.SealedSegment] = []
-    gaps: list[tuple[str, int, int, str]] = []
-    options: dict[str, Any] = {
-        "segment_seconds": 1.0,
-        "durability": DurabilityConfig(flush_seconds=0.5, fsync_seconds=1.0),
-        "chain": ChainState(next_sequence=7, prev_digest=bytes(range(32))),
-        "rand": lambda: 0.0,
-    }
-    options.update(kwargs)
-    recorder = Recorder(camera, data_dir=data_dir, device_id="pi-test", recipients=[private_key.public_key()],
-                        signing_key=Ed25519PrivateKey.generate(), on_sealed=sealed.append,
-                        on_gap=lambda *gap: gaps.append(gap), **options)
-    return Rig(recorder, data_dir, private_key, sealed, gaps)
-
-
-def decrypted_packets(path: Path, private_key: X25519PrivateKey, *, recover: bool = False) -> list[bytes]:
-    payload = b"".join(segfile.decrypt(path, private_key, recover=recover))
-    if not payload:
-        return []
-    with av.open(io.BytesIO(payload), format="mpegts") as ts:
-        return [bytes(p) for p in ts.demux(video=0) if p.size]
-
-
-def assert_chain(sealed: list[segfile.SealedSegment], first: ChainState) -> None:
-    start = first.next_sequence
-    assert [s.meta.sequence for s in sealed] == list(range(start, start + len(sealed)))
-    assert sealed[0].meta.prev_digest == first.prev_digest
-    for a, b in zip(sealed, sealed[1:], strict=False):
-        assert b.meta.prev_digest == a.digest
+from tests.helpers.recorder import Rig, assert_chain, decrypted_packets, make_rig
 
 
 def test_file_source_with_exit_at_eof_records_encrypted_segments(tmp_path: Path) -> None:
@@ -170,7 +123,7 @@ def test_disk_full_gate_defers_segments_and_reports_the_gap(tmp_path: Path) -> N
 
 
 def test_unreachable_camera_backs_off_and_reports_the_gap_at_stop(tmp_path: Path) -> None:
-    from tests.media import free_port
+    from tests.helpers.media import free_port
 
     camera = CameraConfig("ip", f"rtsp://127.0.0.1:{free_port()}/x", timeout_seconds=1.0)
     rig = make_rig(tmp_path, camera)
@@ -245,7 +198,7 @@ def test_backoff_doubles_from_one_second_to_thirty_with_jitter() -> None:
 def test_plaintext_scan_finds_ts_and_h264_but_not_random_bytes(tmp_path: Path) -> None:
     import os
 
-    from tests.media import plaintext_video_findings
+    from tests.helpers.media import plaintext_video_findings
 
     clip = tmp_path / "clip.ts"
     make_h264_clip(clip, 1, fps=25, gop=5)
@@ -256,8 +209,9 @@ def test_plaintext_scan_finds_ts_and_h264_but_not_random_bytes(tmp_path: Path) -
 
 
 def test_plaintext_scan_of_a_segment_skips_its_plaintext_fields_but_not_its_chunks(tmp_path: Path) -> None:
-    from tests.media import scan_tree_for_plaintext
-    from tests.segfile_helpers import make_keys, make_meta, split_records, write_segment
+    from edgerec.inventory import segment_path
+    from tests.helpers.media import scan_tree_for_plaintext
+    from tests.helpers.segments import make_keys, make_meta, split_records, write_segment
 
     # A monotonic clock of ~1534 s in the header spells 00 00 01 65 (a start code and an IDR header).
     meta = make_meta(monotonic_ns=0x0000016512345678)

@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 
 from edgerec import segfile
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, wait_for, write_config
-from tests.media import decoded_frame_hashes, make_h264_clip, scan_tree_for_plaintext, start_rtsp_server
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for, write_config
+from tests.helpers.media import (
+    decoded_frame_hashes,
+    make_h264_clip,
+    scan_tree_for_plaintext,
+    start_rtsp_server,
+)
 
 
 def assert_no_plaintext(root: Path) -> None:

@@ -31,7 +31,8 @@ from edgerec.spacereserve import (
     make_reserve,
     reserve_wanted,
 )
-from tests.test_catalog import DAY, MIN, T0, add_segment, make_config
+from tests.helpers.catalog import DAY, MIN, T0, add_segment, make_config
+from tests.helpers.events import from_records, named
 
 GRACE = 7 * DAY
 POLICY = RetentionPolicy(default_days=28, camera_days={"short": 7}, min_free_bytes=1000, min_free_pct=None,
@@ -599,7 +600,7 @@ def test_a_clock_jump_is_logged_and_audited_once_by_the_sweep(tmp_path, caplog):
         assert sweeper.sweep().clock_jump_ns is None
         events = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
         assert [(e["event"], round(e["seconds"])) for e in events] == [("clock_jump", 3600)]
-        assert len([r for r in caplog.records if r.getMessage().startswith("clock jump")]) == 1
+        assert len(named(from_records(caplog.records), "clock jump")) == 1
     finally:
         catalog.close()
 

@@ -33,9 +33,9 @@ from edgerec.health import HealthChange
 from edgerec.recorder import ChainState, ConnectionChange, stall_age_s, timeline_for
 from edgerec.source import choose_encoder, is_live, read_timeout_s
 from edgerec.statusfile import read_status
-from tests.broker import Broker, Listener, needs_mosquitto
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, segment_count, write_config
-from tests.media import (
+from tests.helpers.broker import Broker, Listener, needs_mosquitto
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, segment_count, wait_for, write_config
+from tests.helpers.media import (
     PacedTcpServer,
     ffmpeg_tcp_push,
     make_h264_clip,
@@ -46,8 +46,8 @@ from tests.media import (
     stop_process,
     video_packets,
 )
-from tests.test_health import FAST, FROZEN_PICTURE, WORLD_B, _view, black, encode_clip, normal
-from tests.test_recorder import Rig, assert_chain, decrypted_packets, make_rig, wait_for
+from tests.helpers.recorder import Rig, assert_chain, decrypted_packets, make_rig
+from tests.helpers.scenes import FAST, FROZEN_PICTURE, WORLD_B, black, encode_clip, normal, view
 
 FIRST = ChainState(7, bytes(range(32)))  # the chain make_rig starts from
 TIMEOUT_S = 1.0
@@ -335,7 +335,7 @@ def switch_to(after: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray]
 SCENES = {
     "black": switch_to(black),
     "frozen": switch_to(lambda i: FROZEN_PICTURE),
-    "moved": switch_to(lambda i: _view(WORLD_B, i)),
+    "moved": switch_to(lambda i: view(WORLD_B, i)),
     "normal": normal,
 }
 

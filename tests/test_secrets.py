@@ -12,9 +12,9 @@ import uuid
 from pathlib import Path
 
 from edgerec.timefmt import rfc3339
-from tests.broker import Broker, Listener, needs_mosquitto
-from tests.daemon_helpers import Daemon, OfficerKey, run_cli, segment_count, wait_for, write_config
-from tests.media import free_port
+from tests.helpers.broker import Broker, Listener, needs_mosquitto
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, segment_count, wait_for, write_config
+from tests.helpers.media import free_port
 
 
 def secret(place: str) -> str:

@@ -31,9 +31,9 @@ from edgerec.catalog import IncidentRow, SegmentRow
 from edgerec.config import CameraConfig, Config, MqttConfig, TlsConfig
 from edgerec.incidents import parse_command
 from edgerec.retention import DiskState, RetentionPolicy, plan_deletions
-from tests.broker import Broker, make_test_ca, needs_mosquitto
-from tests.daemon_helpers import REPO, OfficerKey, wait_for, write_config
-from tests.media import make_h264_clip, plaintext_video_findings, scan_tree_for_plaintext
+from tests.helpers.broker import Broker, make_test_ca, needs_mosquitto
+from tests.helpers.daemon import REPO, OfficerKey, wait_for, write_config
+from tests.helpers.media import make_h264_clip, plaintext_video_findings, scan_tree_for_plaintext
 
 S = 1_000_000_000
 DAY = 86_400 * S

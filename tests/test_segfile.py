@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from edgerec import keys, segfile
 from edgerec.errors import SegmentError
 from edgerec.segfile import SegmentWriter
-from tests.daemon_helpers import wait_for
-from tests.segfile_helpers import (
+from tests.helpers.daemon import wait_for
+from tests.helpers.segments import (
     START_NS,
     Record,
     TestKeys,
@@ -1032,7 +1032,7 @@ _CHILD_WRITER = textwrap.dedent(
     import hashlib, sys, time
     from pathlib import Path
     from edgerec import keys, segfile
-    from tests.segfile_helpers import make_meta
+    from tests.helpers.segments import make_meta
 
     out, recipient_pub, device_key = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     writer = segfile.SegmentWriter(
@@ -1098,7 +1098,7 @@ _CHILD_DISK_FULL = textwrap.dedent(
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     from edgerec import segfile
-    from tests.segfile_helpers import make_meta
+    from tests.helpers.segments import make_meta
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # exceed the size limit: EFBIG instead of a signal
     resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))

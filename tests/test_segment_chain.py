@@ -14,7 +14,7 @@ import pytest
 
 from edgerec import inventory, layout, segfile
 from edgerec.segfile import ChainLink, link_status
-from tests.segfile_helpers import START_NS, TestKeys, make_keys, make_meta, split_records, write_segment
+from tests.helpers.segments import START_NS, TestKeys, make_keys, make_meta, split_records, write_segment
 
 SECOND_NS = 1_000_000_000
 ZERO = segfile.GENESIS_DIGEST

@@ -20,7 +20,7 @@ from edgerec.segmenter import (
     should_cut,
 )
 from edgerec.source import open_source
-from tests.media import decoded_frame_hashes, make_h264_clip, video_packets
+from tests.helpers.media import decoded_frame_hashes, make_h264_clip, video_packets
 
 T0_NS = 1_800_000_000_000_000_000
 

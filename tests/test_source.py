@@ -13,7 +13,7 @@ from edgerec.config import CameraConfig, EncoderConfig
 from edgerec.errors import SourceError
 from edgerec.source import CHILD_EXIT_TIMEOUT_S, input_options, open_source
 from edgerec.source import testsrc_graph as lavfi_graph_of_testsrc
-from tests.media import (
+from tests.helpers.media import (
     make_h264_clip,
     needs_rtsp,
     start_rtsp_server,
@@ -169,7 +169,7 @@ def test_input_without_video_is_a_source_error() -> None:
 
 
 def test_unreachable_rtsp_camera_fails_fast_without_showing_the_password() -> None:
-    from tests.media import free_port
+    from tests.helpers.media import free_port
 
     url = f"rtsp://admin:secret@127.0.0.1:{free_port()}/stream"
     started = time.monotonic()

@@ -24,7 +24,7 @@ from av.video.frame import PictureType
 
 from edgerec.layout import PARTIAL_SEGMENT_SUFFIX, SEGMENT_SUFFIX
 from edgerec.segfile import CHECK_BYTES, CHUNK_OVERHEAD_BYTES, KIND_TRAILER, TAG_BYTES
-from tests.segfile_helpers import split_records
+from tests.helpers.segments import split_records
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")

@@ -37,8 +37,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.daemon_helpers import wait_for
-from tests.media import free_port
+from tests.helpers.daemon import wait_for
+from tests.helpers.media import free_port
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10.0
@@ -130,7 +130,7 @@ def mosquitto_password_line(user: str, password: str) -> str:
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float = WAIT_TIMEOUT_S, what: str = "condition",
                interval_s: float = 0.01) -> Any:
-    """``tests.daemon_helpers.wait_for`` with this module's defaults (short poll for broker round trips)."""
+    """``tests.helpers.daemon.wait_for`` with this module's defaults (short poll for broker round trips)."""
     return wait_for(predicate, timeout_s, what, interval_s)
 
 

@@ -1,6 +1,6 @@
 """Helpers for tests that need real encrypted segments: keys, metadata and a one-call segment writer.
 
-Other test modules may import these (``from tests.segfile_helpers import make_keys, write_segment``).
+Other test modules may import these (``from tests.helpers.segments import make_keys, write_segment``).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from tests.helpers.events import Event, named, parse_log
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -108,6 +110,11 @@ class Daemon:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def events(self, name: str | None = None, **fields: object) -> list[Event]:
+        """The events the daemon has logged so far; with ``name``, only those (and with those fields)."""
+        events = parse_log(self.log())
+        return events if name is None else named(events, name, **fields)
 
     def terminate(self, timeout: float = 30) -> int:
         self.proc.send_signal(signal.SIGTERM)

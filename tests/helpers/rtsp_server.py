@@ -2,7 +2,7 @@
 
 Run it with the system Python, which has the GStreamer bindings (python3-gi, gir1.2-gst-rtsp-server-1.0):
 
-    /usr/bin/python3 tests/rtsp_server.py CLIP --port 8554 [--mount /cam] [--loop]
+    /usr/bin/python3 tests/helpers/rtsp_server.py CLIP --port 8554 [--mount /cam] [--loop]
 
 Every client gets its own pipeline that starts at the beginning of the clip and is paced in real
 time by the RTSP server's sink clock. With ``--loop`` (MPEG-TS clips only) the clip is played again
