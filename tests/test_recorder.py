@@ -13,8 +13,8 @@ import pytest
 
 from edgerec import segfile
 from edgerec.config import CameraConfig, DurabilityConfig
-from edgerec.inventory import start_ns_from_name
-from edgerec.recorder import ChainState, RecorderClock, backoff_delay, segment_path
+from edgerec.layout import segment_path, start_ns_from_name
+from edgerec.recorder import ChainState, RecorderClock, backoff_delay
 from tests.helpers.daemon import wait_for
 from tests.helpers.media import (
     make_h264_clip,
