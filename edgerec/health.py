@@ -231,8 +231,8 @@ class HealthMonitor:
         self._last = features
         featureless = features.layout_std_levels <= th.dark_layout_std_max_levels
         dark = featureless and features.mean_level <= th.dark_mean_max_levels
-        # A featureless picture compares as "identical" and has no edges: it is reported as dark (or,
-        # when bright, caught by the moved detector), not as frozen or blurred.
+        # A featureless picture (no layout) compares as "identical" and has no edges: it is reported as
+        # dark when dim, and never as frozen, blurred or moved.
         frozen, frozen_since = self._frozen_raw(features, now, featureless)
         blurred = not featureless and features.sharpness < th.blurred_sharpness_min
         moved = self._moved_raw(features, now, learn=not (featureless or frozen or blurred),
