@@ -61,22 +61,25 @@ class HealthThresholds:
     # noticed within this interval plus its *_after_s. 0 analyses every keyframe.
     analysis_interval_s: float = 30.0
 
+    # The levels below are calibrated on the scenes of tests/health_scenes.py; docs/health.md gives
+    # each one's margin and false-alarm count.
     # Frozen: keyframes stay the same picture for this long. Two pictures are "the same" when 95 % of
-    # their signature blocks differ by at most ``frozen_block_diff_max_levels``. Sensor noise of about
-    # 1 level keeps a live but perfectly still view below that: for such views raise frozen_after_s.
+    # their signature blocks differ by at most ``frozen_block_diff_max_levels``. A frozen encoder
+    # repeats its picture to within 0.05; a still view with 1 level of sensor noise differs by 0.39.
     frozen_after_s: float = 60.0
-    frozen_block_diff_max_levels: float = 0.5
-    # Dark (black or covered lens): low mean and low spread, for this long.
+    frozen_block_diff_max_levels: float = 0.2
+    # Dark (black or covered lens): a low mean and no layout (the 10x10-pixel block means of the
+    # picture spread by at most this much: sensor noise averages out, a dim room keeps its layout).
     dark_mean_max_levels: float = 24.0
-    dark_std_max_levels: float = 8.0
+    dark_layout_std_max_levels: float = 2.0
     dark_after_s: float = 10.0
-    # Blurred (defocused or sprayed): mean absolute gradient divided by the picture's standard
-    # deviation (a contrast-independent sharpness, per pixel) below this, for this long.
-    blurred_sharpness_min_per_px: float = 0.06
+    # Blurred (defocused or sprayed): edge sharpness (1 crisp edges, 0.25 edges spread over 4 pixels
+    # or more of the picture reduced to 160x90; health.edge_sharpness) below this, for this long.
+    blurred_sharpness_min: float = 0.55
     blurred_after_s: float = 30.0
-    # Moved: 1 - correlation between the brightness-normalised signature and a slowly adapting
-    # reference (0 same layout, 1 unrelated, 2 inverted) at or above this, for this long.
-    moved_dissimilarity_min: float = 0.5
+    # Moved: median block difference between the brightness-normalised signature and a slowly
+    # adapting reference (0 same layout, about 1 unrelated) at or above this, for this long.
+    moved_dissimilarity_min: float = 0.6
     moved_after_s: float = 60.0
     reference_halflife_s: float = 600.0
     # Any active condition clears after its cause has been gone for this long (stops flapping).

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 import av
@@ -41,7 +42,24 @@ ANALYSIS_HEIGHT_PX = 180
 SIGNATURE_ROWS = 18
 SIGNATURE_COLS = 32
 
-CONDITIONS = ("dark", "frozen", "blurred", "moved")  # also the order of precedence for ``state``
+
+
+class Condition(StrEnum):
+    """The picture conditions a camera can raise: the one list the MQTT ``tamper`` event, the audit log,
+    the status and the docs use (a test checks docs/mqtt.md and docs/configuration.md against it)."""
+
+    DARK = "dark"  # black or covered lens
+    FROZEN = "frozen"  # the same picture for too long
+    BLURRED = "blurred"  # defocused, sprayed or smeared lens
+    MOVED = "moved"  # the camera looks at another scene
+
+
+CONDITIONS: tuple[str, ...] = tuple(c.value for c in Condition)  # also the order of precedence for ``state``
+# Sharpness is measured on the analysed picture reduced 2x2 (160x90 block means: sensor noise halved)
+# as the energy of 1-pixel differences against that of SHARPNESS_SPAN_PX-pixel differences, times the
+# span: a step edge gives 1, an edge blurred over many pixels 1/SHARPNESS_SPAN_PX, whatever the
+# number of edges or the contrast (see docs/health.md).
+SHARPNESS_SPAN_PX = 4
 # A moved alarm clears only once the view is clearly back near the reference (hysteresis factor).
 MOVED_CLEAR_FACTOR = 0.7
 # A run of "identical" keyframes may drift this many times the per-keyframe tolerance from its first
@@ -59,7 +77,8 @@ class FrameFeatures:
     mean_level: float
     std_level: float
     gradient_level: float  # mean absolute difference between neighbouring pixels
-    sharpness_per_px: float  # gradient_level / max(std_level, 1)
+    sharpness: float  # edge_sharpness of the picture (1 crisp edges .. 1/SHARPNESS_SPAN_PX blurred)
+    layout_std_levels: float  # standard deviation of the signature: how much the scene has a layout
     signature: np.ndarray  # SIGNATURE_ROWS x SIGNATURE_COLS block means, float32
 
 
@@ -95,13 +114,30 @@ def analyze(gray: np.ndarray) -> FrameFeatures:
     grad_x = np.abs(np.diff(img, axis=1)).mean()
     grad_y = np.abs(np.diff(img, axis=0)).mean()
     gradient = float(grad_x + grad_y) / 2.0
+    signature = block_means(img, SIGNATURE_ROWS, SIGNATURE_COLS)
     return FrameFeatures(
         mean_level=mean,
         std_level=std,
         gradient_level=gradient,
-        sharpness_per_px=gradient / max(std, 1.0),
-        signature=block_means(img, SIGNATURE_ROWS, SIGNATURE_COLS),
+        sharpness=edge_sharpness(block_means(img, img.shape[0] // 2, img.shape[1] // 2)),
+        layout_std_levels=float(signature.std()),
+        signature=signature,
     )
+
+
+def edge_sharpness(img: np.ndarray, span_px: int = SHARPNESS_SPAN_PX) -> float:
+    """How crisp the picture's edges are, independent of how many there are and of their contrast.
+
+    ``span_px`` times the mean squared 1-pixel difference over the mean squared ``span_px``-pixel
+    difference (rows and columns). A step edge of height h gives h^2 once against span_px * h^2: 1.
+    An edge spread over w >= span_px pixels gives w * (h/w)^2 against w * (span_px * h/w)^2: 1/span_px.
+    Sensor noise counts as crisp (it gives span_px), so a noisy picture never looks blurred. A picture
+    without any variation gives 0 (it is dark or featureless, and judged as such).
+    """
+    fine = float(np.square(np.diff(img, axis=1)).sum() + np.square(np.diff(img, axis=0)).sum())
+    coarse = float(np.square(img[:, span_px:] - img[:, :-span_px]).sum()
+                   + np.square(img[span_px:] - img[:-span_px]).sum())
+    return span_px * fine / coarse if coarse > 0.0 else 0.0
 
 
 def block_means(img: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -127,12 +163,13 @@ def normalise_signature(signature: np.ndarray) -> np.ndarray:
 
 
 def dissimilarity(a: np.ndarray, b: np.ndarray) -> float:
-    """1 - Pearson correlation of two normalised signatures (0 same layout .. 2 inverted)."""
-    a0, b0 = a - a.mean(), b - b.mean()
-    denom = float(np.sqrt((a0 * a0).sum() * (b0 * b0).sum()))
-    if denom == 0.0:
-        return 1.0
-    return 1.0 - float((a0 * b0).sum()) / denom
+    """How differently two normalised signatures are laid out: the median absolute block difference.
+
+    0 for the same layout; about 1 for unrelated scenes (two independent unit-spread signatures differ
+    by |N(0, 2)|, median 0.95); more for an inverted one. A median, so that people or a vehicle
+    covering less than half of the view, however contrasted, cannot make the view look moved.
+    """
+    return float(np.median(np.abs(a - b)))
 
 
 @dataclass
@@ -183,6 +220,8 @@ class HealthMonitor:
         self._last_moved = 0.0
         self._last_frozen_diff = math.inf
         self._reference_t_s = 0.0
+        # The undebounced decisions on the latest keyframe (what calibration counts as false alarms).
+        self.last_raw: dict[str, bool] = dict.fromkeys(CONDITIONS, False)
 
     def observe(self, features: FrameFeatures, t_s: float) -> list[HealthChange]:
         """Take one analysed keyframe at stream time ``t_s`` (seconds); return the conditions that changed."""
@@ -190,16 +229,17 @@ class HealthMonitor:
         th = self.thresholds
         self._keyframes += 1
         self._last = features
-        dark = features.mean_level <= th.dark_mean_max_levels and features.std_level <= th.dark_std_max_levels
-        # A featureless picture compares as "identical" and has no edges: it is reported as dark (or,
-        # when bright, caught by the moved detector), not as frozen or blurred.
-        featureless = features.std_level <= th.dark_std_max_levels
+        featureless = features.layout_std_levels <= th.dark_layout_std_max_levels
+        dark = featureless and features.mean_level <= th.dark_mean_max_levels
+        # A featureless picture (no layout) compares as "identical" and has no edges: it is reported as
+        # dark when dim, and never as frozen, blurred or moved.
         frozen, frozen_since = self._frozen_raw(features, now, featureless)
-        blurred = not featureless and features.sharpness_per_px < th.blurred_sharpness_min_per_px
+        blurred = not featureless and features.sharpness < th.blurred_sharpness_min
         moved = self._moved_raw(features, now, learn=not (featureless or frozen or blurred),
                                 judge=not (featureless or blurred))
 
         raw = {"dark": dark, "frozen": frozen, "blurred": blurred, "moved": moved}
+        self.last_raw = raw
         enter = {"dark": th.dark_after_s, "frozen": th.frozen_after_s,
                  "blurred": th.blurred_after_s, "moved": th.moved_after_s}
         changes = []
@@ -268,12 +308,12 @@ class HealthMonitor:
 
     def _detail(self, condition: str, f: FrameFeatures) -> str:
         if condition == "dark":
-            return f"mean={f.mean_level:.1f} std={f.std_level:.1f}"
+            return f"mean={f.mean_level:.1f} layout_std={f.layout_std_levels:.2f}"
         if condition == "frozen":
             diff = self._last_frozen_diff
             return f"block_diff={diff:.2f}" if math.isfinite(diff) else "block_diff=none"
         if condition == "blurred":
-            return f"sharpness={f.sharpness_per_px:.3f} gradient={f.gradient_level:.2f}"
+            return f"sharpness={f.sharpness:.3f} gradient={f.gradient_level:.2f}"
         return f"dissimilarity={self._last_moved:.2f}"
 
     @property
@@ -291,7 +331,7 @@ class HealthMonitor:
             "keyframes": self._keyframes,
             "mean": round(last.mean_level, 1) if last else None,
             "std": round(last.std_level, 1) if last else None,
-            "sharpness": round(last.sharpness_per_px, 3) if last else None,
+            "sharpness": round(last.sharpness, 3) if last else None,
             "moved_dissimilarity": round(self._last_moved, 3),
         }
 

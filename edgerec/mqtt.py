@@ -207,6 +207,12 @@ OPEN_NOW_BUTTON_PAYLOAD = json.dumps(
     {"action": OPEN_NOW, "camera": "*", "by": "home-assistant", "reason": "opened from Home Assistant"})
 
 
+# The tamper sensor's attributes: the condition (None when the picture is fine) and every active one.
+TAMPER_ATTRIBUTES_EXPRESSION = (
+    "{'condition': (c.get('health') or {}).get('state') if (c.get('health') or {}).get('state', 'ok')"
+    " != 'ok' else None, 'active': (c.get('health') or {}).get('active', [])} | tojson")
+
+
 def _camera_template(camera: str, expression: str) -> str:
     # .get keeps the template quiet when a camera is missing from status (stopped, just removed).
     return "{% set c = value_json.cameras.get(" + json.dumps(camera) + ") or {} %}{{ " + expression + " }}"
@@ -225,10 +231,13 @@ def discovery_messages(config: LinkConfig, topics: Topics) -> list[tuple[str, st
     common = {"availability_topic": topics.availability, "payload_available": ONLINE,
               "payload_not_available": OFFLINE, "device": device, "qos": QOS}
 
-    def entity(component: str, object_id: str, name: str, **fields: Any) -> tuple[str, str]:
-        unique = f"{node}_{_slug(object_id)}"
-        cfg = {"name": name, "unique_id": unique, "object_id": unique, **common, **fields}
-        return f"{topics.discovery_prefix}/{component}/{node}/{_slug(object_id)}/config", json.dumps(cfg)
+    def entity(component: str, object_name: str, name: str, **fields: Any) -> tuple[str, str]:
+        unique = f"{node}_{_slug(object_name)}"
+        # default_entity_id (Home Assistant 2025.10+) replaces the deprecated object_id: the entity id
+        # is the component's domain, a dot and our slug.
+        cfg = {"name": name, "unique_id": unique, "default_entity_id": f"{component}.{unique}", **common,
+               **fields}
+        return f"{topics.discovery_prefix}/{component}/{node}/{_slug(object_name)}/config", json.dumps(cfg)
 
     out = []
     for cam in config.cameras:
@@ -239,6 +248,13 @@ def discovery_messages(config: LinkConfig, topics: Topics) -> list[tuple[str, st
             entity("binary_sensor", f"{oid}_recording", f"{cam.name} recording", state_topic=topics.status,
                    device_class="running", value_template=_camera_template(
                        cam.name, "'ON' if c.get('state') == 'recording' else 'OFF'")),
+            # On while the camera's picture health reports a condition (health.state is not "ok"); the
+            # condition and all active ones are its attributes, from the same retained status.
+            entity("binary_sensor", f"{oid}_tamper", f"{cam.name} tamper", state_topic=topics.status,
+                   device_class="tamper", value_template=_camera_template(
+                       cam.name, "'ON' if (c.get('health') or {}).get('state', 'ok') != 'ok' else 'OFF'"),
+                   json_attributes_topic=topics.status, json_attributes_template=_camera_template(
+                       cam.name, TAMPER_ATTRIBUTES_EXPRESSION)),
             entity("sensor", f"{oid}_last_packet_age", f"{cam.name} last packet age",
                    state_topic=topics.status, device_class="duration", unit_of_measurement="s",
                    state_class="measurement",

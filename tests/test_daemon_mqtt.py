@@ -29,6 +29,7 @@ from tests.helpers.broker import (
     LOOPBACK,
     Broker,
     Listener,
+    Received,
     make_test_ca,
     needs_mosquitto,
     retained_on,
@@ -110,6 +111,52 @@ def test_availability_status_and_discovery_arrive_retained(running: Running, bro
     config = discovery.json()
     assert config["state_topic"] == f"{setup.base}/status"
     assert config["availability_topic"] == setup.availability
+
+
+# Health at fast settings: every keyframe analysed, alarms after a second or three.
+FAST_HEALTH = {"analysis_interval_s": 0, "dark_after_s": 1, "frozen_after_s": 3, "blurred_after_s": 3,
+               "moved_after_s": 3, "clear_after_s": 1}
+
+
+def test_tamper_sensor_reports_a_covered_lens_and_not_the_test_camera(
+        tmp_path: Path, officer: OfficerKey, broker: Broker) -> None:
+    cameras = [{**CAMERA, "health": True},  # the built-in test camera: must stay "ok"
+               {"name": "lens", "url": "lavfi:color=c=black:size=160x120:rate=10", "health": True}]
+    setup = make_setup(tmp_path, officer, broker.port, cameras=cameras, health=FAST_HEALTH,
+                       mqtt={"discovery": True})
+    node = f"edgerec_{setup.device_id}"
+
+    def health_of(m: Received, camera: str) -> dict[str, Any]:
+        return m.json()["cameras"].get(camera, {}).get("health") or {}
+
+    with Listener(broker, [f"{setup.base}/#", setup.discovery_node]) as listener, \
+            Daemon(setup.config, tmp_path / "d.log") as daemon:
+        wait_online(listener, setup, daemon)
+        config = listener.wait_for(f"homeassistant/binary_sensor/{node}/cam_lens_tamper/config", timeout_s=15)
+        tampered = listener.wait_for(f"{setup.base}/status",
+                                     lambda m: health_of(m, "lens").get("state") == "dark", timeout_s=30)
+        event = listener.wait_for(f"{setup.base}/events", lambda m: m.json().get("event") == "tamper")
+        # The test camera has been analysed for a while by now, on every keyframe.
+        wait_for(lambda: any(health_of(m, "gate").get("keyframes", 0) >= 8
+                             for m in listener.on(f"{setup.base}/status")),
+                 30, "eight keyframes of the test camera analysed")
+        statuses = listener.on(f"{setup.base}/status")
+        retained = retained_on(broker, setup.discovery_node)
+        events = [m.json() for m in listener.on(f"{setup.base}/events") if m.json().get("event") == "tamper"]
+        assert daemon.terminate() == 0, daemon.log()
+    # The discovery config is retained, with the current keys and no deprecated object_id.
+    cfg = config.json()
+    assert json.loads(retained[config.topic]) == cfg and "object_id" not in cfg
+    assert cfg["default_entity_id"] == f"binary_sensor.{node}_cam_lens_tamper"
+    assert cfg["unique_id"] == f"{node}_cam_lens_tamper"
+    assert cfg["device_class"] == "tamper"
+    assert cfg["state_topic"] == cfg["json_attributes_topic"] == f"{setup.base}/status"
+    assert "health" in cfg["value_template"] and "condition" in cfg["json_attributes_template"]
+    # What its templates read: the camera's health state and active conditions in the status.
+    assert health_of(tampered, "lens")["active"] == ["dark"]
+    assert event.json()["camera"] == "lens" and event.json()["condition"] == "dark" and event.json()["active"]
+    assert [e["camera"] for e in events] == ["lens"]
+    assert all(health_of(m, "gate").get("state", "ok") == "ok" for m in statuses)
 
 
 def test_incident_command_is_acknowledged_within_a_second_and_holds_its_segments(running: Running) -> None:
@@ -243,7 +290,7 @@ def test_reload_changing_mqtt_settings_clears_the_entities_of_a_removed_camera(
         left = retained_on(broker, setup.discovery_node)
         assert not yard_entities & set(left), daemon.log()
         assert gate_entities <= set(left)
-        assert daemon.events("mqtt discovery entities removed", count=4)
+        assert daemon.events("mqtt discovery entities removed", count=5)
         assert daemon.terminate() == 0, daemon.log()
 
 

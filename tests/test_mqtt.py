@@ -215,6 +215,7 @@ def test_discovery_covers_enabled_cameras_and_device_entities(tmp_path: Path) ->
     msgs = {t: json.loads(p) for t, p in discovery_messages(cfg, topics)}
     assert set(msgs) == {
         "homeassistant/binary_sensor/edgerec_pi7/cam_gate_recording/config",
+        "homeassistant/binary_sensor/edgerec_pi7/cam_gate_tamper/config",
         "homeassistant/sensor/edgerec_pi7/cam_gate_last_packet_age/config",
         "homeassistant/sensor/edgerec_pi7/cam_gate_fps/config",
         "homeassistant/sensor/edgerec_pi7/cam_gate_bitrate/config",
@@ -224,7 +225,9 @@ def test_discovery_covers_enabled_cameras_and_device_entities(tmp_path: Path) ->
         "homeassistant/button/edgerec_pi7/open_incident_now/config",
     }
     assert len({m["unique_id"] for m in msgs.values()}) == len(msgs)
-    for m in msgs.values():
+    for topic, m in msgs.items():
+        # default_entity_id (Home Assistant 2025.10+), never the deprecated object_id.
+        assert "object_id" not in m and m["default_entity_id"] == f"{topic.split('/')[1]}.{m['unique_id']}"
         assert m["availability_topic"] == "edgerec/pi7/availability"
         assert m["device"]["identifiers"] == ["edgerec_pi7"] and m["device"]["sw_version"]
         assert m.get("state_topic", topics.status) == topics.status
@@ -232,7 +235,7 @@ def test_discovery_covers_enabled_cameras_and_device_entities(tmp_path: Path) ->
     assert button["command_topic"] == topics.command
     assert decode_command(button["payload_press"].encode()).command["action"] == "open_now"
     fewer = discovery_messages(replace(cfg, cameras=()), topics)
-    assert len(discovery_removals(discovery_messages(cfg, topics), fewer)) == 4
+    assert len(discovery_removals(discovery_messages(cfg, topics), fewer)) == 5
 
 
 def two_camera_config(**mqtt: Any) -> Config:
@@ -262,9 +265,9 @@ def test_stale_discovery_topics_are_those_nothing_clears_or_overwrites_after_a_r
     stale = stale_discovery_topics(old, new)
     assert len(stale) == len(set(stale))
     if cleared == "yard":
-        assert set(stale) == {t for t in config_topics(old) if "/cam_yard_" in t} and len(stale) == 4
+        assert set(stale) == {t for t in config_topics(old) if "/cam_yard_" in t} and len(stale) == 5
     else:
-        assert set(stale) == config_topics(old) and len(stale) == 12
+        assert set(stale) == config_topics(old) and len(stale) == 14
 
 
 def test_stale_discovery_topics_with_nothing_removed_or_nothing_published() -> None:
@@ -677,8 +680,8 @@ def test_tls_with_test_ca_password_file_and_acl(tmp_path: Path) -> None:
             try:
                 listener.wait_for(t.availability, lambda m: m.payload == b"online")
                 listener.wait_for(t.status)
-                assert len(discovery_messages(h.config, t)) == 12
-                wait_until(lambda: len([m for m in listener.messages if m.topic.endswith("/config")]) >= 12,
+                assert len(discovery_messages(h.config, t)) == 14
+                wait_until(lambda: len([m for m in listener.messages if m.topic.endswith("/config")]) >= 14,
                            what="discovery allowed by the ACL")
                 reply = command(listener, t, {"action": "close", "id": "TLS-1", "transaction": 9})
                 assert reply["ok"] is True and reply["transaction"] == 9
@@ -824,7 +827,7 @@ def test_discovery_is_retained_and_republished_when_home_assistant_comes_online(
             # Removing a camera removes its entities (an empty retained config).
             listener.clear()
             h.link.reconfigure(MqttLinkSettings.from_config(replace(h.config, cameras=h.config.cameras[:1])))
-            wait_until(lambda: len([m for m in listener.messages if m.payload == b""]) == 4,
+            wait_until(lambda: len([m for m in listener.messages if m.payload == b""]) == 5,
                        what="entities of the removed camera deleted")
     finally:
         h.stop()

@@ -209,7 +209,7 @@ def test_plaintext_scan_finds_ts_and_h264_but_not_random_bytes(tmp_path: Path) -
 
 
 def test_plaintext_scan_of_a_segment_skips_its_plaintext_fields_but_not_its_chunks(tmp_path: Path) -> None:
-    from edgerec.inventory import segment_path
+    from edgerec.layout import segment_path
     from tests.helpers.media import scan_tree_for_plaintext
     from tests.helpers.segments import make_keys, make_meta, split_records, write_segment
 

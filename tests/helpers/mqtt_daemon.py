@@ -129,8 +129,8 @@ def wait_online(listener: Listener, setup: Setup, daemon: Daemon) -> Received:
 def camera_entities(setup: Setup, camera: str) -> set[str]:
     node = f"edgerec_{setup.device_id}"
     return {f"homeassistant/{component}/{node}/cam_{camera}_{what}/config" for component, what in
-            (("binary_sensor", "recording"), ("sensor", "last_packet_age"), ("sensor", "fps"),
-             ("sensor", "bitrate"))}
+            (("binary_sensor", "recording"), ("binary_sensor", "tamper"), ("sensor", "last_packet_age"),
+             ("sensor", "fps"), ("sensor", "bitrate"))}
 
 
 def command(listener: Listener, setup: Setup, obj: dict[str, Any], transaction: str,
