@@ -11,20 +11,23 @@ Decisions (also stated in the manifest):
   so a player shows the footage without frozen stretches. Where each segment sits in the MP4 and when
   it was really recorded are both in the manifest (``output_start_s`` and ``start``/``end``).
 - **No plaintext in the data directory.** A segment is decrypted into memory and demuxed from there; the
-  only files written are the MP4 (through a temporary name, then renamed) and its manifest.
+  only files written are the MP4 (through a temporary name, then renamed) and its manifest, both 0600.
+- **Every export says who and why.** ``ExportAccess`` (by, reason) is required and goes into the manifest;
+  ``origin`` says where the segments came from (a data directory, a bundle, a store).
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import io
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -33,13 +36,15 @@ import av
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import __version__, segfile
-from .errors import EdgerecError, SegmentError
+from .errors import EdgerecError, SegmentError, UsageError
 from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 1
+OUTPUT_MODE = 0o600  # the MP4 and its manifest: plaintext footage and who looked at it
+REASON_MAX_CHARS = 500
 MP4_OPTIONS = {"movflags": "+faststart"}  # index at the front: plays while it downloads
 DEFAULT_FRAME_RATE = Fraction(25)
 HASH_BLOCK_BYTES = 1 << 20
@@ -68,6 +73,37 @@ class SegmentReport:
 
 
 @dataclass(frozen=True)
+class ExportAccess:
+    """Who exports and why: required for every export, written into its manifest (and, for a data
+    directory given by its config, the device's audit log)."""
+
+    by: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        reason = self.reason.strip()
+        if not reason:
+            raise UsageError("an export needs a reason (--reason): why this footage is looked at")
+        if len(reason) > REASON_MAX_CHARS:
+            raise UsageError(f"--reason is {len(reason)} characters; at most {REASON_MAX_CHARS}")
+        if not self.by.strip():
+            raise UsageError("an export needs a name (--by): who looks at this footage")
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "by", self.by.strip())
+
+    def to_json_dict(self) -> dict[str, str]:
+        return {"by": self.by, "reason": self.reason}
+
+
+def os_user() -> str:
+    """The name of the user running this process (the default of ``--by``), on any OS."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - getpass raises OSError or KeyError depending on the version
+        raise UsageError("cannot tell which user runs this (no login name): give --by NAME") from None
+
+
+@dataclass(frozen=True)
 class ExportResult:
     out: Path
     manifest_path: Path
@@ -75,6 +111,8 @@ class ExportResult:
     frames: int
     duration_s: float
     problems: tuple[str, ...] = field(default=())
+    access: ExportAccess | None = None
+    origin: Mapping[str, Any] | None = None
 
     @property
     def segments_ok(self) -> int:
@@ -229,10 +267,19 @@ def export_segments(
     private_key: X25519PrivateKey,
     out: Path,
     *,
+    access: ExportAccess,
+    origin: Mapping[str, Any] | None = None,
+    labels: Sequence[str] | None = None,
+    expected_digests: Sequence[str | None] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
     """Decrypt ``segment_paths`` (in the order given: time order) into one MP4 at ``out`` plus
-    ``out.manifest.json``. Raises EdgerecError when not a single segment could be exported."""
+    ``out.manifest.json``. Raises EdgerecError when not a single segment could be exported.
+
+    ``access`` (who and why) and ``origin`` (where the segments came from) go into the manifest.
+    ``labels``: how the manifest names each segment (default: its path; a bundle or a store names it by
+    its member or object name). ``expected_digests``: the SHA-256 (hex) a catalog, a bundle manifest or a
+    store says each segment has; a segment with another digest is left out as a substitute."""
     out = Path(out)
     if not out.parent.is_dir():
         raise EdgerecError(f"cannot write {out}: the directory {out.parent} does not exist")
@@ -245,14 +292,18 @@ def export_segments(
     previous: segfile.SealedSegment | None = None
     total = len(segment_paths)
     try:
+        _create_private(tmp)  # 0600 before the first frame is written into it
         for done, raw_path in enumerate(segment_paths, start=1):
             path = Path(raw_path)
-            report, info = _export_one(path, private_key, remuxer, previous)
+            label = labels[done - 1] if labels is not None else str(path)
+            expected = expected_digests[done - 1] if expected_digests is not None else None
+            report, info = _export_one(path, private_key, remuxer, previous, expected)
+            report = replace(report, path=label)
             reports.append(report)
             if report.verification != "ok":
-                problems.append(f"{path}: {report.verification}")
+                problems.append(f"{label}: {report.verification}")
             elif report.chain == "broken":
-                problems.append(f"{path}: hash chain broken (the previous segment of this export is not the "
+                problems.append(f"{label}: hash chain broken (the previous segment of this export is not the "
                                 f"one this segment follows; a segment is missing or was replaced)")
             if report.included:
                 previous = info
@@ -269,7 +320,8 @@ def export_segments(
             remuxer.close()
         tmp.unlink(missing_ok=True)
     result = ExportResult(out=out, manifest_path=manifest_path_for(out), segments=tuple(reports),
-                          frames=remuxer.frames, duration_s=remuxer.duration_s, problems=tuple(problems))
+                          frames=remuxer.frames, duration_s=remuxer.duration_s, problems=tuple(problems),
+                          access=access, origin=origin)
     write_manifest(result)
     log.info("export written out=%s segments=%d of %d frames=%d problems=%d", out, result.segments_ok, total,
              result.frames, len(problems))
@@ -277,7 +329,8 @@ def export_segments(
 
 
 def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
-                previous: segfile.SealedSegment | None) -> tuple[SegmentReport, segfile.SealedSegment | None]:
+                previous: segfile.SealedSegment | None,
+                expected_digest: str | None = None) -> tuple[SegmentReport, segfile.SealedSegment | None]:
     info: segfile.SealedSegment | None = None
     try:
         info, payload = _read_segment(path, private_key)
@@ -285,6 +338,11 @@ def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
         return _report_for(path, info, included=False, verification=exc.what), None
     except OSError as exc:
         return _report_for(path, None, included=False, verification=f"cannot read: {exc.strerror}"), None
+    if expected_digest is not None and info.digest.hex() != expected_digest.lower():
+        del payload
+        return _report_for(path, info, included=False,
+                           verification=f"digest {info.digest.hex()} is not the expected {expected_digest} "
+                                        "(a different segment in its place)"), None
     chain = chain_status(previous, info)
     try:
         frames, output_start_s = remuxer.append(payload)
@@ -310,6 +368,8 @@ def write_manifest(result: ExportResult) -> None:
             "frames": result.frames,
             "duration_s": round(result.duration_s, 6),
         },
+        "access": result.access.to_json_dict() if result.access is not None else None,
+        "origin": dict(result.origin) if result.origin is not None else None,
         "policy": {
             "bad_segments": "left out of the output and listed here with the reason; the export goes on",
             "gaps": "closed: segments follow each other directly in the output timeline; real times are "
@@ -321,6 +381,7 @@ def write_manifest(result: ExportResult) -> None:
     path = result.manifest_path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        _create_private(tmp)
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(document, f, indent=2)
             f.write("\n")
@@ -339,8 +400,20 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 (whatever the umask), replacing a stale temporary file."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), OUTPUT_MODE)
+    try:
+        if hasattr(os, "fchmod"):  # not on Windows before Python 3.13 (modes mean little there anyway)
+            os.fchmod(fd, OUTPUT_MODE)
+    finally:
+        os.close(fd)
+
+
 def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    # Read-write: Windows refuses to flush a descriptor opened read-only.
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
     try:
         os.fsync(fd)
     finally:

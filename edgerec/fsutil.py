@@ -16,7 +16,10 @@ from pathlib import Path
 
 
 def fsync_dir(path: str | Path, *, strict: bool) -> None:
-    """fsync the directory ``path``; raises OSError only when ``strict``."""
+    """fsync the directory ``path``; raises OSError only when ``strict``. A no-op where directories
+    cannot be opened (Windows, for the officer's tools: NTFS makes a new entry durable with the file)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:

@@ -174,9 +174,12 @@ class GeneratedRecipient:
 
 def _write_new_file(path: Path, content: str, mode: int) -> None:
     """Create ``path`` (never overwriting), write ``content``, fsync; ``mode`` is set exactly."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    # O_CLOEXEC and fchmod are missing on Windows (keygen runs on the officer's computer, any OS).
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, mode)
     try:
-        os.fchmod(fd, mode)  # the umask may only have narrowed it, but say exactly what we mean
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)  # the umask may only have narrowed it, but say exactly what we mean
         data = content.encode("utf-8")
         while data:
             data = data[os.write(fd, data) :]
