@@ -43,7 +43,8 @@ class Site:
 
 
 def catalog_rows(data_dir: Path) -> list[tuple[str, int, int, str]]:
-    with contextlib.closing(sqlite3.connect(f"file:{data_dir / 'catalog.sqlite3'}?mode=ro", uri=True)) as conn:
+    uri = f"file:{data_dir / 'catalog.sqlite3'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
         return conn.execute("SELECT camera, start_ns, end_ns, path FROM segments ORDER BY camera, start_ns"
                             ).fetchall()
 
@@ -106,7 +107,8 @@ def test_bundle_holds_the_held_segments_of_every_camera_signed_and_private(site:
     lo, hi = manifest["selection"]["from_ns"], manifest["selection"]["to_ns"]
     # The window with its 1 s pre- and post-roll (the command line carries milliseconds).
     assert abs(lo - (t0 + 3 * S)) < 1_000_000 and abs(hi - (t0 + 8 * S)) < 1_000_000
-    expected = {"segments/" + p for cam, start, end, p in catalog_rows(site.data_dir) if start <= hi and end >= lo}
+    expected = {"segments/" + p for _cam, start, end, p in catalog_rows(site.data_dir)
+                if start <= hi and end >= lo}
     segs = {n for n in got if n.startswith("segments/")}
     assert segs == expected and {n.split("/")[1] for n in segs} == {"gate", "yard"}
     # Every listed member has its digest; the manifest and its signature are the two unlisted ones.
@@ -231,7 +233,8 @@ def test_verify_names_a_bundle_signed_by_another_device(site: Site, tmp_path: Pa
     raw = bundle_mod.encode_json(doc)
 
     def change(items: list[Any]) -> list[Any]:
-        new = {"manifest.json": raw, "manifest.sig": bundle_mod.sign_manifest(raw, other), "device.pub": pub_bytes}
+        new = {"manifest.json": raw, "manifest.sig": bundle_mod.sign_manifest(raw, other),
+               "device.pub": pub_bytes}
         return [(i, new.get(i.name, d)) for i, d in items]
 
     forged = rewrite(site.bundle, tmp_path / "b", change)
@@ -308,7 +311,8 @@ def test_export_from_the_bundle_equals_export_from_the_data_directory(site: Site
     assert b["access"]["reason"] == "INC-1 review" and b["access"]["by"]  # --by defaults to the OS user
     assert a["origin"]["kind"] == "bundle" and a["origin"]["incident"] == "INC-1"
     assert a["origin"]["sha256"] == hashlib.sha256(site.bundle.read_bytes()).hexdigest()
-    for path in (from_bundle, from_dir, Path(f"{from_bundle}.manifest.json"), Path(f"{from_dir}.manifest.json")):
+    for path in (from_bundle, from_dir, Path(f"{from_bundle}.manifest.json"),
+                 Path(f"{from_dir}.manifest.json")):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     last = json.loads((site.data_dir / "audit.log").read_text().splitlines()[-1])
     assert last["event"] == "export" and last["reason"] == "INC-1 review"
@@ -370,3 +374,76 @@ def test_selection_takes_the_next_start_as_a_segments_end_as_the_data_dir_does()
     assert select_in_range(spans, 12, 18) == [0]  # in the gap after segment 0: as inventory does
     assert select_in_range(spans, 30, 40) == [2]
     assert select_in_range(spans, 38, 50) == []
+
+
+# ----- the officer's workstation: no Linux-only parts -----------------------------------------------
+# What a laptop lacks (Windows lacks all of it, macOS the systemd and inotify parts): modules that cannot be
+# imported, and os functions and flags that do not exist. Installed through sitecustomize in a subprocess.
+NOT_LINUX = '''
+import importlib.abc, os, sys
+
+BLOCKED = {"fcntl", "pwd", "grp", "termios", "edgerec.notify", "edgerec.configwatch", "edgerec.supervisor"}
+BLOCKED_PACKAGES = {"watchdog", "systemd", "inotify", "inotify_simple", "pyinotify"}
+
+
+class NotOnThisOS(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in BLOCKED or name.split(".")[0] in BLOCKED_PACKAGES:
+            raise ModuleNotFoundError(f"No module named {name!r} (not on this OS)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NotOnThisOS())
+for name in [m for m in sys.modules if m in BLOCKED or m.split(".")[0] in BLOCKED_PACKAGES]:
+    del sys.modules[name]
+for attr in ("O_DIRECTORY", "O_CLOEXEC", "O_NOFOLLOW", "fchmod", "geteuid", "statvfs"):
+    if hasattr(os, attr):
+        delattr(os, attr)
+'''
+
+
+def test_the_read_side_runs_without_linux_only_parts(site: Site, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.daemon_helpers import REPO
+
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(NOT_LINUX)
+    env = {**os.environ, "PYTHONPATH": str(blocker), "USER": "officer", "LOGNAME": "officer"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=REPO,
+                              env=env)
+
+    probe = run("-c", "import os, sys\ntry:\n import fcntl\nexcept ImportError:\n sys.exit(3)\n")
+    assert probe.returncode == 3, "the blocker is not active"
+
+    def edgerec(*args: str) -> str:
+        proc = run("-m", "edgerec", *args)
+        assert proc.returncode == 0, f"edgerec {' '.join(args)}: {proc.stderr}"
+        assert "Traceback" not in proc.stderr
+        return proc.stdout
+
+    key = tmp_path / "laptop.key"
+    assert "fingerprint" in edgerec("keygen", "--out", str(key))
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    copy = tmp_path / "copy"
+    shutil.copytree(site.data_dir, copy)
+    off = str(site.officer.private_path)
+    assert "OK" in edgerec("verify", "--bundle", str(site.bundle), "--key", off)
+    assert "incident INC-1" in edgerec("ls", "--bundle", str(site.bundle))
+    assert "OK" in edgerec("verify", "--data-dir", str(copy), "--key", off)
+    assert "gate:" in edgerec("ls", "--data-dir", str(copy))
+    out = tmp_path / "laptop.mp4"
+    edgerec("export", "--bundle", str(site.bundle), "--key", off, "--camera", "yard", "-o", str(out),
+            "--reason", "review on a laptop")
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["access"] == {"by": "officer", "reason": "review on a laptop"}
+    selection = manifest["origin"]
+    out2 = tmp_path / "dir.mp4"
+    edgerec("export", "--data-dir", str(copy), "--key", off, "--camera", "yard", "--from", selection["from"],
+            "--to", selection["to"], "-o", str(out2), "--reason", "review on a laptop")
+    assert decoded_frame_hashes(out) == decoded_frame_hashes(out2)

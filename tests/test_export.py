@@ -123,7 +123,8 @@ def test_export_and_manifest_are_private_and_say_who_and_why(tmp_path: Path, rec
         ExportAccess(by="x", reason=" ")
 
 
-def test_a_segment_with_another_digest_than_expected_is_left_out(tmp_path: Path, recording: Recording) -> None:
+def test_a_segment_with_another_digest_than_expected_is_left_out(tmp_path: Path,
+                                                                 recording: Recording) -> None:
     paths = [s.path for s in recording.segments]
     expected = [s.digest.hex() for s in recording.segments]
     expected[1] = "00" * 32
