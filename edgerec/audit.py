@@ -20,7 +20,6 @@ cut is itself recorded as an ``audit_torn_tail`` event.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -251,6 +250,8 @@ class AuditLog:
         """The log opened read-write under this process's lock and an exclusive ``flock`` (other
         processes append too), with its tail state: (file, fd, lines, hash of the last line, torn tail)."""
         with self._lock:
+            import fcntl  # here, not at the top: the officer's tools import this module on any OS
+
             fd = self._open_rw()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)

@@ -1,5 +1,8 @@
 """The ``edgerec`` command: run the daemon and the operator's tools (keys, listing, verify, export, incidents,
-retention, audit, status).
+bundles, retention, audit, status).
+
+The officer's side (keygen, ls, verify, export, of a data directory copy or a bundle) runs on any OS:
+nothing Linux-only is imported on its paths (the daemon's modules are imported inside its commands).
 
 Every expected failure is an EdgerecError: it is printed as one line on stderr and sets the exit code
 (2 for bad configuration or usage, 1 otherwise). Anything else is a bug and keeps its traceback.
@@ -27,11 +30,13 @@ log = logging.getLogger("edgerec.cli")
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
-def _add_config(p: argparse.ArgumentParser, *, data_dir: bool = False) -> None:
+def _add_config(p: argparse.ArgumentParser, *, data_dir: bool = False, bundle: bool = False) -> None:
     if data_dir:
         g = p.add_mutually_exclusive_group(required=True)
         g.add_argument("-c", "--config", type=Path, help="the daemon's config file")
         g.add_argument("--data-dir", type=Path, help="a data directory (e.g. copied off the device)")
+        if bundle:
+            g.add_argument("--bundle", type=Path, help="an incident bundle (made by edgerec bundle)")
     else:
         p.add_argument("-c", "--config", type=Path, required=True, help="the daemon's config file")
 
@@ -53,24 +58,39 @@ def _parser() -> argparse.ArgumentParser:
     kg.add_argument("--out", type=Path, required=True, help="private key file to write (and OUT.pub)")
 
     ls = sub.add_parser("ls", help="list recorded segments and gaps")
-    _add_config(ls, data_dir=True)
+    _add_config(ls, data_dir=True, bundle=True)
     ls.add_argument("--camera")
     ls.add_argument("--json", action="store_true")
 
     vf = sub.add_parser("verify", help="check every segment's framing, signature and hash chain")
-    _add_config(vf, data_dir=True)
+    _add_config(vf, data_dir=True, bundle=True)
     vf.add_argument("--key", type=Path, help="private key: also decrypt and authenticate every chunk")
+    vf.add_argument("--device-pub", type=Path, metavar="FILE",
+                    help="with --bundle: the device's device.pub kept from its installation; the bundle "
+                         "must be signed by that key")
     vf.add_argument("--camera")
     vf.add_argument("--json", action="store_true")
 
     ex = sub.add_parser("export", help="decrypt a time range of one camera into an MP4")
-    _add_config(ex, data_dir=True)
+    _add_config(ex, data_dir=True, bundle=True)
     ex.add_argument("--key", type=Path, required=True, help="the privacy officer's private key file")
-    ex.add_argument("--camera", required=True)
-    ex.add_argument("--from", dest="from_", required=True, metavar="TIME")
-    ex.add_argument("--to", required=True, metavar="TIME")
+    ex.add_argument("--camera", help="required for a data directory; for a bundle when it has several")
+    ex.add_argument("--from", dest="from_", metavar="TIME",
+                    help="required for a data directory; for a bundle the default is all it holds")
+    ex.add_argument("--to", metavar="TIME")
     ex.add_argument("-o", "--out", type=Path, required=True)
-    ex.add_argument("--by", default="", help="who exports (recorded in the audit log)")
+    ex.add_argument("--reason", required=True,
+                    help="why this footage is looked at (recorded in the manifest and the audit log)")
+    ex.add_argument("--by", help="who exports (default: the user running the command)")
+
+    bd = sub.add_parser("bundle", help="write one file with an incident's footage for the officer")
+    _add_config(bd)
+    bd.add_argument("--incident", required=True, metavar="ID")
+    bd.add_argument("-o", "--out", type=Path, required=True, help="the bundle file to write")
+    bd.add_argument("--camera", help="only this camera (default: every camera the incident covers)")
+    bd.add_argument("--from", dest="from_", metavar="TIME", help="narrow the incident's held window")
+    bd.add_argument("--to", metavar="TIME")
+    bd.add_argument("--json", action="store_true")
 
     inc = sub.add_parser("incident", help="open, close or list incidents (holds on footage)")
     isub = inc.add_subparsers(dest="incident_command", required=True, metavar="ACTION")
@@ -182,6 +202,22 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     from . import inventory
 
+    if getattr(args, "bundle", None) is not None:
+        from .bundlereader import bundle_listing
+
+        listing = bundle_listing(args.bundle)
+        if args.camera is not None:
+            listing["cameras"] = {k: v for k, v in listing["cameras"].items() if k == args.camera}
+        if args.json:
+            _print_json(listing)
+        else:
+            incident = listing.get("incident") or {}
+            print(f"incident {incident.get('id')} ({incident.get('state')}): {incident.get('reason')!r}, "
+                  f"window {incident.get('from')} .. {incident.get('to')}")
+            print(inventory.format_listing(listing))
+            for item in listing["absent"]:
+                print(f"  ABSENT  {item.get('path')}: {item.get('reason')}")
+        return 0
     data_dir, _ = _data_dir(args)
     listing = inventory.listing(data_dir, camera=args.camera)
     if args.json:
@@ -194,9 +230,17 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from . import inventory, keys
 
-    data_dir, _ = _data_dir(args)
     private = keys.load_private_key(args.key) if args.key else None
-    report = inventory.verify_tree(data_dir, private_key=private, camera=args.camera)
+    if getattr(args, "bundle", None) is not None:
+        from .bundlereader import verify_bundle
+
+        device = keys.load_device_public_key(args.device_pub) if args.device_pub else None
+        report: Any = verify_bundle(args.bundle, private_key=private, device_key=device)
+    else:
+        if args.device_pub is not None:
+            raise UsageError("--device-pub goes with --bundle")
+        data_dir, _ = _data_dir(args)
+        report = inventory.verify_tree(data_dir, private_key=private, camera=args.camera)
     if args.json:
         _print_json(report.to_json_dict())
     else:
@@ -205,11 +249,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _export_progress(done: int, total: int) -> None:
+    print(f"export: {done}/{total} segments", file=sys.stderr, flush=True)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from . import inventory, keys
-    from .audit import AuditLog
-    from .export import export_segments
+    from .export import ExportAccess, export_segments, os_user
 
+    access = ExportAccess(by=args.by if args.by is not None else os_user(), reason=args.reason)
+    if getattr(args, "bundle", None) is not None:
+        return _export_bundle(args, access)
+    for value, flag in ((args.camera, "--camera"), (args.from_, "--from"), (args.to, "--to")):
+        if value is None:
+            raise UsageError(f"{flag} is required when exporting from a data directory")
     data_dir, cfg = _data_dir(args)
     from_ns = _parse_time(args.from_, "--from")
     to_ns = _parse_time(args.to, "--to")
@@ -220,20 +273,70 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not paths:
         raise EdgerecError(f"no footage of camera {args.camera!r} between {args.from_} and {args.to}")
 
-    def progress(done: int, total: int) -> None:
-        print(f"export: {done}/{total} segments", file=sys.stderr, flush=True)
-
-    result = export_segments(paths, private, args.out, progress=progress)
+    origin = {"kind": "data_dir", "path": str(data_dir), "camera": args.camera,
+              "from": _rfc3339_arg(args.from_, "--from"), "to": _rfc3339_arg(args.to, "--to")}
+    result = export_segments(paths, private, args.out, access=access, origin=origin,
+                             progress=_export_progress)
     if cfg is not None:
+        from .audit import AuditLog
+
         AuditLog(DataDir(data_dir).audit_path).append(
             "export", camera=args.camera, **{"from": args.from_, "to": args.to}, out=str(args.out),
-            segments=len(paths), by=args.by)
+            segments=len(paths), by=access.by, reason=access.reason)
+    return _export_done(args, result)
+
+
+def _export_bundle(args: argparse.Namespace, access: Any) -> int:
+    from . import keys
+    from .bundlereader import export_bundle
+
+    from_ns = _parse_time(args.from_, "--from") if args.from_ is not None else None
+    to_ns = _parse_time(args.to, "--to") if args.to is not None else None
+    private = keys.load_private_key(args.key)
+    result = export_bundle(args.bundle, private, args.out, access=access, camera=args.camera, from_ns=from_ns,
+                           to_ns=to_ns, progress=_export_progress)
+    return _export_done(args, result)
+
+
+def _export_done(args: argparse.Namespace, result: Any) -> int:
     print(f"wrote {args.out} ({result.segments_ok} segments, {result.frames} frames); "
           f"manifest {args.out}.manifest.json")
     if result.problems:
         for problem in result.problems:
             print(f"problem: {problem}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from .bundle import make_bundle
+
+    cfg = load_config(args.config)
+    from_ns = _parse_time(args.from_, "--from") if args.from_ is not None else None
+    to_ns = _parse_time(args.to, "--to") if args.to is not None else None
+    if not cfg.data_dir.is_dir():
+        raise UsageError(f"data_dir {cfg.data_dir} (from {args.config}): not a directory")
+    refuse_root_on_foreign_data_dir(cfg.data_dir, "bundle")
+    catalog, audit, _reserve = _open_catalog(cfg)
+    try:
+        result = make_bundle(cfg.data_dir, catalog, audit, incident_id=args.incident, out=args.out,
+                             device_id=cfg.device_id,
+                             grace_ns=int(cfg.incidents.release_grace_days * 86400e9),
+                             camera=args.camera, from_ns=from_ns, to_ns=to_ns,
+                             config_cameras=[c.name for c in cfg.cameras])
+    finally:
+        catalog.close()
+    if args.json:
+        _print_json(result.to_json_dict())
+    else:
+        sel = result.selection
+        print(f"wrote {result.path}: incident {sel.incident_id}, {result.segments} segments, "
+              f"{result.size_bytes / 1e6:.1f} MB, footage {result.selection.to_json_dict()['from']} .. "
+              f"{result.selection.to_json_dict()['to']}")
+        print(f"sha256 {result.sha256}")
+        print(f"device key fingerprint {result.device_fingerprint}")
+        for item in result.absent:
+            print(f"warning: {item['path']} not bundled: {item['reason']}", file=sys.stderr)
     return 0
 
 
@@ -384,6 +487,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ls": cmd_ls,
     "verify": cmd_verify,
     "export": cmd_export,
+    "bundle": cmd_bundle,
     "incident": cmd_incident,
     "retention": cmd_retention,
     "audit": cmd_audit,

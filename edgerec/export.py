@@ -19,20 +19,23 @@ Decisions (also stated in the manifest):
   so a player shows the footage without frozen stretches. Where each segment sits in the MP4 and when
   it was really recorded are both in the manifest (``output_start_s`` and ``start``/``end``).
 - **No plaintext in the data directory.** A segment is decrypted into memory and demuxed from there; the
-  only files written are the MP4 (through a temporary name, then renamed) and its manifest.
+  only files written are the MP4 (through a temporary name, then renamed) and its manifest, both 0600.
+- **Every export says who and why.** ``ExportAccess`` (by, reason) is required and goes into the manifest;
+  ``origin`` says where the segments came from (a data directory, a bundle, a store).
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import io
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ import av
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import __version__, segfile
-from .errors import EdgerecError, SegmentError
+from .errors import EdgerecError, SegmentError, UsageError
 from .fsutil import create_private
 from .redact import redact_obj
 from .timefmt import rfc3339
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 1
+OUTPUT_MODE = 0o600  # the MP4 and its manifest: plaintext footage and who looked at it
+REASON_MAX_CHARS = 500
 MP4_OPTIONS = {"movflags": "+faststart"}  # index at the front: plays while it downloads
 DEFAULT_FRAME_RATE = Fraction(25)
 HASH_BLOCK_BYTES = 1 << 20
@@ -80,6 +85,37 @@ class SegmentReport:
 
 
 @dataclass(frozen=True)
+class ExportAccess:
+    """Who exports and why: required for every export, written into its manifest (and, for a data
+    directory given by its config, the device's audit log)."""
+
+    by: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        reason = self.reason.strip()
+        if not reason:
+            raise UsageError("an export needs a reason (--reason): why this footage is looked at")
+        if len(reason) > REASON_MAX_CHARS:
+            raise UsageError(f"--reason is {len(reason)} characters; at most {REASON_MAX_CHARS}")
+        if not self.by.strip():
+            raise UsageError("an export needs a name (--by): who looks at this footage")
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "by", self.by.strip())
+
+    def to_json_dict(self) -> dict[str, str]:
+        return {"by": self.by, "reason": self.reason}
+
+
+def os_user() -> str:
+    """The name of the user running this process (the default of ``--by``), on any OS."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - getpass raises OSError or KeyError depending on the version
+        raise UsageError("cannot tell which user runs this (no login name): give --by NAME") from None
+
+
+@dataclass(frozen=True)
 class ExportResult:
     out: Path
     manifest_path: Path
@@ -87,6 +123,8 @@ class ExportResult:
     frames: int
     duration_s: float
     problems: tuple[str, ...] = field(default=())
+    access: ExportAccess | None = None
+    origin: Mapping[str, Any] | None = None
 
     @property
     def segments_ok(self) -> int:
@@ -260,10 +298,19 @@ def export_segments(
     private_key: X25519PrivateKey,
     out: Path,
     *,
+    access: ExportAccess,
+    origin: Mapping[str, Any] | None = None,
+    labels: Sequence[str] | None = None,
+    expected_digests: Sequence[str | None] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
     """Decrypt ``segment_paths`` (in the order given: time order) into one MP4 at ``out`` plus
-    ``out.manifest.json``. Raises EdgerecError when not a single segment could be exported."""
+    ``out.manifest.json``. Raises EdgerecError when not a single segment could be exported.
+
+    ``access`` (who and why) and ``origin`` (where the segments came from) go into the manifest.
+    ``labels``: how the manifest names each segment (default: its path; a bundle or a store names it by
+    its member or object name). ``expected_digests``: the SHA-256 (hex) a catalog, a bundle manifest or a
+    store says each segment has; a segment with another digest is left out as a substitute."""
     out = Path(out)
     if not out.parent.is_dir():
         raise EdgerecError(f"cannot write {out}: the directory {out.parent} does not exist")
@@ -276,17 +323,23 @@ def export_segments(
     previous: dict[str, segfile.ChainLink] = {}  # per camera: the segment walked last
     total = len(segment_paths)
     try:
+        by_path = {str(Path(p)): i for i, p in enumerate(segment_paths)}
         for done, (path, header) in enumerate(export_order(segment_paths), start=1):
+            i = by_path[str(path)]
+            label = labels[i] if labels is not None else str(path)
+            expected = expected_digests[i] if expected_digests is not None else None
             before = previous.get(header.meta.camera) if header is not None else None
-            report, link = _export_one(path, private_key, remuxer, before)
+            report, link = _export_one(path, private_key, remuxer, before, expected)
+            report = replace(report, path=label)
             reports.append(report)
             if report.verification != "ok":
-                problems.append(f"{path}: {report.verification}")
+                problems.append(f"{label}: {report.verification}")
             if report.chain == segfile.LINK_BROKEN:
-                problems.append(f"{path}: hash chain broken (it does not follow the segment numbered just "
+                problems.append(f"{label}: hash chain broken (it does not follow the segment numbered just "
                                 f"before it; that one was replaced or altered)")
             elif report.chain == segfile.LINK_DUPLICATE:
-                problems.append(f"{path}: a second segment with sequence {report.sequence}: the chain forked")
+                problems.append(f"{label}: a second segment with sequence {report.sequence}: "
+                                "the chain forked")
             if link is not None and header is not None and report.chain != segfile.LINK_DUPLICATE:
                 previous[header.meta.camera] = link
             if progress is not None:
@@ -302,7 +355,8 @@ def export_segments(
             remuxer.close()
         tmp.unlink(missing_ok=True)
     result = ExportResult(out=out, manifest_path=manifest_path_for(out), segments=tuple(reports),
-                          frames=remuxer.frames, duration_s=remuxer.duration_s, problems=tuple(problems))
+                          frames=remuxer.frames, duration_s=remuxer.duration_s, problems=tuple(problems),
+                          access=access, origin=origin)
     write_manifest(result)
     log.info("export written out=%s segments=%d of %d frames=%d problems=%d", out, result.segments_ok, total,
              result.frames, len(problems))
@@ -310,8 +364,10 @@ def export_segments(
 
 
 def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
-                previous: segfile.ChainLink | None) -> tuple[SegmentReport, segfile.ChainLink | None]:
-    """Check, decrypt and remux one segment; its manifest line and what the chain walk knows of it."""
+                previous: segfile.ChainLink | None, expected_digest: str | None = None,
+                ) -> tuple[SegmentReport, segfile.ChainLink | None]:
+    """Check, decrypt and remux one segment; its manifest line and what the chain walk knows of it.
+    ``expected_digest``: what the catalog, a bundle or a store says it is (another one is a substitute)."""
     check: segfile.SegmentCheck | None = None
     try:
         check, payload = _read_segment(path, private_key)
@@ -321,8 +377,13 @@ def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
         return _report_for(path, None, included=False, verification=f"cannot read: {exc.strerror}"), None
     if payload is None:
         return _failed(path, check, check.problems[0].what, previous)
+    assert check.info is not None
+    if expected_digest is not None and check.info.digest.hex() != expected_digest.lower():
+        del payload
+        return _failed(path, check, f"digest {check.info.digest.hex()} is not the expected {expected_digest} "
+                                    "(a different segment in its place)", previous)
     link = segfile.ChainLink.of(check)
-    assert link is not None and check.info is not None
+    assert link is not None
     chain = segfile.link_status(previous, link)
     note = RECOVERED_NOTE if check.state == "recovered" else None
     try:
@@ -360,6 +421,8 @@ def write_manifest(result: ExportResult) -> None:
             "frames": result.frames,
             "duration_s": round(result.duration_s, 6),
         },
+        "access": result.access.to_json_dict() if result.access is not None else None,
+        "origin": dict(result.origin) if result.origin is not None else None,
         "policy": {
             "bad_segments": "left out of the output and listed here with the reason; the export goes on",
             "gaps": "closed: segments follow each other directly in the output timeline; real times are "
@@ -396,7 +459,8 @@ def _sha256_file(path: Path) -> str:
 
 
 def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    # Read-write: Windows refuses to flush a descriptor opened read-only.
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
     try:
         os.fsync(fd)
     finally:

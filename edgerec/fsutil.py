@@ -20,7 +20,10 @@ from pathlib import Path
 
 
 def fsync_dir(path: str | Path, *, strict: bool) -> None:
-    """fsync the directory ``path``; raises OSError only when ``strict``."""
+    """fsync the directory ``path``; raises OSError only when ``strict``. A no-op where directories
+    cannot be opened (Windows, for the officer's tools: NTFS makes a new entry durable with the file)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
@@ -48,9 +51,11 @@ def create_private(path: str | Path, flags: int = os.O_WRONLY | os.O_CREAT, *,
                    mode: int = PRIVATE_FILE_MODE) -> int:
     """``os.open(path, flags)`` for a file edgerec writes; returns the descriptor. The file ends up with
     exactly ``mode``: a new one despite the umask, an existing one of ours with looser bits is tightened."""
-    fd = os.open(path, flags | os.O_CLOEXEC, mode)
+    # O_CLOEXEC and fchmod are missing on Windows, where the officer's tools also run (modes mean little
+    # there); O_BINARY is Windows-only.
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0), mode)
     try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+        if hasattr(os, "fchmod") and stat.S_IMODE(os.fstat(fd).st_mode) != mode:
             os.fchmod(fd, mode)
     except BaseException:
         os.close(fd)

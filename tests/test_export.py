@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from edgerec import segfile
 from edgerec.config import CameraConfig, DurabilityConfig
 from edgerec.errors import EdgerecError, SegmentError
-from edgerec.export import RECOVERED_NOTE, export_segments, manifest_path_for
+from edgerec.export import RECOVERED_NOTE, ExportAccess, export_segments, manifest_path_for
 from edgerec.recorder import ChainState, Recorder
 from tests.helpers.media import decoded_frame_hashes, make_h264_clip, video_packets
+
+ACCESS = ExportAccess(by="tester", reason="export tests")
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ def test_export_decodes_to_exactly_the_input_frames(tmp_path: Path, recording: R
     out = tmp_path / "out.mp4"
     seen: list[tuple[int, int]] = []
     result = export_segments([s.path for s in recording.segments], recording.private_key, out,
-                             progress=lambda done, total: seen.append((done, total)))
+                             access=ACCESS, progress=lambda done, total: seen.append((done, total)))
 
     assert result.problems == ()
     assert result.frames == recording.frames
@@ -83,7 +87,7 @@ def test_export_decodes_to_exactly_the_input_frames(tmp_path: Path, recording: R
 
 def test_export_timestamps_are_continuous_and_increasing(tmp_path: Path, recording: Recording) -> None:
     out = tmp_path / "out.mp4"
-    export_segments([s.path for s in recording.segments], recording.private_key, out)
+    export_segments([s.path for s in recording.segments], recording.private_key, out, access=ACCESS)
     dts = [p[1] for p in video_packets(out)]
     steps = {b - a for a, b in zip(dts, dts[1:], strict=False)}
     assert len(steps) == 1 and steps.pop() > 0, "one frame step everywhere, also across segment boundaries"
@@ -91,7 +95,7 @@ def test_export_timestamps_are_continuous_and_increasing(tmp_path: Path, recordi
 
 def test_manifest_lists_every_segment_with_its_verification(tmp_path: Path, recording: Recording) -> None:
     out = tmp_path / "evidence.mp4"
-    export_segments([s.path for s in recording.segments], recording.private_key, out)
+    export_segments([s.path for s in recording.segments], recording.private_key, out, access=ACCESS)
     manifest = json.loads(manifest_path_for(out).read_text())
     entries = manifest["segments"]
     assert [e["sequence"] for e in entries] == [0, 1, 2]
@@ -105,6 +109,35 @@ def test_manifest_lists_every_segment_with_its_verification(tmp_path: Path, reco
     assert manifest["problems"] == []
 
 
+def test_export_and_manifest_are_private_and_say_who_and_why(tmp_path: Path, recording: Recording) -> None:
+    out = tmp_path / "evidence.mp4"
+    old_umask = os.umask(0o002)  # a permissive umask must not widen them
+    try:
+        export_segments([s.path for s in recording.segments], recording.private_key, out, access=ACCESS,
+                        origin={"kind": "data_dir"})
+    finally:
+        os.umask(old_umask)
+    for path in (out, manifest_path_for(out)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    manifest = json.loads(manifest_path_for(out).read_text())
+    assert manifest["access"] == {"by": "tester", "reason": "export tests"}
+    assert manifest["origin"] == {"kind": "data_dir"}
+    with pytest.raises(EdgerecError, match="needs a reason"):
+        ExportAccess(by="x", reason=" ")
+
+
+def test_a_segment_with_another_digest_than_expected_is_left_out(tmp_path: Path,
+                                                                 recording: Recording) -> None:
+    paths = [s.path for s in recording.segments]
+    expected = [s.digest.hex() for s in recording.segments]
+    expected[1] = "00" * 32
+    result = export_segments(paths, recording.private_key, tmp_path / "o.mp4", access=ACCESS,
+                             labels=["a", "b", "c"], expected_digests=expected)
+    assert [s.included for s in result.segments] == [True, False, True]
+    assert [s.path for s in result.segments] == ["a", "b", "c"]
+    assert result.problems[0].startswith("b: digest ")
+
+
 def test_tampered_segment_is_reported_and_the_export_goes_on(tmp_path: Path, recording: Recording) -> None:
     paths = copy_segments(recording, tmp_path / "segs")
     data = bytearray(paths[1].read_bytes())
@@ -112,8 +145,8 @@ def test_tampered_segment_is_reported_and_the_export_goes_on(tmp_path: Path, rec
     paths[1].write_bytes(bytes(data))
 
     out = tmp_path / "out.mp4"
-    result = export_segments(paths, recording.private_key, out)
-    assert str(paths[1]) in result.problems[0]
+    result = export_segments(paths, recording.private_key, out, access=ACCESS)
+    assert len(result.problems) >= 1 and str(paths[1]) in result.problems[0]
     assert result.segments_ok == 2
     [bad] = [s for s in result.segments if not s.included]
     assert bad.path == str(paths[1]) and bad.verification != "ok"
@@ -130,7 +163,8 @@ def test_tampered_segment_is_reported_and_the_export_goes_on(tmp_path: Path, rec
 def test_wrong_key_exports_nothing_and_leaves_no_file(tmp_path: Path, recording: Recording) -> None:
     out = tmp_path / "out.mp4"
     with pytest.raises(EdgerecError, match="nothing exported"):
-        export_segments([s.path for s in recording.segments], X25519PrivateKey.generate(), out)
+        export_segments([s.path for s in recording.segments], X25519PrivateKey.generate(), out,
+                        access=ACCESS)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -166,7 +200,7 @@ def test_recovered_segment_is_exported_with_exactly_the_frames_it_counts(tmp_pat
     assert len(_frame_starts(cut_payload)) == kept + 1  # "61 noted, 62 decoded"
 
     out = tmp_path / "out.mp4"
-    result = export_segments([recovered.path], rec.private_key, out)
+    result = export_segments([recovered.path], rec.private_key, out, access=ACCESS)
     assert result.problems == ()
     [entry] = result.segments
     assert (entry.state, entry.included, entry.frames, entry.frames_left_out) == ("recovered", True, kept, 1)

@@ -61,6 +61,7 @@ def test_file_recording_exports_every_input_frame_unchanged(tmp_path: Path, offi
     out = tmp_path / "out.mp4"
     export = run_cli("export", "-c", str(cfg), "--key", str(officer.private_path), "--camera", "gate",
                      "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z", "-o", str(out),
+                     "--reason", "end-to-end test",
                      check=True)
     assert out.exists(), export.stderr
     assert decoded_frame_hashes(out) == decoded_frame_hashes(clip)
@@ -71,7 +72,7 @@ def test_file_recording_exports_every_input_frame_unchanged(tmp_path: Path, offi
 def test_export_without_the_private_key_is_refused(tmp_path: Path, officer: OfficerKey) -> None:
     proc = run_cli("export", "--data-dir", str(tmp_path), "--key", str(tmp_path / "missing.key"),
                    "--camera", "gate", "--from", "2026-01-01 10:00", "--to", "2026-01-01 11:00",
-                   "-o", str(tmp_path / "x.mp4"))
+                   "-o", str(tmp_path / "x.mp4"), "--reason", "test")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "missing.key" in proc.stderr

@@ -28,7 +28,7 @@ import pytest
 from edgerec import segfile
 from edgerec.catalog import Catalog
 from edgerec.config import CameraConfig, DurabilityConfig, EncoderConfig
-from edgerec.export import export_segments
+from edgerec.export import ExportAccess, export_segments
 from edgerec.health import HealthChange
 from edgerec.recorder import ChainState, ConnectionChange, stall_age_s, timeline_for
 from edgerec.source import choose_encoder, is_live, read_timeout_s
@@ -88,7 +88,8 @@ def assert_one_gap_between_before_and_after(rig: Rig, before: int) -> tuple[int,
 def export_and_decode(tmp_path: Path, rig: Rig) -> tuple[int, int]:
     """Export every sealed segment to one MP4; return (frames exported, frames decoded from the MP4)."""
     out = tmp_path / "export.mp4"
-    result = export_segments([s.path for s in rig.sealed], rig.private_key, out)
+    result = export_segments([s.path for s in rig.sealed], rig.private_key, out,
+                             access=ExportAccess(by="tester", reason="robustness test"))
     assert result.problems == ()
     with av.open(str(out)) as mp4:
         decoded = sum(1 for _ in mp4.decode(video=0))
