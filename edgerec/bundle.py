@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import __version__, keys
 from .errors import EdgerecError, UsageError
+from .layout import DataDir
 from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def concerns(entry: dict[str, Any], selection: Selection, paths: set[str]) -> bo
         return True
     named = entry.get("paths")
     if entry.get("event") in ("segments_deleted", "segments_spared") and isinstance(named, list):
-        from .inventory import start_ns_from_name
+        from .layout import start_ns_from_name
 
         for rel in named:
             if not isinstance(rel, str):
@@ -397,7 +398,8 @@ def _write_members(sink: _HashingWriter, data_dir: Path, snapshot: Snapshot, pub
             else:
                 absent.append({"path": row.path, "camera": row.camera, "sequence": row.sequence,
                                "digest": row.digest, "reason": reason})
-        excerpt = read_audit_excerpt(data_dir / "audit.log", selection, {r.path for r in snapshot.segments})
+        excerpt = read_audit_excerpt(DataDir(data_dir).audit_path, selection,
+                                     {r.path for r in snapshot.segments})
         m.add_bytes(AUDIT_LINES_NAME, excerpt.lines)
         m.add_bytes(AUDIT_HEAD_NAME, excerpt.head_line)
         manifest = {
@@ -446,7 +448,7 @@ def make_bundle(data_dir: Path, catalog: Any, audit: Any, *, incident_id: str, o
     now_ns = time.time_ns() if now_ns is None else now_ns
     snapshot = read_snapshot(catalog, incident_id, now_ns, camera=camera, from_ns=from_ns, to_ns=to_ns,
                              config_cameras=config_cameras)
-    device_key = keys.load_device_key(data_dir / keys.DEVICE_KEY_NAME)
+    device_key = keys.load_device_key(DataDir(data_dir).device_key_path)
     result = write_bundle(data_dir, snapshot, device_key, device_id, out, now_ns=now_ns, grace_ns=grace_ns)
     audit.append("bundle_created", id=incident_id, members=result.members, sha256=result.sha256,
                  bytes=result.size_bytes, segments=result.segments, absent=len(result.absent),

@@ -475,7 +475,7 @@ def export_bundle(path: Path, private_key: X25519PrivateKey, out: Path, *, acces
     """Export one camera of a bundle, by default over the whole range it holds (the incident's window
     with its pre- and post-roll), selecting segments as an export from the data directory does."""
     from .exportsource import SegmentSource, export_sources, select_in_range
-    from .inventory import start_ns_from_name
+    from .layout import start_ns_from_name
 
     bundle, manifest = open_checked(path)
     with bundle:

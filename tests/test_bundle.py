@@ -26,8 +26,8 @@ from edgerec.catalog import IncidentRow
 from edgerec.errors import UsageError
 from edgerec.exportsource import select_in_range
 from edgerec.timefmt import rfc3339
-from tests.daemon_helpers import OfficerKey, run_cli, write_config
-from tests.media import decoded_frame_hashes, make_h264_clip, scan_tree_for_plaintext
+from tests.helpers.daemon import OfficerKey, run_cli, write_config
+from tests.helpers.media import decoded_frame_hashes, make_h264_clip, scan_tree_for_plaintext
 
 S = 1_000_000_000
 
@@ -407,7 +407,7 @@ def test_the_read_side_runs_without_linux_only_parts(site: Site, tmp_path: Path)
     import subprocess
     import sys
 
-    from tests.daemon_helpers import REPO
+    from tests.helpers.daemon import REPO
 
     blocker = tmp_path / "blocker"
     blocker.mkdir()

@@ -215,7 +215,8 @@ def test_segments_are_exported_in_sequence_order_whatever_order_they_are_given(
     tmp_path: Path, recording: Recording
 ) -> None:
     out = tmp_path / "out.mp4"
-    result = export_segments([s.path for s in reversed(recording.segments)], recording.private_key, out)
+    result = export_segments([s.path for s in reversed(recording.segments)], recording.private_key, out,
+                             access=ACCESS)
     assert result.problems == ()
     assert [s.sequence for s in result.segments] == [0, 1, 2]
     assert [s.chain for s in result.segments] == ["start", "ok", "ok"]
@@ -225,6 +226,7 @@ def test_segments_are_exported_in_sequence_order_whatever_order_they_are_given(
 def test_a_hole_in_the_export_is_a_gap_not_a_problem(tmp_path: Path, recording: Recording) -> None:
     """Retention keeps held footage and deletes around it, so a range may hold a hole."""
     first, _, last = recording.segments
-    result = export_segments([first.path, last.path], recording.private_key, tmp_path / "out.mp4")
+    result = export_segments([first.path, last.path], recording.private_key, tmp_path / "out.mp4",
+                             access=ACCESS)
     assert result.problems == ()
     assert [s.chain for s in result.segments] == ["start", "gap"]
