@@ -201,6 +201,8 @@ def _frame_ticks(packets: list[Any], stream: Any, tb: Fraction) -> int:
 # ----- one segment --------------------------------------------------------------------------------
 def _read_segment(path: Path, private_key: X25519PrivateKey) -> tuple[segfile.SealedSegment, bytes]:
     """Check a segment and decrypt its payload into memory; raise SegmentError on any problem."""
+    if path.name.endswith(segfile.PARTIAL_SUFFIX):  # a provisional copy from a store (docs/offload.md)
+        return segfile.read_provisional(path, private_key)
     info = segfile.read_info(path)
     if info.state == "recovered":
         errors: list[SegmentError] = []
