@@ -193,6 +193,7 @@ class Offloader:
         self.last_error_ns: int | None = None
         self.last_upload_ns: int | None = None
         self.refresh_s = PROVISIONAL_REFRESH_S  # --once: 0 (take every open segment as it is now)
+        self.log_errors = True  # --once: the command prints the error line itself
 
     # ----- resources -----------------------------------------------------------------------------------
     def _open(self) -> tuple[Catalog, OffloadState]:
@@ -219,7 +220,7 @@ class Offloader:
             result.error = str(exc)
             result.fatal = isinstance(exc, store.StoreAuthError | store.StoreBucketError)
         if result.error:
-            if result.error != self.last_error:
+            if result.error != self.last_error and self.log_errors:
                 log.error("offload failed error=%r", result.error)
             self.last_error, self.last_error_ns = result.error, self.clock_ns()
         elif self.last_error is not None:
@@ -431,6 +432,7 @@ def run_once(offloader: Offloader, max_passes: int = 10) -> int:
     """Passes until the backlog is empty (0) or a pass fails (EdgerecError: one line, exit 1). Segments
     still being written are taken as they are at that moment (their provisional prefix)."""
     offloader.refresh_s = 0.0
+    offloader.log_errors = False
     for _ in range(max_passes):
         result = offloader.run_pass()
         if result.error:
