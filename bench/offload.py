@@ -108,8 +108,8 @@ def main() -> int:
                 log.close()
             daemon.terminate()
         server.stop()
-    print(f"bandwidth_limit {args.limit}, camera {args.bitrate}bps, segment_seconds {args.segment_seconds:g}, "
-          f"pre-roll {args.preroll_s:.0f} s")
+    print(f"bandwidth_limit {args.limit}, camera {args.bitrate}bps, "
+          f"segment_seconds {args.segment_seconds:g}, pre-roll {args.preroll_s:.0f} s")
     print(f"footage up to the command in the store after {first:.1f} s; whole pre-roll after {preroll:.1f} s")
     print(f"while open: lag of the newest stored footage behind real time: max {max(lags):.1f} s, "
           f"median {sorted(lags)[len(lags) // 2]:.1f} s over {args.follow_s:.0f} s")
