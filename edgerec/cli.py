@@ -30,13 +30,18 @@ log = logging.getLogger("edgerec.cli")
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
-def _add_config(p: argparse.ArgumentParser, *, data_dir: bool = False, bundle: bool = False) -> None:
+def _add_config(p: argparse.ArgumentParser, *, data_dir: bool = False, bundle: bool = False,
+                store: bool = False) -> None:
     if data_dir:
         g = p.add_mutually_exclusive_group(required=True)
         g.add_argument("-c", "--config", type=Path, help="the daemon's config file")
         g.add_argument("--data-dir", type=Path, help="a data directory (e.g. copied off the device)")
         if bundle:
             g.add_argument("--bundle", type=Path, help="an incident bundle (made by edgerec bundle)")
+        if store:
+            g.add_argument("--store", metavar="s3://BUCKET/PREFIX", help="an S3-compatible store the "
+                           "devices offload to (credentials: AWS environment variables or profile)")
+            p.add_argument("--endpoint", metavar="URL", help="the store's URL (default: AWS S3)")
     else:
         p.add_argument("-c", "--config", type=Path, required=True, help="the daemon's config file")
 
@@ -58,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     kg.add_argument("--out", type=Path, required=True, help="private key file to write (and OUT.pub)")
 
     ls = sub.add_parser("ls", help="list recorded segments and gaps")
-    _add_config(ls, data_dir=True, bundle=True)
+    _add_config(ls, data_dir=True, bundle=True, store=True)
     ls.add_argument("--camera")
+    ls.add_argument("--device", help="with --store: only this device")
+    ls.add_argument("--access", action="store_true", help="with --store: list the access records")
     ls.add_argument("--json", action="store_true")
 
     vf = sub.add_parser("verify", help="check every segment's framing, signature and hash chain")
@@ -72,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     vf.add_argument("--json", action="store_true")
 
     ex = sub.add_parser("export", help="decrypt a time range of one camera into an MP4")
-    _add_config(ex, data_dir=True, bundle=True)
+    _add_config(ex, data_dir=True, bundle=True, store=True)
+    ex.add_argument("--device", help="with --store: the device whose footage to export")
     ex.add_argument("--key", type=Path, required=True, help="the privacy officer's private key file")
     ex.add_argument("--camera", help="required for a data directory; for a bundle when it has several")
     ex.add_argument("--from", dest="from_", metavar="TIME",
@@ -126,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     av.add_argument("--head", metavar="LINES:SHA256",
                     help="a head the daemon published earlier (status audit_head): check that the log "
                          "still has that line at that place")
+
+    of = sub.add_parser("offload", help="copy held (or all) footage to the S3-compatible store")
+    _add_config(of)
+    of.add_argument("--once", action="store_true",
+                    help="one pass in the foreground; exit 0 once nothing waits")
 
     st = sub.add_parser("status", help="what the running daemon reports")
     _add_config(st)
@@ -202,6 +215,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     from . import inventory
 
+    if getattr(args, "store", None):
+        return cmd_store_ls(args)
     if getattr(args, "bundle", None) is not None:
         from .bundlereader import bundle_listing
 
@@ -260,9 +275,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     access = ExportAccess(by=args.by if args.by is not None else os_user(), reason=args.reason)
     if getattr(args, "bundle", None) is not None:
         return _export_bundle(args, access)
+    if getattr(args, "store", None):
+        return cmd_store_export(args)
     for value, flag in ((args.camera, "--camera"), (args.from_, "--from"), (args.to, "--to")):
         if value is None:
-            raise UsageError(f"{flag} is required when exporting from a data directory")
+            raise UsageError(f"{flag} is required when exporting from a data directory or a store")
     data_dir, cfg = _data_dir(args)
     from_ns = _parse_time(args.from_, "--from")
     to_ns = _parse_time(args.to, "--to")
@@ -338,6 +355,59 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         for item in result.absent:
             print(f"warning: {item['path']} not bundled: {item['reason']}", file=sys.stderr)
     return 0
+
+
+def cmd_store_ls(args: argparse.Namespace) -> int:
+    from . import store, storeread
+
+    url = store.parse_store_url(args.store)
+    st = storeread.open_store(url, args.endpoint)
+    if args.access:
+        records = storeread.access_records(st, url.prefix)
+        if args.json:
+            _print_json(records)
+        else:
+            print(storeread.format_access(records))
+        return 0
+    listing = storeread.listing(st, url.prefix, args.device)
+    if args.json:
+        _print_json(listing)
+    else:
+        print(storeread.format_listing(listing))
+    return 0
+
+
+def cmd_store_export(args: argparse.Namespace) -> int:
+    from . import keys, store, storeread
+
+    if not args.device:
+        raise UsageError("--device is required with --store (edgerec ls --store ... lists the devices)")
+    url = store.parse_store_url(args.store)
+    from_ns = _parse_time(args.from_, "--from")
+    to_ns = _parse_time(args.to, "--to")
+    if to_ns <= from_ns:
+        raise UsageError("--to must be after --from")
+    private = keys.load_private_key(args.key)
+    st = storeread.open_store(url, args.endpoint)
+
+    def progress(done: int, total: int) -> None:
+        print(f"export: {done}/{total} segments", file=sys.stderr, flush=True)
+
+    result, access = storeread.export_from_store(
+        st, url, device=args.device, camera=args.camera, from_ns=from_ns, to_ns=to_ns, private_key=private,
+        out=args.out, reason=args.reason, by=args.by or None, progress=progress)
+    print(f"wrote {args.out} ({result.segments_ok} segments, {result.frames} frames); "
+          f"manifest {args.out}.manifest.json; access record s3://{url.bucket}/{access}")
+    for problem in result.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 1 if result.problems else 0
+
+
+def cmd_offload(args: argparse.Namespace) -> int:
+    from . import offload
+
+    cfg = load_config(args.config)
+    return offload.main(cfg, once=args.once)
 
 
 def _open_catalog(cfg: Config) -> tuple[Any, Any, Any]:
@@ -474,10 +544,15 @@ def cmd_status(args: argparse.Namespace) -> int:
               "its previous configuration (see last errors below)", file=sys.stderr)
     candidates = statusfile.status_path_candidates(where.status_file, where.data_dir, os.environ)
     status = statusfile.read_daemon_status(candidates, device_id=where.device_id)
+    from .offload import format_offload_status, read_offload_status
+
+    offload_status = read_offload_status(where.data_dir, os.environ)  # the offload service's own file
     if args.json:
-        _print_json(status)
+        _print_json({**status, "offload": offload_status} if offload_status else status)
     else:
         print(statusfile.format_status(status, time.time()))
+        if offload_status:
+            print(format_offload_status(offload_status))
     return 0
 
 
@@ -492,6 +567,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "retention": cmd_retention,
     "audit": cmd_audit,
     "status": cmd_status,
+    "offload": cmd_offload,
 }
 
 

@@ -175,6 +175,22 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class OffloadConfig:
+    """Copying footage to an S3-compatible bucket (``edgerec offload``, a service of its own)."""
+
+    enabled: bool = False
+    endpoint: str | None = None  # http(s)://host[:port]; None: the provider's default (AWS S3)
+    bucket: str = ""
+    prefix: str = "edgerec"
+    region: str | None = None
+    access_key_id: str | None = None  # None: the standard AWS environment variables / credential chain
+    secret_access_key_file: Path | None = None
+    what: str = "held"  # held | all
+    bandwidth_limit_bytes_per_s: int | None = None  # None: unlimited
+    addressing_style: str = "auto"  # auto | path | virtual
+
+
+@dataclass(frozen=True)
 class Config:
     device_id: str
     data_dir: Path
@@ -186,6 +202,7 @@ class Config:
     incidents: IncidentsConfig = field(default_factory=IncidentsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     health: HealthThresholds = field(default_factory=HealthThresholds)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
     status_file: Path | None = None  # None: $RUNTIME_DIRECTORY (systemd) or <data_dir>, see statusfile.py
     source_path: Path | None = None  # the file this config was loaded from
 
@@ -225,7 +242,7 @@ _BITRATE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
 # The keys each mapping accepts. Health thresholds are read from HealthThresholds itself.
 _KEYS: dict[str, tuple[str, ...]] = {
     "": ("device_id", "data_dir", "recipients", "segment_seconds", "durability", "cameras", "retention",
-         "incidents", "mqtt", "health", "status_file"),
+         "incidents", "mqtt", "health", "offload", "status_file"),
     "durability": ("flush_seconds", "fsync_seconds"),
     "cameras[]": ("name", "url", "realtime", "loop", "enabled", "rtsp_transport", "timeout_seconds",
                   "stall_seconds", "retention", "health", "input_options", "encoder", "username",
@@ -238,6 +255,8 @@ _KEYS: dict[str, tuple[str, ...]] = {
              "keepalive_s", "status_interval_s", "discovery", "discovery_prefix", "site_topic",
              "session_expiry_s"),
     "mqtt.tls": ("ca_file", "cert_file", "key_file"),
+    "offload": ("enabled", "endpoint", "bucket", "prefix", "region", "access_key_id",
+                "secret_access_key_file", "what", "bandwidth_limit", "addressing_style"),
 }
 _SECTION_NAMES = {"": "at the top level", "cameras[]": "in each camera entry under 'cameras'",
                   "cameras[].encoder": "under a camera's 'encoder'",
@@ -952,6 +971,105 @@ def _mqtt(value: object, device_id: str | None, base_dir: Path, problems: list[s
     return MqttConfig(tls=tls, **kw)
 
 
+# S3 bucket names: 3 to 63 lower-case letters, digits, '.' and '-', starting and ending with a letter
+# or digit.
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_S3_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+OFFLOAD_WHAT = ("held", "all")
+OFFLOAD_ADDRESSING = ("auto", "path", "virtual")
+BANDWIDTH_MIN_BYTES_PER_S = 1024
+
+
+def _check_endpoint(value: object, path: str, problems: list[str]) -> Any:
+    if _check_str(value, path, problems) is _INVALID:
+        return _INVALID
+    assert isinstance(value, str)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username or parts.password:
+        problems.append(f"{path}: expected an http:// or https:// URL of the store with host and port only "
+                        f"(https://minio.school.lan:9000), got {_describe(value)}")
+        return _INVALID
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        problems.append(f"{path}: the port is not a number from 1 to 65535, got {_describe(value)}")
+        return _INVALID
+    return value.rstrip("/")
+
+
+def _check_bucket(value: object, path: str, problems: list[str]) -> Any:
+    if isinstance(value, str) and _BUCKET_RE.fullmatch(value) and ".." not in value:
+        return value
+    if isinstance(value, str):
+        problems.append(f"{path}: {_describe(value)} is not a bucket name: 3 to 63 lower-case letters, "
+                        "digits, '.' or '-', starting and ending with a letter or digit")
+        return _INVALID
+    return _check_str(value, path, problems)
+
+
+def _check_s3_prefix(value: object, path: str, problems: list[str]) -> Any:
+    if isinstance(value, str) and _S3_PREFIX_RE.fullmatch(value) and len(value) <= 200:
+        return value
+    if isinstance(value, str):
+        problems.append(f"{path}: {_describe(value)} is not a key prefix: '/'-separated names of letters, "
+                        "digits, '.', '_' or '-', without a leading or trailing '/'")
+        return _INVALID
+    return _check_str(value, path, problems)
+
+
+def _check_bandwidth(value: object, path: str, problems: list[str]) -> Any:
+    """Bytes per second: a number, or a size per second ("2 MB/s", "500KiB/s", "2M")."""
+    if value is None:
+        return None
+    size: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str):
+        text = value.strip()
+        for suffix in ("/s",):
+            if text.lower().endswith(suffix):
+                text = text[: -len(suffix)]
+                break
+        size = parse_size_bytes(text)
+    if size is not None and size >= BANDWIDTH_MIN_BYTES_PER_S:
+        return size
+    problems.append(f"{path}: expected bytes per second of at least {BANDWIDTH_MIN_BYTES_PER_S} "
+                    f"(2000000, \"2 MB/s\", \"500KiB/s\") or null for no limit, got {_describe(value)}")
+    return _INVALID
+
+
+def _offload(value: object, base_dir: Path, problems: list[str]) -> Any:
+    s = _section(value, "offload", "offload", problems)
+    if s is None:
+        return _INVALID
+    kw: dict[str, Any] = {}
+    s.put(kw, "enabled", _check_bool)
+    s.put(kw, "endpoint", _optional(_check_endpoint))
+    s.put(kw, "bucket", _check_bucket)
+    s.put(kw, "prefix", _check_s3_prefix)
+    s.put(kw, "region", _optional(_check_str))
+    s.put(kw, "access_key_id", _optional(_check_str))
+    s.put(kw, "secret_access_key_file", _optional(_path_check(base_dir)))
+    s.put(kw, "what", _one_of(OFFLOAD_WHAT))
+    s.put(kw, "bandwidth_limit", _check_bandwidth, "bandwidth_limit_bytes_per_s")
+    s.put(kw, "addressing_style", _one_of(OFFLOAD_ADDRESSING))
+    s.finish()
+    if kw.get("enabled") and "bucket" not in kw and "bucket" not in s.bad:
+        problems.append("offload.bucket: missing (required when offload.enabled is true)")
+        s.bad.add("bucket")
+    if not {"access_key_id", "secret_access_key_file"} & s.bad:
+        if kw.get("access_key_id") is not None and kw.get("secret_access_key_file") is None:
+            problems.append("offload.secret_access_key_file: missing (required when offload.access_key_id "
+                            "is set)")
+            s.bad.add("secret_access_key_file")
+        elif kw.get("secret_access_key_file") is not None and kw.get("access_key_id") is None:
+            problems.append("offload.access_key_id: missing (required when offload.secret_access_key_file "
+                            "is set)")
+            s.bad.add("access_key_id")
+    return OffloadConfig(**kw) if not s.bad else _INVALID
+
+
 def _health_check_for(annotation: object) -> Check:
     """A check derived from a HealthThresholds field type: numbers >= 0, bools, optional ones may be null."""
     if isinstance(annotation, str):  # type hints could not be resolved: map the plain names
@@ -1029,6 +1147,7 @@ def parse_config(data: object, *, base_dir: Path, source: str | None = None) -> 
     health = s.get("health", lambda v, p, pr: _health(v, pr), None)
     if health is None:
         health = _health({}, problems)
+    offload = s.get("offload", lambda v, p, pr: _offload(v, base_dir, pr), OffloadConfig())
     status_file = s.get("status_file", _optional(_path_check(base_dir)), None)
     s.finish()
     if problems:
@@ -1044,6 +1163,7 @@ def parse_config(data: object, *, base_dir: Path, source: str | None = None) -> 
         incidents=incidents,
         mqtt=mqtt,
         health=health,
+        offload=offload,
         status_file=status_file,
     )
 

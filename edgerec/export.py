@@ -135,6 +135,8 @@ def manifest_path_for(out: Path) -> Path:
     return out.with_name(out.name + MANIFEST_SUFFIX)
 
 
+PROVISIONAL_NOTE = ("a provisional copy of a segment that was being written: every chunk authenticated, "
+                    "no device signature (the device sealed the segment later, or never)")
 RECOVERED_NOTE = ("recovered after a crash: it ends at its last intact chunk; the footage after it was lost "
                   "with the power")
 
@@ -272,7 +274,13 @@ def _frame_ticks(packets: list[Any], stream: Any, tb: Fraction) -> int:
 def _read_segment(path: Path, private_key: X25519PrivateKey) -> tuple[segfile.SegmentCheck, bytes | None]:
     """Check a segment (keyless walk: framing, hashes, signature) and, when that passes, decrypt its
     payload into memory strictly (recovered segments allowed). Raises SegmentError when decryption fails;
-    returns no payload when the keyless check already failed."""
+    returns no payload when the keyless check already failed. A provisional copy from a store (the
+    complete chunks of a segment that was being written, docs/offload.md) has no trailer to check: every
+    chunk must authenticate instead."""
+    if path.name.endswith(segfile.PARTIAL_SUFFIX):
+        info, payload = segfile.read_provisional(path, private_key)
+        header = segfile.read_header(path)
+        return segfile.SegmentCheck(path, (), header, info.digest, info.state, info), payload
     check = segfile.check_segment(path)
     if not check.ok:
         return check, None
@@ -385,7 +393,7 @@ def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
     link = segfile.ChainLink.of(check)
     assert link is not None
     chain = segfile.link_status(previous, link)
-    note = RECOVERED_NOTE if check.state == "recovered" else None
+    note = {"recovered": RECOVERED_NOTE, segfile.STATE_PROVISIONAL: PROVISIONAL_NOTE}.get(check.state or "")
     try:
         frames, output_start_s, left_out = remuxer.append(payload, check.info.frames)
     except (av.FFmpegError, ValueError) as exc:

@@ -1211,6 +1211,61 @@ def _good_prefix(src: _Source, header: Header, signing_pub: Ed25519PublicKey) ->
     return good
 
 
+@dataclass(frozen=True)
+class ReadablePrefix:
+    """The part of a segment still being written that a reader can already use: header and complete
+    chunks. Its bytes are a prefix of the sealed file (the writer only appends)."""
+
+    size_bytes: int
+    chunks: int
+    end_ns: int  # media end of the last complete chunk (the header's start when there is none)
+    frames: int = 0
+    payload_bytes: int = 0
+
+
+def readable_prefix(partial: Path) -> ReadablePrefix:
+    """How much of a ``.partial`` file (one the recorder may be appending to) is complete chunks.
+
+    Read-only: the keyless framing and checks only, as ``recover_partial`` judges them; a chunk being
+    written is simply not counted yet. Raises SegmentError when not even the header is complete.
+    """
+    partial = Path(partial)
+    with _open_path(partial) as f:
+        src = _Source(f, partial)
+        header = _read_header(src)
+        good = _good_prefix(src, header, Ed25519PublicKey.from_public_bytes(header.device_public))
+    tally = good.tally
+    end_ns = tally.end_ns if tally.chunks else header.meta.start_ns
+    return ReadablePrefix(good.end_offset, tally.chunks, end_ns,
+                          tally.frames, tally.payload_bytes)
+
+
+STATE_PROVISIONAL = "provisional"
+
+
+def read_provisional(path: Path, private_key: X25519PrivateKey) -> tuple[SealedSegment, bytes]:
+    """Decrypt a provisional copy (the complete-chunk prefix of a segment that was being written, as the
+    offloader uploads it): every chunk must authenticate; it has no trailer, so no device signature.
+    Raises SegmentError on damage anywhere before its end."""
+    path = Path(path)
+    prefix = readable_prefix(path)
+    if prefix.size_bytes != path.stat().st_size:
+        raise SegmentError(path, prefix.size_bytes, "damaged: not a run of complete chunks to its end")
+    errors: list[SegmentError] = []
+    payload = b"".join(decrypt(path, private_key, recover=True, errors=errors))
+    real = [e for e in errors if e.offset is None or e.offset < prefix.size_bytes]
+    if real:
+        raise real[0]
+    header = read_header(path)
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").digest()
+    info = SealedSegment(path=path, meta=header.meta, digest=digest, size_bytes=prefix.size_bytes,
+                         chunks=prefix.chunks, payload_bytes=prefix.payload_bytes, frames=prefix.frames,
+                         end_ns=prefix.end_ns, state=STATE_PROVISIONAL,
+                         device_key_id=device_key_id(Ed25519PublicKey.from_public_bytes(header.device_public)))
+    return info, payload
+
+
 def recover_partial(partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegment:
     """Turn a ``.partial`` left by a crash into a closed segment with state ``recovered``.
 

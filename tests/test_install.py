@@ -90,6 +90,8 @@ def test_install_is_idempotent_and_uninstall_keeps_data_until_purge(tmp_path, in
 
     check_trusted([config])  # the installed config passes the rule
     assert unit.read_bytes() == (REPO / "systemd/edgerec.service").read_bytes()
+    offload_unit = root / "etc/systemd/system/edgerec-offload.service"
+    assert offload_unit.read_bytes() == (REPO / "systemd/edgerec-offload.service").read_bytes()
     assert wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/edgerec.service"
     assert os.readlink(root / "usr/local/bin/edgerec") == "/opt/edgerec/venv/bin/edgerec"
     assert (root / "var/lib/edgerec").is_dir()
@@ -111,6 +113,7 @@ def test_install_is_idempotent_and_uninstall_keeps_data_until_purge(tmp_path, in
         out = run(UNINSTALL, root)
         assert not (root / "opt/edgerec").exists()
         assert not unit.exists() and not wants.is_symlink()
+        assert not offload_unit.exists()
         assert not (root / "usr/local/bin/edgerec").is_symlink()
         assert footage.read_bytes() == b"encrypted footage"
         assert config.read_text().endswith("# site-specific edit\n")

@@ -306,3 +306,21 @@ def test_daemon_workload_runs_inside_the_unit_sandbox(tmp_path):
     families = set(re.findall(r"\bsocket\((AF_[A-Z0-9]+)", trace))
     permitted = set(settings["RestrictAddressFamilies"][0].split())
     assert families <= permitted, f"socket families used but not permitted: {families - permitted}"
+
+
+OFFLOAD_UNIT = REPO / "systemd" / "edgerec-offload.service"
+
+
+@needs_analyze
+def test_offload_unit_is_hardened_and_yields_to_the_recorder(tmp_path):
+    s = unit_settings(OFFLOAD_UNIT.read_text())
+    assert s["ExecStart"] == ["/opt/edgerec/venv/bin/edgerec offload -c /etc/edgerec/edgerec.yaml"]
+    assert s["User"] == ["edgerec"] and s["MemoryMax"] and s["IOSchedulingClass"] == ["idle"]
+    assert int(s["Nice"][0]) > 0 and int(s["OOMScoreAdjust"][0]) > 0  # the recorder wins every contest
+    assert s["RuntimeDirectory"] == ["edgerec-offload"]  # not the recorder's: stopping one keeps the other's
+    shutil.copy(OFFLOAD_UNIT, tmp_path / OFFLOAD_UNIT.name)
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", OFFLOAD_UNIT.name],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert exposure_score(result.stdout + result.stderr) <= MAX_EXPOSURE, result.stdout
