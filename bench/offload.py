@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.* when run as a script
 
-from edgerec.incidents import parse_rfc3339  # noqa: E402
+from edgerec.timefmt import parse_rfc3339  # noqa: E402
 from tests.helpers.daemon import (  # noqa: E402
     REPO,
     Daemon,

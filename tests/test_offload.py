@@ -18,7 +18,7 @@ import pytest
 
 from edgerec import store
 from edgerec.config import ConfigError, parse_config
-from edgerec.incidents import parse_rfc3339
+from edgerec.timefmt import parse_rfc3339
 from tests.helpers.daemon import (
     REPO,
     Daemon,
