@@ -18,7 +18,7 @@ import yaml
 
 from tests.helpers.events import Event, named, parse_log
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # tests/helpers/daemon.py → the repository
 
 
 @dataclass(frozen=True)
