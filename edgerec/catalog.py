@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,13 +115,29 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 """
 
+# The retention clock (docs/design/time.md): each segment's age is measured from the retention time it
+# ended at, never from its wall-clock stamps; the newest anchor of that clock is cached here (the audit
+# log is its record).
+_SCHEMA_V2 = """
+-- retention clock when it ended; NULL: not yet stamped
+ALTER TABLE segments ADD COLUMN rclock_end_ns INTEGER;
+CREATE INDEX segments_camera_rclock ON segments(camera, rclock_end_ns);
+CREATE TABLE clock_anchor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    boot_id TEXT NOT NULL,
+    mono_ns INTEGER NOT NULL,
+    wall_ns INTEGER NOT NULL,
+    rclock_ns INTEGER NOT NULL
+);
+"""
+
 # Index i upgrades a catalog from user_version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _SEGMENT_COLUMNS = (
     "id, camera, sequence, path, start_ns, end_ns, size_bytes, frames, digest, state, clock_synced, "
-    "boot_id, monotonic_ns, time_ok, recorded_start_ns, deleting_ns"
+    "boot_id, monotonic_ns, time_ok, recorded_start_ns, deleting_ns, rclock_end_ns"
 )
 
 
@@ -145,6 +161,7 @@ class SegmentRow(NamedTuple):
     time_ok: bool = True
     recorded_start_ns: int | None = None
     deleting_ns: int | None = None
+    rclock_end_ns: int | None = None  # retention time it ended at (its age is measured from it)
 
 
 _segment = SegmentRow._make
@@ -300,6 +317,10 @@ class Catalog:
         self._held_cache: tuple[tuple[int, int], float, int] | None = None  # (key, monotonic s, bytes)
         self._max_duration_ns = self._meta("max_duration_ns", 0)
         self.created = False  # set by open(): the file was made by this open (there was no catalog)
+        # The retention time a new segment ended at (meta, end_ns) -> ns; set by whoever runs the retention
+        # clock (the daemon, a sweeping CLI). Without one, rows stay unstamped until the next clock start
+        # stamps them (``unstamped_segments``).
+        self.rclock_stamp: Callable[[Any, int], int] | None = None
 
     # ----- opening ----------------------------------------------------------------------------------
     @classmethod
@@ -462,12 +483,15 @@ class Catalog:
                 "ORDER BY sequence DESC LIMIT 1", (meta.camera, meta.sequence))
             prev_end = prev[0][0] if prev else None
             time_ok = self.time_rules.plausible(start_ns, prev_end)
+            stamp = self.rclock_stamp
+            rclock_end = stamp(meta, end_ns) if stamp is not None else None
             cur = self._conn.execute(
                 "INSERT INTO segments (camera, sequence, path, start_ns, end_ns, size_bytes, frames, digest, "
-                "state, clock_synced, boot_id, monotonic_ns, time_ok) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "state, clock_synced, boot_id, monotonic_ns, time_ok, rclock_end_ns) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (meta.camera, int(meta.sequence), rel, start_ns, end_ns, int(seg.size_bytes), int(seg.frames),
                  bytes(seg.digest).hex(), seg.state, int(bool(meta.clock_synced)), str(meta.boot_id),
-                 int(meta.monotonic_ns), int(time_ok)))
+                 int(meta.monotonic_ns), int(time_ok), rclock_end))
             duration = max(0, end_ns - start_ns)
             if duration > self._max_duration_ns:
                 self._max_duration_ns = duration
@@ -528,10 +552,38 @@ class Catalog:
         return [r[0] for r in rows]
 
     def expired_candidates(self, camera: str, cutoff_ns: int) -> list[SegmentRow]:
-        """Plausibly dated segments of ``camera`` ended at or before ``cutoff_ns`` (not being deleted)."""
+        """Segments of ``camera`` that ended at or before ``cutoff_ns`` on the retention clock (not being
+        deleted). Their wall-clock stamps play no part: a wrongly set clock cannot age footage."""
         return [_segment(r) for r in self._read(
-            f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE camera = ? AND start_ns <= ? AND end_ns <= ? "
-            "AND time_ok = 1 AND deleting_ns IS NULL ORDER BY start_ns", (camera, cutoff_ns, cutoff_ns))]
+            f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE camera = ? AND rclock_end_ns <= ? "
+            "AND deleting_ns IS NULL ORDER BY start_ns", (camera, cutoff_ns))]
+
+    def unstamped_segments(self) -> list[tuple[int, str, int, int]]:
+        """(id, boot id, monotonic ns at start, duration ns) of rows without a retention time yet: rows
+        from before the retention clock existed, or added where no clock ran (a CLI, a lost catalog)."""
+        return [(int(r[0]), str(r[1]), int(r[2]), max(0, int(r[4]) - int(r[3]))) for r in self._read(
+            "SELECT id, boot_id, monotonic_ns, start_ns, end_ns FROM segments WHERE rclock_end_ns IS NULL")]
+
+    def stamp_segments(self, stamps: Iterable[tuple[int, int]]) -> int:
+        """Give rows (id, retention time they ended at); only rows still unstamped are changed."""
+        with self.transaction():
+            cur = self._conn.executemany(
+                "UPDATE segments SET rclock_end_ns = ? WHERE id = ? AND rclock_end_ns IS NULL",
+                [(r, seg_id) for seg_id, r in stamps])
+            return cur.rowcount
+
+    def clock_anchor(self) -> tuple[str, int, int, int] | None:
+        """The cached newest anchor of the retention clock: (boot id, monotonic, wall, retention time)."""
+        rows = self._read("SELECT boot_id, mono_ns, wall_ns, rclock_ns FROM clock_anchor WHERE id = 1")
+        return (str(rows[0][0]), int(rows[0][1]), int(rows[0][2]), int(rows[0][3])) if rows else None
+
+    def set_clock_anchor(self, boot_id: str, mono_ns: int, wall_ns: int, rclock_ns: int) -> None:
+        with self.transaction():
+            self._conn.execute(
+                "INSERT INTO clock_anchor (id, boot_id, mono_ns, wall_ns, rclock_ns) VALUES (1, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET boot_id = excluded.boot_id, mono_ns = excluded.mono_ns, "
+                "wall_ns = excluded.wall_ns, rclock_ns = excluded.rclock_ns",
+                (boot_id, mono_ns, wall_ns, rclock_ns))
 
     def oldest_segments(self, limit: int, after: tuple[int, int] | None = None) -> list[SegmentRow]:
         """The oldest segments across cameras by (start_ns, id), after the given key (keyset paging)."""
@@ -556,24 +608,6 @@ class Catalog:
                           "WHERE time_ok = 0 AND deleting_ns IS NULL")
         segs = [_segment(r) for r in rows]
         return [s for s in segs if boot_id is None or s.boot_id == boot_id]
-
-    def bounded_suspects(self) -> list[SegmentRow]:
-        """Implausibly dated segments given safe dates for retention: from the end of the camera's previous
-        plausible segment to the start of its next one (by sequence). The true time lies inside, so age
-        judged on the later bound never deletes early; suspects with no later plausible segment are left
-        out (they cannot be bounded yet)."""
-        out = []
-        for seg in self.suspect_segments():
-            nxt = self._read("SELECT start_ns FROM segments WHERE camera = ? AND sequence > ? "
-                             "AND time_ok = 1 ORDER BY sequence LIMIT 1", (seg.camera, seg.sequence))
-            if not nxt:
-                continue
-            prv = self._read("SELECT end_ns FROM segments WHERE camera = ? AND sequence < ? "
-                             "AND time_ok = 1 ORDER BY sequence DESC LIMIT 1", (seg.camera, seg.sequence))
-            lo = prv[0][0] if prv else self.time_rules.floor_ns
-            hi = max(lo, nxt[0][0])
-            out.append(_replace_times(seg, lo, hi))
-        return out
 
     def apply_redates(self, redates: Sequence[NewDates]) -> int:
         """Store new dates for footage recorded under a wrong clock (keeping the recorded start)."""
@@ -793,10 +827,6 @@ class Catalog:
 
 def _marks(chunk: Sequence[int]) -> str:
     return ",".join("?" * len(chunk))
-
-
-def _replace_times(seg: SegmentRow, start_ns: int, end_ns: int) -> SegmentRow:
-    return seg._replace(start_ns=start_ns, end_ns=end_ns, time_ok=True)
 
 
 def open_error_message(path: Path, exc: sqlite3.DatabaseError) -> str:

@@ -447,8 +447,13 @@ def _incident_service(cfg: Config) -> tuple[Any, Any]:
     tightened = ensure_private_dir(cfg.data_dir)
     if tightened:
         logging.getLogger("edgerec.cli").warning("%s", tightened)
+    from .retention import Sweeper
+
     catalog, audit, reserve = _open_catalog(cfg)
-    return IncidentService(catalog, audit, cfg, reserve), catalog
+    service = IncidentService(catalog, audit, cfg, reserve)
+    # Closes are dated no earlier than the retention clock (computed here, not recorded: docs/design/time.md).
+    service.rclock_now = Sweeper(catalog, audit, cfg, cfg.data_dir, reserve=reserve).peek_now_ns
+    return service, catalog
 
 
 def cmd_incident(args: argparse.Namespace) -> int:

@@ -5,9 +5,11 @@ NTP syncs. Retention must never delete footage because of such a jump, so this m
 
 - readings of the kernel's state (``clock_synced``, ``boot_id``, ``monotonic_ns``, ``read_clock``),
 - pure rules over readings: ``plausible`` (can a wall time be believed), ``ClockWatch`` (did the wall
-  clock jump relative to the monotonic clock), ``SweepClock`` (which "now" a retention sweep may use)
-  and ``redate`` (new dates for footage recorded under a wrong clock, from the boot id and the
-  monotonic clock, once the clock is right).
+  clock jump relative to the monotonic clock) and ``redate`` (new dates for footage recorded under a
+  wrong clock, from the boot id and the monotonic clock, once the clock is right).
+
+Which time footage *ages* on is not the wall clock at all: see ``retentionclock`` and
+docs/design/time.md.
 
 Tests feed readings; nothing here sleeps.
 """
@@ -127,64 +129,6 @@ class ClockWatch:
             return None
         jump_ns = (wall_ns - last[0]) - (mono_ns - last[1])
         return jump_ns if abs(jump_ns) > self.threshold_ns else None
-
-
-@dataclass(frozen=True)
-class SweepTime:
-    """The "now" a retention sweep may use, and how it was chosen.
-
-    ``source`` is ``wall`` (the wall clock, believed) or ``monotonic`` (a line advanced by the monotonic
-    clock from the last believed time, because the wall clock is implausible or jumped without being
-    synchronised). ``jump_ns`` is the jump seen at this reading, if any. ``trusted`` says the wall clock
-    may be used to re-date footage (it is believed *and* synchronised).
-    """
-
-    now_ns: int
-    source: str
-    jump_ns: int | None
-    trusted: bool
-
-
-class SweepClock:
-    """Chooses the time retention sweeps run on, so that clock jumps do not delete or keep footage wrongly.
-
-    - A plausible wall clock that moves with the monotonic clock is used as it is (unsynchronised too:
-      many machines never report sync, and the 28-day promise must hold there).
-    - A forward jump is followed only when the kernel says the clock is synchronised (NTP correcting a
-      stale boot time); otherwise the sweep keeps to the monotonic line, so a wrongly set clock cannot
-      age recent footage.
-    - A wall clock behind the newest footage is implausible: the sweep follows the monotonic line from
-      the last believed time (or from the newest footage at start), so footage keeps ageing and a
-      backward jump cannot keep it forever.
-    - When the wall clock comes back to the line (within the threshold), or is synchronised and
-      plausible, it is believed again.
-    """
-
-    def __init__(self, threshold_s: float):
-        self.threshold_ns = int(threshold_s * 1e9)
-        self._last: tuple[ClockReading, int] | None = None  # reading and the now chosen for it
-
-    def observe(self, reading: ClockReading, newest_catalogued_ns: int | None) -> SweepTime:
-        wall_ok = plausible(reading.wall_ns, newest_catalogued_ns)
-        last = self._last
-        line_ns: int | None = None
-        jump_ns: int | None = None
-        if last is not None and last[0].boot_id == reading.boot_id:
-            prev, prev_now = last
-            line_ns = prev_now + (reading.mono_ns - prev.mono_ns)
-            delta = (reading.wall_ns - prev.wall_ns) - (reading.mono_ns - prev.mono_ns)
-            if abs(delta) > self.threshold_ns:
-                jump_ns = delta
-        on_line = line_ns is not None and abs(reading.wall_ns - line_ns) <= self.threshold_ns
-        if wall_ok and (line_ns is None or on_line or reading.synced):
-            chosen = SweepTime(reading.wall_ns, "wall", jump_ns, reading.synced)
-        else:
-            floor_ns = max(newest_catalogued_ns or RELEASE_FLOOR_NS, RELEASE_FLOOR_NS)
-            # Never earlier than the newest footage: time cannot be before what was already recorded.
-            now_ns = max(line_ns, floor_ns) if line_ns is not None else floor_ns
-            chosen = SweepTime(now_ns, "monotonic", jump_ns, False)
-        self._last = (reading, chosen.now_ns)
-        return chosen
 
 
 @dataclass(frozen=True)

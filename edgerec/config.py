@@ -135,6 +135,9 @@ class RetentionConfig:
     # Free-space floor: exactly one of the two is set (``min_free: 5%`` or ``min_free: 2G``).
     min_free_bytes: int | None = None
     min_free_pct: float | None = 5.0
+    # A new boot's downtime that nothing proves is credited to the retention clock up to this much
+    # (docs/design/time.md): more would let a spoofed wall clock age footage early.
+    downtime_credit_days: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
                   "password_file"),
     "cameras[].retention": ("days",),
     "cameras[].encoder": ("codec", "bitrate", "gop_seconds", "preset"),
-    "retention": ("days", "sweep_interval_s", "min_free"),
+    "retention": ("days", "sweep_interval_s", "min_free", "downtime_credit_days"),
     "incidents": ("pre_roll_s", "post_roll_s", "release_grace_days", "max_window_days", "max_open"),
     "mqtt": ("enabled", "host", "port", "client_id", "topic_prefix", "username", "password_file", "tls",
              "keepalive_s", "status_interval_s", "discovery", "discovery_prefix", "site_topic",
@@ -845,6 +848,7 @@ def _retention(value: object, problems: list[str]) -> Any:
     kw: dict[str, Any] = {}
     s.put(kw, "days", _number(0, 36500, lo_open=True))
     s.put(kw, "sweep_interval_s", _number(1, 86400))
+    s.put(kw, "downtime_credit_days", _number(0, 28))
     min_free = s.get("min_free", _check_min_free, None)
     if min_free not in (None, _INVALID):
         kw["min_free_bytes"], kw["min_free_pct"] = min_free

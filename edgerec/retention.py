@@ -43,8 +43,11 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from . import clock as clockmod
+from . import rclockstore
+from . import retentionclock as rc
 from .audit import AuditEntry, AuditSink
 from .catalog import Catalog, IncidentRow, SegmentRow
+from .errors import EdgerecError, UsageError
 from .fsutil import fsync_dir
 from .holds import Holds, WindowIndex, held_index
 from .layout import DataDir, day_dir_name, is_day_dir_name
@@ -72,6 +75,8 @@ class RetentionSettings(Protocol):
     def min_free_bytes(self) -> int | None: ...
     @property
     def min_free_pct(self) -> float | None: ...
+    @property
+    def downtime_credit_days(self) -> float: ...
 
 
 class CameraRetention(Protocol):
@@ -111,6 +116,7 @@ class RetentionPolicy:
     min_free_bytes: int | None = None
     min_free_pct: float | None = 5.0
     release_grace_ns: int = 7 * DAY_NS
+    downtime_credit_ns: int = DAY_NS  # a new boot's unproven downtime credited at most (docs/design/time.md)
 
     @classmethod
     def from_config(cls, config: RetentionConfigSlice) -> RetentionPolicy:
@@ -121,6 +127,7 @@ class RetentionPolicy:
             min_free_bytes=r.min_free_bytes,
             min_free_pct=r.min_free_pct,
             release_grace_ns=int(config.incidents.release_grace_days * DAY_NS),
+            downtime_credit_ns=int(r.downtime_credit_days * DAY_NS),
         )
 
     def retention_ns(self, camera: str) -> int:
@@ -182,7 +189,7 @@ def plan_deletions(segments: Iterable[SegmentRow], incidents: Iterable[IncidentR
     add_seen = seen.add
     for seg in segments:
         seg_id, camera = seg.id, seg.camera
-        if seg_id in seen or not seg.time_ok or seg.deleting_ns is not None:
+        if seg_id in seen or seg.deleting_ns is not None:
             continue
         add_seen(seg_id)
         start_ns, end_ns = seg.start_ns, seg.end_ns
@@ -191,14 +198,17 @@ def plan_deletions(segments: Iterable[SegmentRow], incidents: Iterable[IncidentR
         keep_ns = keep_by_camera.get(camera)
         if keep_ns is None:
             keep_ns = keep_by_camera[camera] = policy.retention_ns(camera)
-        expiry_ns = end_ns + keep_ns
-        if expiry_ns <= now_ns:
+        # Age is measured on the retention clock (docs/design/time.md): from the retention time the
+        # segment ended at, never from its wall-clock stamps. An unstamped row is not of age yet.
+        rclock_end = seg.rclock_end_ns
+        expiry_ns = rclock_end + keep_ns if rclock_end is not None else None
+        if expiry_ns is not None and expiry_ns <= now_ns:
             # (released_any first: the cheap test that rules out most candidates)
             kept_past_age = released_any(camera, start_ns, end_ns) and hold.kept_past(
                 camera, start_ns, end_ns, expiry_ns)
             deletions.append(Deletion(seg_id, "released" if kept_past_age else "age"))
             freed += seg.size_bytes
-        else:
+        elif seg.time_ok:  # disk pressure goes by recording time: only footage whose time is believed
             spare.append(seg)
 
     shortfall = max(0, policy.min_free_target(disk) - disk.free_bytes - freed)
@@ -242,7 +252,7 @@ class DeletedSegment(NamedTuple):
 @dataclass(frozen=True)
 class SweepReport:
     now_ns: int
-    time_source: str  # given | wall | monotonic
+    time_source: str  # retention (the retention clock) | given (--now)
     dry_run: bool
     deleted: tuple[DeletedSegment, ...]
     disk_full: bool
@@ -310,25 +320,50 @@ class Sweeper:
     def __init__(self, catalog: Catalog, audit: AuditSink, config: RetentionConfigSlice, data_dir: Path | str,
                  free_space: Callable[[], DiskState] | None = None,
                  clock: Callable[[], clockmod.ClockReading] | None = None, *,
-                 reserve: SpaceReserve | None = None):
+                 reserve: SpaceReserve | None = None, rclock: rc.RetentionClock | None = None,
+                 trusted_wall: Callable[[], int | None] | None = None):
         self.catalog = catalog
         self.audit = audit
         self.data_dir = Path(data_dir)
         self.policy = RetentionPolicy.from_config(config)
         self._free_space = free_space or (lambda: statvfs_disk_state(self.data_dir))
         self._clock = clock or clockmod.read_clock
-        self._sweep_clock = clockmod.SweepClock(threshold_s=config.retention.sweep_interval_s)
+        # Wall-clock jumps: one watch for the daemon's cheap per-tick check, one per sweep, which logs and
+        # audits the jump. Neither moves the retention clock.
         self._clock_watch = clockmod.ClockWatch(threshold_s=config.retention.sweep_interval_s)
+        self._sweep_watch = clockmod.ClockWatch(threshold_s=config.retention.sweep_interval_s)
+        self._rclock = rclock
+        self._trusted_wall = trusted_wall
+        self._audited_rclock_ns: int | None = None  # the newest anchor this sweeper wrote to the audit log
         # Every catalog or audit write of a sweep goes through it: the write that frees space must not be
         # the one that cannot be made.
         self.reserve = reserve if reserve is not None else SpaceReserve.in_dir(self.data_dir)
 
     def reconfigure(self, config: RetentionConfigSlice) -> None:
-        """Take a reloaded configuration, keeping what the sweep clock has learnt (a fresh Sweeper would
-        believe a wall clock that jumped ahead while unsynchronised)."""
+        """Take a reloaded configuration, keeping the running retention clock."""
         self.policy = RetentionPolicy.from_config(config)
-        self._sweep_clock.threshold_ns = int(config.retention.sweep_interval_s * 1e9)
-        self._clock_watch.threshold_ns = self._sweep_clock.threshold_ns
+        self._clock_watch.threshold_ns = int(config.retention.sweep_interval_s * 1e9)
+        self._sweep_watch.threshold_ns = self._clock_watch.threshold_ns
+
+    @property
+    def rclock(self) -> rc.RetentionClock:
+        """The retention clock sweeps run on; started (and its start audited) on first use unless the
+        daemon handed over the one it started."""
+        if self._rclock is None:
+            self._rclock = self.reserve.with_room(partial(self._start_rclock, record=True))
+            self._audited_rclock_ns = self._rclock.anchor.rclock_ns
+        return self._rclock
+
+    def _start_rclock(self, *, record: bool) -> rc.RetentionClock:
+        audit_path = getattr(self.audit, "path", None) or DataDir(self.data_dir).audit_path
+        return rclockstore.start_clock(self.catalog, self.audit, Path(audit_path), self._clock,
+                                       max_credit_ns=self.policy.downtime_credit_ns,
+                                       trusted_wall=self._trusted_wall, record=record)
+
+    def peek_now_ns(self) -> int:
+        """The retention clock now, without starting (or recording) it: for dry runs and CLI commands."""
+        clock = self._rclock or self._start_rclock(record=False)
+        return clock.now_ns()
 
     def clock_jumped(self) -> bool:
         """Has the wall clock jumped against the monotonic clock since the last call? A cheap check for
@@ -345,23 +380,33 @@ class Sweeper:
     def sweep(self, now_ns: int | None = None, dry_run: bool = False) -> SweepReport:
         started = time.monotonic()
         errors: list[str] = []
-        jump_ns = None
         redated = finished = 0
+        clock = self._rclock or (self._start_rclock(record=False) if dry_run else self.rclock)
+        rclock_ns, reading = clock.reading()
+        jump_ns = self._sweep_watch.observe(reading.wall_ns, reading.mono_ns)
+        if jump_ns is not None:
+            self._clock_jump(reading, jump_ns, rclock_ns)
         if now_ns is None:
-            reading = self._clock()
-            chosen = self._sweep_clock.observe(reading, self.catalog.newest_plausible_end_ns())
-            now_ns, source, jump_ns = chosen.now_ns, chosen.source, chosen.jump_ns
-            if jump_ns is not None:
-                self._clock_jump(reading, chosen)
-            if source != "wall":
-                log.warning("retention on monotonic time now=%s wall=%s (wall clock not believed)",
-                            rfc3339(now_ns), rfc3339(reading.wall_ns))
-            if chosen.trusted and not dry_run:
-                redated = self._redate(reading)
+            now_ns, source = rclock_ns, "retention"
         else:
+            if not dry_run and now_ns > rclock_ns:
+                raise UsageError(
+                    f"--now {rfc3339(now_ns)} is after the retention clock ({rfc3339(rclock_ns)}): a sweep "
+                    "that deletes never runs ahead of it (docs/design/time.md); --dry-run shows what a "
+                    "later sweep would delete")
             source = "given"
+        # Things stamped by the wall clock alone (day directories, quarantined files, gap rows) are judged
+        # by the earlier of the two clocks, so a clock set ahead or back cannot age them either.
+        wall_cut_ns = min(now_ns, reading.wall_ns)
+        anchor = clock.anchor if dry_run else self._checkpoint(clock)
+        clock_fields = {"now": rfc3339(now_ns), "time_source": source, "clock": anchor.to_fields()}
+        newest_ns = self.catalog.newest_plausible_end_ns()
+        trusted = reading.synced and clockmod.plausible(reading.wall_ns, newest_ns)
+        if trusted and not dry_run:
+            redated = self._redate(reading)
         if not dry_run:
-            finished = self._finish_pending(now_ns, errors)
+            finished = self._finish_pending(wall_cut_ns, errors)
+            self._checkpoint_audit(anchor)
 
         incident_changes = self.catalog.incident_changes()  # before the incidents are read for the plan
         plan, rows, disk = self._plan(now_ns)
@@ -369,9 +414,10 @@ class Sweeper:
                         for d in plan.deletions for r in (rows[d.segment_id],))
         quarantine_deleted = 0
         if not dry_run:
-            deleted = self._apply(deleted, now_ns, errors, incident_changes)
-            self.reserve.with_room(lambda: self.catalog.prune_gaps(now_ns - self.policy.max_retention_ns))
-            quarantine_deleted = self._expire_quarantine(now_ns, errors)
+            deleted = self._apply(deleted, now_ns, errors, incident_changes, clock_fields, wall_cut_ns)
+            gaps_cutoff_ns = wall_cut_ns - self.policy.max_retention_ns
+            self.reserve.with_room(lambda: self.catalog.prune_gaps(gaps_cutoff_ns))
+            quarantine_deleted = self._expire_quarantine(wall_cut_ns, errors)
             self.reserve.keep()
         report = SweepReport(now_ns, source, dry_run, deleted, plan.disk_full, disk.free_bytes,
                              self.policy.min_free_target(disk), plan.shortfall_bytes, jump_ns, redated,
@@ -384,7 +430,6 @@ class Sweeper:
         candidates: list[SegmentRow] = []
         for camera in cat.cameras():
             candidates += cat.expired_candidates(camera, now_ns - policy.retention_ns(camera))
-        candidates += cat.bounded_suspects()
         relevant_since_ns = now_ns - policy.release_grace_ns - policy.max_retention_ns
         incidents = cat.incidents(relevant_since_ns=relevant_since_ns)
         disk = self._free_space()
@@ -407,7 +452,8 @@ class Sweeper:
 
     # ----- the delete protocol ----------------------------------------------------------------------
     def _apply(self, planned: Sequence[DeletedSegment], now_ns: int, errors: list[str],
-               incident_changes: int) -> tuple[DeletedSegment, ...]:
+               incident_changes: int, clock_fields: Mapping[str, Any],
+               wall_cut_ns: int) -> tuple[DeletedSegment, ...]:
         """Audit, mark, unlink, drop. ``incident_changes``: the catalog's incident counter read before
         the plan; an incident committed since then is checked against each batch as it is marked."""
         if not planned:
@@ -416,7 +462,7 @@ class Sweeper:
         # The audit lines come first, all of them with one fsync: a marked row is deleted by whoever
         # finds it (the next sweep, reconciliation), so no row may be marked before the log names it.
         # If power fails part way, the next sweep deletes (and names) the rest again.
-        self.reserve.with_room(lambda: self._audit_deletions(batches))
+        self.reserve.with_room(lambda: self._audit_deletions(batches, clock_fields))
         done: list[DeletedSegment] = []
         guard = _HoldGuard(self.catalog, self.policy, now_ns, incident_changes)
         for planned_batch in batches:  # one directory at a time: one directory fsync per batch
@@ -430,7 +476,7 @@ class Sweeper:
             else:
                 gone_set = set(gone)
                 done += [d for d in batch if d.id in gone_set]
-            self._remove_empty_date_dirs(dirs, now_ns)
+            self._remove_empty_date_dirs(dirs, wall_cut_ns)
         return tuple(done)
 
     def _mark_unheld(self, batch: Sequence[DeletedSegment], guard: _HoldGuard,
@@ -455,8 +501,10 @@ class Sweeper:
                 self.catalog.mark_deleting([d.id for d in keep], now_ns)
         return keep
 
-    def _audit_deletions(self, batches: Sequence[Sequence[DeletedSegment]]) -> None:
-        """One ``segments_deleted`` line per directory (a camera's day) and reason, naming every file."""
+    def _audit_deletions(self, batches: Sequence[Sequence[DeletedSegment]],
+                         clock_fields: Mapping[str, Any]) -> None:
+        """One ``segments_deleted`` line per directory (a camera's day) and reason, naming every file, and
+        the time it was decided at with the clock it came from (``clock_fields``)."""
         entries: list[AuditEntry] = []
         early = early_bytes = 0
         for batch in batches:
@@ -467,7 +515,7 @@ class Sweeper:
                 size = sum(d.size_bytes for d in items)
                 entries.append(("segments_deleted", {
                     "reason": reason, "camera": items[0].camera, "count": len(items), "bytes": size,
-                    "paths": [d.path for d in items]}))
+                    "paths": [d.path for d in items], **clock_fields}))
                 if reason == "disk_pressure":
                     early += len(items)
                     early_bytes += size
@@ -522,15 +570,51 @@ class Sweeper:
                 continue  # not empty, or already gone
             log.info("retention removed empty directory path=%s", d)
 
-    def _clock_jump(self, reading: clockmod.ClockReading, chosen: clockmod.SweepTime) -> None:
-        """The one log line and audit line of a wall-clock jump (the daemon publishes the event)."""
-        assert chosen.jump_ns is not None
-        seconds = round(chosen.jump_ns / 1e9, 3)
+    def _clock_jump(self, reading: clockmod.ClockReading, jump_ns: int, rclock_ns: int) -> None:
+        """The one log line and audit line of a wall-clock jump (the daemon publishes the event). The
+        retention clock does not follow it; both times are recorded."""
+        seconds = round(jump_ns / 1e9, 3)
         log.warning("clock jump seconds=%.3f wall=%s synced=%s retention_time=%s", seconds,
-                    rfc3339(reading.wall_ns), reading.synced, chosen.source)
+                    rfc3339(reading.wall_ns), reading.synced, rfc3339(rclock_ns))
         self.reserve.with_room(lambda: self.audit.append(
             "clock_jump", seconds=seconds, wall=rfc3339(reading.wall_ns), synced=reading.synced,
-            boot_id=reading.boot_id, retention_time=chosen.source))
+            boot_id=reading.boot_id, retention_time=rfc3339(rclock_ns)))
+
+    def _checkpoint(self, clock: rc.RetentionClock) -> rc.Anchor:
+        """Cache a fresh anchor in the catalog. Best effort and never through the space reserve: on a full
+        disk it is skipped (the audit log's anchors still bound the next start), and the reserve stays for
+        the writes that free space."""
+        try:
+            return rclockstore.checkpoint(self.catalog, clock)
+        except (EdgerecError, OSError) as exc:
+            log.debug("retention clock anchor not cached error=%s", exc)
+            return clock.checkpoint()
+
+    def record_stop(self) -> None:
+        """At a clean stop: the retention clock's anchor into the catalog and the audit log, so that the
+        next start goes on from this moment (exactly, if it is in the same boot)."""
+        if self._rclock is None:
+            return
+        try:
+            anchor = rclockstore.checkpoint(self.catalog, self._rclock)
+            self.audit.append(rclockstore.CLOCK_EVENT, by="stop", clock=anchor.to_fields(),
+                              rclock=rfc3339(anchor.rclock_ns), wall=rfc3339(anchor.wall_ns))
+        except (EdgerecError, OSError) as exc:  # a full disk: the next start goes on from an older anchor
+            log.error("retention clock not recorded at stop error=%s", exc)
+
+    def _checkpoint_audit(self, anchor: rc.Anchor) -> None:
+        """An anchor line in the audit log at least once a day (retention time) while running, so a
+        catalog lost later still finds a recent one to go on from."""
+        last = self._audited_rclock_ns
+        if last is not None and anchor.rclock_ns - last < rclockstore.CHECKPOINT_EVERY_NS:
+            return
+        try:  # not through the space reserve: it stays for the writes that free space
+            self.audit.append(rclockstore.CLOCK_EVENT, by="checkpoint", clock=anchor.to_fields(),
+                              rclock=rfc3339(anchor.rclock_ns), wall=rfc3339(anchor.wall_ns))
+        except OSError as exc:
+            log.warning("retention clock checkpoint not audited error=%s", exc)
+            return
+        self._audited_rclock_ns = anchor.rclock_ns
 
     def _redate(self, reading: clockmod.ClockReading) -> int:
         suspects = self.catalog.suspect_segments(reading.boot_id)

@@ -160,17 +160,6 @@ def test_time_going_back_behind_previous_segment_is_marked_implausible(cat):
     assert add_segment(cat, "yard", 0, T0 - DAY).time_ok
 
 
-def test_suspects_are_bounded_by_their_plausible_neighbours(cat):
-    add_segment(cat, "gate", 0, T0)
-    add_segment(cat, "gate", 1, T0 - 3600 * S)
-    add_segment(cat, "gate", 2, T0 - 3000 * S)  # no later plausible one yet: cannot be bounded
-    assert cat.bounded_suspects() == []
-    add_segment(cat, "gate", 3, T0 + 2 * MIN)
-    bounded = cat.bounded_suspects()
-    assert [b.sequence for b in bounded] == [1, 2]
-    assert all(b.start_ns == T0 + MIN and b.end_ns == T0 + 2 * MIN and b.time_ok for b in bounded)
-
-
 def test_redates_keep_the_recorded_start(cat):
     row = add_segment(cat, "gate", 0, 100 * S)
     cat.apply_redates([Redate(row.id, T0, T0 + MIN)])

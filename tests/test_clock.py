@@ -1,4 +1,4 @@
-"""Trusted time: plausibility, jump detection, the sweep clock and re-dating, fed with injected readings."""
+"""Trusted time: plausibility, jump detection and re-dating, fed with injected readings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from edgerec.clock import (
     RELEASE_FLOOR_NS,
     ClockReading,
     ClockWatch,
-    SweepClock,
     plausible,
     redate,
 )
@@ -58,56 +57,6 @@ def test_clock_watch_reports_forward_and_backward_jumps_only_beyond_threshold():
     assert jump is not None and jump > 0
     back = watch.observe(T0 + 2 * DAY - 3600 * S, 240 * S)
     assert back is not None and back == -3600 * S - 60 * S
-
-
-def test_sweep_clock_follows_a_plausible_steady_wall_clock_even_unsynchronised():
-    sc = SweepClock(threshold_s=600)
-    for i in range(5):
-        t = sc.observe(reading(T0 + i * 600 * S, i * 600 * S), newest_catalogued_ns=T0 - 60 * S)
-        assert t.source == "wall" and t.now_ns == T0 + i * 600 * S and t.jump_ns is None
-
-
-def test_unsynchronised_forward_jump_does_not_advance_sweep_time():
-    sc = SweepClock(threshold_s=600)
-    sc.observe(reading(T0, 0), T0 - 60 * S)
-    # Someone sets the clock 60 days ahead: the sweep keeps to the monotonic line.
-    t = sc.observe(reading(T0 + 60 * DAY, 600 * S), T0)
-    assert t.source == "monotonic" and t.jump_ns is not None and t.jump_ns > 0
-    assert t.now_ns == T0 + 600 * S
-    t = sc.observe(reading(T0 + 60 * DAY + 600 * S, 1200 * S), T0)
-    assert t.source == "monotonic" and t.jump_ns is None and t.now_ns == T0 + 1200 * S
-
-
-def test_synchronised_forward_jump_is_believed():
-    sc = SweepClock(threshold_s=600)
-    stale = T0 - 3600 * S  # fake-hwclock restored an old time: behind the newest footage
-    t = sc.observe(reading(stale, 0), newest_catalogued_ns=T0)
-    assert t.source == "monotonic" and t.now_ns == T0  # the newest footage bounds the time from below
-    t = sc.observe(reading(T0 + 2 * 3600 * S, 60 * S, synced=True), newest_catalogued_ns=T0)
-    assert t.source == "wall" and t.trusted and t.now_ns == T0 + 2 * 3600 * S
-
-
-def test_backward_jump_keeps_footage_ageing_on_the_monotonic_line():
-    sc = SweepClock(threshold_s=600)
-    sc.observe(reading(T0, 0), T0 - 60 * S)
-    # The clock falls back a day (behind the newest footage): time still advances with the monotonic clock.
-    t1 = sc.observe(reading(T0 - DAY, 600 * S), T0)
-    assert t1.source == "monotonic" and t1.now_ns == T0 + 600 * S
-    t2 = sc.observe(reading(T0 - DAY + 40 * DAY, 40 * DAY + 600 * S), T0)
-    assert t2.now_ns == T0 + 40 * DAY + 600 * S  # 40 days later footage has aged 40 days
-
-
-def test_wall_clock_coming_back_to_the_line_is_believed_again():
-    sc = SweepClock(threshold_s=600)
-    sc.observe(reading(T0, 0), T0 - 60 * S)
-    assert sc.observe(reading(T0 + 90 * DAY, 600 * S), T0).source == "monotonic"
-    t = sc.observe(reading(T0 + 1200 * S, 1200 * S), T0)
-    assert t.source == "wall" and t.now_ns == T0 + 1200 * S
-
-
-def test_implausible_first_reading_uses_newest_footage_or_release_floor():
-    assert SweepClock(600).observe(reading(0, 5 * S), None).now_ns == RELEASE_FLOOR_NS
-    assert SweepClock(600).observe(reading(0, 5 * S), T0).now_ns == T0
 
 
 def test_redate_uses_boot_id_and_monotonic_offset():

@@ -52,7 +52,7 @@ def test_disk_pressure_on_a_small_filesystem_deletes_the_oldest_unheld_footage_a
 
     # About two and a half segments short of the 1 MiB mark.
     fill_to(fs, fs / "filler", MIB - 5 * unheld[0]["bytes"] // 2)
-    report = site.cli("retention", "--now", now, "--json")
+    report = site.sweep_at(now)
     gone = [d["path"] for d in report["deleted"]]
     assert 2 <= len(gone) <= 6 and {d["reason"] for d in report["deleted"]} == {"disk_pressure"}
     assert not report["disk_full"] and report["shortfall_bytes"] == 0
@@ -69,7 +69,7 @@ def test_disk_pressure_on_a_small_filesystem_deletes_the_oldest_unheld_footage_a
 
     # Now only the held footage could make room: everything unheld goes and the disk is full.
     fill_to(fs, fs / "filler", MIB // 4)
-    report = site.cli("retention", "--now", now, "--json")
+    report = site.sweep_at(now)
     assert report["disk_full"] and report["shortfall_bytes"] > 0
     assert site.files() == held
     text = site.cli("retention", "--dry-run", "--now", now)

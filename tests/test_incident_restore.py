@@ -99,7 +99,7 @@ def restore_lines(site: Site) -> list[dict[str, Any]]:
 
 def sweep_keeps_exactly_the_held_footage(site: Site, expected: dict[str, Any]) -> None:
     assert site.files() == expected["everything"]  # the restarted daemon adopted the files, deleted none
-    swept = site.cli("retention", "--now", expected["now"], "--json")
+    swept = site.sweep_at(expected["now"])
     assert {d["path"] for d in swept["deleted"]} == expected["everything"] - expected["held"]
     assert site.files() == expected["held"]
     assert "incident_not_recorded" not in {e["event"] for e in site.audit()}  # nothing was voided
@@ -109,7 +109,7 @@ def sweep_keeps_exactly_the_held_footage(site: Site, expected: dict[str, Any]) -
 def run_daemon_start_up(site: Site, log_path: Path) -> list[Event]:
     """Start the daemon, wait for its start-up (restore and reconciliation) to finish, stop it; return the
     events it logged."""
-    with Daemon(site.config, log_path) as daemon:
+    with Daemon(site.config, log_path, clock_shift_ns=site.clock_shift_ns) as daemon:
         wait_for(lambda: daemon.events("reconcile done") or daemon.proc.poll() is not None, 60,
                  "the daemon's start-up reconciliation")
         assert daemon.terminate(30) == 0, daemon.log()[-3000:]
@@ -143,7 +143,7 @@ def test_the_daemon_restores_the_incidents_of_a_damaged_and_moved_catalog(held_s
     sweep_keeps_exactly_the_held_footage(site, expected)
     # The released footage still goes once the closed incident's grace period is over.
     closed_at = parse_rfc3339(site.cli("incident", "ls", "--all", "--json")[1]["closed"])
-    later = site.cli("retention", "--now", rfc3339(closed_at + 31 * DAY), "--json")
+    later = site.sweep_at(rfc3339(closed_at + 31 * DAY))
     assert {d["path"] for d in later["deleted"]} == {p for p in expected["held"] if p.startswith("yard/")}
 
 
@@ -152,7 +152,9 @@ def test_a_cli_sweep_on_the_new_catalog_restores_the_holds_before_anything_else(
     damage_catalog(site.data_dir)
     move_catalog_away(site.data_dir)
 
-    first = run_cli("retention", "-c", str(site.config), "--now", expected["now"], "--json")
+    site.pass_time_until(parse_rfc3339(expected["now"]))
+    first = run_cli("retention", "-c", str(site.config), "--now", expected["now"], "--json",
+                    clock_shift_ns=site.clock_shift_ns)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["deleted"] == []  # the new catalog knows no segment yet
     assert named(parse_log(first.stderr), "open incident restored from the audit log", id="INC-GATE")

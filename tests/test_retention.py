@@ -41,9 +41,13 @@ ROOMY = DiskState(total_bytes=10**9, free_bytes=10**8)
 
 
 def row(seg_id: int, start_ns: int, *, camera: str = "gate", duration_ns: int = MIN, size: int = 100,
-        time_ok: bool = True) -> SegmentRow:
-    return SegmentRow(seg_id, camera, seg_id, f"{camera}/{seg_id}.seg", start_ns, start_ns + duration_ns,
-                      size, 25, "00", "sealed", True, "boot", 0, time_ok)
+        time_ok: bool = True, rclock_end_ns: int | None = None) -> SegmentRow:
+    """A segment row; on the retention clock it ended at its recorded end unless ``rclock_end_ns`` says
+    otherwise (a healthy clock)."""
+    end_ns = start_ns + duration_ns
+    return SegmentRow(seg_id, camera, seg_id, f"{camera}/{seg_id}.seg", start_ns, end_ns,
+                      size, 25, "00", "sealed", True, "boot", 0, time_ok,
+                      rclock_end_ns=end_ns if rclock_end_ns is None else rclock_end_ns)
 
 
 def incident(inc_id: str, camera: str, from_ns: int, to_ns: int | None, *, closed_ns: int | None = None,
@@ -141,9 +145,22 @@ def test_percent_mark():
     assert chosen(plan) == {1: "disk_pressure"}
 
 
-def test_implausibly_dated_footage_is_never_deleted():
-    segs = [row(1, T0, time_ok=False)]
-    assert chosen(plan_deletions(segs, [], T0 + 100 * DAY, POLICY, DiskState(10**6, 0))) == {}
+def test_implausibly_dated_footage_ages_on_the_retention_clock_but_is_never_taken_for_space():
+    """Its wall time cannot be believed, its retention time can: it goes when it is really old, and
+    disk pressure (which goes by recording time) never picks it."""
+    young = row(1, T0, time_ok=False, rclock_end_ns=T0 + 99 * DAY)
+    old = row(2, T0, time_ok=False, rclock_end_ns=T0 + 2 * DAY)
+    assert chosen(plan_deletions([young, old], [], T0 + 100 * DAY, POLICY, DiskState(10**6, 0))) == {2: "age"}
+
+
+def test_age_is_measured_on_the_retention_clock_not_the_wall_stamps():
+    """A segment stamped by a wall clock set 40 days back is not old for that: its retention time says
+    it ended a minute ago."""
+    spoofed = row(1, T0 - 40 * DAY, rclock_end_ns=T0 - MIN)
+    assert chosen(plan_deletions([spoofed], [], T0, POLICY, ROOMY)) == {}
+    unstamped = SegmentRow(2, "gate", 2, "gate/2.seg", T0 - 40 * DAY, T0 - 40 * DAY + MIN, 100, 25, "00",
+                           "sealed", True, "boot", 0, True)  # no retention time yet: not of age
+    assert chosen(plan_deletions([unstamped], [], T0, POLICY, ROOMY)) == {}
 
 
 def test_duplicate_candidates_are_planned_once():
@@ -181,12 +198,12 @@ def held_by_any(seg, incidents, now_ns):
 
 @settings(max_examples=300, deadline=None)
 @given(segments_st, incidents_st, now_st, disk_st)
-def test_property_held_or_undatable_footage_is_never_chosen(segs, incidents, now, disk):
+def test_property_held_footage_is_never_chosen_and_undatable_never_for_space(segs, incidents, now, disk):
     plan = plan_deletions(segs, incidents, now, POLICY, disk)
     by_id = {s.id: s for s in segs}
     for d in plan.deletions:
         seg = by_id[d.segment_id]
-        assert seg.time_ok
+        assert seg.time_ok or d.reason != "disk_pressure"
         assert not held_by_any(seg, incidents, now)
 
 
@@ -235,13 +252,43 @@ class Disk:
         return DiskState(self.total_bytes, self.free_bytes)
 
 
+class SimClock:
+    """Kernel clock readings for a sweeper: wall and monotonic clocks of one boot advancing together
+    (a healthy clock), moved on by the test."""
+
+    def __init__(self, wall_ns: int = T0, boot_id: str = "boot-sim", synced: bool = True):
+        self.wall_ns, self.mono_ns, self.boot_id, self.synced = wall_ns, 10**9, boot_id, synced
+
+    def advance_to(self, wall_ns: int) -> None:
+        if wall_ns > self.wall_ns:
+            self.mono_ns += wall_ns - self.wall_ns
+            self.wall_ns = wall_ns
+
+    def __call__(self) -> ClockReading:
+        return ClockReading(self.wall_ns, self.mono_ns, self.boot_id, self.synced)
+
+
+class TimedSweeper(Sweeper):
+    """A sweeper whose clock has reached the time it is asked to sweep at: these tests age footage by
+    letting (simulated) time pass, since a sweep that deletes never runs ahead of its retention clock."""
+
+    def __init__(self, *args, sim: SimClock, **kw):
+        super().__init__(*args, clock=sim, **kw)
+        self.sim = sim
+
+    def sweep(self, now_ns=None, dry_run=False):
+        if now_ns is not None:
+            self.sim.advance_to(now_ns)
+        return super().sweep(now_ns=now_ns, dry_run=dry_run)
+
+
 @pytest.fixture
 def world(tmp_path):
     cfg = make_config(tmp_path, min_free_bytes=10_000)
     catalog = Catalog.open(tmp_path)
     audit = AuditLog(tmp_path / "audit.log")
     disk = Disk()
-    sweeper = Sweeper(catalog, audit, cfg, tmp_path, free_space=disk)
+    sweeper = TimedSweeper(catalog, audit, cfg, tmp_path, free_space=disk, sim=SimClock())
     yield cfg, catalog, audit, disk, sweeper
     catalog.close()
 
@@ -373,21 +420,25 @@ def test_interrupted_deletion_is_finished_by_the_next_sweep(world):
     assert catalog.segment_by_id(rows[0].id) is None
 
 
-def test_unsynchronised_forward_clock_jump_does_not_delete_recent_footage(tmp_path):
+@pytest.mark.parametrize("synced", [False, True])
+def test_a_forward_clock_jump_does_not_delete_recent_footage(tmp_path, synced):
+    """Synchronised or not (an attacker's NTP makes the kernel report it synchronised), a jump of the
+    wall clock does not move the retention clock: footage ages only as the monotonic clock runs."""
     cfg = make_config(tmp_path, min_free_bytes=0)
     catalog = Catalog.open(tmp_path)
-    readings = [ClockReading(T0 + DAY, 0, "b", False)]
+    readings = [ClockReading(T0 + DAY, 0, "b", synced)]
     sweeper = Sweeper(catalog, AuditLog(tmp_path / "audit.log"), cfg, tmp_path, free_space=Disk(),
                       clock=lambda: readings[-1])
     try:
-        rows = record(catalog, days=1, per_day=4, cameras=("gate",))
-        assert sweeper.sweep().time_source == "wall"
-        readings.append(ClockReading(T0 + 90 * DAY, 600 * 10**9, "b", False))  # clock set 89 days ahead
+        catalog.rclock_stamp = lambda meta, end_ns: sweeper.rclock.now_ns()  # stamped as they are recorded
+        rows = record(catalog, days=1, per_day=4, cameras=("gate",), start=T0)
+        assert sweeper.sweep().time_source == "retention"
+        readings.append(ClockReading(T0 + 90 * DAY, 600 * 10**9, "b", synced))  # clock set 89 days ahead
         report = sweeper.sweep()
-        assert report.time_source == "monotonic" and report.clock_jump_ns is not None
+        assert report.clock_jump_ns is not None and report.now_ns == T0 + DAY + 600 * 10**9
         assert report.deleted == () and len(catalog.segments()) == len(rows)
         # Time keeps going on the monotonic clock: 28 days later the footage is due after all.
-        readings.append(ClockReading(T0 + 90 * DAY + 28 * DAY, 28 * DAY + 600 * 10**9, "b", False))
+        readings.append(ClockReading(T0 + 90 * DAY + 28 * DAY, 28 * DAY + 600 * 10**9, "b", synced))
         assert len(sweeper.sweep().deleted) == len(rows)
     finally:
         catalog.close()
@@ -398,30 +449,37 @@ def test_footage_recorded_under_a_wrong_clock_is_kept_then_redated_when_the_cloc
     catalog = Catalog.open(tmp_path)
     audit = AuditLog(tmp_path / "audit.log")
     try:
-        # Booted at 1970: two segments with monotonic times 100 s and 160 s into the boot.
+        # Booted at 1970: two segments with monotonic times 100 s and 160 s into the boot, catalogued
+        # where no retention clock ran (they get their retention time when it starts).
+        catalog.rclock_stamp = lambda meta, end_ns: None
         a = add_segment(catalog, "gate", 0, 100 * 10**9, mono_ns=100 * 10**9, boot_id="b")
         add_segment(catalog, "gate", 1, 160 * 10**9, mono_ns=160 * 10**9, boot_id="b")
         assert not a.time_ok
-        reading = ClockReading(T0, 1000 * 10**9, "b", False)
-        sweeper = Sweeper(catalog, audit, cfg, tmp_path, free_space=Disk(), clock=lambda: reading)
+        sim = SimClock(T0, boot_id="b", synced=False)
+        sim.mono_ns = 1000 * 10**9
+        sweeper = TimedSweeper(catalog, audit, cfg, tmp_path, free_space=Disk(), sim=sim)
         assert sweeper.sweep().redated == 0  # not synchronised: not re-dated
-        assert sweeper.sweep(now_ns=T0 + 100 * DAY).deleted == ()  # never deleted while undatable
-        synced = ClockReading(T0 + 60 * 10**9, 1060 * 10**9, "b", True)
-        sweeper = Sweeper(catalog, audit, cfg, tmp_path, free_space=Disk(), clock=lambda: synced)
+        # Their retention time comes from this boot's anchor: they ended 840 and 900 s before it.
+        assert {r.rclock_end_ns for r in catalog.segments()} == {T0 - 840 * 10**9, T0 - 780 * 10**9}
+        assert sweeper.sweep().deleted == ()
+        sim.synced = True
+        sim.advance_to(T0 + 60 * 10**9)
         assert sweeper.sweep().redated == 2
         fixed = catalog.segment_by_id(a.id)
         assert fixed.time_ok and fixed.start_ns == T0 + 60 * 10**9 - 960 * 10**9
         assert fixed.recorded_start_ns == 100 * 10**9
-        assert len(sweeper.sweep(now_ns=fixed.end_ns + 28 * DAY + 2 * MIN).deleted) == 2
+        # 28 days of real (monotonic) time later, they are due.
+        assert sweeper.sweep(now_ns=T0 - 840 * 10**9 + 28 * DAY - 1).deleted == ()
+        assert len(sweeper.sweep(now_ns=T0 - 780 * 10**9 + 28 * DAY).deleted) == 2
     finally:
         catalog.close()
 
 
-def test_undatable_footage_is_bounded_by_later_footage_and_then_ages(world):
+def test_undatable_footage_ages_from_its_retention_time(world):
     cfg, catalog, audit, disk, sweeper = world
     add_segment(catalog, "gate", 0, T0)
+    catalog.rclock_stamp = lambda meta, end_ns: T0 + 2 * MIN  # recorded when the retention clock said so
     odd = add_segment(catalog, "gate", 1, T0 - 3600 * 10**9, boot_id="old-boot")  # clock went back an hour
-    add_segment(catalog, "gate", 2, T0 + 2 * MIN)
     assert not odd.time_ok
     assert odd.id not in {d.id for d in sweeper.sweep(now_ns=T0 + 2 * MIN + 28 * DAY - 1).deleted}
     report = sweeper.sweep(now_ns=T0 + 2 * MIN + 28 * DAY)
@@ -599,7 +657,8 @@ def test_a_clock_jump_is_logged_and_audited_once_by_the_sweep(tmp_path, caplog):
         assert round(report.clock_jump_ns / 1e9) == 3600 and report.to_json_dict()["clock_jump_s"] == 3600
         assert sweeper.sweep().clock_jump_ns is None
         events = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
-        assert [(e["event"], round(e["seconds"])) for e in events] == [("clock_jump", 3600)]
+        assert [(e["event"], round(e["seconds"])) for e in events if e["event"] == "clock_jump"] == [
+            ("clock_jump", 3600)]
         assert len(named(from_records(caplog.records), "clock jump")) == 1
     finally:
         catalog.close()

@@ -57,7 +57,7 @@ def test_incident_holds_exactly_its_footage_through_sweeps_until_released_after_
     assert "segments_deleted" not in {e["event"] for e in site.audit()}
 
     # The real sweep: exactly the unheld segments go, the audit log names every one of them.
-    swept = site.cli("retention", "--now", now, "--json")
+    swept = site.sweep_at(now)
     assert {d["path"] for d in swept["deleted"]} == everything - held
     assert site.files() == held
     assert {s["path"] for c in CAMERAS for s in site.segments()[c]} == held
@@ -68,11 +68,11 @@ def test_incident_holds_exactly_its_footage_through_sweeps_until_released_after_
     assert closed["ok"] and not closed["duplicate"]
     assert site.cli("incident", "close", "--id", "INC-7", "--by", "bob", "--json")["duplicate"]
     assert site.cli("incident", "ls", "--json") == []
-    assert site.cli("retention", "--now", now, "--json")["deleted"] == []
+    assert site.sweep_at(now)["deleted"] == []
     assert site.files() == held
     closed_at = parse_rfc3339(site.cli("incident", "ls", "--all", "--json")[0]["closed"])
     later = rfc3339(closed_at + GRACE_DAYS * DAY + S)
-    released = site.cli("retention", "--now", later, "--json")
+    released = site.sweep_at(later)
     assert {d["path"]: d["reason"] for d in released["deleted"]} == dict.fromkeys(held, "released")
     assert site.files() == set()
     assert site.audited_deletions() == {**dict.fromkeys(everything - held, "age"),
@@ -91,7 +91,7 @@ def test_per_camera_retention_is_applied_to_that_camera_only(recording, officer,
 
 def test_audit_verify_names_an_edited_line(site):
     segs = site.segments()
-    site.cli("retention", "--now", rfc3339(newest_end_ns(segs) + 29 * DAY), "--json")
+    site.sweep_at(rfc3339(newest_end_ns(segs) + 29 * DAY))
     assert "audit log OK" in site.cli("audit", "verify")
     log_path = site.data_dir / "audit.log"
     lines = log_path.read_text().splitlines(keepends=True)
@@ -119,16 +119,15 @@ class InjectedClock:
 
 
 @pytest.fixture
-def daemon(site: Site):
-    """The daemon's state opened in-process (catalog, audit log, sweeper) over recorded footage, its
-    sweeper's clock injected and its events captured; recorders are not started."""
+def daemon(site: Site, monkeypatch: pytest.MonkeyPatch):
+    """The daemon's state opened in-process (catalog, audit log, sweeper, retention clock) over recorded
+    footage, the kernel's clock readings injected (a new boot, 10 000 s up) and its events captured;
+    recorders are not started."""
+    clock = InjectedClock(ClockReading(newest_end_ns(site.segments()) + S, 10_000 * S, "boot-1", False))
+    monkeypatch.setattr("edgerec.clock.read_clock", clock)
     d = open_daemon_state(site.config)
     events: list[tuple[str, dict[str, Any]]] = []
     d._event = lambda kind, **fields: events.append((kind, fields))  # type: ignore[method-assign]
-    newest = d.catalog.newest_plausible_end_ns()
-    assert newest is not None
-    clock = InjectedClock(ClockReading(newest + S, 10_000 * S, "boot-1", False))
-    d.sweeper._clock = clock
     try:
         yield d, clock, events
     finally:

@@ -90,9 +90,10 @@ def test_retention_marks_and_audits_before_unlink_and_syncs_the_directory_before
     data_dir, _ = recorded_trace
     cfg = data_dir.parent / "edgerec.yaml"
     trace = tmp_path / "retention.trace"
-    run = subprocess.run([*strace_cmd(trace), sys.executable, "-m", "edgerec", "retention", "-c", str(cfg),
-                          "--now", "2100-01-01T00:00:00Z"], capture_output=True, text=True, timeout=120,
-                         cwd=REPO)
+    # 40 days later (wall and monotonic clocks moved on together: tests.helpers.shifted), all is due.
+    later = str(40 * 86_400 * 10**9)
+    run = subprocess.run([*strace_cmd(trace), sys.executable, "-m", "tests.helpers.shifted", later,
+                          "retention", "-c", str(cfg)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert run.returncode == 0, run.stderr[-3000:]
     calls = parse_strace(trace.read_text())
     unlinks = [c for c in calls if c.name in ("unlink", "unlinkat") and c.ok

@@ -197,6 +197,18 @@ class Daemon:
             log.error("audit log tail not repaired path=%s error=%s", self.audit.path, exc)
         self.incidents = IncidentService(self.catalog, self.audit, cfg, self.reserve)
         self.sweeper = Sweeper(self.catalog, self.audit, cfg, cfg.data_dir, reserve=self.reserve)
+        # The retention clock starts now (its start, with what it credited for the downtime, goes into the
+        # audit log), so that every segment catalogued from here on is stamped with it. On a disk too full
+        # even for that, the first sweep starts it, and stamps what was catalogued meanwhile.
+        try:
+            rclock = self.reserve.with_room(lambda: self.sweeper.rclock)
+            self.incidents.rclock_now = rclock.now_ns
+        except (EdgerecError, OSError) as exc:
+            if is_disk_full_error(exc):
+                log.error("retention clock not started yet (the first sweep starts it) error=%s", exc)
+            else:  # an unreadable audit log: no anchor to go on from, so no sweep may run
+                self.sweeps_blocked = self.sweeps_blocked or f"retention clock not started: {exc}"
+                self._error(f"retention disabled until a restart: {self.sweeps_blocked}")
         # A lost catalog's incidents come back from the audit log: before anything can sweep, and before
         # the void check in _repair, which would otherwise take every line of the lost catalog for one a
         # power cut kept from its commit. If the log cannot be read, the daemon records but never sweeps
@@ -804,5 +816,6 @@ class Daemon:
             pass
         if self.mqtt is not None:
             self.mqtt.stop()
+        self.sweeper.record_stop()
         self.catalog.close()
         log.info("stopped")

@@ -95,6 +95,14 @@ class IncidentService:
         # the next audit write of this service.
         self._owed: list[AuditEntry] = []
         self._owed_lock = threading.Lock()
+        # The retention clock's "now" (set by the daemon, or by the CLI from the catalog's cached anchor):
+        # a close is dated no earlier than it, so a wall clock set back cannot shorten a grace period.
+        self.rclock_now: Callable[[], int] | None = None
+
+    def close_time_ns(self, now_ns: int) -> int:
+        """When a close takes effect: the later of the wall clock and the retention clock
+        (docs/design/time.md), so the grace period is never shorter than real time allows."""
+        return max(now_ns, self.rclock_now()) if self.rclock_now is not None else now_ns
 
     def reconfigure(self, config: ServiceConfig) -> None:
         """Take new limits, rolls and cameras (a config reload); owed audit lines are kept."""
@@ -144,7 +152,7 @@ class IncidentService:
         try:
             if cmd.action == "open":
                 return self._open(cmd, now_ns)
-            return self._close(cmd, now_ns)
+            return self._close(cmd, self.close_time_ns(now_ns))
         except CommandError as exc:
             log.warning("incident command refused id=%s action=%s error=%s", cmd.id, cmd.action, exc)
             if isinstance(exc, IncidentLimitError):

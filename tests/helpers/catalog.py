@@ -45,5 +45,14 @@ def sealed(data_dir: Path, camera: str, sequence: int, start_ns: int, *, duratio
                          "sealed")
 
 
+def wall_rclock(meta, end_ns: int) -> int:
+    """A retention clock that agrees with the wall clock (a healthy device): a segment ends, on it, at its
+    recorded end. Unit tests of the policy use it; the clock's own rules are tested in
+    test_retentionclock.py and through the daemon in test_time_attacks.py."""
+    return end_ns
+
+
 def add_segment(catalog: Catalog, camera: str, sequence: int, start_ns: int, **kw):
+    if catalog.rclock_stamp is None:
+        catalog.rclock_stamp = wall_rclock
     return catalog.add_segment(sealed(catalog.data_dir, camera, sequence, start_ns, **kw))

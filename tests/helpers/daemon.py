@@ -79,8 +79,13 @@ def edgerec_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgerec", *args]
 
 
-def run_cli(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(edgerec_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def run_cli(*args: str, timeout: float = 120, check: bool = False,
+            clock_shift_ns: int = 0) -> subprocess.CompletedProcess[str]:
+    """Run the edgerec command; ``clock_shift_ns`` runs it with its wall and monotonic clocks that much
+    ahead (time has passed: tests.helpers.shifted)."""
+    cmd = ([sys.executable, "-m", "tests.helpers.shifted", str(clock_shift_ns), *args] if clock_shift_ns
+           else edgerec_cmd(*args))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if check and proc.returncode != 0:
         raise AssertionError(f"edgerec {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
     return proc
@@ -101,11 +106,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class Daemon:
     """``edgerec run`` as a subprocess, its log in a file the test can read."""
 
-    def __init__(self, config: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None):
+    def __init__(self, config: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None,
+                 clock_shift_ns: int = 0):
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
         full_env = {**os.environ, **(env or {})}
-        cmd = edgerec_cmd("--log-level", "debug", "run", "-c", str(config), *extra_args)
+        args = ("--log-level", "debug", "run", "-c", str(config), *extra_args)
+        cmd = (edgerec_cmd(*args) if not clock_shift_ns
+               else [sys.executable, "-m", "tests.helpers.shifted", str(clock_shift_ns), *args])
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=full_env)
 
     def log(self) -> str:

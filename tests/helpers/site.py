@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edgerec.timefmt import parse_rfc3339
+from edgerec.timefmt import parse_rfc3339, rfc3339
 from tests.helpers.daemon import OfficerKey, run_cli, write_config
 from tests.helpers.media import make_h264_clip
 
@@ -40,17 +41,29 @@ def recording(tmp_path_factory: pytest.TempPathFactory, officer: OfficerKey) -> 
     return base / "data"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Site:
     config: Path
     data_dir: Path
+    # How far this site's time has moved on (the clocks of every command run for it run this much ahead).
+    clock_shift_ns: int = 0
 
     def cli(self, *args: str, expect: int = 0) -> Any:
         """Run ``edgerec ARGS -c CONFIG [--json]``; check the exit code; parse JSON output."""
-        proc = run_cli(*args, "-c", str(self.config))
+        proc = run_cli(*args, "-c", str(self.config), clock_shift_ns=self.clock_shift_ns)
         assert proc.returncode == expect, \
             f"edgerec {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
         return json.loads(proc.stdout) if "--json" in args else proc.stdout
+
+    def pass_time_until(self, when_ns: int) -> None:
+        """Let time pass (wall and monotonic clocks together) until at least ``when_ns`` (plus a second)."""
+        self.clock_shift_ns = max(self.clock_shift_ns, when_ns + S - time.time_ns())
+
+    def sweep_at(self, now: str | int, *more: str, expect: int = 0) -> Any:
+        """A real sweep at ``now``: time passes until then, then ``retention --now NOW --json``."""
+        now_ns = parse_rfc3339(now) if isinstance(now, str) else now
+        self.pass_time_until(now_ns)
+        return self.cli("retention", "--now", rfc3339(now_ns), *more, "--json", expect=expect)
 
     def segments(self) -> dict[str, list[dict[str, Any]]]:
         listing = self.cli("ls", "--json")["cameras"]
