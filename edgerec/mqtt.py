@@ -758,7 +758,7 @@ class MqttLink:
                 except Exception:
                     log.exception("mqtt ack failed mid=%s", msg.mid)
 
-    def _on_ha_status(self, payload: bytes) -> None:
+    def _on_ha_status(self, payload: bytes | bytearray) -> None:
         if payload.strip() == ONLINE.encode():
             log.info("home assistant online: republishing discovery")
             with self._lock:
