@@ -43,7 +43,6 @@ FORMAT_VERSION = 1
 SIGNATURE_CONTEXT = b"edgerec bundle manifest v1\n"
 SIGNATURE_BYTES = 64
 BUNDLE_MODE = 0o600
-SUFFIX = ".edgerec-bundle"
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
