@@ -26,6 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from . import __version__
@@ -663,7 +664,8 @@ class MqttLink:
         return True
 
     # ----- paho callbacks (network thread; each catches everything) -------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode,
+                    props: Properties | None) -> None:
         try:
             if reason.is_failure:
                 self._stats.note(last_error=f"connect refused: {reason}")
@@ -701,7 +703,8 @@ class MqttLink:
         except Exception:
             log.exception("mqtt on_connect_fail failed")
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason: ReasonCode, props: Properties | None) -> None:
         try:
             was_connected, self._connected = self._connected, False
             self._subscribed = False
@@ -712,7 +715,8 @@ class MqttLink:
         except Exception:
             log.exception("mqtt on_disconnect failed")
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
+                      props: Properties | None) -> None:
         try:
             refused = [code for code in reasons if code.is_failure]
             for code in refused:
