@@ -94,7 +94,7 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _read_last_line(f: Any, size: int) -> bytes:
+def _read_last_line(f: BinaryIO, size: int) -> bytes:
     """The last complete line of a file whose size is ``size`` and which ends with a newline."""
     start = size
     chunk = b""

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -35,6 +35,10 @@ from .errors import EdgerecError, UsageError
 from .layout import DataDir
 from .timefmt import rfc3339
 
+if TYPE_CHECKING:  # the officer's side reads bundles without the device's catalog and audit log
+    from .audit import AuditLog
+    from .catalog import Catalog, GapRow, IncidentRow, SegmentRow
+
 log = logging.getLogger(__name__)
 
 FORMAT = "edgerec-bundle"
@@ -43,7 +47,6 @@ FORMAT_VERSION = 1
 SIGNATURE_CONTEXT = b"edgerec bundle manifest v1\n"
 SIGNATURE_BYTES = 64
 BUNDLE_MODE = 0o600
-SUFFIX = ".edgerec-bundle"
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
@@ -103,8 +106,9 @@ class Selection:
                 "to_ns": self.to_ns, "narrowed": self.narrowed}
 
 
-def plan_selection(incident: Any, now_ns: int, *, camera: str | None = None, from_ns: int | None = None,
-                   to_ns: int | None = None, known_cameras: Iterable[str] = ()) -> Selection:
+def plan_selection(incident: IncidentRow, now_ns: int, *, camera: str | None = None,
+                   from_ns: int | None = None, to_ns: int | None = None,
+                   known_cameras: Iterable[str] = ()) -> Selection:
     """The footage to bundle: the incident's held window (window plus rolls; an open-ended incident up to
     ``now_ns``), narrowed by ``camera`` and ``from_ns``/``to_ns``; UsageError when the narrowing leaves
     nothing or names a camera the incident does not cover."""
@@ -186,13 +190,13 @@ def check_signature(manifest: bytes, signature_member: bytes, public: Ed25519Pub
 class Snapshot:
     """The catalog rows of one bundle, read in one transaction."""
 
-    incident: Any  # catalog.IncidentRow
-    segments: tuple[Any, ...]  # catalog.SegmentRow, by camera then start
-    gaps: tuple[Any, ...]
+    incident: IncidentRow
+    segments: tuple[SegmentRow, ...]  # by camera then start
+    gaps: tuple[GapRow, ...]
     selection: Selection
 
 
-def read_snapshot(catalog: Any, incident_id: str, now_ns: int, *, camera: str | None = None,
+def read_snapshot(catalog: Catalog, incident_id: str, now_ns: int, *, camera: str | None = None,
                   from_ns: int | None = None, to_ns: int | None = None,
                   config_cameras: Iterable[str] = ()) -> Snapshot:
     with catalog.transaction():  # one snapshot: no row sealed or deleted half-way through the reads
@@ -420,7 +424,7 @@ def _write_members(sink: _HashingWriter, data_dir: Path, snapshot: Snapshot, pub
     return m.entries, absent
 
 
-def _add_segment(m: _Members, data_dir: Path, row: Any) -> str | None:
+def _add_segment(m: _Members, data_dir: Path, row: SegmentRow) -> str | None:
     """Add one catalogued segment; None when added, else why it is absent."""
     if row.deleting_ns is not None:
         return "being deleted on the device (not held)"
@@ -440,8 +444,8 @@ def _add_segment(m: _Members, data_dir: Path, row: Any) -> str | None:
     return None
 
 
-def make_bundle(data_dir: Path, catalog: Any, audit: Any, *, incident_id: str, out: Path, device_id: str,
-                grace_ns: int, camera: str | None = None, from_ns: int | None = None,
+def make_bundle(data_dir: Path, catalog: Catalog, audit: AuditLog, *, incident_id: str, out: Path,
+                device_id: str, grace_ns: int, camera: str | None = None, from_ns: int | None = None,
                 to_ns: int | None = None,
                 config_cameras: Iterable[str] = (), now_ns: int | None = None) -> BundleResult:
     """All of ``edgerec bundle``: snapshot, write, and the ``bundle_created`` audit line."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -123,7 +123,8 @@ class BundleFile:
                 self.members.pop(info.name, None)
             else:
                 self.members[info.name] = info
-        self._tar.members = []  # the index above is all that is kept
+        # The index above is all that is kept. (``members`` is TarFile's real list; typeshed omits it.)
+        self._tar.members = []  # type: ignore[attr-defined]
 
     @staticmethod
     def _member_problem(info: tarfile.TarInfo) -> str | None:
@@ -149,7 +150,7 @@ class BundleFile:
         self.close()
 
     @contextmanager
-    def _open_member(self, name: str) -> Iterator[BinaryIO]:
+    def _open_member(self, name: str) -> Iterator[IO[bytes]]:
         f = self._tar.extractfile(self.members[name])
         if f is None:  # pragma: no cover - only regular members are indexed
             raise BundleError(f"{self.path}: member {name} cannot be read")
@@ -332,7 +333,9 @@ def _check_catalog(bundle: BundleFile, manifest: Manifest, report: BundleReport)
     if not isinstance(doc, dict):
         return {}
     rows: dict[str, dict[str, Any]] = {}
-    incident = doc.get("incident") if isinstance(doc.get("incident"), dict) else {}
+    incident = doc.get("incident")
+    if not isinstance(incident, dict):
+        incident = {}
     if incident.get("id") != manifest.incident:
         report.problems.append(f"catalog.json is about incident {incident.get('id')!r}, the manifest about "
                                f"{manifest.incident!r}")

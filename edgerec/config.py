@@ -405,10 +405,10 @@ def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool =
         wanted = " and ".join([f"{noun} {bounds[0]}", *bounds[1:]]) if bounds else noun
 
     def check(value: object, path: str, problems: list[str]) -> Any:
-        ok = isinstance(value, int) if integer else isinstance(value, int | float)
-        if ok and not isinstance(value, bool):
+        if (isinstance(value, int | float) and not isinstance(value, bool)
+                and (isinstance(value, int) or not integer)):
             try:
-                number = value if integer else float(value)  # type: ignore[arg-type]
+                number = value if integer else float(value)
             except OverflowError:  # an int too large for a float
                 number = math.inf
             if ((integer or math.isfinite(number))
@@ -776,7 +776,8 @@ def _camera(value: object, path: str, base_dir: Path, segment_seconds: float | N
         if credentials_problem:
             problems.append(f"{path}.{credentials_problem}")
             return None
-    gop_given = isinstance(value.get("encoder"), Mapping) and "gop_seconds" in value["encoder"]
+    encoder_section = value.get("encoder") if isinstance(value, Mapping) else None
+    gop_given = isinstance(encoder_section, Mapping) and "gop_seconds" in encoder_section
     if encoder is not _INVALID and segment_seconds is not None and encoder.gop_seconds > segment_seconds \
             and not gop_given:
         # Short segments (tests, demos) need keyframes at least as often: follow them unless told otherwise.

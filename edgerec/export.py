@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 1
-OUTPUT_MODE = 0o600  # the MP4 and its manifest: plaintext footage and who looked at it
 REASON_MAX_CHARS = 500
 MP4_OPTIONS = {"movflags": "+faststart"}  # index at the front: plays while it downloads
 DEFAULT_FRAME_RATE = Fraction(25)

@@ -373,8 +373,10 @@ class KeyframeDecoder:
         self.reopened = 0
         self._ctx = self._open_context()
 
-    def _open_context(self) -> av.CodecContext:
+    def _open_context(self) -> av.VideoCodecContext:
         ctx = av.CodecContext.create(self.params.codec_name, "r")
+        if not isinstance(ctx, av.VideoCodecContext):  # keyframes come from a video stream's parameters
+            raise ValueError(f"{self.params.codec_name} is not a video codec")
         if self.params.extradata:
             ctx.extradata = self.params.extradata
         # One thread: a lone keyframe gains little from slice threads, and frame threads would add

@@ -41,8 +41,8 @@ def segments_in_range(data_dir: Path, camera: str, from_ns: int, to_ns: int) -> 
     A segment's end is taken as the next segment's start (cheap: no file is opened); the last one is
     opened to read its end.
     """
-    files = [(start_ns_from_name(p), p) for p in segment_files(data_dir, camera)]
-    files = [(s, p) for s, p in files if s is not None]
+    named = [(start_ns_from_name(p), p) for p in segment_files(data_dir, camera)]
+    files = [(s, p) for s, p in named if s is not None]
     chosen = []
     for i, (start, path) in enumerate(files):
         if i + 1 < len(files):

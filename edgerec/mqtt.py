@@ -2,11 +2,11 @@
 incident commands with replies.
 
 The decisions are plain functions over data (``Topics.from_config``, ``decode_command``,
-``expand_open_now``, ``error_reply``, ``discovery_messages``, ``stale_discovery_topics``,
-``describe_connect_failure``); ``MqttLink`` is the paho client around them. The link never owns
-incident logic: a decoded command object goes to ``on_command``, whose reply is published as it is
-(plus the ``transaction`` echo). Nothing here raises into paho's network thread:
-an exception there would stop the thread without a word.
+``expand_open_now``, ``discovery_messages``, ``stale_discovery_topics``, ``describe_connect_failure``);
+``MqttLink`` is the paho client around them. The link never owns incident logic: a decoded command object
+goes to ``on_command``, whose reply is published as it is (plus the ``transaction`` echo); a command it
+cannot hand on is refused in the incident service's one reply shape (``incidents.command_result_for_error``).
+Nothing here raises into paho's network thread: an exception there would stop the thread without a word.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from . import __version__
 from .config import CameraConfig, Config, MqttConfig, TlsConfig
 from .errors import ConfigError
+from .incidents import command_result_for_error
 from .redact import redact_obj, register_secret
 from .timefmt import rfc3339
 
@@ -49,11 +51,6 @@ OFFLINE = "offline"
 OPEN_NOW = "open_now"
 INTERNAL_ERROR = "internal error"
 
-# Event kinds the daemon publishes on <base>/events (documented in docs/mqtt.md); others are allowed too.
-EVENT_KINDS = frozenset({
-    "camera_down", "camera_up", "disk_low", "disk_full", "disk_ok", "tamper", "retention_swept",
-    "incident_opened", "incident_closed", "clock_jump",
-})
 
 CommandHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
@@ -177,16 +174,6 @@ def expand_open_now(command: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
     }
     expanded.update({k: v for k, v in command.items() if k != "action"})
     return expanded
-
-
-def error_reply(command: Mapping[str, Any] | None, error: str) -> dict[str, Any]:
-    """A reply refusing a command, shaped like the incident service's replies."""
-    def text_field(name: str) -> str | None:
-        value = command.get(name) if command is not None else None
-        return value if isinstance(value, str) else None
-
-    return {"id": text_field("id"), "action": text_field("action"), "ok": False, "error": error,
-            "duplicate": False, "held_segments": 0, "held_bytes": 0}
 
 
 def finish_reply(reply: Mapping[str, Any], envelope: Envelope, device_id: str) -> bytes:
@@ -677,7 +664,8 @@ class MqttLink:
         return True
 
     # ----- paho callbacks (network thread; each catches everything) -------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode,
+                    props: Properties | None) -> None:
         try:
             if reason.is_failure:
                 self._stats.note(last_error=f"connect refused: {reason}")
@@ -715,7 +703,8 @@ class MqttLink:
         except Exception:
             log.exception("mqtt on_connect_fail failed")
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason: ReasonCode, props: Properties | None) -> None:
         try:
             was_connected, self._connected = self._connected, False
             self._subscribed = False
@@ -726,7 +715,8 @@ class MqttLink:
         except Exception:
             log.exception("mqtt on_disconnect failed")
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
+                      props: Properties | None) -> None:
         try:
             refused = [code for code in reasons if code.is_failure]
             for code in refused:
@@ -758,7 +748,7 @@ class MqttLink:
                 except Exception:
                     log.exception("mqtt ack failed mid=%s", msg.mid)
 
-    def _on_ha_status(self, payload: bytes) -> None:
+    def _on_ha_status(self, payload: bytes | bytearray) -> None:
         if payload.strip() == ONLINE.encode():
             log.info("home assistant online: republishing discovery")
             with self._lock:
@@ -770,7 +760,8 @@ class MqttLink:
         self._stats.count("commands")
         envelope = decode_command(bytes(msg.payload))
         if envelope.command is None:
-            reply: Mapping[str, Any] = error_reply(None, envelope.error or "malformed command")
+            reply: Mapping[str, Any] = command_result_for_error(
+                None, envelope.error or "malformed command").to_json_dict()
         else:
             command: Mapping[str, Any] = envelope.command
             if command.get("action") == OPEN_NOW:
@@ -793,7 +784,7 @@ class MqttLink:
             log.exception("incident command handler failed action=%s id=%s", command.get("action"),
                           command.get("id"))
             self._stats.count("internal_errors")
-            return error_reply(command, INTERNAL_ERROR)
+            return command_result_for_error(command, INTERNAL_ERROR).to_json_dict()
 
     def _publish_reply(self, msg: mqtt.MQTTMessage, envelope: Envelope, reply: Mapping[str, Any]) -> None:
         device_id = self._settings.device_id
@@ -802,7 +793,8 @@ class MqttLink:
         except (TypeError, ValueError):
             log.exception("incident reply not serialisable id=%s", reply.get("id"))
             self._stats.count("internal_errors")
-            payload = finish_reply(error_reply(reply, INTERNAL_ERROR), envelope, device_id)
+            payload = finish_reply(command_result_for_error(reply, INTERNAL_ERROR).to_json_dict(), envelope,
+                                   device_id)
         self._publish(self.topics.result, payload, retain=False, queue=True)
         response_topic = getattr(msg.properties, "ResponseTopic", None) if msg.properties else None
         if response_topic:

@@ -125,7 +125,8 @@ class Watchdog:
 
     @property
     def ping_every_s(self) -> float | None:
-        return self.interval_s * WATCHDOG_PING_FRACTION if self.enabled else None
+        interval_s = self.interval_s
+        return interval_s * WATCHDOG_PING_FRACTION if interval_s is not None and interval_s > 0 else None
 
     def tick(self, healthy: bool, reason: str | None = None) -> bool:
         """Call on every supervisor tick; returns True when a ping was sent. ``reason`` says why the daemon
@@ -139,10 +140,11 @@ class Watchdog:
                 log.warning('watchdog withheld: daemon unhealthy reason="%s"; systemd restarts it after '
                             "timeout_s=%s", reason or "unknown", self.interval_s)
             self._healthy = healthy
-        if not healthy or not self.enabled:
+        every_s = self.ping_every_s  # None when the watchdog is off
+        if not healthy or every_s is None:
             return False
         now = self._clock()
-        if self._last_ping_s is not None and now - self._last_ping_s < self.ping_every_s:
+        if self._last_ping_s is not None and now - self._last_ping_s < every_s:
             return False
         sent = self._send()
         if sent:

@@ -24,19 +24,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from . import clock as kernel_clock
 from . import segfile
-from .config import CameraConfig, DurabilityConfig
+from .config import CameraConfig, DurabilityConfig, HealthThresholds
 from .errors import EdgerecError, SegmentError, SourceError
 from .layout import partial_path, segment_path
 from .segfile import SealedSegment, SegmentMeta, SegmentWriter
 from .segmenter import Segmenter, SegmentSummary, SinkFailed
 from .source import NETWORK_KINDS, Source, is_live, open_source
+
+if TYPE_CHECKING:  # the health module (numpy) is imported only when a camera analyses its picture
+    from .health import HealthChange, HealthWorker
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +200,8 @@ class Recorder:
         may_start_segment: Callable[[], bool] = lambda: True,
         exit_at_eof: bool = False,
         clock: RecorderClock | None = None,
-        health_thresholds: Any = None,
-        on_health: Callable[[str, Any], None] | None = None,
+        health_thresholds: HealthThresholds | None = None,
+        on_health: Callable[[str, HealthChange], None] | None = None,
         on_connection: Callable[[ConnectionChange], None] | None = None,
         open_source_fn: Callable[..., Source] = open_source,
         rand: Callable[[], float] = random.random,
@@ -231,7 +234,7 @@ class Recorder:
         self._source: Source | None = None
         self._writer: SegmentWriter | None = None
         self._codec = "h264"
-        self._health: Any = None
+        self._health: HealthWorker | None = None
         self.finished = False
 
         self._state = "connecting"
@@ -683,7 +686,7 @@ class Recorder:
         on_health = self._on_health
         name = self.camera.name
 
-        def on_change(change: Any) -> None:
+        def on_change(change: HealthChange) -> None:
             if on_health is not None:
                 on_health(name, change)
 

@@ -159,10 +159,3 @@ def register_text_secrets(text: str) -> None:
 
 def registered_secrets() -> tuple[str, ...]:
     return _registered
-
-
-def forget_secrets() -> None:
-    """Tests only: start again with no registered secrets."""
-    global _registered
-    with _lock:
-        _registered = ()

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -885,7 +885,7 @@ def _check_trailer(
         bad(_TRAILER_BODY.size, "trailer signature invalid: the trailer or the header's device key changed")
 
 
-def _open_path(path: Path, mode: str = "rb") -> BinaryIO:
+def _open_path(path: Path, mode: Literal["rb", "r+b"] = "rb") -> BinaryIO:
     try:
         return open(path, mode)  # noqa: SIM115 - closed by the caller's with-block
     except OSError as exc:

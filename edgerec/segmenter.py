@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import av
 
@@ -181,6 +181,12 @@ def rescale_factors(from_tb: Fraction, to_tb: Fraction) -> tuple[int, int] | Non
     return factor.numerator, factor.denominator
 
 
+@overload
+def rescale(ts: int, from_tb: Fraction, to_tb: Fraction) -> int: ...
+@overload
+def rescale(ts: None, from_tb: Fraction, to_tb: Fraction) -> None: ...
+@overload
+def rescale(ts: int | None, from_tb: Fraction, to_tb: Fraction) -> int | None: ...
 def rescale(ts: int | None, from_tb: Fraction, to_tb: Fraction) -> int | None:
     """A timestamp in another time base, rounded to the nearest tick (exact integer arithmetic)."""
     if ts is None or from_tb == to_tb:
@@ -273,6 +279,17 @@ class Segmenter:
         self._segment: _OpenSegment | None = None
         self._reset_run()
 
+    # The run's state: set by ``_reset_run`` and ``_start_run``.
+    _in_tb: Fraction | None  # the packets' own time base
+    _time_base: Fraction | None  # the muxer's, in which the segmenter counts
+    _scale: tuple[int, int] | None  # ``rescale_factors(in_tb, MUX_TIME_BASE)``
+    # The timestamp repair state (``TimestampState``, kept as plain attributes for the hot path).
+    _offset: int
+    _last_dts: int | None
+    _last_arrival_ns: int | None
+    _frame_ticks: int
+    _plain_step_max_ticks: int  # forward dts steps up to this need no repair, whatever the waiting
+
     # -- public --
     @property
     def open_segment(self) -> SegmentSummary | None:
@@ -349,20 +366,19 @@ class Segmenter:
 
     # -- internals --
     def _reset_run(self) -> None:
-        self._in_tb: Fraction | None = None  # the packets' own time base
-        self._time_base: Fraction | None = None  # the muxer's, in which the segmenter counts
-        self._scale: tuple[int, int] | None = None  # ``rescale_factors(in_tb, MUX_TIME_BASE)``
+        self._in_tb = None
+        self._time_base = None
+        self._scale = None
         self._retag = True  # the packets' time base must be set to the muxer's
         self._cut_ticks = 0
         self._ns_per_tick = (0, 1)  # nanoseconds per muxer tick, as (numerator, denominator)
         self._wall0_ns = 0
         self._pts0 = 0
-        # The timestamp repair state (``TimestampState``, kept as plain attributes for the hot path).
         self._offset = 0
-        self._last_dts: int | None = None
-        self._last_arrival_ns: int | None = None
+        self._last_dts = None
+        self._last_arrival_ns = None
         self._frame_ticks = 1
-        self._plain_step_max_ticks = 0  # forward dts steps up to this need no repair, whatever the waiting
+        self._plain_step_max_ticks = 0
         self._refused = False
         self._cut_pending = False  # a discontinuity was repaired: cut at the next keyframe
 
@@ -382,13 +398,14 @@ class Segmenter:
         # tick of margin keeps the float comparison there out of the question.
         self._plain_step_max_ticks = math.floor(Fraction(MAX_TIMESTAMP_JUMP_S) / tb) - 1
         # The TS muxer shifts a negative first dts per file, which would break continuity between segments.
-        first_dts = rescale(packet.dts, self._in_tb, tb)
+        # ``push`` starts a run only on a packet with both timestamps (``is_segment_start``).
+        first_dts = rescale(int(packet.dts), self._in_tb, tb)
         offset = -first_dts if first_dts < 0 else 0
         self._offset = offset
         self._last_dts = None
         self._last_arrival_ns = None
         self._wall0_ns = arrival_ns
-        self._pts0 = rescale(packet.pts, self._in_tb, tb) + offset
+        self._pts0 = rescale(int(packet.pts), self._in_tb, tb) + offset
 
     def _wall_ns(self, pts: int) -> int:
         num, den = self._ns_per_tick

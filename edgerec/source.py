@@ -441,6 +441,8 @@ def _probe_encoder(codec: str) -> bool:
     width, height = ENCODER_PROBE_SIZE
     try:
         ctx = av.CodecContext.create(codec, "w")
+        if not isinstance(ctx, av.VideoCodecContext):
+            return False
         ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
         ctx.time_base = Fraction(1, 25)
         ctx.open()
@@ -462,6 +464,9 @@ class _Encoder:
         self.codec_name = choose_encoder(config.codec)
         self._holder = av.open(io.BytesIO(), "w", format="mpegts")
         stream = self._holder.add_stream(self.codec_name, rate=rate)
+        if not isinstance(stream, av.VideoStream):  # choose_encoder names H.264 encoders only
+            self._holder.close()
+            raise SourceError(f"{self.codec_name} is not a video encoder")
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         ctx = stream.codec_context
         ctx.time_base = time_base

@@ -19,10 +19,9 @@ from typing import Any
 import yaml
 
 from .errors import EdgerecError
-from .fsutil import PRIVATE_FILE_MODE, create_private
+from .fsutil import create_private
 from .redact import redact_obj
 
-STATUS_FILE_MODE = PRIVATE_FILE_MODE
 STATUS_FILE_NAME = "status.json"
 # The daemon rewrites the file every few seconds; this much silence means it is stuck or gone.
 STALE_AFTER_S = 30.0

@@ -76,11 +76,6 @@ def join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
-def segment_key(prefix: str, device_id: str, camera: str, file_name: str, day: str) -> str:
-    """``<prefix>/<device>/<camera>/<YYYY-MM-DD>/<file name>`` (the data directory's own layout)."""
-    return join(prefix, device_id, camera, day, file_name)
-
-
 def segment_key_for(prefix: str, device_id: str, rel_path: str) -> str:
     """The key of a segment from its path relative to the data directory (``camera/day/name``)."""
     return join(prefix, device_id, rel_path)
@@ -309,12 +304,6 @@ class Store:
             raise self._error(exc, doing) from None
 
     # ----- operations ----------------------------------------------------------------------------------
-    def check_bucket(self) -> None:
-        """Raise StoreBucketError / StoreAuthError / StoreUnavailable unless the bucket is usable."""
-        if not self._call("checking the bucket", self._client.bucket_exists, self._bucket):
-            raise StoreBucketError(f"no such bucket: {self.settings.where} (create it first; "
-                                   "see docs/operations.md)")
-
     def put_file(self, key: str, path: Path, size: int, sha256_hex: str, etag: str,
                  metadata: dict[str, str] | None = None) -> None:
         """Upload the first ``size`` bytes of ``path`` as ``key`` and check it: a HEAD must show the same

@@ -10,7 +10,6 @@ digest) before it reports success. Credentials: the standard AWS environment var
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import json
 import os
 import secrets
@@ -168,7 +167,7 @@ def export_from_store(st: store.Store, url: store.StoreUrl, *, device: str, came
                       to_ns: int, private_key: Any, out: Path, reason: str, by: str | None = None,
                       progress: Callable[[int, int], None] | None = None) -> tuple[Any, str]:
     """Export footage from the store; returns (ExportResult, access record key)."""
-    from .export import export_segments, manifest_path_for
+    from .export import ExportAccess, export_segments, manifest_path_for, os_user
 
     stored = usable_segments(stored_segments(st, url.prefix, device, camera))
     candidates = select_range(stored, from_ns, to_ns)
@@ -176,7 +175,8 @@ def export_from_store(st: store.Store, url: store.StoreUrl, *, device: str, came
         raise EdgerecError(f"no footage of device {device!r} camera {camera!r} in s3://{url.bucket}/"
                            f"{url.prefix} between {rfc3339(from_ns)} and {rfc3339(to_ns)}")
     device_key = _device_key(st, url.prefix, device)
-    who = by or _os_user()
+    export_access = ExportAccess(by=by or os_user(), reason=reason)
+    who, reason = export_access.by, export_access.reason
     work = Path(tempfile.mkdtemp(prefix="edgerec-store-"))  # 0700
     try:
         local: list[Path] = []
@@ -196,7 +196,7 @@ def export_from_store(st: store.Store, url: store.StoreUrl, *, device: str, came
                 if info.end_ns <= from_ns:
                     continue
             local.append(dest)
-        result = export_segments(local, private_key, out, progress=progress)
+        result = export_segments(local, private_key, out, access=export_access, progress=progress)
         manifest = manifest_path_for(out)
         document = json.loads(manifest.read_text(encoding="utf-8"))
         for seg in document["segments"]:
@@ -240,13 +240,6 @@ def _device_key(st: store.Store, prefix: str, device: str) -> Any:
     if not lines:
         return None
     return keys.parse_device_public_key(lines[0], source=f"{device}/device.pub in the store")
-
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "unknown"
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -489,6 +489,9 @@ def test_handle_turns_parse_errors_into_replies(env):
     assert reply.to_json_dict() == {"id": "bad id", "action": "open", "ok": False, "error": reply.error,
                                     "duplicate": False, "held_segments": 0, "held_bytes": 0}
     assert command_result_for_error(["not", "an", "object"], "boom").id is None
+    assert command_result_for_error({"id": 5, "action": "open"}, "bad").to_json_dict() == {
+        "id": None, "action": "open", "ok": False, "error": "bad", "duplicate": False, "held_segments": 0,
+        "held_bytes": 0}  # only textual id and action are echoed
     assert service.handle({**OPEN}, NOW).ok
 
 

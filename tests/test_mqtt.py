@@ -32,7 +32,6 @@ from edgerec.mqtt import (
     describe_connect_failure,
     discovery_messages,
     discovery_removals,
-    error_reply,
     expand_open_now,
     finish_reply,
     open_now_id,
@@ -173,13 +172,6 @@ def test_decode_command_refuses_malformed_payloads(payload: bytes, fragment: str
     env = decode_command(payload)
     assert env.command is None
     assert any(f in (env.error or "") for f in fragment.split("|"))
-
-
-def test_error_reply_keeps_only_textual_id_and_action() -> None:
-    assert error_reply({"id": 5, "action": "open"}, "bad")["id"] is None
-    assert error_reply({"id": "X", "action": "open"}, "bad") == {
-        "id": "X", "action": "open", "ok": False, "error": "bad", "duplicate": False, "held_segments": 0,
-        "held_bytes": 0}
 
 
 def test_finish_reply_echoes_a_null_transaction_only_when_sent() -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edgerec import store
+from edgerec import keys, store
 from edgerec.config import ConfigError, parse_config
 from edgerec.timefmt import parse_rfc3339
 from tests.helpers.daemon import (
@@ -38,8 +39,9 @@ CAMERA = "gate"
 
 # ----- pure parts ------------------------------------------------------------------------------------------
 def _cfg(offload: Any) -> Any:
+    recipient = keys.format_public_key(X25519PrivateKey.generate().public_key())
     return parse_config({"device_id": "pi1", "data_dir": "/d", "cameras": [{"name": "c", "url": "testsrc"}],
-                         "recipients": [], "offload": offload}, base_dir=Path("/etc/edgerec"))
+                         "recipients": [recipient], "offload": offload}, base_dir=Path("/etc/edgerec"))
 
 
 def test_offload_config_problems_name_the_key() -> None:
@@ -53,16 +55,11 @@ def test_offload_config_problems_name_the_key() -> None:
 
 
 def test_offload_config_sizes_and_defaults() -> None:
-    from edgerec.config import _offload
-
-    problems: list[str] = []
-    cfg = _offload({"enabled": True, "bucket": "cctv-school", "bandwidth_limit": "2 MB/s",
-                    "secret_access_key_file": "s3.secret", "access_key_id": "k"},
-                   Path("/etc/edgerec"), problems)
-    assert problems == []
+    cfg = _cfg({"enabled": True, "bucket": "cctv-school", "bandwidth_limit": "2 MB/s",
+                "secret_access_key_file": "s3.secret", "access_key_id": "k"}).offload
     assert cfg.bandwidth_limit_bytes_per_s == 2_000_000 and cfg.prefix == "edgerec" and cfg.what == "held"
     assert cfg.secret_access_key_file == Path("/etc/edgerec/s3.secret")
-    assert _offload({"bandwidth_limit": 500_000}, Path("/"), problems).bandwidth_limit_bytes_per_s == 500_000
+    assert _cfg({"bandwidth_limit": 500_000}).offload.bandwidth_limit_bytes_per_s == 500_000
 
 
 def test_object_names_follow_the_data_directory() -> None:
@@ -180,7 +177,8 @@ def test_incident_footage_reaches_the_store_within_60_s_and_exports_the_same(
     env_args = ("--camera", CAMERA, "--from", t_from, "--to", t_to, "--key", str(officer.private_path))
     local_out = tmp_path / "local.mp4"
     store_out = tmp_path / "store.mp4"
-    assert run_cli("export", "-c", str(cfg), *env_args, "-o", str(local_out)).returncode == 0
+    assert run_cli("export", "-c", str(cfg), *env_args, "-o", str(local_out),
+                   "--reason", "case 12").returncode == 0
     proc = _store_cli(s3, "export", "--store", f"s3://{BUCKET}/edgerec", "--endpoint", s3.endpoint,
                       "--device", "testdev", *env_args, "-o", str(store_out), "--reason", "case 12",
                       "--by", "dpo")
