@@ -72,7 +72,7 @@ class AuditLedger:
         """Read the lines appended since the last call (all of them the first time, or when the log no
         longer has the last line read at its place). A torn last line is left for later."""
         try:
-            f = open(self.path, "rb")
+            f = open(self.path, "rb")  # noqa: SIM115 (closed by the with below; a missing log is no log)
         except FileNotFoundError:
             self._reset()
             return

@@ -264,7 +264,7 @@ class Daemon:
             self._rollback(rollback.check_log(self.audit.path, remembered, "mqtt"))
 
     def _rollback(self, found: rollback.Rollback | None) -> None:
-        """Raise the alarm (log, status, audit line; the event goes out once MQTT is up). Recording goes on."""
+        """Raise the alarm (log, status, audit line; the event goes out when MQTT is up); records on."""
         if found is None:
             return
         self.rollback_suspected = found.to_json_dict()

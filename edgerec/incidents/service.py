@@ -116,7 +116,8 @@ class IncidentService:
         last lines) whose change the catalog does not have, and that no ``incidents_confirmed`` line vouches
         for (``unconfirmed_claims``), was written just before a power cut or crash ended its transaction;
         append ``incident_not_recorded`` for it, so that the log and the catalog say the same. Inside a
-        catalog write transaction, so that a command another process is committing right now is waited for, not taken for lost. Returns the voided (id, action)s."""
+        catalog write transaction, so that a command another process is committing right now is waited
+        for, not taken for lost. Returns the voided (id, action)s."""
         voided = []
         with self.catalog.transaction():
             for inc_id, action in unconfirmed_claims(entries):
