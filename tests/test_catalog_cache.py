@@ -5,7 +5,10 @@ real daemon and the real ``edgerec retention``; the pure comparison is tested di
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import sqlite3
+import stat
 
 import pytest
 
@@ -114,3 +117,38 @@ def test_an_edited_catalog_releases_nothing_raises_the_alarm_once_and_is_repaire
     assert deleted and not deleted & held and held <= site.files()
     assert {s["path"] for s in segs["yard"]} <= deleted
     assert "audit log OK" in site.cli("audit", "verify")
+
+
+# ----- the audit log's own repairs and rollbacks ------------------------------------------------------------
+def test_audit_verify_lists_a_torn_tail_repair(recording, officer, tmp_path):
+    site = make_site(recording, officer, tmp_path)
+    site.cli("incident", "open", "--id", "INC-0", "--from", rfc3339(newest_end_ns(site.segments())))
+    log_path = site.data_dir / "audit.log"
+    before = len(log_path.read_bytes().splitlines())
+    torn = b'{"n":999,"ts":"2026-01-01T00:00:00.000Z","event":"incident_op'
+    with open(log_path, "ab") as f:
+        f.write(torn)
+    run_cli("run", "-c", str(site.config), "--exit-at-eof", check=True)  # start-up repairs the tail
+    out = site.cli("audit", "verify")
+    assert "audit log OK" in out
+    assert f"cut {len(torn)} bytes (SHA-256 {hashlib.sha256(torn).hexdigest()})" in out
+    assert f"would have been line {before + 1}" in out
+
+
+def test_a_start_on_an_older_audit_log_raises_rollback_suspected(recording, officer, tmp_path):
+    site = make_site(recording, officer, tmp_path)
+    site.cli("incident", "open", "--id", "INC-0", "--from", rfc3339(newest_end_ns(site.segments())))
+    old = (site.data_dir / "audit.log").read_bytes()
+    assert site.cli("incident", "open", "--id", "INC-1", "--camera", "gate", "--from",
+                    rfc3339(newest_end_ns(site.segments())), "--json")["ok"]
+    run_cli("run", "-c", str(site.config), "--exit-at-eof", check=True)
+    heads = site.data_dir / "published-heads.json"
+    assert stat.S_IMODE(heads.stat().st_mode) == 0o600
+    published = json.loads(heads.read_text())["audit_head"]
+    assert published["lines"] > len(old.splitlines())
+    (site.data_dir / "audit.log").write_bytes(old)  # the log of an older copy
+    proc = run_cli("--log-level", "info", "run", "-c", str(site.config), "--exit-at-eof", check=True)
+    assert "rollback suspected" in proc.stderr
+    alarm = [e for e in site.audit() if e["event"] == "rollback_suspected"]
+    assert len(alarm) == 1 and alarm[0]["source"] == "heads_file"
+    assert alarm[0]["remembered"] == f"{published['lines']}:{published['sha256']}"

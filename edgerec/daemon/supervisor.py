@@ -919,6 +919,8 @@ class Daemon:
             statusfile.write_status(self.status_path, {**self.status(), "state": "stopped"})
         except OSError:
             pass
+        self._next_heads_save_monotonic = 0.0
+        self._maybe_save_head(time.monotonic())  # the head the last status showed, for the next start
         if self.mqtt is not None:
             self.mqtt.stop()
         self.catalog.close()
