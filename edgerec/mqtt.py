@@ -849,17 +849,23 @@ def read_retained(settings: MqttLinkSettings, topic: str, timeout_s: float = 3.0
     def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         subscribed.set()
 
+    def on_connect_fail(client: mqtt.Client, userdata: Any) -> None:
+        done.set()  # no broker: do not wait for it (the link retries on its own)
+
     def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.retain and msg.topic == topic:
             got.append(bytes(msg.payload))
             done.set()
 
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    client.on_connect_fail = on_connect_fail
     deadline = time.monotonic() + timeout_s
     try:
         client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=True)
         client.loop_start()
-        if subscribed.wait(max(0.0, deadline - time.monotonic())):
+        while not (subscribed.is_set() or done.is_set()) and time.monotonic() < deadline:
+            subscribed.wait(0.05)
+        if subscribed.is_set() and not done.is_set():
             done.wait(max(0.0, min(RETAINED_GRACE_S, deadline - time.monotonic())))
     except (OSError, ValueError) as exc:
         log.warning("mqtt retained %s not read error=%s", topic, exc)
