@@ -15,7 +15,9 @@ a head seen earlier is still in the log at its place.
 Each append is fsynced: the events are rare and each one is a promise. A line torn by a power cut (no
 final newline) was never acknowledged; it is cut off at the next append, or at daemon start-up by
 ``AuditLog.repair_tail`` (so ``edgerec audit verify`` does not report a power cut as tampering), and the
-cut is itself recorded as an ``audit_torn_tail`` event.
+cut is itself recorded as an ``audit_torn_tail`` line (``bytes``, ``sha256`` of what was cut, and
+``line``: the number the cut line would have had, which the repair line takes). ``verify_audit`` lists
+every such repair (``AuditVerifyResult.repairs``), so a cut is never silent.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -40,6 +42,7 @@ from .timefmt import rfc3339
 log = logging.getLogger(__name__)
 
 GENESIS_PREV = "0" * 64
+TORN_TAIL_EVENT = "audit_torn_tail"
 _TAIL_READ_BYTES = 1 << 16
 _HEAD_RE = re.compile(r"([0-9]+):([0-9a-fA-F]{64})")
 
@@ -299,8 +302,8 @@ class AuditLog:
         size = f.seek(0, os.SEEK_END)
         f.truncate(size - len(torn))
         log.warning("audit log torn tail cut path=%s bytes=%d", self.path, len(torn))
-        line = encode_line(n + 1, rfc3339(self._clock_ns()), "audit_torn_tail",
-                           {"bytes": len(torn), "sha256": line_hash(torn)}, prev)
+        line = encode_line(n + 1, rfc3339(self._clock_ns()), TORN_TAIL_EVENT,
+                           {"bytes": len(torn), "sha256": line_hash(torn), "line": n + 1}, prev)
         f.seek(0, os.SEEK_END)
         f.write(line + b"\n")
         f.flush()
@@ -336,6 +339,7 @@ class AuditVerifyResult:
     line: int | None = None
     problem: str | None = None
     head_line: int | None = None  # the line an expected head was found at
+    repairs: tuple[str, ...] = ()  # the torn tails cut at start-up or append, one sentence each
 
     @property
     def message(self) -> str:
@@ -346,7 +350,7 @@ class AuditVerifyResult:
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "lines": self.lines, "line": self.line, "problem": self.problem,
-                "head_line": self.head_line}
+                "head_line": self.head_line, "repairs": list(self.repairs)}
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:
@@ -371,10 +375,22 @@ def verify_audit(path: Path | str, expected_head: AuditHead | None = None) -> Au
         return AuditVerifyResult(False, len(raw_lines), len(raw_lines),
                                  "last line is incomplete (torn write; cut at the next append)")
     raw_lines.pop()
+    repairs = tuple(_repairs(raw_lines))
     result = _verify_chain(raw_lines)
-    if not result.ok or expected_head is None:
-        return result
-    return check_head(raw_lines, expected_head)
+    if result.ok and expected_head is not None:
+        result = check_head(raw_lines, expected_head)
+    return replace(result, repairs=repairs)
+
+
+def _repairs(raw_lines: Sequence[bytes]) -> Iterator[str]:
+    """One sentence per ``audit_torn_tail`` line: what a repair cut, so that ``audit verify`` shows it."""
+    mark = b'"event":"' + TORN_TAIL_EVENT.encode() + b'"'
+    for number, raw in enumerate(raw_lines, 1):
+        if mark not in raw:
+            continue
+        obj = _parse(raw) or {}
+        yield (f"line {number}: torn tail repaired at {obj.get('ts')}: cut {obj.get('bytes')} bytes "
+               f"(SHA-256 {obj.get('sha256')}) that would have been line {obj.get('line', number)}")
 
 
 def check_head(raw_lines: Sequence[bytes], head: AuditHead) -> AuditVerifyResult:

@@ -377,6 +377,17 @@ class Catalog:
         return missing
 
     # ----- plumbing ---------------------------------------------------------------------------------
+    def replace_incident(self, inc: IncidentRow) -> None:
+        """Write ``inc`` over the row of its id (or insert it): the repair of a catalog that disagrees with
+        the audit log (``holdcheck.repair_catalog``). Synced at commit, like every incident change."""
+        with self.transaction():
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO incidents ({_INCIDENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (inc.id, inc.camera, inc.from_ns, inc.to_ns, inc.reason, inc.by, inc.opened_ns, inc.closed_ns,
+                 inc.closed_by, inc.pre_roll_ns, inc.post_roll_ns))
+            self._bump_incident_changes()
+            self._sync_on_commit = True
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Group writes (and e.g. an audit append) into one commit; nests (inner blocks join the outer)."""

@@ -31,6 +31,7 @@ QUARANTINE_DIR = "quarantine"
 RESERVE_NAME = ".space-reserve"
 DEVICE_KEY_NAME = "device.key"
 DEVICE_PUB_NAME = "device.pub"
+PUBLISHED_HEADS_NAME = "published-heads.json"  # the audit head the daemon last published (rollback.py)
 
 _SEGMENT_NAME = re.compile(r"^(\d{8}T\d{6})\.(\d{3})Z\.seg$")
 _DAY_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -100,6 +101,10 @@ class DataDir:
     @property
     def device_pub_path(self) -> Path:
         return self.root / DEVICE_PUB_NAME
+
+    @property
+    def published_heads_path(self) -> Path:
+        return self.root / PUBLISHED_HEADS_NAME
 
     def camera_dir(self, camera: str) -> Path:
         return self.root / camera

@@ -803,3 +803,65 @@ class MqttLink:
             if correlation is not None:
                 props.CorrelationData = correlation
             self._publish(response_topic, payload, retain=False, queue=True, properties=props)
+
+
+# ----- reading a retained message back (start-up) ---------------------------------------------------------
+RETAINED_GRACE_S = 0.5  # after the broker acknowledged the subscription: its retained message comes first
+
+
+def read_retained(settings: MqttLinkSettings, topic: str, timeout_s: float = 3.0) -> bytes | None:
+    """The message retained on ``topic`` (the daemon's own status, for ``rollback``), read with a short
+    separate connection before the link publishes anything; None when there is none, or the broker does
+    not answer within ``timeout_s`` (start-up is not held up longer than that)."""
+    m = settings.mqtt
+    client_id = f"{m.client_id or f'edgerec-{settings.device_id}'}-readback"
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.suppress_exceptions = True
+    if m.username is not None:
+        password = read_password_file(m.password_file) if m.password_file is not None else None
+        register_secret(password)
+        client.username_pw_set(m.username, password)
+    if m.tls is not None:
+        try:
+            client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+                           certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                           keyfile=str(m.tls.key_file) if m.tls.key_file else None)
+        except OSError as exc:
+            raise ConfigError(f"mqtt.tls: cannot load the CA, certificate or key: {exc}") from None
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    done = threading.Event()
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            done.set()
+        else:
+            client.subscribe(topic, qos=QOS)
+
+    def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        subscribed.set()
+
+    def on_connect_fail(client: mqtt.Client, userdata: Any) -> None:
+        done.set()  # no broker: do not wait for it (the link retries on its own)
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain and msg.topic == topic:
+            got.append(bytes(msg.payload))
+            done.set()
+
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    client.on_connect_fail = on_connect_fail
+    deadline = time.monotonic() + timeout_s
+    try:
+        client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=True)
+        client.loop_start()
+        while not (subscribed.is_set() or done.is_set()) and time.monotonic() < deadline:
+            subscribed.wait(0.05)
+        if subscribed.is_set() and not done.is_set():
+            done.wait(max(0.0, min(RETAINED_GRACE_S, deadline - time.monotonic())))
+    except (OSError, ValueError) as exc:
+        log.warning("mqtt retained %s not read error=%s", topic, exc)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[0] if got else None

@@ -25,6 +25,10 @@ sweep. A completely full disk cannot take the audit line or the catalog mark, so
 through the daemon's space reserve (``spacereserve.SpaceReserve``): given up when a write fails for lack
 of space, made again after a sweep once there is room.
 
+Holds come from the catalog checked against the audit log (``holdcheck.HoldChecker``), never from the
+catalog alone: a sweep holds what either of them holds, and while they disagree it deletes nothing by
+age (disk pressure still takes the oldest footage neither holds). See ``_checked_incidents``.
+
 Clock jumps: the sweeper owns them. ``clock_jumped`` is a cheap check the daemon makes every tick (it
 only asks for a sweep at once); the sweep itself decides which time to believe, and writes the one
 ``clock_jump`` audit line and log line per jump (``SweepReport.clock_jump_ns``).
@@ -47,8 +51,9 @@ from . import rclockstore
 from . import retentionclock as rc
 from .audit import AuditEntry, AuditSink
 from .catalog import Catalog, IncidentRow, SegmentRow
-from .errors import EdgerecError, UsageError
+from .errors import CatalogError, EdgerecError, UsageError
 from .fsutil import fsync_dir
+from .holdcheck import CheckedHolds, HoldChecker
 from .holds import Holds, WindowIndex, held_index
 from .layout import DataDir, day_dir_name, is_day_dir_name
 from .spacereserve import SpaceReserve
@@ -321,7 +326,8 @@ class Sweeper:
                  free_space: Callable[[], DiskState] | None = None,
                  clock: Callable[[], clockmod.ClockReading] | None = None, *,
                  reserve: SpaceReserve | None = None, rclock: rc.RetentionClock | None = None,
-                 trusted_wall: Callable[[], int | None] | None = None):
+                 trusted_wall: Callable[[], int | None] | None = None,
+                 hold_checker: HoldChecker | None = None):
         self.catalog = catalog
         self.audit = audit
         self.data_dir = Path(data_dir)
@@ -338,6 +344,8 @@ class Sweeper:
         # Every catalog or audit write of a sweep goes through it: the write that frees space must not be
         # the one that cannot be made.
         self.reserve = reserve if reserve is not None else SpaceReserve.in_dir(self.data_dir)
+        self.hold_checker = hold_checker or HoldChecker(catalog, audit, DataDir(self.data_dir).audit_path)
+        self.last_hold_check: CheckedHolds | None = None  # the last sweep's (the daemon reports it)
 
     def reconfigure(self, config: RetentionConfigSlice) -> None:
         """Take a reloaded configuration, keeping the running retention clock."""
@@ -409,7 +417,7 @@ class Sweeper:
             self._checkpoint_audit(anchor)
 
         incident_changes = self.catalog.incident_changes()  # before the incidents are read for the plan
-        plan, rows, disk = self._plan(now_ns)
+        plan, rows, disk = self._plan(now_ns, dry_run)
         deleted = tuple(DeletedSegment(r.id, r.camera, r.path, r.start_ns, r.end_ns, r.size_bytes, d.reason)
                         for d in plan.deletions for r in (rows[d.segment_id],))
         quarantine_deleted = 0
@@ -425,13 +433,14 @@ class Sweeper:
         self._log(report)
         return report
 
-    def _plan(self, now_ns: int) -> tuple[RetentionPlan, dict[int, SegmentRow], DiskState]:
+    def _plan(self, now_ns: int, dry_run: bool) -> tuple[RetentionPlan, dict[int, SegmentRow], DiskState]:
         cat, policy = self.catalog, self.policy
-        candidates: list[SegmentRow] = []
-        for camera in cat.cameras():
-            candidates += cat.expired_candidates(camera, now_ns - policy.retention_ns(camera))
         relevant_since_ns = now_ns - policy.release_grace_ns - policy.max_retention_ns
-        incidents = cat.incidents(relevant_since_ns=relevant_since_ns)
+        incidents, by_age = self._checked_incidents(relevant_since_ns, dry_run)
+        candidates: list[SegmentRow] = []
+        if by_age:
+            for camera in cat.cameras():
+                candidates += cat.expired_candidates(camera, now_ns - policy.retention_ns(camera))
         disk = self._free_space()
         plan = plan_deletions(candidates, incidents, now_ns, policy, disk, complete=False)
         page, after = PRESSURE_FIRST_PAGE, None
@@ -447,8 +456,29 @@ class Sweeper:
             page *= 2
         rows: dict[int, SegmentRow] = {}
         for seg in candidates:
-            rows.setdefault(seg.id, seg)  # the first entry wins: a bounded suspect keeps its bounds
+            rows.setdefault(seg.id, seg)
         return plan, rows, disk
+
+    def _checked_incidents(self, relevant_since_ns: int, dry_run: bool) -> tuple[list[IncidentRow], bool]:
+        """Where a sweep's holds come from: the catalog's incidents checked against the audit log
+        (``holdcheck``), and whether footage may go by age (not while the two disagree). Raises
+        CatalogError when the log cannot be read: deleting without it could delete what it holds."""
+        checked = self._check(relevant_since_ns, dry_run)
+        return checked.incidents, checked.agrees
+
+    def check_holds(self, now_ns: int) -> CheckedHolds:
+        """Check the catalog's incidents against the audit log now (between sweeps; see ``holdcheck``)."""
+        return self._check(now_ns - self.policy.release_grace_ns - self.policy.max_retention_ns, False)
+
+    def _check(self, relevant_since_ns: int, dry_run: bool) -> CheckedHolds:
+        try:
+            checked = self.reserve.with_room(
+                lambda: self.hold_checker.check(relevant_since_ns, write=not dry_run))
+        except OSError as exc:
+            raise CatalogError(f"holds not checked: the audit log {self.hold_checker.ledger.path} cannot be "
+                               f"read ({exc.strerror or exc}); nothing is deleted without it") from exc
+        self.last_hold_check = checked
+        return checked
 
     # ----- the delete protocol ----------------------------------------------------------------------
     def _apply(self, planned: Sequence[DeletedSegment], now_ns: int, errors: list[str],

@@ -442,3 +442,37 @@ def test_disk_pressure_publishes_disk_events_and_the_status_at_once(tmp_path: Pa
         listener.wait_for(events, lambda m: m.json()["event"] == "disk_ok", timeout_s=10)
         listener.wait_for(f"{setup.base}/status", lambda m: m.json()["state"] == "recording", timeout_s=3)
         assert daemon.terminate() == 0, daemon.log()
+
+
+def test_a_start_on_an_older_copy_of_the_data_directory_raises_rollback_suspected_from_the_broker(
+        tmp_path: Path, officer: OfficerKey, broker: Broker) -> None:
+    """The whole data directory (its heads file too) put back to an older copy: the daemon's own retained
+    status on the broker still carries the newer audit head, and the start compares the log with it."""
+    import shutil
+
+    setup = make_setup(tmp_path, officer, broker.port)
+    with Daemon(setup.config, tmp_path / "first.log") as daemon:
+        wait_for_segments(setup.data_dir, 1, "first segment", daemon)
+        assert daemon.terminate() == 0, daemon.log()
+    old = tmp_path / "old-copy"
+    shutil.copytree(setup.data_dir, old)
+    with Daemon(setup.config, tmp_path / "second.log") as daemon, \
+            Listener(broker, [f"{setup.base}/status"]) as listener:
+        wait_for_segments(setup.data_dir, 1, "segments", daemon)
+        run_cli("incident", "open", "-c", str(setup.config), "--id", "INC-R", "--from",
+                rfc3339(time.time_ns()), check=True)
+        published = listener.wait_for(f"{setup.base}/status",
+                                      lambda m: m.json()["audit_head"]["lines"] >= 2).json()["audit_head"]
+        assert daemon.terminate() == 0, daemon.log()
+    shutil.rmtree(setup.data_dir)
+    shutil.copytree(old, setup.data_dir)
+    with Daemon(setup.config, tmp_path / "third.log") as daemon, \
+            Listener(broker, [f"{setup.base}/events"]) as listener:
+        event = listener.wait_for(f"{setup.base}/events",
+                                  lambda m: m.json()["event"] == "rollback_suspected").json()
+        assert event["source"] == "mqtt"
+        assert event["remembered"].startswith(f"{published['lines']}:")
+        wait_for_segments(setup.data_dir, 1, "recording goes on", daemon)
+        status = json.loads(run_cli("status", "-c", str(setup.config), "--json", check=True).stdout)
+        assert status["rollback_suspected"]["source"] == "mqtt"
+        assert daemon.terminate() == 0, daemon.log()

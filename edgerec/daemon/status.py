@@ -79,6 +79,10 @@ class StatusInputs:
     last_errors: Sequence[Mapping[str, Any]]
     # Cameras whose old recorder has not ended after a stop: not restarted until it does (seconds waited).
     recorders_not_stopped: Mapping[str, float] = field(default_factory=dict)
+    # Alarms about the record itself (None: none): the catalog keeps less than the audit log says
+    # (holdcheck), the data directory is behind a head published earlier (rollback).
+    catalog_disagrees: Mapping[str, Any] | None = None
+    rollback_suspected: Mapping[str, Any] | None = None
 
 
 def _age(value: float | None) -> float | None:
@@ -128,6 +132,8 @@ def build_status(i: StatusInputs) -> dict[str, Any]:
         "clock": dict(i.clock),
         # Kept in memory by AuditLog: stored off the device, it anchors the log.
         "audit_head": dict(i.audit_head),
+        "catalog_disagrees": None if i.catalog_disagrees is None else dict(i.catalog_disagrees),
+        "rollback_suspected": None if i.rollback_suspected is None else dict(i.rollback_suspected),
         "cameras": {name: camera_status(cam, i.facts) for name, cam in i.cameras.items()},
         "disk": {
             "free_bytes": disk.free,

@@ -11,6 +11,7 @@ Recorders run in their own threads and never wait on anything here.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -23,12 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__, clock, fsutil, keys, notify, statusfile
-from ..audit import AuditLog, tail_entries
+from .. import __version__, clock, fsutil, keys, notify, rollback, statusfile
+from ..audit import AuditHead, AuditLog, tail_entries
 from ..catalog import Catalog
 from ..catalogqueue import CatalogQueue, Gap
 from ..config import CameraConfig, Config, load_config
 from ..errors import ConfigError, EdgerecError, UntrustedFileError
+from ..holdcheck import CheckedHolds, HoldChecker
 from ..incidents import IncidentService
 from ..layout import DataDir
 from ..reconcile import ReconcileReport, reconcile, restore_incidents
@@ -78,6 +80,12 @@ WORKER_STALL_S = 300.0
 REPAIR_RETRY_S = 5.0
 # At shutdown, how long to wait for the worker's current job (a sweep stops between batches).
 WORKER_STOP_TIMEOUT_S = 30.0
+# How often the worker looks for incident changes to check against the audit log between sweeps, and
+# persists a new audit head (rollback.py).
+HOLD_CHECK_INTERVAL_S = 5.0
+HEADS_SAVE_INTERVAL_S = 2.0
+# How long start-up waits for the broker to hand back the daemon's own retained status.
+RETAINED_READ_TIMEOUT_S = 3.0
 
 
 def _first_attempt_done(recorder: Recorder) -> bool:
@@ -155,6 +163,14 @@ class Daemon:
         # Why retention may not run in this process (None: it may): deleting without every hold known
         # could delete footage an incident keeps.
         self.sweeps_blocked: str | None = None
+        # Alarms about the record (status ``catalog_disagrees``, ``rollback_suspected``): see holdcheck.py
+        # and rollback.py.
+        self.catalog_disagrees: dict[str, Any] | None = None
+        self.rollback_suspected: dict[str, Any] | None = None
+        self._checked_incident_changes: int | None = None
+        self._next_hold_check_monotonic = 0.0
+        self._saved_head: AuditHead | None = None
+        self._next_heads_save_monotonic = 0.0
         # Start-up repair (reconciliation) has not succeeded yet: no camera starts, no sweep runs.
         self.repair_pending = False
         self._next_repair_monotonic = 0.0
@@ -195,8 +211,12 @@ class Daemon:
             self.audit.repair_tail()
         except OSError as exc:  # e.g. a full disk: the next append cuts it instead
             log.error("audit log tail not repaired path=%s error=%s", self.audit.path, exc)
+        self._check_rollback_file()
         self.incidents = IncidentService(self.catalog, self.audit, cfg, self.reserve)
-        self.sweeper = Sweeper(self.catalog, self.audit, cfg, cfg.data_dir, reserve=self.reserve)
+        checker = HoldChecker(self.catalog, self.audit, self.audit.path,
+                              pending_voids=self.incidents.owed_entries)
+        self.sweeper = Sweeper(self.catalog, self.audit, cfg, cfg.data_dir, reserve=self.reserve,
+                               hold_checker=checker)
         # The retention clock starts now (its start, with what it credited for the downtime, goes into the
         # audit log), so that every segment catalogued from here on is stamped with it. On a disk too full
         # even for that, the first sweep starts it, and stamps what was catalogued meanwhile.
@@ -223,6 +243,92 @@ class Daemon:
             self.repair_pending = True
             self._set_disk_full(True, reason="start-up repair needs space")
         self._refresh_facts()
+
+    # ----- the record's alarms: rollback (start-up) and the catalog checked against the log -----------------
+    def _check_rollback_file(self) -> None:
+        """Is the audit log behind the head this daemon last published (the heads file)?"""
+        path = DataDir(self.config.data_dir).published_heads_path
+        remembered = rollback.load_published(path)
+        self._saved_head = remembered
+        if remembered is not None:
+            self._rollback(rollback.check_log(self.audit.path, remembered, "heads_file"))
+
+    def _check_rollback_mqtt(self) -> None:
+        """Is the audit log behind the head in the status the broker kept for us (read before the link
+        publishes a new one)?"""
+        from ..mqtt import MqttLinkSettings, Topics, read_retained
+
+        settings = MqttLinkSettings.from_config(self.config)
+        try:
+            payload = read_retained(settings, Topics.from_config(settings).status, RETAINED_READ_TIMEOUT_S)
+        except ConfigError as exc:
+            log.warning("retained status not read error=%s", exc)
+            return
+        if payload is None:
+            return
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            log.warning("retained status is not JSON; not compared")
+            return
+        remembered = rollback.head_from_json(obj.get("audit_head") if isinstance(obj, dict) else None)
+        if remembered is not None and self.rollback_suspected is None:
+            self._rollback(rollback.check_log(self.audit.path, remembered, "mqtt"))
+
+    def _rollback(self, found: rollback.Rollback | None) -> None:
+        """Raise the alarm (log, status, audit line; the event goes out when MQTT is up); records on."""
+        if found is None:
+            return
+        self.rollback_suspected = found.to_json_dict()
+        self._error(found.message)
+        self._audit("rollback_suspected", **found.to_json_dict())
+
+    def _maybe_save_head(self, now: float) -> None:
+        """Remember the audit head (the one the status publishes) outside the catalog, when it changed."""
+        if now < self._next_heads_save_monotonic:
+            return
+        self._next_heads_save_monotonic = now + HEADS_SAVE_INTERVAL_S
+        head = self.audit.head()
+        if head == self._saved_head or head.lines == 0:
+            return
+        try:
+            rollback.save_published(DataDir(self.config.data_dir).published_heads_path, head)
+        except OSError as exc:
+            log.warning("published head not saved error=%s", exc)
+            return
+        self._saved_head = head
+
+    def _maybe_check_holds(self, now: float) -> None:
+        """Between sweeps: when an incident changed (any process), check the catalog against the log at
+        once, so that a confirmation soon vouches for the new line (and a mismatch is reported)."""
+        if now < self._next_hold_check_monotonic or self.sweeps_blocked is not None or self.repair_pending:
+            return
+        self._next_hold_check_monotonic = now + HOLD_CHECK_INTERVAL_S
+        try:
+            changes = self.catalog.incident_changes()
+            if changes == self._checked_incident_changes:
+                return
+            self.sweeper.check_holds(time.time_ns())
+            self._checked_incident_changes = changes
+        except (EdgerecError, OSError) as exc:
+            log.warning("holds not checked against the audit log error=%s", exc)
+            return
+        self._hold_check_done(self.sweeper.last_hold_check)
+
+    def _hold_check_done(self, checked: CheckedHolds | None) -> None:
+        """Report a check's outcome: status while the catalog disagrees, the event once per mismatch."""
+        if checked is None:
+            return
+        before = self.catalog_disagrees
+        self.catalog_disagrees = None if checked.agrees else checked.fields()
+        if checked.new_alarm:
+            self._error(checked.message)  # the checker has written the audit line
+            self._event("catalog_mismatch", **checked.fields())
+        elif before is not None and checked.agrees:
+            log.warning("catalog agrees with the audit log again; retention deletes by age again")
+            self._event("catalog_agrees")
+        if before != self.catalog_disagrees:
+            self._status_dirty.set()
 
     def _repair(self) -> bool:
         """Start-up reconciliation (it logs each repair and audits recoveries) and the void check. False
@@ -472,6 +578,8 @@ class Daemon:
             self._retry_repair(now)
         self._catalogue_sealed()
         self._maybe_sweep(now)
+        self._maybe_check_holds(now)
+        self._maybe_save_head(now)
         self._maybe_refresh_facts(now)
 
     def _retry_repair(self, now: float) -> None:
@@ -530,7 +638,10 @@ class Daemon:
 
     def _sweep(self, reason: str) -> None:
         try:
-            report = self.sweeper.sweep()
+            try:
+                report = self.sweeper.sweep()
+            finally:
+                self._hold_check_done(self.sweeper.last_hold_check)
         except (EdgerecError, OSError) as exc:
             # A sweep that cannot write (a disk so full that even the space reserve did not help) must
             # not stop the daemon; under the mark, recording pauses as for held footage and resumes by
@@ -691,6 +802,8 @@ class Daemon:
             last_errors=list(self.last_errors),
             recorders_not_stopped={name: now - r.since_monotonic for name, r in self.retiring.items()
                                    if r.reported},
+            catalog_disagrees=self.catalog_disagrees,
+            rollback_suspected=self.rollback_suspected,
         ))
 
     def _write_status(self, now: float) -> None:
@@ -756,8 +869,12 @@ class Daemon:
             self.signals.reload.set()
             if not self.repair_pending:
                 self._start_cameras()
+            if self.config.mqtt.enabled:
+                self._check_rollback_mqtt()  # before our first status replaces the retained one
             self._write_status(time.monotonic())  # the first snapshot, for MQTT's first status
             self._start_mqtt()
+            if self.rollback_suspected is not None:
+                self._event("rollback_suspected", **self.rollback_suspected)
             self.worker.start()
             watchdog = notify.Watchdog()
             while not self.signals.stop.wait(TICK_SECONDS):
@@ -814,6 +931,8 @@ class Daemon:
             statusfile.write_status(self.status_path, {**self.status(), "state": "stopped"})
         except OSError:
             pass
+        self._next_heads_save_monotonic = 0.0
+        self._maybe_save_head(time.monotonic())  # the head the last status showed, for the next start
         if self.mqtt is not None:
             self.mqtt.stop()
         self.sweeper.record_stop()

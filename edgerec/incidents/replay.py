@@ -3,7 +3,9 @@ and the incidents they describe. Used to restore a lost catalog's incidents and,
 lines a power cut kept from the catalog.
 
 An ``incident_not_recorded`` line voids the latest line of its id and action that is not yet voided, so
-a voided line followed by its retry's line counts once.
+a voided line followed by its retry's line counts once. An ``incidents_confirmed`` line (``through``: a
+line number) says that the catalog was found to agree with every incident line up to that one: those
+lines were committed, and a catalog that lacks them later was changed, not cut off by a power cut.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..timefmt import parse_rfc3339
 from .commands import ID_PATTERN, json_type
 
 _CLAIM_ACTIONS = {"incident_opened": "open", "incident_closed": "close"}
+CONFIRMED_EVENT = "incidents_confirmed"
 _Claim = tuple[int, Mapping[str, Any]]  # (position in the entries, the line)
 
 
@@ -38,13 +41,34 @@ def _counted_claims(entries: Iterable[_Claim]) -> dict[tuple[str, str], list[_Cl
     return stacks
 
 
+def confirmed_through(entries: Iterable[Mapping[str, Any]]) -> int:
+    """The highest line number an ``incidents_confirmed`` line among ``entries`` vouches for (0: none)."""
+    through = 0
+    for entry in entries:
+        value = entry.get("through")
+        if entry.get("event") == CONFIRMED_EVENT and isinstance(value, int) and not isinstance(value, bool):
+            through = max(through, value)
+    return through
+
+
 def unconfirmed_claims(entries: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
     """(id, action) of the ``incident_opened``/``incident_closed`` lines among ``entries`` (audit lines,
-    oldest first) that no later ``incident_not_recorded`` voids: what the catalog must show, in the order
-    of each one's latest counted line."""
+    oldest first) that no later ``incident_not_recorded`` voids and no ``incidents_confirmed`` line
+    vouches for: the only lines a power cut can have kept from the catalog, in the order of each one's
+    latest counted line. A line at or before a confirmation was in the catalog when it was confirmed: if
+    the catalog lacks it now, someone changed the catalog, and that is for the hold check to report,
+    never to be voided here."""
+    entries = list(entries)
+    through = confirmed_through(entries)
     stacks = _counted_claims(enumerate(entries))
-    latest = sorted((stack[-1][0], key) for key, stack in stacks.items() if stack)
+    latest = sorted((stack[-1][0], key) for key, stack in stacks.items()
+                    if stack and (through == 0 or _line_number(stack[-1][1]) > through))
     return [key for _, key in latest]
+
+
+def _line_number(entry: Mapping[str, Any]) -> int:
+    n = entry.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) else 0
 
 
 @dataclass(frozen=True)

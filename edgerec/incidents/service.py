@@ -114,12 +114,18 @@ class IncidentService:
         self.max_open = int(inc.max_open)
         self.cameras = tuple(c.name for c in config.cameras)
 
+    def owed_entries(self) -> list[AuditEntry]:
+        """The ``incident_not_recorded`` lines owed but not written yet (the hold check counts them)."""
+        with self._owed_lock:
+            return list(self._owed)
+
     def void_unrecorded(self, entries: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
         """At start-up: an ``incident_opened``/``incident_closed`` line among ``entries`` (the audit log's
-        last lines) whose change the catalog does not have was written just before a power cut or crash
-        ended its transaction; append ``incident_not_recorded`` for it, so that the log and the catalog
-        say the same. Inside a catalog write transaction, so that a command another process is
-        committing right now is waited for, not taken for lost. Returns the voided (id, action)s."""
+        last lines) whose change the catalog does not have, and that no ``incidents_confirmed`` line vouches
+        for (``unconfirmed_claims``), was written just before a power cut or crash ended its transaction;
+        append ``incident_not_recorded`` for it, so that the log and the catalog say the same. Inside a
+        catalog write transaction, so that a command another process is committing right now is waited
+        for, not taken for lost. Returns the voided (id, action)s."""
         voided = []
         with self.catalog.transaction():
             for inc_id, action in unconfirmed_claims(entries):
