@@ -98,8 +98,9 @@ def test_an_edited_catalog_releases_nothing_raises_the_alarm_once_and_is_repaire
 
     # 29 days on, the real sweep deletes nothing by age, and says why and how to repair; no new alarm line.
     now = rfc3339(newest_end_ns(site.segments()) + 29 * DAY)
+    site.pass_time_until(parse_rfc3339(now))
     for _ in range(2):
-        proc = run_cli("retention", "-c", str(site.config), "--now", now)
+        proc = run_cli("retention", "-c", str(site.config), "--now", now, clock_shift_ns=site.clock_shift_ns)
     assert proc.returncode == 1 and "catalog disagrees with the audit log" in proc.stderr
     assert "edgerec incident repair" in proc.stderr
     assert held <= site.files() and site.audited_deletions() == {}
@@ -111,7 +112,7 @@ def test_an_edited_catalog_releases_nothing_raises_the_alarm_once_and_is_repaire
     out = site.cli("incident", "repair")
     assert "rewrote incident INC-1" in out
     assert "incidents_repaired" in [e["event"] for e in site.audit()]
-    swept = site.cli("retention", "--now", now, "--json")
+    swept = site.sweep_at(now)
     assert swept["catalog_disagrees"] is None
     deleted = {d["path"] for d in swept["deleted"]}
     assert deleted and not deleted & held and held <= site.files()
