@@ -157,7 +157,8 @@ def test_camera_back_after_a_twelve_second_outage_records_again_within_five_seco
 
     def delivering() -> bool:
         gate = gate_status()
-        return gate.get("state") == "recording" and gate.get("connected") is True and not gate.get("down_since")
+        return (gate.get("state") == "recording" and gate.get("connected") is True
+                and not gate.get("down_since"))
 
     try:
         with Daemon(cfg, tmp_path / "daemon.log") as daemon:
