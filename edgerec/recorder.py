@@ -38,6 +38,7 @@ from .layout import partial_path, segment_path
 from .segfile import SealedSegment, SegmentMeta, SegmentWriter
 from .segmenter import Segmenter, SegmentSummary, SinkFailed
 from .source import NETWORK_KINDS, Source, is_live, open_source
+from .timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -666,8 +667,8 @@ class Recorder:
             from_ns = max(from_ns, self._last_end_ns)
         if to_ns <= from_ns:
             return
-        log.info("footage gap camera=%s from_ns=%d to_ns=%d reason=%s", self.camera.name, from_ns, to_ns,
-                 self._gap_reason)
+        log.info("footage gap camera=%s from=%s to=%s seconds=%.1f reason=%s", self.camera.name,
+                 rfc3339(from_ns), rfc3339(to_ns), (to_ns - from_ns) / 1e9, self._gap_reason)
         with self._lock:
             self._last_gap = (from_ns, to_ns, self._gap_reason)
         try:

@@ -181,7 +181,9 @@ class Daemon:
         cfg = self.config
         # Footage metadata, the catalog and logs are nobody else's business, also outside systemd's UMask.
         os.umask(0o077)
-        tightened = fsutil.ensure_private_dir(cfg.data_dir)  # raises when the directory is another user's
+        # Raises when the directory is another user's, or cannot be made or written (one line, exit 2).
+        source = None if cfg.source_path is None else str(cfg.source_path)
+        tightened = fsutil.prepare_data_dir(cfg.data_dir, source)
         if tightened:
             log.warning("%s", tightened)
         self.signing_key = keys.load_or_create_device_key(cfg.data_dir)
