@@ -40,7 +40,8 @@ def test_data_dir_under_proc_is_one_line_naming_the_key(tmp_path: Path, officer:
     assert_one_line_config_error(proc, "data_dir", "/proc/edgerec-test", "No such file or directory")
 
 
-def test_data_dir_on_a_read_only_mount_is_one_line_naming_the_key(tmp_path: Path, officer: OfficerKey) -> None:
+def test_data_dir_on_a_read_only_mount_is_one_line_naming_the_key(tmp_path: Path,
+                                                                    officer: OfficerKey) -> None:
     mount_point = tmp_path / "ro"
     mount_point.mkdir()
     why_not = mount_tmpfs(mount_point, "1m")
@@ -73,7 +74,8 @@ def test_read_only_commands_create_no_data_directory(tmp_path: Path, officer: Of
     assert "Traceback" not in proc.stderr
     assert "no open incidents" not in proc.stdout
     if command[0] != "status":  # status looks for the daemon's status file, and says it found none
-        assert str(absent) in proc.stderr and ("does not exist" in proc.stderr or "not a directory" in proc.stderr)
+        assert str(absent) in proc.stderr
+        assert "does not exist" in proc.stderr or "not a directory" in proc.stderr
     assert not (tmp_path / "nonexistent").exists()
 
 
