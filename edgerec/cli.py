@@ -509,6 +509,8 @@ def _incident_ls(args: argparse.Namespace, cfg: Config) -> int:
     from .layout import DataDir as _DataDir
 
     _recorded_data_dir(cfg, args.config)
+    # Read-only, but SQLite may still make the -shm file of a catalog the daemon is not using now.
+    refuse_root_on_foreign_data_dir(cfg.data_dir, "incident")
     if not _DataDir(cfg.data_dir).catalog_path.is_file():
         rows: list[dict[str, Any]] = []
     else:
@@ -541,10 +543,10 @@ def cmd_retention(args: argparse.Namespace) -> int:
     now_ns = _parse_time(args.now, "--now") if args.now else None
     if args.dry_run:
         _recorded_data_dir(cfg, args.config)
-        if not DataDir(cfg.data_dir).catalog_path.is_file():
-            print(f"nothing recorded yet in {cfg.data_dir} (no catalog): nothing to delete")
-            return 0
     refuse_root_on_foreign_data_dir(cfg.data_dir, "retention")
+    if args.dry_run and not DataDir(cfg.data_dir).catalog_path.is_file():
+        print(f"nothing recorded yet in {cfg.data_dir} (no catalog): nothing to delete")
+        return 0
     # Even a dry run restores lost incidents: without them it would list held footage as due.
     catalog, audit, reserve = _open_catalog(cfg)
     try:

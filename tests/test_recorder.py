@@ -350,7 +350,8 @@ def test_unsealed_segment_damaged_beyond_recovery_is_left_and_the_chain_goes_on_
     # The error was shown while it lasted; the next sealed segment ended it (a past error, with its times).
     stats = rig.recorder.stats()
     assert stats.error is None
-    [lost] = [e for e in stats.past_errors if e.message.startswith("unsealed segment") and "lost" in e.message]
+    [lost] = [e for e in stats.past_errors
+              if e.message.startswith("unsealed segment") and "lost" in e.message]
     assert lost.since_ns <= lost.at_ns <= (lost.until_ns or 0)
 
 
