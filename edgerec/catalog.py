@@ -351,6 +351,22 @@ class Catalog:
         catalog.created = created
         return catalog
 
+    @classmethod
+    def open_readonly(cls, data_dir: Path | str) -> Catalog:
+        """Open an existing catalog only to read it (listing, verify): nothing is created or changed, and
+        SQLite's read transactions see one committed state of it. CatalogError when there is none."""
+        data_dir = Path(data_dir)
+        path = DataDir(data_dir).catalog_path
+        if not path.is_file():
+            raise CatalogError(f"no catalog in {data_dir}: nothing has been recorded there yet")
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            return cls(conn, data_dir.resolve())
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(open_error_message(path, exc)) from None
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

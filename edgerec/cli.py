@@ -163,6 +163,34 @@ def _data_dir(args: argparse.Namespace) -> tuple[Path, Config | None]:
     return args.data_dir, None
 
 
+def _recorded_data_dir(cfg: Config, config_path: Path) -> None:
+    """For the commands that only read (``incident ls``, ``retention --dry-run``): the data directory must
+    exist already; they never create it, nor a catalog in it."""
+    if not cfg.data_dir.is_dir():
+        raise UsageError(f"data_dir {cfg.data_dir} (from {config_path}): does not exist; nothing has been "
+                         "recorded there yet (the daemon creates it when it starts)")
+
+
+def format_incident(row: dict[str, Any]) -> str:
+    """One incident for people: local times, plain words (``--json`` keeps the machine fields)."""
+    from .humanize import local_time_text
+
+    camera = "every camera" if row.get("camera") == "*" else f"camera {row.get('camera')}"
+    until = local_time_text(row.get("to"), "until closed")
+    line = (f"{row.get('id')} ({row.get('state')}): {camera}, {local_time_text(row.get('from'))} .. {until}; "
+            f"opened {local_time_text(row.get('opened'))}" + (f" by {row['by']}" if row.get("by") else ""))
+    if row.get("closed"):
+        line += f"; closed {local_time_text(row['closed'])}" + (
+            f" by {row['closed_by']}" if row.get("closed_by") else "")
+    if row.get("reason"):
+        line += f"; reason: {row['reason']}"
+    if "held_segments" in row:
+        from .humanize import plural
+
+        line += f"; holds {plural(row['held_segments'], 'segment')} ({row.get('held_bytes', 0) / 1e6:.1f} MB)"
+    return line
+
+
 def refuse_root_on_foreign_data_dir(data_dir: Path, command: str, euid: int | None = None) -> None:
     """Refuse to write the catalog as root in a data dir the service user owns: SQLite would leave root-owned
     files there (the -wal and -shm files) that lock the daemon out of its own catalog."""
@@ -445,10 +473,10 @@ def _open_catalog(cfg: Config) -> tuple[Any, Any, Any]:
 
 
 def _incident_service(cfg: Config) -> tuple[Any, Any]:
-    from .fsutil import ensure_private_dir
+    from .fsutil import prepare_data_dir
     from .incidents import IncidentService
 
-    tightened = ensure_private_dir(cfg.data_dir)
+    tightened = prepare_data_dir(cfg.data_dir, str(cfg.source_path) if cfg.source_path else None)
     if tightened:
         logging.getLogger("edgerec.cli").warning("%s", tightened)
     from .retention import Sweeper
@@ -462,22 +490,13 @@ def _incident_service(cfg: Config) -> tuple[Any, Any]:
 
 def cmd_incident(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    if args.incident_command == "ls":
+        return _incident_ls(args, cfg)
     refuse_root_on_foreign_data_dir(cfg.data_dir, "incident")
     service, catalog = _incident_service(cfg)
     try:
         if args.incident_command == "repair":
             return _repair_incidents(catalog, service.audit, args.dry_run)
-        if args.incident_command == "ls":
-            items = service.list_all() if args.all else service.list_open()
-            rows = [i.to_json_dict() for i in items]
-            if args.json:
-                _print_json(rows)
-            else:
-                for r in rows:
-                    print(" ".join(f"{k}={v}" for k, v in r.items()))
-                if not rows:
-                    print("no incidents" if args.all else "no open incidents")
-            return 0
         obj: dict[str, Any] = {"action": args.incident_command, "id": args.id, "by": args.by}
         if args.incident_command == "open":
             obj.update({"camera": args.camera, "reason": args.reason,
@@ -528,6 +547,32 @@ def _repair_incidents(catalog: Any, audit: Any, dry_run: bool) -> int:
     return 0
 
 
+def _incident_ls(args: argparse.Namespace, cfg: Config) -> int:
+    """``incident ls``: read-only; nothing is created (no data directory, no catalog)."""
+    from .catalog import Catalog
+    from .layout import DataDir as _DataDir
+
+    _recorded_data_dir(cfg, args.config)
+    # Read-only, but SQLite may still make the -shm file of a catalog the daemon is not using now.
+    refuse_root_on_foreign_data_dir(cfg.data_dir, "incident")
+    if not _DataDir(cfg.data_dir).catalog_path.is_file():
+        rows: list[dict[str, Any]] = []
+    else:
+        catalog = Catalog.open_readonly(cfg.data_dir)
+        try:
+            rows = [i.to_json_dict() for i in catalog.incidents(open_only=not args.all)]
+        finally:
+            catalog.close()
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        print(format_incident(row))
+    if not rows:
+        print("no incidents" if args.all else "no open incidents")
+    return 0
+
+
 def _rfc3339_arg(text: str, what: str) -> str:
     """CLI times may be local 'YYYY-MM-DD HH:MM'; commands carry RFC 3339 UTC, so convert once here."""
     from .timefmt import rfc3339
@@ -540,12 +585,18 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     now_ns = _parse_time(args.now, "--now") if args.now else None
+    if args.dry_run:
+        _recorded_data_dir(cfg, args.config)
     refuse_root_on_foreign_data_dir(cfg.data_dir, "retention")
+    if args.dry_run and not DataDir(cfg.data_dir).catalog_path.is_file():
+        print(f"nothing recorded yet in {cfg.data_dir} (no catalog): nothing to delete")
+        return 0
     # Even a dry run restores lost incidents: without them it would list held footage as due.
     catalog, audit, reserve = _open_catalog(cfg)
     try:
         sweeper = Sweeper(catalog, audit, cfg, cfg.data_dir, reserve=reserve)
         report = sweeper.sweep(now_ns=now_ns, dry_run=args.dry_run)
+        held = _held_by_incidents(catalog, audit, cfg) if not args.json else []
     finally:
         catalog.close()
     checked = sweeper.last_hold_check
@@ -556,10 +607,20 @@ def cmd_retention(args: argparse.Namespace) -> int:
     else:
         for line in report.lines():
             print(line)
+        # What retention leaves alone, and why: each open incident and the footage it holds.
+        print("kept by open incidents:" if held else "no open incidents hold footage")
+        for row in held:
+            print(f"  {format_incident(row)}")
     if checked is not None and disagrees:
         print(f"edgerec: {checked.message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _held_by_incidents(catalog: Any, audit: Any, cfg: Config) -> list[dict[str, Any]]:
+    from .incidents import IncidentService
+
+    return IncidentService(catalog, audit, cfg).incidents_payload()
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

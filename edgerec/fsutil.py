@@ -102,3 +102,19 @@ def ensure_private_dir(path: Path, euid: int | None = None) -> str | None:
         os.chmod(path, PRIVATE_DIR_MODE)
         return f"data_dir {path} had mode {old_mode:04o}: tightened to 0700 (footage metadata is private)"
     return None
+
+
+def prepare_data_dir(path: Path, source: str | None = None) -> str | None:
+    """``ensure_private_dir`` for the daemon and the commands that write: a data directory that cannot be
+    made, or is not writable (a read-only mount, /proc), is a ConfigError naming ``data_dir`` and why."""
+    from .errors import ConfigError
+
+    try:
+        tightened = ensure_private_dir(path)
+    except OSError as exc:
+        raise ConfigError(f"data_dir: cannot use {path}: {exc.strerror or exc}", source) from None
+    # access(2) says EROFS for a read-only file system, whoever asks (root too).
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"data_dir: {path} is not writable (a read-only mount, or another user's "
+                          "directory): the recorder must write footage there", source)
+    return tightened

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import segfile
 from .errors import SegmentError
+from .humanize import local_time_text, plural
 from .layout import (
     CATALOG_NAME,
     DEVICE_PUB_NAME,
@@ -71,7 +72,7 @@ def listing(data_dir: Path, camera: str | None = None) -> dict[str, Any]:
     if catalog_path.exists():
         from .catalog import Catalog
 
-        cat = Catalog.open(data_dir)
+        cat = Catalog.open_readonly(data_dir)
         try:
             for row in cat.segments(camera=camera):
                 cameras.setdefault(row.camera, {"segments": [], "gaps": []})["segments"].append({
@@ -105,17 +106,20 @@ def format_listing(listing_: dict[str, Any]) -> str:
     for name, cam in sorted(listing_["cameras"].items()):
         segs = cam["segments"]
         total = sum(s.get("bytes", 0) for s in segs)
-        lines.append(f"{name}: {len(segs)} segments, {total / 1e6:.1f} MB, {len(cam['gaps'])} gaps")
+        lines.append(f"{name}: {plural(len(segs), 'segment')}, {total / 1e6:.1f} MB, "
+                     f"{plural(len(cam['gaps']), 'gap')}")
         events = [(s.get("start", ""), "seg", s) for s in segs] + [(g["from"], "gap", g) for g in cam["gaps"]]
         for _, kind, item in sorted(events, key=lambda e: e[0]):
             if kind == "gap":
                 seconds = item.get("seconds")
                 length = f"  ({seconds:.1f} s)" if seconds is not None else ""
-                lines.append(f"  GAP  {item['from']} .. {item['to']}{length}  {item['reason']}")
+                span = f"{local_time_text(item['from'])} .. {local_time_text(item['to'])}"
+                lines.append(f"  GAP  {span}{length}  {item['reason']}")
             elif "error" in item:
                 lines.append(f"  BAD  {item['path']}: {item['error']}")
             else:
-                lines.append(f"  {item['start']} .. {item['end']}  {item['frames']:>6} frames "
+                lines.append(f"  {local_time_text(item['start'])} .. {local_time_text(item['end'])}  "
+                             f"{item['frames']:>6} frames "
                              f"{item['bytes'] / 1e6:8.2f} MB  {item['state']}  {item['path']}")
     return "\n".join(lines) if lines else "no footage"
 
@@ -172,6 +176,9 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
     if device_key is None:
         report.notes.append(f"no {DEVICE_PUB_NAME} in {data_dir}: signatures checked with the key in each "
                             "header")
+    # The catalog first, then the files: a segment is sealed (its file in place) before it is catalogued,
+    # so every row read now has its file by the time the files are listed, even while the daemon records.
+    catalogued = _catalog_paths(data_dir, camera)
     on_disk: set[str] = set()
     for cam_dir in camera_dirs(data_dir, camera):
         links: list[tuple[segfile.ChainLink, Path]] = []
@@ -194,7 +201,8 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
         _walk_chain(links, report)
         for partial in sorted(cam_dir.glob(f"*/*{PARTIAL_SUFFIX}")):
             report.notes.append(f"{partial}: unfinished segment (recording, or recovered at next start)")
-    _check_catalog(data_dir, camera, on_disk, report)
+    if catalogued is not None:
+        _check_catalog(data_dir, camera, catalogued, on_disk, report)
     return report
 
 
@@ -223,17 +231,29 @@ def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyRepor
             previous = link
 
 
-def _check_catalog(data_dir: Path, camera: str | None, on_disk: set[str], report: VerifyReport) -> None:
+def _catalog_paths(data_dir: Path, camera: str | None) -> set[str] | None:
+    """The catalogued segment paths (of ``camera``), read-only; None when there is no catalog."""
     if not (data_dir / CATALOG_NAME).exists():
-        return
+        return None
     from .catalog import Catalog
 
-    cat = Catalog.open(data_dir)
+    cat = Catalog.open_readonly(data_dir)
     try:
-        rows = {r.path for r in cat.segments(camera=camera)}
+        return {r.path for r in cat.segments(camera=camera)}
     finally:
         cat.close()
-    for missing in sorted(rows - on_disk):
-        report.problems.append(f"{data_dir / missing}: in the catalog but the file is missing")
+
+
+def _check_catalog(data_dir: Path, camera: str | None, rows: set[str], on_disk: set[str],
+                   report: VerifyReport) -> None:
+    """``rows`` were read before the files were listed. A row whose file is gone may have been deleted by
+    retention since (file first, then the row): it is a problem only if it is still catalogued and its
+    file still absent when read again."""
+    missing = rows - on_disk
+    if missing:
+        still = _catalog_paths(data_dir, camera) or set()
+        missing = {m for m in missing if m in still and not (data_dir / m).exists()}
+    for missing_path in sorted(missing):
+        report.problems.append(f"{data_dir / missing_path}: in the catalog but the file is missing")
     for extra in sorted(on_disk - rows):
         report.notes.append(f"{data_dir / extra}: not in the catalog (adopted at next start)")

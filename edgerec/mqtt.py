@@ -2,10 +2,11 @@
 incident commands with replies.
 
 The decisions are plain functions over data (``Topics.from_config``, ``decode_command``,
-``expand_open_now``, ``discovery_messages``, ``stale_discovery_topics``, ``describe_connect_failure``);
-``MqttLink`` is the paho client around them. The link never owns incident logic: a decoded command object
-goes to ``on_command``, whose reply is published as it is (plus the ``transaction`` echo); a command it
-cannot hand on is refused in the incident service's one reply shape (``incidents.command_result_for_error``).
+``unknown_action``, ``expand_open_now``, ``status_due``, ``discovery_messages``,
+``stale_discovery_topics``, ``describe_connect_failure``); ``MqttLink`` is the paho client around them.
+The link never owns incident logic: a decoded command object goes to ``on_command``, whose reply is
+published as it is (plus the ``transaction`` echo, and ``open_now`` named as sent); a command it cannot
+hand on is refused in the incident service's one reply shape (``incidents.command_result_for_error``).
 Nothing here raises into paho's network thread: an exception there would stop the thread without a word.
 """
 
@@ -49,6 +50,9 @@ QOS = 1
 ONLINE = "online"
 OFFLINE = "offline"
 OPEN_NOW = "open_now"
+# The actions a command on the command topic may name: the incident service's two, and open_now (a button
+# press, expanded here into an open).
+ACTIONS = ("open", "close", OPEN_NOW)
 INTERNAL_ERROR = "internal error"
 
 
@@ -148,6 +152,26 @@ def decode_command(payload: bytes, *, max_bytes: int = MAX_COMMAND_BYTES) -> Env
     has_transaction = "transaction" in obj
     transaction = obj.pop("transaction", None)
     return Envelope(obj, None, transaction, has_transaction)
+
+
+def unknown_action(command: Mapping[str, Any]) -> str | None:
+    """Why a command's action is refused, when it is a string naming no action; else None (a missing or
+    non-string action is left to the incident parser, which says so)."""
+    action = command.get("action")
+    if isinstance(action, str) and action not in ACTIONS:
+        return f"unknown action {action[:32]!r} ({', '.join(ACTIONS[:-1])} or {ACTIONS[-1]})"
+    return None
+
+
+def status_due(last_published_s: float, *, interval_s: float, changed_at_s: float | None = None,
+               min_interval_s: float = STATUS_MIN_INTERVAL_S) -> float:
+    """When the retained status is next published (monotonic seconds): ``interval_s`` after the last one;
+    after a change at ``changed_at_s``, as soon as ``min_interval_s`` has passed since the last one, so
+    that changes in between go out together in one status."""
+    periodic = last_published_s + interval_s
+    if changed_at_s is None:
+        return periodic
+    return min(periodic, max(changed_at_s, last_published_s + min_interval_s))
 
 
 def open_now_id(now_ns: int) -> str:
@@ -565,9 +589,11 @@ class MqttLink:
     # ----- publishing API (any thread; none of these block on the network) ---------------------------
     def status_changed(self) -> None:
         """Something in the status changed: publish soon, at most once per STATUS_MIN_INTERVAL_S."""
+        now = time.monotonic()
         with self._lock:
             s = self._schedule
-            soonest = s.last_status_monotonic + STATUS_MIN_INTERVAL_S
+            soonest = status_due(s.last_status_monotonic, interval_s=self._settings.mqtt.status_interval_s,
+                                 changed_at_s=now)
             s.status_due_monotonic = min(s.status_due_monotonic, soonest)
         self._wake.set()
 
@@ -615,7 +641,7 @@ class MqttLink:
                 status = connected or time.monotonic() >= s.status_due_monotonic
                 if status:
                     s.last_status_monotonic = time.monotonic()
-                    s.status_due_monotonic = s.last_status_monotonic + interval_s
+                    s.status_due_monotonic = status_due(s.last_status_monotonic, interval_s=interval_s)
             try:
                 self._publish_due(connected, removals, discovery, status, incidents)
             except Exception:  # a failing callback must not end the thread
@@ -762,11 +788,16 @@ class MqttLink:
         if envelope.command is None:
             reply: Mapping[str, Any] = command_result_for_error(
                 None, envelope.error or "malformed command").to_json_dict()
+        elif (problem := unknown_action(envelope.command)) is not None:
+            reply = {**command_result_for_error(envelope.command, problem).to_json_dict(), "action": None}
         else:
             command: Mapping[str, Any] = envelope.command
-            if command.get("action") == OPEN_NOW:
+            asked = command.get("action")
+            if asked == OPEN_NOW:
                 command = expand_open_now(command, self._clock_ns())
             reply = self._call_on_command(command)
+            if asked == OPEN_NOW:  # the reply names the action as the command did
+                reply = {**reply, "action": OPEN_NOW}
         if not reply.get("ok"):
             self._stats.count("command_errors")
         log.info("incident command topic=%s action=%s id=%s ok=%s duplicate=%s error=%s redelivered=%s",

@@ -21,8 +21,9 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ from .layout import partial_path, segment_path
 from .segfile import SealedSegment, SegmentMeta, SegmentWriter
 from .segmenter import Segmenter, SegmentSummary, SinkFailed
 from .source import NETWORK_KINDS, Source, is_live, open_source
+from .timefmt import rfc3339
 
 if TYPE_CHECKING:  # the health module (numpy) is imported only when a camera analyses its picture
     from .health import HealthChange, HealthWorker
@@ -47,6 +49,12 @@ CONTAINER = "mpegts"
 POLL_INTERVAL_S = 0.2
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 30.0
+# For the first FAST_RETRY_WINDOW_S of an outage a camera is retried at least every FAST_RETRY_MAX_S (a
+# rebooting camera or a switch port flapping is back within a minute: it records again within seconds).
+# After that the waits grow, doubling every further FAST_RETRY_WINDOW_S, up to BACKOFF_MAX_S.
+FAST_RETRY_WINDOW_S = 60.0
+FAST_RETRY_MAX_S = 3.0
+PAST_ERRORS_KEPT = 5  # a camera's errors that have ended, kept for the status
 RATE_WINDOW_S = 5  # fps and bitrate are averaged over this many whole seconds
 NS_PER_MS = 1_000_000
 NAME_COLLISION_TRIES = 1000
@@ -55,10 +63,16 @@ PENDING_RETRY_S = 1.0  # how often an unsealed segment's recovery is retried whi
 
 # ----- pure helpers -------------------------------------------------------------------------------------
 def backoff_delay(attempt: int, rand: Callable[[], float] = random.random,
-                  initial_s: float = BACKOFF_INITIAL_S, max_s: float = BACKOFF_MAX_S) -> float:
-    """Seconds to wait before reconnect ``attempt`` (0-based): doubling from ``initial_s`` up to ``max_s``,
-    with "equal jitter" (between half and all of it) so that many cameras do not retry in step."""
+                  initial_s: float = BACKOFF_INITIAL_S, max_s: float = BACKOFF_MAX_S, *,
+                  down_for_s: float = 0.0) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0-based) of an outage ``down_for_s`` old: doubling
+    from ``initial_s``, capped at FAST_RETRY_MAX_S while the outage is younger than FAST_RETRY_WINDOW_S,
+    then at a cap that doubles every further FAST_RETRY_WINDOW_S up to ``max_s``; with "equal jitter"
+    (between half and all of it) so that many cameras do not retry in step."""
     base = min(max_s, initial_s * 2 ** min(attempt, 30))
+    past_window_s = max(0.0, down_for_s - FAST_RETRY_WINDOW_S)
+    cap_s = FAST_RETRY_MAX_S * 2 ** min(past_window_s / FAST_RETRY_WINDOW_S, 30)
+    base = min(base, cap_s)
     return base / 2 + base / 2 * rand()
 
 
@@ -73,6 +87,18 @@ def stall_age_s(now_s: float, attempt_started_s: float, last_packet_s: float | N
     last packet)."""
     since = attempt_started_s if last_packet_s is None else max(attempt_started_s, last_packet_s)
     return max(0.0, now_s - since)
+
+
+@dataclass(frozen=True)
+class CameraError:
+    """One error of a camera: ``message``, first seen at ``since_ns``, last seen at ``at_ns`` (a retry that
+    fails the same way), and, once it has ended (the camera recovered, or failed otherwise),
+    ``until_ns``."""
+
+    message: str
+    since_ns: int
+    at_ns: int
+    until_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +143,7 @@ class RecorderStats:
     last_packet_age_s: float | None
     segments: int  # sealed by this recorder since it started
     bytes: int  # segment file bytes sealed by this recorder
-    last_error: str | None
+    error: CameraError | None  # the current error; None once the camera recovered
     reconnects: int
     dropped_packets: int = 0  # leading non-keyframes, refused by the muxer, or while the disk was full
     health: dict[str, Any] | None = None
@@ -126,6 +152,12 @@ class RecorderStats:
     last_gap: tuple[int, int, str] | None = None  # (from_ns, to_ns, reason) of the last gap reported
     stalls: int = 0  # connections closed by the stall watchdog
     discontinuities: int = 0  # timestamp jumps repaired (each also cuts the segment)
+    past_errors: tuple[CameraError, ...] = ()  # errors that have ended, oldest first
+
+    @property
+    def last_error(self) -> str | None:
+        """The current error's message."""
+        return self.error.message if self.error is not None else None
 
 
 @dataclass(frozen=True)
@@ -243,7 +275,8 @@ class Recorder:
         self._last_packet_mono: float | None = None
         self._segments = 0
         self._bytes = 0
-        self._last_error: str | None = None
+        self._error: CameraError | None = None
+        self._past_errors: deque[CameraError] = deque(maxlen=PAST_ERRORS_KEPT)
         self._reconnects = 0
         self._dropped = 0
         self._gap_from_ns: int | None = None  # start of a gap in the footage not reported yet
@@ -309,7 +342,7 @@ class Recorder:
                 last_packet_age_s=None if last is None else max(0.0, now - last),
                 segments=self._segments,
                 bytes=self._bytes,
-                last_error=self._last_error,
+                error=self._error,
                 reconnects=self._reconnects,
                 dropped_packets=self._dropped,
                 health=health,
@@ -318,11 +351,13 @@ class Recorder:
                 last_gap=self._last_gap,
                 stalls=self._stalls,
                 discontinuities=self._discontinuities,
+                past_errors=tuple(self._past_errors),
             )
 
     # ----- the recording thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         attempt = 0
+        outage_started_s: float | None = None  # monotonic: when the camera last stopped delivering
         self._started_wall_ns = self._clock.wall_ns()
         try:
             while not self._stop.is_set():
@@ -334,10 +369,11 @@ class Recorder:
                     self.finished = True
                     log.info("source ended camera=%s", self.camera.name)
                     break
-                if outcome.packets:
-                    attempt = 0
+                now_s = time.monotonic()
+                if outcome.packets or outage_started_s is None:
+                    attempt, outage_started_s = 0, now_s
                 self._went_down(outcome.reason)
-                delay = backoff_delay(attempt, self._rand)
+                delay = backoff_delay(attempt, self._rand, down_for_s=now_s - outage_started_s)
                 attempt += 1
                 with self._lock:
                     self._reconnects += 1
@@ -433,8 +469,10 @@ class Recorder:
                     self._last_packet_mono = now
                     self._rate.add(now, packet.size)
                 self._last_packet_wall_ns = arrival_ns
-                if count == 1 and self._down is not None:
-                    self._came_up(arrival_ns)
+                if count == 1:
+                    self._error_ended(arrival_ns)  # the camera delivers again
+                    if self._down is not None:
+                        self._came_up(arrival_ns)
                 if health is not None and packet.is_keyframe:
                     health.offer(packet, codec_context=codec_context)
                 segmenter.push(packet, arrival_ns)
@@ -613,6 +651,7 @@ class Recorder:
     def _after_seal(self, sealed: SealedSegment, end_ns: int) -> None:
         self.chain = ChainState(next_sequence=sealed.meta.sequence + 1, prev_digest=sealed.digest)
         self._last_end_ns = end_ns
+        self._error_ended(self._clock.wall_ns())  # a sealed segment: writing works again
         with self._lock:
             self._segments += 1
             self._bytes += sealed.size_bytes
@@ -631,8 +670,8 @@ class Recorder:
             from_ns = max(from_ns, self._last_end_ns)
         if to_ns <= from_ns:
             return
-        log.info("footage gap camera=%s from_ns=%d to_ns=%d reason=%s", self.camera.name, from_ns, to_ns,
-                 self._gap_reason)
+        log.info("footage gap camera=%s from=%s to=%s seconds=%.1f reason=%s", self.camera.name,
+                 rfc3339(from_ns), rfc3339(to_ns), (to_ns - from_ns) / 1e9, self._gap_reason)
         with self._lock:
             self._last_gap = (from_ns, to_ns, self._gap_reason)
         try:
@@ -672,7 +711,7 @@ class Recorder:
             phase = "recording" if attempt.source is not None else "connecting"
             attempt.stall_reason = f"stalled: no packet for {age_s:.1f} s while {phase}"
             self._stalls += 1
-            self._last_error = attempt.stall_reason
+            self._note_error(attempt.stall_reason)
             attempt.cancel.set()
             if attempt.source is not None:
                 attempt.source.interrupt()
@@ -711,4 +750,26 @@ class Recorder:
             if connected is not None:
                 self._connected = connected
             if last_error is not None:
-                self._last_error = last_error
+                self._note_error(last_error)
+
+    def _note_error(self, message: str) -> None:
+        """Make ``message`` the current error (call with the lock held). The same error again (a retry
+        failing the same way) only moves its ``at_ns``; another one ends the current one."""
+        now_ns = self._clock.wall_ns()
+        current = self._error
+        if current is not None and current.message == message:
+            self._error = replace(current, at_ns=now_ns)
+            return
+        if current is not None:
+            self._past_errors.append(replace(current, until_ns=now_ns))
+        self._error = CameraError(message, now_ns, now_ns)
+
+    def _error_ended(self, now_ns: int) -> None:
+        """The camera works again (a packet after connecting, a sealed segment): its current error, if
+        any, becomes a past one."""
+        with self._lock:
+            current = self._error
+            if current is None:
+                return
+            self._past_errors.append(replace(current, until_ns=now_ns))
+            self._error = None

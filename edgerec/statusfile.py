@@ -20,6 +20,7 @@ import yaml
 
 from .errors import EdgerecError
 from .fsutil import create_private
+from .humanize import local_time_text
 from .redact import redact_obj
 
 STATUS_FILE_NAME = "status.json"
@@ -295,13 +296,32 @@ def _camera_lines(name: str, cam: dict[str, Any], now_s: float) -> list[str]:
         f"gaps {cam.get('gaps', 0)}",
     ]
     if cam.get("down_since"):
-        lines.append(f"    DOWN since {cam['down_since']} ({age_since(cam['down_since'], now_s)}): "
+        since = cam["down_since"]
+        lines.append(f"    DOWN since {local_time_text(since)} ({age_since(since, now_s)}): "
                      f"{cam.get('down_reason') or 'unknown reason'}")
     gap = cam.get("last_gap")
     if isinstance(gap, dict) and gap.get("from"):
-        lines.append(f"    last gap {gap.get('from')} .. {gap.get('to', '?')}: {gap.get('reason', '?')}")
-    if cam.get("last_error"):
+        lines.append(f"    last gap {local_time_text(gap.get('from'))} .. "
+                     f"{local_time_text(gap.get('to'), '?')}: {gap.get('reason', '?')}")
+    lines.extend(_camera_error_lines(cam, now_s))
+    return lines
+
+
+def _camera_error_lines(cam: dict[str, Any], now_s: float) -> list[str]:
+    """The camera's current error (gone once it delivers again), then the last few that have ended."""
+    lines = []
+    error = cam.get("error")
+    if isinstance(error, dict):
+        lines.append(f"    ERROR now, since {local_time_text(error.get('since'))} "
+                     f"(last seen {age_since(error.get('at'), now_s)}): {error.get('message', '?')}")
+    elif cam.get("last_error"):  # a daemon from before current and past errors were told apart
         lines.append(f"    last error: {cam['last_error']}")
+    past = [e for e in cam.get("past_errors") or [] if isinstance(e, dict)]
+    if past:
+        lines.append(f"    past errors (ended; the camera recovered), last {len(past)}:")
+        for e in reversed(past):
+            lines.append(f"      {local_time_text(e.get('since'))} .. {local_time_text(e.get('until'))}: "
+                         f"{e.get('message', '?')}")
     return lines
 
 
@@ -391,10 +411,11 @@ def format_status(status: dict[str, Any], now: float | datetime | None = None) -
     lines.append(_mqtt_line(status.get("mqtt")))
     errors = status.get("last_errors") or []
     if errors:
-        lines.append("last errors:")
+        lines.append("recent daemon errors (a record, not necessarily still so):")
         for err in errors[-10:]:
             if isinstance(err, dict):
-                lines.append(f"  {err.get('at', '?')} {err.get('message', '')}")
+                lines.append(f"  {local_time_text(err.get('at'), '?')} ({age_since(err.get('at'), now_s)}): "
+                             f"{err.get('message', '')}")
             else:
                 lines.append(f"  {err}")
     return "\n".join(lines)

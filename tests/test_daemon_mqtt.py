@@ -223,6 +223,46 @@ def test_bad_command_gets_an_error_reply_and_changes_nothing(running: Running, p
     assert running.daemon.proc.poll() is None
 
 
+def test_status_is_not_published_per_segment_but_a_change_goes_out_within_a_second_or_two(
+        running: Running) -> None:
+    """1 s segments, status_interval_s 30: a sealed segment is not news, so a window of several seals sees
+    at most one status (a change such as the link's subscription may fall in it), not one per seal. A
+    change that is news (an incident opened) is published at once."""
+    setup, listener = running.setup, running.listener
+    status_topic = f"{setup.base}/status"
+    listener.wait_for(status_topic, lambda m: m.json()["cameras"].get("gate", {}).get("state") == "recording"
+                      and m.json()["mqtt"]["subscribed"], timeout_s=15)
+    window_s = 6.0
+    time.sleep(1.5)  # let start-up's changes (camera up, subscription) go out before the window
+    before = len(sealed_segments(setup.data_dir))
+    listener.clear()
+    time.sleep(window_s)
+    sealed = len(sealed_segments(setup.data_dir)) - before
+    statuses = listener.on(status_topic)
+    assert sealed >= 4, f"only {sealed} segments sealed in {window_s} s"
+    assert len(statuses) <= 1, f"{len(statuses)} statuses while {sealed} segments were sealed"
+
+    incident_id = f"NEWS-{uuid.uuid4().hex[:8]}"
+    sent = time.monotonic()
+    reply = command(listener, setup, {"action": "open_now", "id": incident_id, "by": "pytest"}, "t-news")
+    assert reply["ok"] is True
+    news = listener.wait_for(status_topic, lambda m: m.json()["incidents_open"] >= 1, timeout_s=5)
+    assert news.at_monotonic - sent <= 2.5
+    assert command(listener, setup, {"action": "close", "id": incident_id, "by": "pytest"}, "t-news2")["ok"]
+
+
+def test_replies_name_the_action_as_the_command_did(running: Running) -> None:
+    setup, listener = running.setup, running.listener
+    incident_id = f"NOW-{uuid.uuid4().hex[:8]}"
+    opened = command(listener, setup, {"action": "open_now", "id": incident_id, "by": "pytest"}, "t-now")
+    assert opened["action"] == "open_now" and opened["ok"] is True and opened["id"] == incident_id
+    closed = command(listener, setup, {"action": "close", "id": incident_id, "by": "pytest"}, "t-close-now")
+    assert closed["action"] == "close" and closed["ok"] is True
+    refused = command(listener, setup, {"action": "explode", "id": "X"}, "t-explode")
+    assert refused["ok"] is False and refused["action"] is None
+    assert refused["error"] == "unknown action 'explode' (open, close or open_now)"
+
+
 def test_incident_opened_with_the_cli_is_published(running: Running) -> None:
     setup = running.setup
     wait_for_segments(setup.data_dir, 1, "a sealed segment", running.daemon)

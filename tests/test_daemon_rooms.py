@@ -24,9 +24,10 @@ from edgerec.daemon.status import (
     StatusInputs,
     build_status,
     status_line,
+    status_news,
 )
 from edgerec.daemon.worker import Worker
-from edgerec.recorder import RecorderStats
+from edgerec.recorder import CameraError, RecorderStats
 from tests.helpers.daemon import wait_for
 
 GATE = CameraConfig("gate", "rtsp://127.0.0.1:8554/gate")
@@ -110,7 +111,7 @@ def test_the_disk_full_gate_reports_each_change_once() -> None:
 def stats(camera: str, state: str = "recording") -> RecorderStats:
     return RecorderStats(camera=camera, state=state, connected=state == "recording", fps=10.004,
                          bitrate_bps=1234.5, last_packet_monotonic=1.0, last_packet_age_s=0.123,
-                         segments=3, bytes=300, last_error=None, reconnects=0)
+                         segments=3, bytes=300, error=None, reconnects=0)
 
 
 def inputs(**changes: object) -> StatusInputs:
@@ -144,6 +145,41 @@ def test_the_status_says_disk_full_and_names_a_recorder_that_would_not_stop() ->
     st = build_status(inputs(disk_full=True, recorders_not_stopped={"gate": 12.345}))
     assert st["state"] == "disk_full" and st["retention"]["disk_full"] is True
     assert st["recorders_not_stopped"] == {"gate": 12.3}
+
+
+def test_a_cameras_current_error_and_past_errors_are_shown_with_their_times() -> None:
+    now_error = CameraError("connection refused", since_ns=10 * 10**9, at_ns=20 * 10**9)
+    ended = CameraError("stalled: no packet for 10.0 s while recording", 1 * 10**9, 2 * 10**9, 3 * 10**9)
+    yard = replace(stats("yard", "backoff"), error=now_error, past_errors=(ended,))
+    st = build_status(inputs(cameras={"gate": CameraStatus(stats("gate"), 0), "yard": CameraStatus(yard, 0)}))
+    assert st["cameras"]["gate"]["error"] is None and st["cameras"]["gate"]["past_errors"] == []
+    assert st["cameras"]["yard"]["error"] == {
+        "message": "connection refused", "since": "1970-01-01T00:00:10.000Z",
+        "at": "1970-01-01T00:00:20.000Z"}
+    assert st["cameras"]["yard"]["past_errors"] == [{
+        "message": ended.message, "since": "1970-01-01T00:00:01.000Z", "at": "1970-01-01T00:00:02.000Z",
+        "until": "1970-01-01T00:00:03.000Z"}]
+
+
+def test_status_news_ignores_what_every_sealed_segment_changes_and_sees_what_matters() -> None:
+    base = build_status(inputs())
+    sealed = build_status(inputs(
+        now_ns=86_401 * 10**9, uptime_s=13.0, disk=DiskUsage(total=1000, used=760, free=240),
+        facts=replace(inputs().facts, summaries={"gate": CameraSummary("gate", 6, 600, 3600 * 10**9,
+                                                                      7201 * 10**9)}, held_bytes=120)))
+    assert status_news(sealed) == status_news(base)
+    assert status_news({**sealed, "mqtt": {"enabled": True, "published": 99}}) == status_news(base)
+    yard_down = replace(stats("yard", "backoff"), error=CameraError("connection refused", 1, 1))
+    changes = [
+        inputs(cameras={"gate": CameraStatus(stats("gate", "backoff"), 0),
+                        "yard": CameraStatus(stats("yard", "backoff"), 0)}),
+        inputs(cameras={"gate": CameraStatus(stats("gate"), 2), "yard": CameraStatus(yard_down, 0)}),
+        inputs(disk_full=True),
+        inputs(facts=replace(inputs().facts, open_incident_ids=frozenset({"A"}))),
+        inputs(last_errors=[{"at": "t", "message": "config reload rejected"}]),
+    ]
+    for changed in changes:
+        assert status_news(build_status(changed)) != status_news(base)
 
 
 # ----- worker ----------------------------------------------------------------------------------------------

@@ -396,7 +396,7 @@ def test_status_command_reports_the_running_daemon_from_the_runtime_directory_wi
         assert 10 <= gate["fps"] <= 30  # 25 fps, averaged over a window that may hold the start-up second
         assert gate["bitrate_bps"] > 0
         assert door["state"] in ("backoff", "connecting") and door["connected"] is False
-        assert "Connection refused" in door["last_error"]
+        assert "Connection refused" in door["error"]["message"]
         assert st["disk"]["free_bytes"] > 0 and st["disk"]["total_bytes"] >= st["disk"]["free_bytes"]
         assert st["oldest_footage_age_s"] is not None
         assert st["incidents_open"] == 1

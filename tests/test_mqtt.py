@@ -4,6 +4,7 @@ TLS with passwords and ACLs, and Home Assistant discovery."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import socket
@@ -37,6 +38,8 @@ from edgerec.mqtt import (
     open_now_id,
     read_password_file,
     stale_discovery_topics,
+    status_due,
+    unknown_action,
 )
 from edgerec.timefmt import rfc3339
 from tests.helpers.broker import (
@@ -180,6 +183,32 @@ def test_finish_reply_echoes_a_null_transaction_only_when_sent() -> None:
     assert json.loads(finish_reply({"ok": True}, with_null, "d1")) == {"ok": True, "device_id": "d1",
                                                                       "transaction": None}
     assert "transaction" not in json.loads(finish_reply({"ok": True}, without, "d1"))
+
+
+def test_unknown_action_lists_every_action_the_command_topic_takes() -> None:
+    assert unknown_action({"action": "explode"}) == "unknown action 'explode' (open, close or open_now)"
+    for action in ("open", "close", "open_now"):
+        assert unknown_action({"action": action}) is None
+    # A missing or non-string action is the incident parser's to explain.
+    assert unknown_action({}) is None and unknown_action({"action": 5}) is None
+
+
+def test_status_goes_out_every_interval_and_on_a_change_at_most_once_a_second() -> None:
+    # No change: the interval after the last one.
+    assert status_due(100.0, interval_s=30.0) == 130.0
+    # A change right after a publication waits for the second to pass; a change later goes out at once.
+    assert status_due(100.0, interval_s=30.0, changed_at_s=100.2) == 101.0
+    assert status_due(100.0, interval_s=30.0, changed_at_s=105.0) == 105.0
+    # Never later than the periodic one (an interval shorter than a second).
+    assert status_due(100.0, interval_s=0.5, changed_at_s=100.1) == 100.5
+    # Changes every 0.1 s for 10 s (a segment sealed each time) make at most one status a second.
+    published, last = [], float("-inf")
+    for tick in range(100):
+        now = tick / 10
+        if now >= status_due(last, interval_s=30.0, changed_at_s=now):
+            published.append(now)
+            last = now
+    assert len(published) == 10 and all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(published))
 
 
 def test_open_now_expands_to_an_open_ended_open_for_every_camera() -> None:

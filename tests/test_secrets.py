@@ -60,7 +60,7 @@ def test_a_planted_password_reaches_no_output(tmp_path: Path, officer: OfficerKe
                     return False
                 cams = status["cameras"]
                 failing = ("userinfo", "query", "program", "fromfile")
-                return segment_count(data_dir) >= 2 and all(cams.get(n, {}).get("last_error")
+                return segment_count(data_dir) >= 2 and all(cams.get(n, {}).get("error")
                                                             for n in failing)
 
             wait_for(failed_everywhere, 60, "every failing camera to report its error and gate to record")
@@ -100,4 +100,4 @@ def test_a_planted_password_reaches_no_output(tmp_path: Path, officer: OfficerKe
     assert f"rtsp://admin:***@127.0.0.1:{closed}/s" in log
     assert "password=***" in log
     assert "--password ***" in log
-    assert json.loads(status_text)["cameras"]["fromfile"]["last_error"]
+    assert json.loads(status_text)["cameras"]["fromfile"]["error"]["message"]

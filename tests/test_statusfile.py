@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,12 +51,17 @@ def sample_status(**overrides) -> dict:
                 "state": "recording", "connected": True, "fps": 25.0, "bitrate_bps": 2_100_000,
                 "last_packet_age_s": 0.04, "segments": 1234, "bytes": 12_300_000_000,
                 "oldest": rfc3339(NOW - 27 * 86400 - 23 * 3600), "newest": rfc3339(NOW - 30),
-                "health": {"frozen": False, "dark": False}, "last_error": None, "reconnects": 3, "gaps": 1,
+                "health": {"frozen": False, "dark": False}, "error": None, "reconnects": 3, "gaps": 1,
+                "past_errors": [{"message": "stalled: no packet for 10.0 s while recording",
+                                 "since": rfc3339(NOW - 3600), "at": rfc3339(NOW - 3590),
+                                 "until": rfc3339(NOW - 3580)}],
             },
             "yard": {
                 "state": "backoff", "connected": False, "fps": 0.0, "bitrate_bps": 0,
                 "last_packet_age_s": None, "segments": 0, "bytes": 0, "oldest": None, "newest": None,
-                "health": {"covered": True}, "last_error": "rtsp://10.0.0.9/s1: connection refused",
+                "health": {"covered": True}, "past_errors": [],
+                "error": {"message": "rtsp://10.0.0.9/s1: connection refused", "since": rfc3339(NOW - 300),
+                          "at": rfc3339(NOW - 2)},
                 "reconnects": 7, "gaps": 2,
             },
         },
@@ -164,7 +170,17 @@ def test_unserialisable_values_are_written_as_text_rather_than_crashing(tmp_path
     assert read_status(path, now=NOW)["data_dir"] == str(tmp_path)
 
 
-def test_format_status_summarises_daemon_cameras_disk_incidents_and_errors():
+@pytest.fixture
+def utc_local_time(monkeypatch):
+    """Local time is UTC: the human output's local times are predictable."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_format_status_summarises_daemon_cameras_disk_incidents_and_errors(utc_local_time):
     text = format_status({**sample_status(), "age_s": 2.0, "stale": False}, NOW)
     lines = text.splitlines()
     assert lines[0] == "edgerec 0.1.0 device pi-gate: recording (pid 4321, up 3d 4h)"
@@ -174,13 +190,20 @@ def test_format_status_summarises_daemon_cameras_disk_incidents_and_errors():
     assert "    health ok, reconnects 3, gaps 1" in lines
     assert "  yard: backoff, not connected, no packet yet, 0.0 fps, 0 kbit/s" in lines
     assert "    health covered, reconnects 7, gaps 2" in lines
-    assert "    last error: rtsp://10.0.0.9/s1: connection refused" in lines
+    # The current error with its time; the camera that recovered shows its error as past, with both times.
+    assert ("    ERROR now, since 2024-05-01 11:55:00 UTC (last seen 2.0s ago): rtsp://10.0.0.9/s1: "
+            "connection refused") in lines
+    assert "    past errors (ended; the camera recovered), last 1:" in lines
+    assert ("      2024-05-01 11:00:00 UTC .. 2024-05-01 11:00:20 UTC: stalled: no packet for 10.0 s while "
+            "recording") in lines
+    assert not any(line.startswith("    ERROR") for line in text.split("  yard:")[0].splitlines())
     assert "disk: 45.2 GB free (62.1%) of 58.0 GB, 12.8 GB used" in lines
     assert "retention: 28 days, oldest footage 27d 23h, last sweep 4m 0s ago (deleted 12)" in lines
     assert "incidents: 2 open, 1.2 GB held" in lines
     assert f"audit log: 57 lines, head 57:{'ab' * 32}" in lines
     assert "mqtt: connected (queued=0)" in lines
-    assert lines[-2:] == ["last errors:", "  2024-05-01T11:50:00.000Z recorder for yard died"]
+    assert lines[-2:] == ["recent daemon errors (a record, not necessarily still so):",
+                          "  2024-05-01 11:50:00 UTC (10m 0s ago): recorder for yard died"]
     assert "WARNING" not in text and "NOT SYNCED" not in text
 
 

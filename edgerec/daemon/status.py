@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..catalog import CameraSummary, Catalog
     from ..config import IncidentsConfig
     from ..incidents import IncidentService
-    from ..recorder import RecorderStats
+    from ..recorder import CameraError, RecorderStats
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,16 @@ def _age(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
+def camera_error(error: CameraError | None) -> dict[str, Any] | None:
+    """A camera's error for the status: its message, since when, last seen, and (past errors) until."""
+    if error is None:
+        return None
+    out = {"message": error.message, "since": rfc3339(error.since_ns), "at": rfc3339(error.at_ns)}
+    if error.until_ns is not None:
+        out["until"] = rfc3339(error.until_ns)
+    return out
+
+
 def camera_status(cam: CameraStatus, facts: CatalogFacts) -> dict[str, Any]:
     st = cam.stats
     summary = facts.summaries.get(st.camera)
@@ -103,7 +113,9 @@ def camera_status(cam: CameraStatus, facts: CatalogFacts) -> dict[str, Any]:
         "oldest": rfc3339(summary.oldest_start_ns) if summary else None,
         "newest": rfc3339(summary.newest_end_ns) if summary else None,
         "health": st.health,
-        "last_error": st.last_error,
+        # The error now (null once the camera delivers again), and the last few that have ended.
+        "error": camera_error(st.error),
+        "past_errors": [camera_error(e) for e in st.past_errors],
         "reconnects": st.reconnects,
         "gaps": facts.gaps.get(st.camera, 0),
         "down_since": rfc3339(st.down_since_ns),
@@ -160,6 +172,31 @@ def build_status(i: StatusInputs) -> dict[str, Any]:
 def camera_states(stats: Mapping[str, RecorderStats]) -> dict[str, tuple[str, bool]]:
     """What a status change is made of, per camera (cheap enough for every tick)."""
     return {name: (st.state, st.connected) for name, st in stats.items()}
+
+
+def status_news(status: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The part of a status whose change is news: published at once (coalesced by the MQTT link to one
+    status a second). Counters, ages and the newest footage change with every sealed segment: they go
+    out with the periodic status (mqtt.status_interval_s)."""
+    cameras = status.get("cameras") or {}
+
+    def camera(c: Mapping[str, Any]) -> tuple[Any, ...]:
+        health = c.get("health") or {}
+        error = c.get("error") or {}
+        return (c.get("state"), c.get("connected"), c.get("down_since"), health.get("state"),
+                tuple(health.get("active") or ()), error.get("message"))
+
+    errors = status.get("last_errors") or []
+    return (
+        status.get("state"),
+        (status.get("clock") or {}).get("synced"),
+        status.get("incidents_open"),
+        (status.get("retention") or {}).get("disk_full"),
+        tuple(sorted(status.get("recorders_not_stopped") or {})),
+        # The newest daemon error (the list is capped, so its length stops changing).
+        tuple(sorted(errors[-1].items())) if errors else None,
+        tuple((name, camera(c)) for name, c in sorted(cameras.items())),
+    )
 
 
 def status_line(status: Mapping[str, Any]) -> str:

@@ -51,6 +51,7 @@ from .status import (
     error_entry,
     read_catalog_facts,
     status_line,
+    status_news,
 )
 from .worker import Worker
 
@@ -159,6 +160,7 @@ class Daemon:
         self._facts_wanted = threading.Event()
         self._next_facts_monotonic = 0.0
         self._snapshot_cameras: dict[str, tuple[str, bool]] = {}
+        self._snapshot_news: tuple[Any, ...] | None = None  # status_news of the last snapshot
         self._last_disk_low_monotonic = float("-inf")
         # Why retention may not run in this process (None: it may): deleting without every hold known
         # could delete footage an incident keeps.
@@ -195,7 +197,9 @@ class Daemon:
         cfg = self.config
         # Footage metadata, the catalog and logs are nobody else's business, also outside systemd's UMask.
         os.umask(0o077)
-        tightened = fsutil.ensure_private_dir(cfg.data_dir)  # raises when the directory is another user's
+        # Raises when the directory is another user's, or cannot be made or written (one line, exit 2).
+        source = None if cfg.source_path is None else str(cfg.source_path)
+        tightened = fsutil.prepare_data_dir(cfg.data_dir, source)
         if tightened:
             log.warning("%s", tightened)
         self.signing_key = keys.load_or_create_device_key(cfg.data_dir)
@@ -808,7 +812,9 @@ class Daemon:
 
     def _write_status(self, now: float) -> None:
         """Rebuild the status snapshot every STATUS_FILE_INTERVAL_S, or on the next tick when something
-        changed (an event, a camera's state), and hand it to the status file, systemd and MQTT."""
+        changed (an event, a camera's state, a segment catalogued), and hand it to the status file and
+        systemd; MQTT is told only of news (``status_news``): a sealed segment waits for the periodic
+        status, or MQTT would publish one per segment."""
         states = camera_states({n: s.recorder.stats() for n, s in self.slots.items()})
         changed = self._status_dirty.is_set() or states != self._snapshot_cameras
         if not changed and now < self._next_status_monotonic:
@@ -822,8 +828,9 @@ class Daemon:
             return
         self.status_snapshot = status  # replaced, never changed in place: readers may be serialising it
         self._snapshot_cameras = {n: (c["state"], c["connected"]) for n, c in status["cameras"].items()}
+        news, self._snapshot_news = self._snapshot_news, status_news(status)
         link = self.mqtt
-        if changed and link is not None:
+        if news != self._snapshot_news and link is not None:
             link.status_changed()
         try:
             statusfile.write_status(self.status_path, status)
