@@ -44,6 +44,7 @@ TIMELINES = ("arrival", "stream")
 # with B-frames the next ones no dts) and, on the arrival timeline, until this much local time has passed:
 # packets that FFmpeg buffered while probing arrive in one burst, so the first keyframe's arrival is late.
 RUN_START_HOLD_S = 0.5
+RUN_START_BURST_S = 1.0  # ...or until the held packets span this much stream time
 RUN_START_MAX_PACKETS = 250  # never hold more (a stream whose timestamps never appear)
 BACKLOG_MIN_S = 0.1  # a first keyframe later than this behind the packets after it came in a backlog
 
@@ -304,6 +305,7 @@ class Segmenter:
         camera: str = "",
         timeline: str = "stream",
         audio_template: Any = None,
+        backlog_hold: bool = False,
     ):
         if segment_seconds <= 0:
             raise ValueError("segment_seconds must be positive")
@@ -311,6 +313,8 @@ class Segmenter:
             raise ValueError(f"timeline must be one of {TIMELINES}")
         self.template = template
         self.audio_template = audio_template
+        # Network cameras: FFmpeg buffers packets while it probes them, then hands them on in one burst.
+        self.backlog_hold = backlog_hold and timeline == "arrival"
         self.timeline = timeline
         self.segment_seconds = segment_seconds
         self._open_sink = open_sink
@@ -451,7 +455,16 @@ class Segmenter:
             return True
         if last.pts is None or last.dts is None:
             return False  # the timestamps of the packets before it are not known yet
-        return self.timeline != "arrival" or last_arrival_ns - held[0][1] >= RUN_START_HOLD_S * NS_PER_S
+        if not self.backlog_hold or last_arrival_ns - held[0][1] >= RUN_START_HOLD_S * NS_PER_S:
+            return True
+        # A burst that already spans this much stream time is released without waiting for more packets
+        # (a camera program may send its buffer and then go quiet).
+        first_pts = held[0][0].pts if held[0][0].pts is not None else held[0][0].dts
+        if first_pts is None:
+            first_pts = last.dts - (len(held) - 1) * frame_ticks_for(self.template, _fraction(last.time_base)
+                                                                       or MUX_TIME_BASE)
+        tb = _fraction(last.time_base) or MUX_TIME_BASE
+        return (last.pts - first_pts) * tb >= RUN_START_BURST_S
 
     def _release(self, held: list[tuple[Any, int]]) -> None:
         """Give the held packets the timestamps they lack, anchor the run and push them on."""
