@@ -211,6 +211,7 @@ class _Mp4Remuxer:
         os.close(create_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
         self._container = av.open(str(self.path), "w", format="mp4", options=dict(MP4_OPTIONS))
         self._stream = self._container.add_stream_from_template(template)
+        tag_for_apple_players(self._stream)
         self._params = self.params_of(template)
         self._time_base = _fraction(template.time_base) or Fraction(1, 90_000)
 
@@ -258,6 +259,14 @@ class _Mp4Remuxer:
         if self._container is not None:
             self._container.close()
             self._container = None
+
+
+def tag_for_apple_players(stream: Any) -> None:
+    """H.265 in MP4 as ``hvc1`` (parameter sets in the sample description), which Apple players require;
+    FFmpeg's default ``hev1`` they refuse to open. (An output stream's codec is the encoder, ``libx265``:
+    its canonical name is the codec's.)"""
+    if stream.codec_context.codec.canonical_name == "hevc":
+        stream.codec_context.codec_tag = "hvc1"
 
 
 def _frame_ticks(packets: list[Any], stream: Any, tb: Fraction) -> int:

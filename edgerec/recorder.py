@@ -430,7 +430,8 @@ class Recorder:
         segmenter = Segmenter(source.stream, segment_seconds=self.segment_seconds,
                               open_sink=self._open_writer, close_sink=self._seal_writer,
                               abort_sink=self._abandon_writer, camera=self.camera.name,
-                              timeline=timeline_for(self.camera))
+                              timeline=timeline_for(self.camera),
+                              backlog_hold=self.camera.kind in NETWORK_KINDS)
         self._set(state="recording", connected=True)
         packets = 0
         error: str | None = None

@@ -40,6 +40,13 @@ DEFAULT_FRAME_RATE = Fraction(25)
 MUX_TIME_BASE = Fraction(1, 90_000)  # MPEG-TS counts in 90 kHz ticks
 TS_MUXER_OPTIONS = {"flush_packets": "1"}  # hand each packet's bytes to the sink at once
 TIMELINES = ("arrival", "stream")
+# A run's first packets are held until their timestamps are known (RTSP gives the first keyframe none, and
+# with B-frames the next ones no dts) and, on the arrival timeline, until this much local time has passed:
+# packets that FFmpeg buffered while probing arrive in one burst, so the first keyframe's arrival is late.
+RUN_START_HOLD_S = 0.5
+RUN_START_BURST_S = 1.0  # ...or until the held packets span this much stream time
+RUN_START_MAX_PACKETS = 250  # never hold more (a stream whose timestamps never appear)
+BACKLOG_MIN_S = 0.1  # a first keyframe later than this behind the packets after it came in a backlog
 
 
 class SegmentSink(Protocol):
@@ -70,6 +77,7 @@ class SegmenterCounters:
     discontinuities: int = 0  # jumps that re-based the stream
     mux_errors: int = 0  # packets the muxer refused (dropped)
     segments: int = 0
+    audio_dropped: int = 0  # audio packets outside a segment or with unusable timestamps
 
 
 class SinkFailed(Exception):
@@ -148,6 +156,40 @@ def repair_timestamps(
     return Repaired(out_pts, out_dts, new_state, changed, rebased)
 
 
+def infer_leading_timestamps(stamps: list[tuple[int | None, int | None]], frame_ticks: int,
+                             ) -> list[tuple[int | None, int | None]]:
+    """Fill in the timestamps a run's first packets lack, counting frames back from the last packet that
+    has both: its dts minus one frame per packet for a missing dts; for a missing pts, the dts (the first
+    packet, a keyframe, gets one frame before the earliest pts after it instead, which is where a closed
+    GOP's first picture is shown). Packets after the last complete one are left as they are."""
+    complete = [i for i, (pts, dts) in enumerate(stamps) if pts is not None and dts is not None]
+    anchor = complete[-1] if complete else None
+    if anchor is None:
+        return list(stamps)
+    anchor_dts = stamps[anchor][1]
+    assert anchor_dts is not None
+    filled = []
+    for i, (pts, dts) in enumerate(stamps[:anchor + 1]):
+        dts = anchor_dts - (anchor - i) * frame_ticks if dts is None else dts
+        filled.append((pts, dts))
+    out: list[tuple[int | None, int | None]] = [(dts if pts is None else pts, dts) for pts, dts in filled]
+    if filled[0][0] is None and len(filled) > 1:
+        first_dts = filled[0][1]
+        out[0] = (max(first_dts, min(pts for pts, _ in out[1:] if pts is not None) - frame_ticks), first_dts)
+    return out + list(stamps[anchor + 1:])
+
+
+def backlog_anchor_ns(arrivals_ns: list[int], pts: list[int], ns_per_tick: Fraction,
+                      min_backlog_ns: int = round(BACKLOG_MIN_S * NS_PER_S)) -> int:
+    """When the first of these packets (a keyframe) was really sent. No packet arrives before it was
+    made, so the keyframe is at most ``arrival - (pts - pts_key)`` for every packet after it; the tightest
+    bound wins when it shows a backlog (the packets FFmpeg buffered while it probed the camera), else the
+    keyframe's own arrival stands (jitter of a few milliseconds is not worth moving the start)."""
+    first_arrival, first_pts = arrivals_ns[0], pts[0]
+    bound = min(a - int((p - first_pts) * ns_per_tick) for a, p in zip(arrivals_ns, pts, strict=True))
+    return bound if first_arrival - bound >= min_backlog_ns else first_arrival
+
+
 def is_segment_start(is_keyframe: bool, pts: int | None, dts: int | None) -> bool:
     """A segment may only start on a keyframe that has its timestamps."""
     return is_keyframe and dts is not None and pts is not None
@@ -224,7 +266,8 @@ class _SinkAdapter:
 
 
 class _OpenSegment:
-    def __init__(self, template: Any, sink: SegmentSink, start_ns: int, first_pts: int, time_base: Fraction):
+    def __init__(self, template: Any, sink: SegmentSink, start_ns: int, first_pts: int, time_base: Fraction,
+                 audio_template: Any = None):
         self.sink = sink
         self.adapter = _SinkAdapter(sink)
         self.start_ns = start_ns
@@ -234,6 +277,10 @@ class _OpenSegment:
         self.frames = 0
         self.container = av.open(self.adapter, "w", format="mpegts", options=dict(TS_MUXER_OPTIONS))
         self.stream = self.container.add_stream_from_template(template)
+        # The audio track kept as received (docs/segment-format.md: which codecs, and how G.711 is carried).
+        self.audio = None
+        if audio_template is not None:
+            self.audio = self.container.add_stream_from_template(audio_template)
 
     def summary(self) -> SegmentSummary:
         return SegmentSummary(self.start_ns, self.end_ns, self.frames, self.adapter.bytes, self.first_pts,
@@ -263,12 +310,17 @@ class Segmenter:
         abort_sink: AbortSink | None = None,
         camera: str = "",
         timeline: str = "stream",
+        audio_template: Any = None,
+        backlog_hold: bool = False,
     ):
         if segment_seconds <= 0:
             raise ValueError("segment_seconds must be positive")
         if timeline not in TIMELINES:
             raise ValueError(f"timeline must be one of {TIMELINES}")
         self.template = template
+        self.audio_template = audio_template
+        # Network cameras: FFmpeg buffers packets while it probes them, then hands them on in one burst.
+        self.backlog_hold = backlog_hold and timeline == "arrival"
         self.timeline = timeline
         self.segment_seconds = segment_seconds
         self._open_sink = open_sink
@@ -296,14 +348,26 @@ class Segmenter:
         return self._segment.summary() if self._segment is not None else None
 
     def push(self, packet: Any, arrival_ns: int) -> None:
-        """Mux one packet (cutting a segment first when due). Raises SinkFailed when the sink fails."""
+        """Mux one video packet (cutting a segment first when due). Raises SinkFailed when the sink fails."""
+        if self._in_tb is None:
+            self._hold(packet, arrival_ns)
+            return
+        self._push_video(packet, arrival_ns)
+
+    def push_audio(self, packet: Any) -> None:
+        """Mux one packet of the audio track (``audio_template``) into the open segment, on the video's
+        timeline. Audio never cuts a segment nor counts as a frame; outside a segment it is dropped."""
+        if self._in_tb is None:
+            if self._held and len(self._held_audio) < RUN_START_MAX_PACKETS:
+                self._held_audio.append(packet)
+            else:
+                self._count(audio_dropped=1)
+            return
+        self._mux_audio(packet)
+
+    def _push_video(self, packet: Any, arrival_ns: int) -> None:
         # The per-packet path: integer arithmetic on plain attributes (this runs 25-30 times a second per
         # camera, and Fraction arithmetic or a frozen dataclass per packet cost more than the muxing).
-        if self._in_tb is None:
-            if not is_segment_start(packet.is_keyframe, packet.pts, packet.dts):
-                self._count(dropped_leading=1)
-                return
-            self._start_run(packet, arrival_ns)
         # Work in the muxer's own time base: a repair step of one tick must survive the muxer's rescaling.
         pts, dts, duration = packet.pts, packet.dts, packet.duration
         scale = self._scale
@@ -350,6 +414,9 @@ class Segmenter:
 
     def finish(self) -> SegmentSummary | None:
         """End the run (disconnect, stop): seal the open segment. The next push starts a new run."""
+        if self._held:
+            held, self._held = self._held, []
+            self._release(held)
         summary = self._close_segment()
         self._reset_run()
         return summary
@@ -381,6 +448,67 @@ class Segmenter:
         self._plain_step_max_ticks = 0
         self._refused = False
         self._cut_pending = False  # a discontinuity was repaired: cut at the next keyframe
+        self._held: list[tuple[Any, int]] = []  # a run's first packets, until their timing is known
+        self._held_audio: list[Any] = []
+        self._anchor_ns: int | None = None  # when the run's first keyframe was sent (arrival timeline)
+        self._last_audio_dts: int | None = None
+
+    # -- the start of a run --
+    def _hold(self, packet: Any, arrival_ns: int) -> None:
+        """Hold a run's first packets (from its first keyframe) until ``_hold_done``, then release them."""
+        held = self._held
+        if not held and not packet.is_keyframe:
+            self._count(dropped_leading=1)
+            return
+        held.append((packet, arrival_ns))
+        if self._hold_done(held):
+            self._held = []
+            self._release(held)
+
+    def _hold_done(self, held: list[tuple[Any, int]]) -> bool:
+        last, last_arrival_ns = held[-1]
+        if len(held) >= RUN_START_MAX_PACKETS:
+            return True
+        if last.pts is None or last.dts is None:
+            return False  # the timestamps of the packets before it are not known yet
+        if not self.backlog_hold or last_arrival_ns - held[0][1] >= RUN_START_HOLD_S * NS_PER_S:
+            return True
+        # A burst that already spans this much stream time is released without waiting for more packets
+        # (a camera program may send its buffer and then go quiet).
+        first_pts = held[0][0].pts if held[0][0].pts is not None else held[0][0].dts
+        if first_pts is None:
+            first_pts = last.dts - (len(held) - 1) * frame_ticks_for(self.template, _fraction(last.time_base)
+                                                                       or MUX_TIME_BASE)
+        tb = _fraction(last.time_base) or MUX_TIME_BASE
+        return (last.pts - first_pts) * tb >= RUN_START_BURST_S
+
+    def _release(self, held: list[tuple[Any, int]]) -> None:
+        """Give the held packets the timestamps they lack, anchor the run and push them on."""
+        first, first_arrival_ns = held[0]
+        in_tb = _fraction(first.time_base) or _fraction(self.template.time_base) or MUX_TIME_BASE
+        frame_ticks = frame_ticks_for(self.template, in_tb)
+        stamps = infer_leading_timestamps([(p.pts, p.dts) for p, _ in held], frame_ticks)
+        for (packet, _), (pts, dts) in zip(held, stamps, strict=True):
+            if packet.pts is None or packet.dts is None:
+                packet.pts, packet.dts = pts, dts
+        audio, self._held_audio = self._held_audio, []
+        if not is_segment_start(first.is_keyframe, first.pts, first.dts):
+            self._count(dropped_leading=1, audio_dropped=len(audio))  # nothing to time it by
+            for packet, arrival_ns in held[1:]:
+                self.push(packet, arrival_ns)
+            return
+        if self.timeline == "arrival":
+            timed = [(a, p.pts) for p, a in held if p.pts is not None]
+            self._anchor_ns = backlog_anchor_ns([a for a, _ in timed], [pts for _, pts in timed],
+                                                in_tb * NS_PER_S)
+            if self._anchor_ns != first_arrival_ns:
+                log.info("camera backlog at connect camera=%s first_keyframe_late_ms=%d", self.camera,
+                         (first_arrival_ns - self._anchor_ns) // 1_000_000)
+        self._start_run(first, first_arrival_ns)
+        for packet, arrival_ns in held:
+            self._push_video(packet, arrival_ns)
+        for packet in audio:
+            self._mux_audio(packet)
 
     def _start_run(self, packet: Any, arrival_ns: int) -> None:
         packet_tb = _fraction(packet.time_base)
@@ -438,8 +566,10 @@ class Segmenter:
     def _open_segment(self, pts: int, arrival_ns: int) -> _OpenSegment | None:
         assert self._time_base is not None
         if self.timeline == "arrival":
-            # The local clock at this keyframe anchors the segment; the stream times the inside.
-            self._wall0_ns, self._pts0 = arrival_ns, pts
+            # The local clock at this keyframe anchors the segment; the stream times the inside. The run's
+            # first keyframe may have come in a backlog: then it was sent at ``_anchor_ns``.
+            anchor_ns, self._anchor_ns = self._anchor_ns, None
+            self._wall0_ns, self._pts0 = (arrival_ns if anchor_ns is None else anchor_ns), pts
         start_ns = self._wall_ns(pts)
         sink = self._open_sink(start_ns)
         if sink is None:
@@ -448,7 +578,8 @@ class Segmenter:
         self._refused = False
         self._cut_pending = False
         try:
-            self._segment = _OpenSegment(self.template, sink, start_ns, pts, self._time_base)
+            self._segment = _OpenSegment(self.template, sink, start_ns, pts, self._time_base,
+                                         self.audio_template)
         except (av.FFmpegError, ValueError) as exc:
             if self._abort_sink is not None:
                 self._abort_sink(sink, exc)
@@ -474,6 +605,37 @@ class Segmenter:
             segment.end_ns = end_ns
         segment.frames += 1
         segment.sink.note(segment.end_ns, segment.frames)
+
+    def _mux_audio(self, packet: Any) -> None:
+        """One audio packet on the video's timeline (same time base, same repair offset), into the open
+        segment; dropped when it has no timestamp or would not move the audio forward."""
+        segment = self._segment
+        ts = packet.dts if packet.dts is not None else packet.pts
+        tb = _fraction(packet.time_base)
+        if segment is None or segment.audio is None or ts is None or tb is None:
+            self._count(audio_dropped=1)
+            return
+        dts = rescale(ts, tb, MUX_TIME_BASE) + self._offset
+        pts = rescale(packet.pts if packet.pts is not None else ts, tb, MUX_TIME_BASE) + self._offset
+        if self._last_audio_dts is not None and dts <= self._last_audio_dts:
+            self._count(audio_dropped=1)
+            return
+        duration = rescale(packet.duration, tb, MUX_TIME_BASE) if packet.duration else 0
+        packet.time_base = MUX_TIME_BASE
+        packet.pts, packet.dts = max(pts, dts), dts
+        if duration:
+            packet.duration = duration
+        packet.stream = segment.audio
+        try:
+            segment.container.mux(packet)
+        except Exception:
+            if segment.adapter.error is not None:
+                error = segment.adapter.error
+                self.abort(error)
+                raise SinkFailed(str(error)) from error
+            self._count(audio_dropped=1)
+            return
+        self._last_audio_dts = dts
 
     def _close_segment(self) -> SegmentSummary | None:
         segment, self._segment = self._segment, None

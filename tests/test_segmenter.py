@@ -15,7 +15,9 @@ from edgerec.segmenter import (
     SegmentSummary,
     SinkFailed,
     TimestampState,
+    backlog_anchor_ns,
     cut_ticks_for,
+    infer_leading_timestamps,
     repair_timestamps,
     should_cut,
 )
@@ -161,17 +163,56 @@ def test_stream_starting_mid_gop_drops_leading_non_keyframes(tmp_path: Path) -> 
     assert sum(s.frames for _, s in collector.closed) == 75 - 25
 
 
-def test_leading_packets_without_timestamps_are_dropped(tmp_path: Path) -> None:
+def test_leading_packets_without_timestamps_are_timed_from_the_first_that_has_them(tmp_path: Path) -> None:
     clip = tmp_path / "clip.ts"
     make_h264_clip(clip, 3, fps=25, gop=25)
+    original = [(p[0], p[1]) for p in video_packets(clip)]
 
     def no_timestamps_at_first(i: int, packet) -> None:
-        if i < 3:  # like the first packets of an RTSP session
+        if i < 3:  # like the first packets of an RTSP session (the keyframe has none at all)
             packet.pts = packet.dts = None
 
     collector, seg = segment_file(clip, 1.0, mangle=no_timestamps_at_first)
-    assert seg.counters.dropped_leading == 25  # the keyframe had no dts: wait for the next one
-    assert sum(s.frames for _, s in collector.closed) == 50
+    assert seg.counters.dropped_leading == 0 and seg.counters.discontinuities == 0
+    assert sum(s.frames for _, s in collector.closed) == 75
+    first = ts_packets(collector.closed[0][0].data)
+    shift = first[3][1] - original[3][1]
+    assert [(p[0] - shift, p[1] - shift) for p in first[:4]] == original[:4], "the camera's own timing"
+
+
+def test_packets_without_any_timestamp_to_count_from_are_dropped(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.ts"
+    make_h264_clip(clip, 12, fps=25, gop=25)
+
+    def no_timestamps(i: int, packet) -> None:
+        if i < 260:  # more than are ever held after the first keyframe
+            packet.pts = packet.dts = None
+
+    collector, seg = segment_file(clip, 1.0, mangle=no_timestamps)
+    # The first GOP is dropped once the hold is full; the next keyframe is timed from packet 260 back.
+    assert seg.counters.dropped_leading == 25
+    assert sum(s.frames for _, s in collector.closed) == 275
+
+
+@pytest.mark.parametrize(("stamps", "expected"), [
+    ([(None, None), (3600, 3600), (7200, 7200)], [(0, 0), (3600, 3600), (7200, 7200)]),
+    # B-frames: the P-frame and a B-frame came without a dts as well.
+    ([(None, None), (14400, None), (7200, None), (3600, 3600)],
+     [(0, -7200), (14400, -3600), (7200, 0), (3600, 3600)]),
+    ([(None, None), (None, None)], [(None, None), (None, None)]),
+])
+def test_infer_leading_timestamps_counts_frames_back(stamps, expected) -> None:
+    assert infer_leading_timestamps(stamps, 3600) == expected
+
+
+def test_backlog_anchor_moves_a_late_first_keyframe_back_but_ignores_jitter() -> None:
+    ns_per_tick = Fraction(10**9, 90_000)
+    # 22 frames read in one burst at t=1 s after probing, then paced at 25 fps.
+    arrivals = [1_000_000_000] * 22 + [1_000_000_000 + k * 40_000_000 for k in range(1, 20)]
+    pts = [k * 3600 for k in range(41)]
+    assert backlog_anchor_ns(arrivals, pts, ns_per_tick) == 1_000_000_000 - 21 * 40_000_000
+    paced = [5_000_000 + k * 40_000_000 + (k % 3) * 1_000_000 for k in range(20)]
+    assert backlog_anchor_ns(paced, pts[:20], ns_per_tick) == 5_000_000
 
 
 def test_backwards_dts_is_repaired_instead_of_raising(tmp_path: Path) -> None:

@@ -78,6 +78,38 @@ def make_h264_clip(
     return frames
 
 
+def make_hevc_clip(path: Path, seconds: float, fps: int = 25, size: tuple[int, int] = (320, 240),
+                   gop: int = 50, bframes: int = 0) -> int:
+    """Write a real H.265 clip (Matroska, MP4 or MPEG-TS, by the suffix) as a camera makes it: a closed GOP
+    with a keyframe exactly every ``gop`` frames, ``bframes`` B-frames (cameras send none); return its
+    frame count."""
+    path = Path(path)
+    frames = round(seconds * fps)
+    width, height = size
+    fmt = "mpegts" if path.suffix == ".ts" else None
+    x265_params = (f"keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:bframes={bframes}:"
+                   "repeat-headers=1:log-level=error")
+    with (
+        av.open(f"testsrc=size={width}x{height}:rate={fps}", format="lavfi") as src,
+        av.open(str(path), "w", format=fmt) as out,
+    ):
+        stream = out.add_stream("libx265", rate=fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, fps)
+        stream.codec_context.options = {"preset": "ultrafast", "x265-params": x265_params}
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= frames:
+                break
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            frame.pict_type = PictureType.NONE
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return frames
+
+
 Retime = Callable[[int, int | None, int | None], tuple[int | None, int | None]]
 
 
@@ -170,17 +202,25 @@ needs_rtsp = pytest.mark.skipif(not rtsp_server_available(), reason="GStreamer R
 
 
 def start_rtsp_server(clip: Path, *, loop: bool = False, mount: str = "/cam",
-                      port: int | None = None) -> tuple[str, subprocess.Popen]:
-    """Serve an H.264 clip over RTSP on a loopback port (a free one unless given); return (url, process).
+                      port: int | None = None, audio: str | None = None) -> tuple[str, subprocess.Popen]:
+    """Serve an H.264 or H.265 clip over RTSP on a loopback port (a free one unless given); return
+    (url, process).
 
     Each client gets the clip from its start, paced in real time. ``loop`` plays it again and again and
-    needs an MPEG-TS clip (the server re-encodes to keep the timestamps running). Stop it with
-    ``stop_process``.
+    needs an MPEG-TS clip (the server re-encodes to keep the timestamps running). ``audio`` (``aac``,
+    ``pcma``, ``pcmu``, ``opus``) adds an audio track as long as the clip. Stop it with ``stop_process``.
     """
     if loop and Path(clip).suffix != ".ts":
         raise ValueError("a looping RTSP server needs a .ts clip")
     port = port or free_port()
     args = [SYSTEM_PYTHON, str(RTSP_SERVER_SCRIPT), str(clip), "--port", str(port), "--mount", mount]
+    with av.open(str(clip)) as probe:
+        video = probe.streams.video[0]
+        args += ["--video", "h265" if video.codec_context.name == "hevc" else "h264"]
+        seconds = float(video.duration * video.time_base) if video.duration else float(
+            (probe.duration or 0) / av.time_base)
+    if audio is not None:
+        args += ["--audio", audio, "--audio-seconds", f"{seconds:.3f}"]
     if loop:
         args.append("--loop")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
