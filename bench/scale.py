@@ -6,7 +6,7 @@ For each N (default 1, 2, 4, 8, 16) it runs one ``edgerec run`` with N file came
 ``/proc`` after a warm-up: CPU (user + system of the process, or of all N ffmpegs) as % of one core, RSS
 (median and peak; summed over the ffmpegs) and threads. edgerec and ffmpeg runs alternate, so background
 load hits both alike. "Kept up" means edgerec's log has no ``camera stalled`` and no ``camera down``
-event and every camera's status shows no stall, no gap and no timestamp discontinuity.
+or `camera disconnected` event and every camera's status shows no stall, no gap and no timestamp discontinuity.
 
 ``--base-src DIR`` runs edgerec from another source tree (an older commit) as well, right before the
 current code for each N, for before/after comparisons in one run.
@@ -38,7 +38,7 @@ from ingest import SOURCE_ROOT, ffmpeg_argv, make_clip, python_env  # noqa: E402
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WARMUP_S = 10.0
 SAMPLE_INTERVAL_S = 1.0
-STALL_EVENTS = ("camera stalled", "camera down")
+STALL_EVENTS = ("camera stalled", "camera down", "camera disconnected")
 TARGET_CPU_RATIO = 1.5  # edgerec's CPU per camera / ffmpeg's, at N = 8 and 16
 TARGET_RSS_MB = {8: 150.0, 16: 200.0}
 
@@ -200,6 +200,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--base-src", type=Path, help="also run edgerec from this source tree")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.cameras.split(",")]
+    if args.clip is not None:
+        args.clip = args.clip.resolve()  # the children run in the work directory
 
     from edgerec import keys
 
