@@ -5,8 +5,8 @@ For each N (default 1, 2, 4, 8, 16) it runs one ``edgerec run`` with N file came
 ``ffmpeg -re -stream_loop -1 -i CLIP -c copy -f segment`` processes, each for ``--seconds``, and samples
 ``/proc`` after a warm-up: CPU (user + system of the process, or of all N ffmpegs) as % of one core, RSS
 (median and peak; summed over the ffmpegs) and threads. edgerec and ffmpeg runs alternate, so background
-load hits both alike. "Kept up" means edgerec's log has no ``camera stalled`` and no ``camera down``
-or `camera disconnected` event and every camera's status shows no stall, no gap and no timestamp discontinuity.
+load hits both alike. "Kept up" means edgerec's log has no ``camera stalled``, ``camera down`` or
+``camera disconnected`` event and every camera's status shows no stall, gap or timestamp discontinuity.
 
 ``--base-src DIR`` runs edgerec from another source tree (an older commit) as well, right before the
 current code for each N, for before/after comparisons in one run.
