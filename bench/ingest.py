@@ -10,10 +10,20 @@ records each clip ``--reps`` times with
 - ``ffmpeg -i CLIP -map 0:v -c copy -f segment -segment_time 60`` (no encryption, no fsync),
 - the same ffmpeg followed by ``sync -d`` of its output in the same child (edgerec's durability), and
 - ``ffmpeg -c copy -f hls -hls_time 60`` with AES-128 segment encryption (``-hls_key_info_file``; no fsync),
-  FFmpeg's own way of writing encrypted segments, for a comparison of like with like,
+  FFmpeg's own way of writing encrypted segments, for a comparison of like with like, and
+- the design's floor: the plain ffmpeg followed, in the same child, by ``bench/floor.py`` (one SHA-256
+  pass and AES-256-GCM in 64 KiB chunks over the bytes ffmpeg wrote; what the format cannot do without),
 
-taking CPU time (user + system) and peak RSS of each child from ``wait4``. Medians are reported. The
-steady-state cost (start-up excluded, for all) is the difference between the long and the short clip.
+taking CPU time (user + system, the child and the children it waited for) and peak RSS of each child from
+``wait4``. Medians are reported. The steady-state cost (start-up excluded, for all) is the difference
+between the long and the short clip; its spread is the range of that difference and of the ratio to the
+floor over the repetitions (long and short run of one repetition paired).
+
+``--base-src DIR`` adds ``edgerec (base)``: the same command with the edgerec package taken from another
+source tree (a ``git worktree`` of an older commit), interleaved with the current code in the same run,
+for before/after comparisons. ``--soft-aes`` adds edgerec and the floor once more with OpenSSL's AES-NI and
+carry-less multiply paths switched off (``OPENSSL_ia32cap``), the cost on a CPU without AES instructions
+such as a Raspberry Pi 4's Cortex-A72.
 The edgerec children get a bytecode cache in the work directory (``PYTHONPYCACHEPREFIX``), filled by one
 unmeasured run first, as an installed package has one: otherwise, from a source checkout with
 ``PYTHONDONTWRITEBYTECODE`` set, every start would also compile edgerec's modules (~0.05 s).
@@ -24,7 +34,7 @@ Then it runs ``edgerec run`` with the long clip as a real-time looping file came
 Prints markdown tables on stdout (progress on stderr).
 
     .venv/bin/python bench/ingest.py [--minutes 3] [--short-seconds 30] [--reps 5] [--live-seconds 30]
-                                     [--clip FILE] [--work DIR]
+                                     [--clip FILE] [--work DIR] [--base-src DIR] [--soft-aes]
 """
 
 from __future__ import annotations
@@ -46,16 +56,25 @@ from pathlib import Path
 
 import yaml
 
-TARGET_RATIO = 1.3
+TARGET_RATIO = 1.15  # edgerec / floor, steady state
 TARGET_RSS_MB = 100.0
 SEGMENT_SECONDS = 60
 LIVE_WARMUP_S = 10.0  # RSS and CPU of the live run are taken after this, when they are steady
 LIVE_SAMPLE_INTERVAL_S = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TOOLS = ("edgerec", "ffmpeg", "ffmpeg+fsync", "ffmpeg+aes")
+TOOLS = ("edgerec", "floor", "floor+fsync", "ffmpeg", "ffmpeg+fsync", "ffmpeg+aes")
 BASELINES = TOOLS[1:]
-TOOL_TITLES = {"edgerec": "edgerec", "ffmpeg": "ffmpeg", "ffmpeg+fsync": "ffmpeg + fdatasync",
-               "ffmpeg+aes": "ffmpeg HLS AES-128"}
+OPTIONAL_TOOLS = ("edgerec-base", "edgerec-soft", "floor-soft")
+TOOL_TITLES = {"edgerec": "edgerec", "floor": "floor (ffmpeg + SHA-256 + AES-GCM)",
+               "floor+fsync": "floor + fdatasync", "ffmpeg": "ffmpeg",
+               "ffmpeg+fsync": "ffmpeg + fdatasync", "ffmpeg+aes": "ffmpeg HLS AES-128",
+               "edgerec-base": "edgerec (base)", "edgerec-soft": "edgerec, software AES",
+               "floor-soft": "floor, software AES"}
+# OpenSSL's capability mask: clear bit 57 (AES-NI) and bit 33 (PCLMULQDQ) of the first word, which also
+# turns off the AVX/VAES GCM paths that need them (OpenSSL's OPENSSL_ia32cap documentation).
+SOFT_AES_ENV = {"OPENSSL_ia32cap": "~0x200000200000000"}
+FLOOR_SCRIPT = Path(__file__).with_name("floor.py")
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -73,19 +92,23 @@ class LiveUsage:
 
 
 # ----- children ----------------------------------------------------------------
-def python_env(pycache: Path) -> dict[str, str]:
-    """The environment of a Python child: bytecode cached in ``pycache``, as an installed package has it."""
+def python_env(pycache: Path, source: Path = SOURCE_ROOT) -> dict[str, str]:
+    """The environment of a Python child: edgerec imported from ``source``, bytecode cached in ``pycache``
+    (as an installed package has it). Children run in the work directory, so the bench's own working
+    directory never decides which edgerec is imported."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    env["PYTHONPATH"] = str(source)
     return env
 
 
 def run_measured(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> Usage:
-    """Run a child to completion; its CPU time and peak RSS come from ``wait4`` (the child alone)."""
+    """Run a child to completion; its CPU time and peak RSS come from ``wait4`` (the child and the
+    children it waited for: ffmpeg and the floor's hashing under one ``sh``)."""
     started = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env)
+                                env=env, cwd=log_path.parent)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -109,7 +132,7 @@ def run_live(argv: list[str], seconds: float, log_path: Path, env: dict[str, str
     """Run a child for ``seconds``, sampling RSS and CPU from /proc after the warm-up, then SIGTERM it."""
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env)
+                                env=env, cwd=log_path.parent)
     try:
         started = time.monotonic()
         rss_kb: list[int] = []
@@ -190,6 +213,17 @@ def ffmpeg_synced_argv(clip: Path, out_dir: Path) -> list[str]:
     return ["sh", "-c", script]
 
 
+def floor_argv(clip: Path, out_dir: Path, *, synced: bool = False) -> list[str]:
+    """ffmpeg, then one SHA-256 pass and AES-256-GCM over every file it wrote (``bench/floor.py``), in
+    one child: the least any recorder of this format must spend. ``synced``: with ``sync -d`` of ffmpeg's
+    output before, edgerec's durability as well."""
+    floor = shlex.join([sys.executable, str(FLOOR_SCRIPT)])
+    files = f"{shlex.quote(str(out_dir))}/*.ts"
+    sync = f"sync -d {files} && " if synced else ""
+    script = f"{shlex.join(ffmpeg_argv(clip, out_dir))} && {sync}{floor} {files}"
+    return ["sh", "-c", script]
+
+
 def ffmpeg_encrypted_argv(clip: Path, out_dir: Path, key_info: Path) -> list[str]:
     """FFmpeg's encrypted segments: HLS with AES-128-CBC (a key file named by ``key_info``). The playlist
     is the only extra output; the segments are MPEG-TS as with ``-f segment``."""
@@ -236,38 +270,50 @@ def median_usage(samples: list[Usage]) -> Usage:
                  max(u.max_rss_mb for u in samples))
 
 
-def measure_ingest(work: Path, clips: dict[str, Path], recipient: str, reps: int,
-                   progress: Callable[[str], None]) -> dict[tuple[str, str], Usage]:
-    """Median usage per (tool, clip name), the runs interleaved: rep 1 of everything, rep 2, ..."""
+Samples = dict[tuple[str, str], list[Usage]]
+
+
+def measure_ingest(work: Path, clips: dict[str, Path], recipient: str, reps: int, tools: tuple[str, ...],
+                   base_src: Path | None, progress: Callable[[str], None]) -> Samples:
+    """Usage per (tool, clip name), one per repetition, the runs interleaved: rep 1 of all, rep 2, ..."""
     samples: dict[tuple[str, str], list[Usage]] = {}
-    env = python_env(work / "pycache")
+    envs = {"edgerec": python_env(work / "pycache"),
+            "edgerec-soft": {**python_env(work / "pycache"), **SOFT_AES_ENV},
+            "floor-soft": {**os.environ, **SOFT_AES_ENV}}
+    if base_src is not None:
+        envs["edgerec-base"] = python_env(work / "pycache-base", base_src)
     key_info = make_hls_key(work)
-    warmup_dir = work / "data-warmup"
-    shutil.rmtree(warmup_dir, ignore_errors=True)
-    config = write_config(work / "ingest-warmup.yaml", warmup_dir, recipient, clips["short"], live=False)
-    run_measured(edgerec_argv(config, "--exit-at-eof"), work / "edgerec-warmup.log", env)  # fills the cache
+    for tool in ("edgerec", "edgerec-base"):
+        if tool in tools:  # fills the bytecode cache, unmeasured
+            warmup_dir = work / "data-warmup"
+            shutil.rmtree(warmup_dir, ignore_errors=True)
+            config = write_config(work / "ingest-warmup.yaml", warmup_dir, recipient, clips["short"],
+                                  live=False)
+            run_measured(edgerec_argv(config, "--exit-at-eof"), work / f"{tool}-warmup.log", envs[tool])
     for rep in range(reps):
         for name, clip in clips.items():
             data_dir = work / f"data-{name}"
             seg_dir = work / f"ffmpeg-{name}"
-            for tool in TOOLS:
+            for tool in tools:
                 shutil.rmtree(data_dir, ignore_errors=True)
                 shutil.rmtree(seg_dir, ignore_errors=True)
                 seg_dir.mkdir(parents=True)
-                if tool == "edgerec":
+                if tool.startswith("edgerec"):
                     config = write_config(work / f"ingest-{name}.yaml", data_dir, recipient, clip, live=False)
                     argv = edgerec_argv(config, "--exit-at-eof")
+                elif tool.startswith("floor"):
+                    argv = floor_argv(clip, seg_dir, synced=tool == "floor+fsync")
                 elif tool == "ffmpeg":
                     argv = ffmpeg_argv(clip, seg_dir)
                 elif tool == "ffmpeg+fsync":
                     argv = ffmpeg_synced_argv(clip, seg_dir)
                 else:
                     argv = ffmpeg_encrypted_argv(clip, seg_dir, key_info)
-                usage = run_measured(argv, work / f"{tool}-{name}.log", env if tool == "edgerec" else None)
+                usage = run_measured(argv, work / f"{tool}-{name}.log", envs.get(tool))
                 samples.setdefault((tool, name), []).append(usage)
                 progress(f"rep {rep + 1}/{reps} {tool:12} {name:5}: cpu {usage.cpu_s:.3f} s, "
                          f"max RSS {usage.max_rss_mb:.0f} MB")
-    return {key: median_usage(values) for key, values in samples.items()}
+    return samples
 
 
 def main(argv: list[str]) -> int:
@@ -280,6 +326,10 @@ def main(argv: list[str]) -> int:
                         help="length of the real-time run for RSS and CPU %% (0: skip; default 30)")
     parser.add_argument("--clip", type=Path, help="use this H.264 file instead of making one")
     parser.add_argument("--work", type=Path, help="work in this directory and keep it (the clip is reused)")
+    parser.add_argument("--base-src", type=Path,
+                        help="also run edgerec from this source tree (an older commit), interleaved")
+    parser.add_argument("--soft-aes", action="store_true",
+                        help="also run edgerec and the floor with OpenSSL's AES-NI and PCLMULQDQ paths off")
     args = parser.parse_args(argv)
 
     from edgerec import keys
@@ -304,7 +354,9 @@ def main(argv: list[str]) -> int:
         Path(f"{recipient_file}.pub").unlink(missing_ok=True)
         recipient = keys.generate_recipient(recipient_file)
 
-        med = measure_ingest(work, clips, recipient, args.reps, progress)
+        tools = TOOLS + (("edgerec-base",) if args.base_src else ()) + (
+            ("edgerec-soft", "floor-soft") if args.soft_aes else ())
+        samples = measure_ingest(work, clips, recipient, args.reps, tools, args.base_src, progress)
         live: dict[str, LiveUsage] = {}
         if args.live_seconds > 0:
             for name, health in (("edgerec", True), ("edgerec-no-health", False)):
@@ -321,34 +373,64 @@ def main(argv: list[str]) -> int:
             progress(f"live: ffmpeg -re, {args.live_seconds:g} s ...")
             live["ffmpeg"] = run_live(ffmpeg_argv(long_clip, seg_dir, live=True), args.live_seconds,
                                       work / "ffmpeg-live.log")
-        print(report(med, live, seconds, long_clip, args))
+        print(report(samples, tools, live, seconds, long_clip, args))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def report(med: dict[tuple[str, str], Usage], live: dict[str, LiveUsage], seconds: dict[str, float],
-           clip: Path, args: argparse.Namespace) -> str:
+def rep_slopes_ms(samples: Samples, tool: str, span_s: float) -> list[float]:
+    """Steady-state CPU per minute of video of each repetition (its long run minus its short run)."""
+    return [60_000 * (long.cpu_s - short.cpu_s) / span_s
+            for long, short in zip(samples[tool, "long"], samples[tool, "short"], strict=True)]
+
+
+def spread_lines(samples: Samples, tools: tuple[str, ...], span_s: float) -> list[str]:
+    """The spread over the repetitions: per-repetition slopes, and ratios of slopes of the same repetition."""
+    slopes = {tool: rep_slopes_ms(samples, tool, span_s) for tool in tools}
+
+    def span(values: list[float], fmt: str) -> str:
+        low, mid, high = min(values), statistics.median(values), max(values)
+        return f"{fmt.format(low)} – {fmt.format(mid)} – {fmt.format(high)}"
+
+    lines = ["Spread over the repetitions (min – median – max; a repetition's long run minus its short):",
+             "", "| steady-state CPU per minute of video | min – median – max |", "|---|---|"]
+    lines += [f"| {TOOL_TITLES[t]} | {span(slopes[t], '{:.0f}')} ms |" for t in tools]
+    pairs = [("edgerec", "floor"), ("edgerec", "floor+fsync"), ("edgerec", "ffmpeg"),
+             ("edgerec-base", "floor"), ("edgerec-base", "edgerec"), ("edgerec-soft", "floor-soft"),
+             ("edgerec-soft", "edgerec"), ("floor-soft", "floor")]
+    for a, b in pairs:
+        if a in tools and b in tools:
+            ratios = [x / y for x, y in zip(slopes[a], slopes[b], strict=True) if y > 0]
+            if ratios:
+                lines.append(f"| ratio {TOOL_TITLES[a]} / {TOOL_TITLES[b]} | {span(ratios, '{:.2f}')} |")
+    return lines
+
+
+def report(samples: Samples, tools: tuple[str, ...], live: dict[str, LiveUsage],
+           seconds: dict[str, float], clip: Path, args: argparse.Namespace) -> str:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}×" if a > 0 and b > 0 else "n/a"
 
+    med = {key: median_usage(values) for key, values in samples.items()}
+
     span_s = seconds["long"] - seconds["short"]
-    long_cpu = {tool: med[tool, "long"].cpu_s for tool in TOOLS}
-    short_cpu = {tool: med[tool, "short"].cpu_s for tool in TOOLS}
-    steady = {tool: long_cpu[tool] - short_cpu[tool] for tool in TOOLS}
+    long_cpu = {tool: med[tool, "long"].cpu_s for tool in tools}
+    short_cpu = {tool: med[tool, "short"].cpu_s for tool in tools}
+    steady = {tool: long_cpu[tool] - short_cpu[tool] for tool in tools}
     # The fixed cost: the short run minus its share of the steady-state cost.
-    fixed = {tool: short_cpu[tool] - steady[tool] * seconds["short"] / span_s for tool in TOOLS}
-    per_min_ms = {tool: 60_000 * steady[tool] / span_s for tool in TOOLS}
+    fixed = {tool: short_cpu[tool] - steady[tool] * seconds["short"] / span_s for tool in tools}
+    per_min_ms = {tool: 60_000 * steady[tool] / span_s for tool in tools}
 
     def row(what: str, values: dict[str, float], fmt: str, *, ratios: bool = True) -> str:
-        cells = [fmt.format(values[tool]) for tool in TOOLS]
+        cells = [fmt.format(values[tool]) for tool in tools]
         tail = [ratio(values["edgerec"], values[b]) if ratios else "" for b in BASELINES]
         return "| " + " | ".join([what, *cells, *tail]) + " |"
 
     size_mb = clip.stat().st_size / 1e6
-    if steady["edgerec"] > 0 and steady["ffmpeg"] > 0:
-        steady_ratio = steady["edgerec"] / steady["ffmpeg"]
+    if steady["edgerec"] > 0 and steady["floor"] > 0:
+        steady_ratio = steady["edgerec"] / steady["floor"]
         verdict = f"{steady_ratio:.2f}× (target ≤ {TARGET_RATIO}×: "
         verdict += "meets)" if steady_ratio <= TARGET_RATIO else "misses)"
     else:  # the long clip cost no more than the short one: noise, not a measurement
@@ -360,18 +442,20 @@ def report(med: dict[tuple[str, str], Usage], live: dict[str, LiveUsage], second
         "interleaved runs.",
         f"Machine: {machine_description()}.",
         "",
-        "| measurement | " + " | ".join(TOOL_TITLES[t] for t in TOOLS) + " | "
+        "| measurement | " + " | ".join(TOOL_TITLES[t] for t in tools) + " | "
         + " | ".join(f"edgerec / ({TOOL_TITLES[b]})" if " " in TOOL_TITLES[b] else f"edgerec / {b}"
                      for b in BASELINES) + " |",
-        "|---" * (1 + len(TOOLS) + len(BASELINES)) + "|",
+        "|---" * (1 + len(tools) + len(BASELINES)) + "|",
         row(f"CPU, {long_s} clip, whole process", long_cpu, "{:.2f} s"),
         row(f"CPU, {short_s} clip, whole process", short_cpu, "{:.2f} s"),
         row(f"CPU, steady state ({span_s:.0f} s of video, start-up excluded)", steady, "{:.3f} s"),
         row("CPU per minute of video, steady state", per_min_ms, "{:.0f} ms", ratios=False),
         row("CPU, fixed (start-up and exit)", fixed, "{:.2f} s", ratios=False),
-        row(f"wall, {long_s} clip", {t: med[t, "long"].wall_s for t in TOOLS}, "{:.2f} s", ratios=False),
-        row(f"peak RSS, {long_s} clip", {t: med[t, "long"].max_rss_mb for t in TOOLS}, "{:.0f} MB",
+        row(f"wall, {long_s} clip", {t: med[t, "long"].wall_s for t in tools}, "{:.2f} s", ratios=False),
+        row(f"peak RSS, {long_s} clip", {t: med[t, "long"].max_rss_mb for t in tools}, "{:.0f} MB",
             ratios=False),
+        "",
+        *spread_lines(samples, tools, span_s),
     ]
     if live:
         e, n, f = live["edgerec"], live["edgerec-no-health"], live["ffmpeg"]
@@ -394,7 +478,7 @@ def report(med: dict[tuple[str, str], Usage], live: dict[str, LiveUsage], second
     if live:
         ok = live["edgerec"].rss_peak_mb < TARGET_RSS_MB
         rss_verdict = f"; RSS target < {TARGET_RSS_MB:.0f} MB: {'meets' if ok else 'misses'}"
-    lines += ["", f"Steady-state CPU ratio edgerec / ffmpeg: {verdict}{rss_verdict}."]
+    lines += ["", f"Steady-state CPU ratio edgerec / floor: {verdict}{rss_verdict}."]
     if steady["ffmpeg+aes"] > 0:
         lines += [f"Steady-state CPU ratio edgerec / ffmpeg with AES-128 HLS segments: "
                   f"{steady['edgerec'] / steady['ffmpeg+aes']:.2f}×."]

@@ -8,8 +8,9 @@ Three layers:
 - ``KeyframeDecoder`` is the PyAV edge: it decodes keyframe packets only into a small gray numpy
   image held in memory. Decoded pictures are never written anywhere (the footage on disk is only
   ever the encrypted segments).
-- ``HealthWorker`` runs both in a thread behind a bounded queue so that analysing a keyframe can never
-  stall the recorder's packet loop: ``offer`` never blocks and drops keyframes while the worker is busy.
+- ``HealthWorker`` runs both behind a bounded queue so that analysing a keyframe can never stall the
+  recorder's packet loop: ``offer`` never blocks and drops keyframes while the worker is busy. One
+  thread with one decoder analyses the keyframes of every camera in turn (``_SharedAnalyser``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ MOVED_CLEAR_FACTOR = 0.7
 # A run of "identical" keyframes may drift this many times the per-keyframe tolerance from its first
 # picture (an encoder converging on a still picture) before it stops counting as frozen.
 FROZEN_DRIFT_FACTOR = 4.0
-# The worker keeps at most this many keyframes waiting; more are dropped (and counted).
+# At most this many keyframes of one camera wait for the worker; more are dropped (and counted).
 WORKER_QUEUE_SIZE = 2
 WORKER_STOP_TIMEOUT_S = 5.0
 
@@ -460,14 +461,84 @@ class _WorkerStats:
 _STOP = object()
 
 
+class _SharedAnalyser:
+    """The one thread and the one keyframe decoder that analyse the keyframes of every camera.
+
+    A decoder per camera kept a 1080p decoder's frame pool (and, with a thread per camera, a malloc
+    arena per thread) resident for each camera although each decodes one keyframe per
+    ``analysis_interval_s``: about 14 MB per camera. One worker decodes the keyframes of all cameras in
+    turn; the decoder is rebuilt only when the next keyframe needs other parameters (another codec or
+    extradata), which costs far less than decoding the keyframe. Each camera keeps its own bounded share
+    of the queue (``HealthWorker``), so a camera in alarm that queues every keyframe cannot crowd out
+    the others by more than its share.
+    """
+
+    def __init__(self) -> None:
+        self.users = 0
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._decoder: KeyframeDecoder | None = None
+        self.thread = threading.Thread(target=self._run, name="health", daemon=True)
+        self.thread.start()
+
+    def put(self, worker: HealthWorker, item: tuple[bytes, float, DecoderParams]) -> None:
+        self._queue.put((worker, item))
+
+    def stop(self, timeout_s: float) -> None:
+        self._queue.put(_STOP)
+        self.thread.join(timeout_s)
+
+    def decode(self, data: bytes, params: DecoderParams) -> tuple[np.ndarray | None, int]:
+        """The gray picture of one keyframe (or None) and the decode errors it caused."""
+        if self._decoder is None or self._decoder.params != params:
+            self._decoder = KeyframeDecoder(params)
+        decoder = self._decoder
+        errors = decoder.errors
+        gray = decoder.decode_keyframe(av.Packet(data))
+        return gray, decoder.errors - errors
+
+    def _run(self) -> None:
+        while True:
+            entry = self._queue.get()
+            if entry is _STOP:
+                return
+            worker, item = entry
+            worker._process(self, item)
+
+
+_shared_lock = threading.Lock()
+_shared: _SharedAnalyser | None = None
+
+
+def _acquire_analyser() -> _SharedAnalyser:
+    global _shared
+    with _shared_lock:
+        if _shared is None or not _shared.thread.is_alive():
+            _shared = _SharedAnalyser()
+        _shared.users += 1
+        return _shared
+
+
+def _release_analyser(analyser: _SharedAnalyser, timeout_s: float) -> None:
+    """The last camera to stop stops the thread (and frees the decoder)."""
+    global _shared
+    with _shared_lock:
+        analyser.users -= 1
+        if analyser.users > 0:
+            return
+        if _shared is analyser:
+            _shared = None
+    analyser.stop(timeout_s)
+
+
 class HealthWorker:
-    """Runs the health analysis of one camera in its own thread.
+    """The health analysis of one camera, run by the thread shared by all cameras (``_SharedAnalyser``).
 
     ``offer`` is called from the recording thread with every packet; it ignores non-keyframes and
-    keyframes not due for analysis (see ``analysis_interval_s``), copies the others into a small
-    bounded queue and returns at once. While the worker is still busy with earlier keyframes, new ones
-    are dropped and counted, so the recorder never waits.
-    ``on_change`` is called from the worker thread for every change (log, audit, MQTT event).
+    keyframes not due for analysis (see ``analysis_interval_s``), copies the others into the shared
+    queue and returns at once. At most ``queue_size`` keyframes of one camera wait there; while the
+    worker is still busy with earlier ones, new ones are dropped and counted, so the recorder never
+    waits. ``on_change`` is called from the worker thread for every change (log, audit, MQTT event); it
+    must not block for long, since the other cameras' keyframes wait behind it.
     """
 
     def __init__(self, camera: str, thresholds: HealthThresholds,
@@ -476,16 +547,18 @@ class HealthWorker:
         self.camera = camera
         self.monitor = HealthMonitor(thresholds, camera)
         self._on_change = on_change
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-        self._lock = threading.Lock()  # counters and decoder, read by snapshot from other threads
+        self._queue_size = queue_size
+        self._lock = threading.Lock()  # counters, read by snapshot from other threads
+        self._idle = threading.Condition(self._lock)
         self._monitor_lock = threading.Lock()
         self._stats = _WorkerStats()
-        self._decoder: KeyframeDecoder | None = None
-        self._errors = 0  # decode errors of decoders replaced after a stream change
+        self._queued = 0  # keyframes of this camera waiting in the shared queue
+        self._unfinished = 0  # queued or being analysed
+        self._errors = 0  # decode errors of this camera's keyframes
         self._stopping = False
+        self._released = False
         self._last_queued_t_s: float | None = None
-        self._thread = threading.Thread(target=self._run, name=f"health-{camera}", daemon=True)
-        self._thread.start()
+        self._analyser = _acquire_analyser()
 
     def offer(self, packet: av.Packet, t_s: float | None = None,
               codec_context: _CodecSource | None = None) -> bool:
@@ -515,81 +588,70 @@ class HealthWorker:
             return False
         with self._lock:
             self._stats.offered += 1
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            with self._lock:
+            if self._queued >= self._queue_size:
                 self._stats.dropped += 1
-            return False
+                return False
+            self._queued += 1
+            self._unfinished += 1
+        self._analyser.put(self, item)
         self._last_queued_t_s = t_s
         return True
 
     def stop(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> None:
-        """Stop the thread, dropping keyframes still queued."""
+        """Stop analysing this camera, dropping its keyframes still queued (the shared thread skips
+        them); the last camera to stop ends the shared thread."""
         self._stopping = True
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-            self._queue.task_done()
-        try:
-            self._queue.put_nowait(_STOP)
-        except queue.Full:
-            pass  # the worker will see _stopping after the keyframe in hand
-        self._thread.join(timeout_s)
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        _release_analyser(self._analyser, timeout_s)
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return not self._released and self._analyser.thread.is_alive()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until every queued keyframe has been analysed; True if so within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._queue.all_tasks_done:
-                if self._queue.unfinished_tasks == 0:
-                    return True
-                self._queue.all_tasks_done.wait(max(0.0, deadline - time.monotonic()))
-        return self._queue.unfinished_tasks == 0
+        with self._idle:
+            return self._idle.wait_for(lambda: self._unfinished == 0, timeout_s)
 
     def snapshot(self) -> dict[str, Any]:
         """Health of the camera plus the worker's own counters, for the status."""
         with self._monitor_lock:
             snap = self.monitor.snapshot()
         with self._lock:
-            decoder = self._decoder
             snap.update(
                 offered=self._stats.offered,
                 skipped=self._stats.skipped,
                 dropped=self._stats.dropped,
-                decode_errors=self._errors + (decoder.errors if decoder else 0),
+                decode_errors=self._errors,
                 analysed_ms_total=round(self._stats.busy_s * 1000.0, 1),
                 failures=self._stats.failures,
                 last_error=self._stats.last_error,
             )
         return snap
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is _STOP or self._stopping:
-                    return
-                self._analyse(*item)
-            except Exception as exc:  # the worker must outlive any bad keyframe
-                with self._lock:
-                    self._stats.failures += 1
-                    self._stats.last_error = repr(exc)
-                log.exception("health analysis failed camera=%s", self.camera)
-            finally:
-                self._queue.task_done()
+    def _process(self, analyser: _SharedAnalyser, item: tuple[bytes, float, DecoderParams]) -> None:
+        """Run by the shared thread: analyse one of this camera's keyframes (unless it stopped)."""
+        with self._lock:
+            self._queued -= 1
+        try:
+            if not self._stopping:
+                self._analyse(analyser, *item)
+        except Exception as exc:  # the worker must outlive any bad keyframe
+            with self._lock:
+                self._stats.failures += 1
+                self._stats.last_error = repr(exc)
+            log.exception("health analysis failed camera=%s", self.camera)
+        finally:
+            with self._idle:
+                self._unfinished -= 1
+                self._idle.notify_all()
 
-    def _analyse(self, data: bytes, t_s: float, params: DecoderParams) -> None:
+    def _analyse(self, analyser: _SharedAnalyser, data: bytes, t_s: float, params: DecoderParams) -> None:
         started = time.perf_counter()
-        decoder = self._decoder_for(params)
-        packet = av.Packet(data)
-        gray = decoder.decode_keyframe(packet)
+        gray, errors = analyser.decode(data, params)
         changes = []
         if gray is not None:
             features = analyze(gray)
@@ -597,16 +659,9 @@ class HealthWorker:
                 changes = self.monitor.observe(features, t_s)
         with self._lock:
             self._stats.busy_s += time.perf_counter() - started
+            self._errors += errors
         for change in changes:
             self._report(change)
-
-    def _decoder_for(self, params: DecoderParams) -> KeyframeDecoder:
-        if self._decoder is None or self._decoder.params != params:
-            with self._lock:
-                if self._decoder is not None:
-                    self._errors += self._decoder.errors
-                self._decoder = KeyframeDecoder(params)
-        return self._decoder
 
     def _report(self, change: HealthChange) -> None:
         if change.active:

@@ -1,0 +1,46 @@
+"""The design's floor for bench/ingest.py: one SHA-256 pass and AES-256-GCM over files already written.
+
+Run after ``ffmpeg -c copy -f segment`` in the same measured child, it adds to ffmpeg's cost what the
+segment format cannot do without: every byte encrypted with AES-256-GCM (64 KiB chunks, one nonce each,
+into one reused buffer, as the segment writer does) and hashed once with SHA-256 (over the ciphertext, as
+the file hash is). No framing, header, signature, fsync or writing of the result: those are edgerec's own
+costs above the floor.
+
+    python bench/floor.py FILE...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+CHUNK_BYTES = 65536
+TAG_BYTES = 16
+
+
+def seal_file(path: str, aead: AESGCM) -> bytes:
+    """Encrypt ``path`` chunk by chunk and hash the ciphertext; the digest (so nothing is optimised out)."""
+    hasher = hashlib.sha256()
+    out = bytearray(CHUNK_BYTES + TAG_BYTES)
+    index = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            view = memoryview(out)[: len(chunk) + TAG_BYTES]
+            aead.encrypt_into(index.to_bytes(12, "big"), chunk, None, view)
+            hasher.update(view)
+            index += 1
+    return hasher.digest()
+
+
+def main(paths: list[str]) -> int:
+    aead = AESGCM(os.urandom(32))
+    for path in paths:
+        seal_file(path, aead)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
