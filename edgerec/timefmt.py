@@ -96,7 +96,7 @@ def parse_time(text: str) -> int:
     try:
         return parse_rfc3339(stripped)
     except TimeRangeError as exc:
-        raise CommandError(f"{text!r}: {exc}") from None
+        raise CommandError(str(exc)) from None
     except ValueError:
         pass
     m = _LOCAL.match(stripped)
@@ -107,7 +107,7 @@ def parse_time(text: str) -> int:
             dt = datetime(year, month, day, hour, minute, second)
             return _in_range(int(dt.timestamp()) * NS_PER_S)  # naive: local time of this machine
         except TimeRangeError as exc:
-            raise CommandError(f"{text!r}: {exc}") from None
+            raise CommandError(str(exc)) from None
         except (ValueError, OverflowError, OSError):
             pass
     raise CommandError(f"{text!r} is not a time; use RFC 3339 (2026-11-20T09:55:00Z) "

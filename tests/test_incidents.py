@@ -88,7 +88,7 @@ def test_close_command_parses():
     ({**OPEN, "to": True}, "'to' must be an RFC 3339 time string, not a boolean"),
     ({**OPEN, "reason": "x" * 1001}, "'reason' is too long"),
     ({**OPEN, "by": {"name": "x"}}, "'by' must be a string, not an object"),
-    ({**OPEN, "reason": "line\nbreak"}, "control characters"),
+    ({**OPEN, "reason": "line\nbreak"}, "contains a control character (U+000A at position 5)"),
     ("open", "must be an object"),
 ])
 def test_bad_commands_are_refused_naming_the_problem(obj, message):

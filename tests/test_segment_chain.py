@@ -306,8 +306,8 @@ def test_a_catalog_digest_that_differs_from_the_file_is_a_problem(tmp_path: Path
     forged = write_segment(segs[1].path, b"forged" * 200, tk, meta=segs[1].meta, chunk_bytes=512)
     report = inventory.verify_tree(tmp_path)
     assert report.problems == [
-        f"{segs[1].path}: the catalog's digest {segs[1].digest.hex()} is not the file's {forged.digest.hex()}: "
-        "the file was replaced after it was catalogued (or the catalog edited)"]
+        f"{segs[1].path}: the catalog's digest {segs[1].digest.hex()} is not the file's "
+        f"{forged.digest.hex()}: the file was replaced after it was catalogued (or the catalog edited)"]
 
 
 def test_a_head_seen_earlier_finds_the_newest_segments_removed(tmp_path: Path, tk: TestKeys) -> None:
