@@ -1117,9 +1117,16 @@ def _health(value: object, problems: list[str]) -> Any:
     return HealthThresholds(**kw)
 
 
-def _control_characters(value: object, path: str, problems: list[str]) -> None:
+def _control_characters(value: object, path: str, problems: list[str],
+                        seen: set[int] | None = None) -> None:
     """The text rule of ``inputcheck`` over every key and string of the config (names, urls, exec
-    arguments, topics, free text): a control or bidi character anywhere is a problem naming its key."""
+    arguments, topics, free text): a control or bidi character anywhere is a problem naming its key.
+    ``seen``: containers already walked (YAML aliases can make a structure refer to itself)."""
+    seen = set() if seen is None else seen
+    if isinstance(value, Mapping | list | tuple):
+        if id(value) in seen:
+            return
+        seen.add(id(value))
     if isinstance(value, str):
         problem = text_problem(value)
         if problem is not None:
@@ -1129,10 +1136,10 @@ def _control_characters(value: object, path: str, problems: list[str]) -> None:
             if isinstance(key, str) and text_problem(key) is not None:
                 problems.append(f"{_join(path, key)}: the key {text_problem(key)}")
                 continue
-            _control_characters(item, _join(path, key), problems)
+            _control_characters(item, _join(path, key), problems, seen)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _control_characters(item, f"{path}[{index}]", problems)
+            _control_characters(item, f"{path}[{index}]", problems, seen)
 
 
 def parse_config(data: object, *, base_dir: Path, source: str | None = None) -> Config:
