@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="with --bundle: the device's device.pub kept from its installation; the bundle "
                          "must be signed by that key")
     vf.add_argument("--camera")
+    vf.add_argument("--head", action="append", default=[], metavar="CAMERA=SEQ:SHA256|FILE",
+                    help="a chain head the daemon published earlier (status chain_heads), or a file of them "
+                         "(CAMERA=SEQ:SHA256 lines, or a saved status document); repeatable: the segment "
+                         "must still be there, or its removal in the audit log")
     vf.add_argument("--json", action="store_true")
 
     ex = sub.add_parser("export", help="decrypt a time range of one camera into an MP4")
@@ -281,19 +285,46 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if getattr(args, "bundle", None) is not None:
         from .bundlereader import verify_bundle
 
+        if args.head:
+            raise UsageError("--head goes with a data directory (--data-dir or -c)")
         device = keys.load_device_public_key(args.device_pub) if args.device_pub else None
         report: Any = verify_bundle(args.bundle, private_key=private, device_key=device)
     else:
         if args.device_pub is not None:
             raise UsageError("--device-pub goes with --bundle")
         data_dir, _ = _data_dir(args)
-        report = inventory.verify_tree(data_dir, private_key=private, camera=args.camera)
+        heads = _chain_heads(args.head)
+        report = inventory.verify_tree(data_dir, private_key=private, camera=args.camera, heads=heads)
     if args.json:
         _print_json(report.to_json_dict())
     else:
         for line in report.lines():
             print(line)
     return 0 if report.ok else 1
+
+
+def _chain_heads(values: Sequence[str]) -> list[Any]:
+    """``--head`` values: ``CAMERA=SEQ:SHA256``, or a file of heads."""
+    from .chainheads import parse_chain_head, parse_heads_file
+
+    heads = []
+    for value in values:
+        if "=" in value and not Path(value).exists():
+            try:
+                heads.append(parse_chain_head(value))
+            except ValueError as exc:
+                raise UsageError(f"--head {value}: {exc}") from None
+            continue
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--head {value}: not CAMERA=SEQ:SHA256 and not a readable file "
+                             f"({exc})") from None
+        try:
+            heads += parse_heads_file(text)
+        except ValueError as exc:
+            raise UsageError(f"--head {value}: {exc}") from None
+    return heads
 
 
 def _export_progress(done: int, total: int) -> None:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError, KeyFormatError
+from .inputcheck import text_problem
 
 # Sources that the recorder decodes and encodes itself (everything else is copied as it comes).
 RAW_SOURCE_KINDS = frozenset({"v4l2", "testsrc", "lavfi"})
@@ -1121,6 +1122,31 @@ def _health(value: object, problems: list[str]) -> Any:
     return HealthThresholds(**kw)
 
 
+def _control_characters(value: object, path: str, problems: list[str],
+                        seen: set[int] | None = None) -> None:
+    """The text rule of ``inputcheck`` over every key and string of the config (names, urls, exec
+    arguments, topics, free text): a control or bidi character anywhere is a problem naming its key.
+    ``seen``: containers already walked (YAML aliases can make a structure refer to itself)."""
+    seen = set() if seen is None else seen
+    if isinstance(value, Mapping | list | tuple):
+        if id(value) in seen:
+            return
+        seen.add(id(value))
+    if isinstance(value, str):
+        problem = text_problem(value)
+        if problem is not None:
+            problems.append(f"{path or 'top level'}: {problem}")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and text_problem(key) is not None:
+                problems.append(f"{_join(path, key)}: the key {text_problem(key)}")
+                continue
+            _control_characters(item, _join(path, key), problems, seen)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _control_characters(item, f"{path}[{index}]", problems, seen)
+
+
 def parse_config(data: object, *, base_dir: Path, source: str | None = None) -> Config:
     """Validate YAML data (as ``yaml.safe_load`` returns it) into a Config.
 
@@ -1132,6 +1158,9 @@ def parse_config(data: object, *, base_dir: Path, source: str | None = None) -> 
     if data is None:
         raise ConfigError(["the file is empty: expected a mapping with device_id, data_dir, recipients and "
                            "cameras"], source)
+    _control_characters(data, "", problems)
+    if problems:  # before any other check: every message below quotes values, which must be clean
+        raise ConfigError(problems, source)
     s = _section(data, "top level", "", problems)
     if s is None:
         raise ConfigError(problems, source)

@@ -1,16 +1,21 @@
 """What footage a data directory holds: listing, whole-tree verification and time-range selection.
 
 These work from the segment files themselves (the truth), so they also work on a copy of a data directory
-taken off the device; the catalog, when present, adds gaps and is checked against the files.
+taken off the device; the catalog, when present, adds gaps and is checked against the files, and the
+audit log, when present, must explain every segment missing from a chain (``deletions``).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import segfile
+from .chainheads import ChainHead
+from .deletions import CameraRemovals, Hole, describe, removal_record, unexplained
 from .errors import SegmentError
 from .humanize import local_time_text, plural
 from .layout import (
@@ -18,6 +23,7 @@ from .layout import (
     DEVICE_PUB_NAME,
     PARTIAL_SUFFIX,
     SEGMENT_GLOB,
+    DataDir,
     day_dir_name,
     start_ns_from_name,
 )
@@ -168,22 +174,26 @@ def name_problem(path: Path, camera_dir: Path, meta: segfile.SegmentMeta) -> str
     return None
 
 
-def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None = None) -> VerifyReport:
+def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None = None,
+                heads: Sequence[ChainHead] = ()) -> VerifyReport:
     """Verify every segment file (framing, signature; with a key also every chunk), each camera's hash
-    chain walked by sequence number, where each file lies, and the catalog against the files."""
+    chain walked by sequence number, where each file lies, the catalog against the files (rows, digests),
+    and every segment missing from a chain against the audit log's record of removals (``deletions``):
+    in the middle, at the start, and at the newest end (the catalog's rows, ``heads`` seen earlier)."""
     report = VerifyReport()
     device_key = _device_key(data_dir)
     if device_key is None:
         report.notes.append(f"no {DEVICE_PUB_NAME} in {data_dir}: signatures checked with the key in each "
                             "header")
-    # The catalog first, then the files: a segment is sealed (its file in place) before it is catalogued,
-    # so every row read now has its file by the time the files are listed, even while the daemon records.
-    catalogued = _catalog_paths(data_dir, camera)
+    removals = _read_removals(data_dir, report)
     on_disk: set[str] = set()
+    found: dict[str, _Found] = {}  # relative path -> what its check found
+    chains: dict[str, list[tuple[segfile.ChainLink, Path]]] = {}
     for cam_dir in camera_dirs(data_dir, camera):
         links: list[tuple[segfile.ChainLink, Path]] = []
         for path in segment_files(data_dir, cam_dir.name):
-            on_disk.add(str(path.relative_to(data_dir)))
+            rel = str(path.relative_to(data_dir))
+            on_disk.add(rel)
             report.checked += 1
             check = segfile.check_segment(path, private_key=private_key, device_key=device_key)
             report.problems.extend(str(e) for e in check.problems)
@@ -194,66 +204,187 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
             if link is None:
                 continue  # the header is unreadable: no sequence, no place in the chain (reported above)
             assert check.header is not None
+            digest = link.digest.hex() if link.digest is not None else None
+            found[rel] = _Found(link.sequence, digest, check.ok)
             misplaced = name_problem(path, cam_dir, check.header.meta)
             if misplaced is not None:
                 report.problems.append(f"{path}: {misplaced}")
             links.append((link, path))
-        _walk_chain(links, report)
+        chains[cam_dir.name] = links
+        _walk_chain(links, report, _Explainer.of(removals, cam_dir.name, on_disk))
         for partial in sorted(cam_dir.glob(f"*/*{PARTIAL_SUFFIX}")):
             report.notes.append(f"{partial}: unfinished segment (recording, or recovered at next start)")
-    if catalogued is not None:
-        _check_catalog(data_dir, camera, catalogued, on_disk, report)
+    _check_catalog(data_dir, camera, on_disk, found, removals, report)
+    _check_missing_at_start_up(data_dir, camera, on_disk, removals, report)
+    for head in heads:
+        if camera is None or head.camera == camera:
+            _check_head(head, chains.get(head.camera, []), _Explainer.of(removals, head.camera, on_disk),
+                        report)
     return report
 
 
-def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyReport) -> None:
-    """Report how each segment follows the one before it, in sequence order (spec section 7.6)."""
+@dataclass(frozen=True)
+class _Found:
+    sequence: int
+    digest: str | None
+    intact: bool
+
+
+def _read_removals(data_dir: Path, report: VerifyReport) -> dict[str, CameraRemovals] | None:
+    """The audit log's record of removals (None when there is no audit log); a broken log is a problem
+    (its record is still used: ``edgerec audit verify`` says more)."""
+    from .audit import verify_audit
+
+    path = DataDir(data_dir).audit_path
+    if not path.exists():
+        report.notes.append(f"no audit log in {data_dir}: no removal of a segment can be explained")
+        return None
+    result = verify_audit(path)
+    if not result.ok:
+        torn = result.line == result.lines and "incomplete" in (result.problem or "")
+        (report.notes if torn else report.problems).append(f"{path}: {result.message}")
+    entries = []
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                entries.append(obj)
+    return removal_record(entries)
+
+
+@dataclass(frozen=True)
+class _Explainer:
+    """One camera's side of the removal rule: which missing sequences the audit log explains."""
+
+    removals: CameraRemovals | None
+    name_times: list[int]
+    has_log: bool
+
+    @classmethod
+    def of(cls, record: dict[str, CameraRemovals] | None, camera: str, present: set[str]) -> _Explainer:
+        removals = None if record is None else record.get(camera)
+        return cls(removals, removals.name_times(present) if removals else [], record is not None)
+
+    def unexplained(self, hole: Hole) -> list[int]:
+        return unexplained(hole, self.removals, self.name_times)
+
+    def problem(self, missing: list[int]) -> str:
+        why = "the audit log does not record their removal" if self.has_log else "there is no audit log"
+        return f"segment(s) {describe(missing)} missing from the chain and {why}"
+
+
+def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyReport,
+                explainer: _Explainer) -> None:
+    """Report how each segment follows the one before it, in sequence order (spec section 7.6), and
+    whether the audit log explains each hole (``deletions``)."""
     previous: segfile.ChainLink | None = None
+    previous_path: Path | None = None
     for link, path in segfile.chain_order(links):
         status = segfile.link_status(previous, link)
         where = f"{path} (sequence {link.sequence})"
         after = f"sequence {previous.sequence}" if previous is not None else ""
+        hole: Hole | None = None
+        if status == segfile.LINK_FIRST and link.sequence > 0:
+            hole = Hole(0, link.sequence - 1, None, start_ns_from_name(path))
+        elif previous is not None and link.sequence > previous.sequence + 1 and status != segfile.LINK_SKIP:
+            assert previous_path is not None
+            hole = Hole(previous.sequence + 1, link.sequence - 1, start_ns_from_name(previous_path),
+                        start_ns_from_name(path))
+        missing = explainer.unexplained(hole) if hole is not None else []
+        if missing:
+            report.problems.append(f"{where}: {explainer.problem(missing)}")
         if status == segfile.LINK_BROKEN:
             report.problems.append(f"{where}: hash chain broken: prev_digest is not the digest of {after}")
         elif status == segfile.LINK_DUPLICATE:
             report.problems.append(f"{where}: a second segment with this sequence number: the chain forked")
-        elif status == segfile.LINK_GAP:
+        elif status == segfile.LINK_GAP and not missing:
             report.notes.append(f"{where}: follows {after}; the segments numbered in between are not here "
-                                "(deleted by retention, or missing)")
+                                "(their removal is in the audit log)")
         elif status == segfile.LINK_SKIP:
             report.notes.append(f"{where}: follows {after} directly; the numbers in between were never "
                                 "closed (a segment lost to a failed recovery is in quarantine)")
         elif status == segfile.LINK_UNCONFIRMED:
             report.notes.append(f"{where}: link not confirmed: {after} before it is damaged")
-        elif status == segfile.LINK_FIRST:
-            report.notes.append(f"{where}: first segment here; the ones before it are gone (retention)")
+        elif status == segfile.LINK_FIRST and not missing:
+            report.notes.append(f"{where}: first segment here; the ones before it are gone (their removal "
+                                "is in the audit log)")
         if status != segfile.LINK_DUPLICATE:  # a fork: the walk goes on from the first of the two
-            previous = link
+            previous, previous_path = link, path
 
 
-def _catalog_paths(data_dir: Path, camera: str | None) -> set[str] | None:
-    """The catalogued segment paths (of ``camera``), read-only; None when there is no catalog."""
+def _check_head(head: ChainHead, links: list[tuple[segfile.ChainLink, Path]], explainer: _Explainer,
+                report: VerifyReport) -> None:
+    """A head seen earlier: the segment with its sequence is here with its digest, or its removal (and
+    that of every segment up to it) is in the audit log."""
+    at = [(link, path) for link, path in links if link.sequence == head.sequence]
+    if at:
+        if any(link.digest is not None and link.digest.hex() == head.digest for link, _ in at):
+            report.notes.append(f"chain head {head} seen earlier: confirmed")
+        else:
+            report.problems.append(f"{at[0][1]} (sequence {head.sequence}): not the segment of the chain "
+                                   f"head {head} seen earlier: replaced, or the chain was started again")
+        return
+    newest = max(links, key=lambda item: item[0].sequence, default=None)
+    if newest is not None and newest[0].sequence > head.sequence:
+        report.notes.append(f"chain head {head} seen earlier: its segment is no longer here (see the chain "
+                            "walk for its removal)")
+        return
+    first = 0 if newest is None else newest[0].sequence + 1
+    hole = Hole(first, head.sequence, None if newest is None else start_ns_from_name(newest[1]), None)
+    missing = explainer.unexplained(hole)
+    if missing:
+        report.problems.append(f"camera {head.camera}: the newest {explainer.problem(missing)} (chain head "
+                               f"{head} seen earlier)")
+    else:
+        report.notes.append(f"chain head {head} seen earlier: its segments up to it were removed (the audit "
+                            "log records it)")
+
+
+def _check_catalog(data_dir: Path, camera: str | None, on_disk: set[str], found: dict[str, _Found],
+                   removals: dict[str, CameraRemovals] | None, report: VerifyReport) -> None:
+    """The catalog (a cache of the files) against them: every row's file is here with the row's digest,
+    or its removal is in the audit log; every file has a row (else it is adopted at the next start)."""
     if not (data_dir / CATALOG_NAME).exists():
         return None
     from .catalog import Catalog
 
     cat = Catalog.open_readonly(data_dir)
     try:
-        return {r.path for r in cat.segments(camera=camera)}
+        rows = {r.path: r for r in cat.segments(camera=camera)}
     finally:
         cat.close()
-
-
-def _check_catalog(data_dir: Path, camera: str | None, rows: set[str], on_disk: set[str],
-                   report: VerifyReport) -> None:
-    """``rows`` were read before the files were listed. A row whose file is gone may have been deleted by
-    retention since (file first, then the row): it is a problem only if it is still catalogued and its
-    file still absent when read again."""
-    missing = rows - on_disk
-    if missing:
-        still = _catalog_paths(data_dir, camera) or set()
-        missing = {m for m in missing if m in still and not (data_dir / m).exists()}
-    for missing_path in sorted(missing):
-        report.problems.append(f"{data_dir / missing_path}: in the catalog but the file is missing")
-    for extra in sorted(on_disk - rows):
+    for rel in sorted(set(rows) - on_disk):
+        row = rows[rel]
+        cam = (removals or {}).get(row.camera)
+        if cam is not None and (row.sequence in cam.sequences or rel in cam.by_path):
+            report.notes.append(f"{data_dir / rel}: deleted (the audit log records it); its catalog row goes "
+                                "at the next sweep")
+        elif (data_dir / rel).exists():
+            report.notes.append(f"{data_dir / rel}: sealed while this verify ran")  # a live recorder
+        else:
+            why = "the audit log does not record its removal" if removals is not None else "no audit log"
+            report.problems.append(f"{data_dir / rel} (sequence {row.sequence}): in the catalog but the file "
+                                   f"is missing, and {why}")
+    for rel in sorted(set(rows) & on_disk):
+        row, seen = rows[rel], found.get(rel)
+        if seen is not None and seen.intact and seen.digest is not None and seen.digest != row.digest:
+            report.problems.append(f"{data_dir / rel}: the catalog's digest {row.digest} is not the file's "
+                                   f"{seen.digest}: the file was replaced after it was catalogued (or the "
+                                   "catalog edited)")
+    for extra in sorted(on_disk - set(rows)):
         report.notes.append(f"{data_dir / extra}: not in the catalog (adopted at next start)")
+
+
+def _check_missing_at_start_up(data_dir: Path, camera: str | None, on_disk: set[str],
+                               removals: dict[str, CameraRemovals] | None, report: VerifyReport) -> None:
+    """Files that start-up found gone from under their catalog rows (``segments_missing``): removed
+    without a record, whichever end of the chain they were at."""
+    for cam_name, cam in sorted((removals or {}).items()):
+        if camera is not None and cam_name != camera:
+            continue
+        for rel in sorted(cam.missing_paths - on_disk - set(cam.by_path)):
+            report.problems.append(f"{data_dir / rel}: found missing at a start-up (audit line "
+                                   "segments_missing): removed without a deletion record")

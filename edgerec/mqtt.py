@@ -34,6 +34,7 @@ from . import __version__
 from .config import CameraConfig, Config, MqttConfig, TlsConfig
 from .errors import ConfigError
 from .incidents import command_result_for_error
+from .inputcheck import JsonNumberError, loads_json
 from .redact import redact_obj, register_secret
 from .timefmt import rfc3339
 
@@ -57,6 +58,7 @@ INTERNAL_ERROR = "internal error"
 
 
 CommandHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+RefusalHandler = Callable[[Mapping[str, Any]], Any]  # audits a payload refused before it was a command
 
 
 # ----- what the link needs from the configuration ------------------------------------------------------
@@ -131,12 +133,9 @@ class Envelope:
     has_transaction: bool = False
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def decode_command(payload: bytes, *, max_bytes: int = MAX_COMMAND_BYTES) -> Envelope:
-    """Check size, UTF-8, JSON and object-ness of a command payload; never raises."""
+    """Check size, UTF-8, JSON (with the number rule of ``inputcheck``) and object-ness of a command
+    payload; never raises."""
     if len(payload) > max_bytes:
         return Envelope(None, f"payload too large: {len(payload)} bytes (limit {max_bytes})")
     try:
@@ -144,7 +143,9 @@ def decode_command(payload: bytes, *, max_bytes: int = MAX_COMMAND_BYTES) -> Env
     except UnicodeDecodeError:
         return Envelope(None, "payload is not valid UTF-8")
     try:
-        obj = json.loads(text, parse_constant=_refuse_constant)
+        obj = loads_json(text)
+    except JsonNumberError as exc:  # NaN, Infinity, 1e400, integers past 2^53: one rule (inputcheck.py)
+        return Envelope(None, f"payload refused: {exc}")
     except (ValueError, RecursionError):  # RecursionError: deeply nested arrays fit in 16 KiB
         return Envelope(None, "payload is not valid JSON")
     if not isinstance(obj, dict):
@@ -207,6 +208,20 @@ def finish_reply(reply: Mapping[str, Any], envelope: Envelope, device_id: str) -
     if envelope.has_transaction:
         out["transaction"] = envelope.transaction
     return json.dumps(out, allow_nan=False).encode()
+
+
+def fallback_reply(reply: Mapping[str, Any], envelope: Envelope, device_id: str) -> bytes:
+    """The reply sent instead of one that cannot be serialised (a non-finite number, an object JSON has no
+    form for): an ``internal error`` refusal, with the transaction echoed when it can be. Never raises, so
+    a command always gets a reply."""
+    refusal = command_result_for_error(reply, INTERNAL_ERROR).to_json_dict()
+    try:
+        return finish_reply(refusal, envelope, device_id)
+    except (TypeError, ValueError, RecursionError):
+        refusal["device_id"] = device_id
+        refusal["transaction"] = None
+        refusal["error"] = f"{INTERNAL_ERROR} (the transaction could not be echoed)"
+        return json.dumps(refusal, allow_nan=False).encode()
 
 
 # ----- Home Assistant discovery -----------------------------------------------------------------------------
@@ -419,7 +434,9 @@ class MqttLink:
     ``status()`` and ``incidents()`` give the payloads of the retained status and incidents topics;
     ``on_command(obj)`` handles a decoded incident command and returns the reply object (it must commit
     before returning: the MQTT message is acknowledged only afterwards, so a crash before the commit
-    makes the broker deliver the command again).
+    makes the broker deliver the command again). ``on_refused(fields)`` is told of every payload the link
+    itself refuses (too large, not UTF-8, not JSON, a bad number, not an object), so that these refusals
+    are audited like the ones ``on_command`` makes.
 
     Threads: paho's network thread (``loop_start``) receives commands and runs ``on_command``; a
     publisher thread of the link publishes availability, discovery, status (every ``status_interval_s``
@@ -428,11 +445,12 @@ class MqttLink:
 
     def __init__(self, settings: MqttLinkSettings, *, status: Callable[[], dict[str, Any]],
                  incidents: Callable[[], list[dict[str, Any]]], on_command: CommandHandler,
-                 clock_ns: Callable[[], int] = time.time_ns):
+                 clock_ns: Callable[[], int] = time.time_ns, on_refused: RefusalHandler | None = None):
         self._settings = settings
         self._status = status
         self._incidents = incidents
         self._on_command = on_command
+        self._on_refused = on_refused
         self._clock_ns = clock_ns
         self.topics = Topics.from_config(settings)
         self._client: mqtt.Client | None = None
@@ -788,8 +806,10 @@ class MqttLink:
         if envelope.command is None:
             reply: Mapping[str, Any] = command_result_for_error(
                 None, envelope.error or "malformed command").to_json_dict()
+            self._refused(reply)
         elif (problem := unknown_action(envelope.command)) is not None:
             reply = {**command_result_for_error(envelope.command, problem).to_json_dict(), "action": None}
+            self._refused(reply)
         else:
             command: Mapping[str, Any] = envelope.command
             asked = command.get("action")
@@ -804,6 +824,14 @@ class MqttLink:
                  msg.topic, reply.get("action"), reply.get("id"), reply.get("ok"), reply.get("duplicate"),
                  reply.get("error"), bool(msg.dup))
         self._publish_reply(msg, envelope, reply)
+
+    def _refused(self, reply: Mapping[str, Any]) -> None:
+        if self._on_refused is None:
+            return
+        try:
+            self._on_refused({"id": None, "action": None, "error": reply.get("error")})
+        except Exception:  # auditing is best effort here; the reply still goes out
+            log.exception("mqtt refusal not audited")
 
     def _call_on_command(self, command: Mapping[str, Any]) -> Mapping[str, Any]:
         try:
@@ -821,11 +849,10 @@ class MqttLink:
         device_id = self._settings.device_id
         try:
             payload = finish_reply(redact_obj(reply), envelope, device_id)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             log.exception("incident reply not serialisable id=%s", reply.get("id"))
             self._stats.count("internal_errors")
-            payload = finish_reply(command_result_for_error(reply, INTERNAL_ERROR).to_json_dict(), envelope,
-                                   device_id)
+            payload = fallback_reply(reply, envelope, device_id)
         self._publish(self.topics.result, payload, retain=False, queue=True)
         response_topic = getattr(msg.properties, "ResponseTopic", None) if msg.properties else None
         if response_topic:

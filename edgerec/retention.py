@@ -248,6 +248,7 @@ class DeletedSegment(NamedTuple):
     end_ns: int
     size_bytes: int
     reason: str
+    sequence: int | None = None  # its place in the camera's chain (named in the audit line)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"id": self.id, "camera": self.camera, "path": self.path, "start": rfc3339(self.start_ns),
@@ -418,7 +419,8 @@ class Sweeper:
 
         incident_changes = self.catalog.incident_changes()  # before the incidents are read for the plan
         plan, rows, disk = self._plan(now_ns, dry_run)
-        deleted = tuple(DeletedSegment(r.id, r.camera, r.path, r.start_ns, r.end_ns, r.size_bytes, d.reason)
+        deleted = tuple(DeletedSegment(r.id, r.camera, r.path, r.start_ns, r.end_ns, r.size_bytes, d.reason,
+                                        r.sequence)
                         for d in plan.deletions for r in (rows[d.segment_id],))
         quarantine_deleted = 0
         if not dry_run:
@@ -524,7 +526,8 @@ class Sweeper:
                 keep = [d for d in batch if d.id not in spared_ids]
                 # The audit log already names these as deleted: say that they were not.
                 self.audit.append("segments_spared", reason="incident", camera=spared[0].camera,
-                                  count=len(spared), paths=[d.path for d in spared])
+                                  count=len(spared), paths=[d.path for d in spared],
+                                  sequences=[d.sequence for d in spared])
                 log.warning("retention spared segments held by a new incident camera=%s segments=%d",
                             spared[0].camera, len(spared))
             if keep:
@@ -533,8 +536,9 @@ class Sweeper:
 
     def _audit_deletions(self, batches: Sequence[Sequence[DeletedSegment]],
                          clock_fields: Mapping[str, Any]) -> None:
-        """One ``segments_deleted`` line per directory (a camera's day) and reason, naming every file, and
-        the time it was decided at with the clock it came from (``clock_fields``)."""
+        """One ``segments_deleted`` line per directory (a camera's day) and reason, naming every file and
+        its sequence number (``edgerec verify`` explains holes in a camera's chain with them), and the time
+        it was decided at with the clock it came from (``clock_fields``)."""
         entries: list[AuditEntry] = []
         early = early_bytes = 0
         for batch in batches:
@@ -545,7 +549,8 @@ class Sweeper:
                 size = sum(d.size_bytes for d in items)
                 entries.append(("segments_deleted", {
                     "reason": reason, "camera": items[0].camera, "count": len(items), "bytes": size,
-                    "paths": [d.path for d in items], **clock_fields}))
+                    "paths": [d.path for d in items], "sequences": [d.sequence for d in items],
+                    **clock_fields}))
                 if reason == "disk_pressure":
                     early += len(items)
                     early_bytes += size

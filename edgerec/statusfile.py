@@ -387,6 +387,18 @@ def _audit_line(head: Any) -> str | None:
     return f"audit log: {head['lines']} lines, head {head['lines']}:{head.get('sha256', '?')}"
 
 
+def _chain_head_lines(heads: Any) -> list[str]:
+    """Each camera's chain head, as `edgerec verify --head` takes it (CAMERA=SEQ:SHA256)."""
+    if not isinstance(heads, dict) or not heads:
+        return []  # a daemon from before the heads were published, or no footage yet
+    lines = ["chain heads (for edgerec verify --head):"]
+    for camera, head in sorted(heads.items()):
+        if isinstance(head, dict):
+            lines.append(f"  {camera}={head.get('sequence', '?')}:{head.get('digest', '?')}  "
+                         f"(segment of {head.get('start', '?')})")
+    return lines
+
+
 def _mqtt_line(mqtt: Any) -> str:
     if not isinstance(mqtt, dict) or mqtt.get("enabled") is False:
         return "mqtt: disabled"
@@ -406,8 +418,10 @@ def format_status(status: dict[str, Any], now: float | datetime | None = None) -
         lines.extend(_camera_lines(name, cameras[name] or {}, now_s))
     lines.extend(_storage_lines(status, now_s))
     audit = _audit_line(status.get("audit_head"))
+    heads = _chain_head_lines(status.get("chain_heads"))
     if audit is not None:
         lines.append(audit)
+    lines.extend(heads)
     lines.append(_mqtt_line(status.get("mqtt")))
     errors = status.get("last_errors") or []
     if errors:

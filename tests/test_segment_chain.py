@@ -204,15 +204,171 @@ def test_after_a_damaged_segment_the_link_is_unconfirmed_not_a_second_problem(
     assert any("link not confirmed" in n and str(segs[2].path) in n for n in report.notes)
 
 
+def _audit_deleted(data_dir: Path, segs: list[segfile.SealedSegment], *, sequences: bool = True,
+                   event: str = "segments_deleted") -> None:
+    """Audit lines as retention writes them (with sequences) or as older logs and reconciliation do."""
+    from edgerec.audit import AuditLog
+
+    fields: dict[str, object] = {"reason": "age", "camera": "front-door", "count": len(segs),
+                                 "paths": [str(s.path.relative_to(data_dir)) for s in segs]}
+    if sequences:
+        fields["sequences"] = [s.meta.sequence for s in segs]
+    AuditLog(data_dir / "audit.log").append(event, **fields)
+
+
 def test_retention_and_holds_leave_a_first_segment_and_gaps_as_notes(tmp_path: Path, tk: TestKeys) -> None:
     segs = _record_chain(tmp_path, tk, [0, 10, 20, 30, 40, 50])
     for i in (0, 1, 3, 4):  # retention deleted these; a hold kept 2
         segs[i].path.unlink()
+    _audit_deleted(tmp_path, [segs[0], segs[1]])
+    _audit_deleted(tmp_path, [segs[3], segs[4]], sequences=False)  # an older log: paths only
     report = inventory.verify_tree(tmp_path)
     assert report.ok, report.problems
     assert any("(sequence 2): first segment here" in n for n in report.notes)
     assert any("(sequence 5): follows sequence 2; the segments numbered in between are not here" in n
                for n in report.notes)
+
+
+@pytest.mark.parametrize(("removed", "where"), [
+    ([2], "(sequence 3): segment(s) 2 missing"),  # in the middle
+    ([0, 1], "(sequence 2): segment(s) 0..1 missing"),  # at the start
+])
+def test_a_segment_removed_without_an_audit_line_is_a_problem(tmp_path: Path, tk: TestKeys,
+                                                              removed: list[int], where: str) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10, 20, 30, 40])
+    _audit_deleted(tmp_path, [segs[4]])  # an audit log exists, naming something else
+    segs[4].path.unlink()
+    for i in removed:
+        segs[i].path.unlink()
+    report = inventory.verify_tree(tmp_path)
+    assert [p for p in report.problems if "missing from the chain" in p] == [
+        f"{segs[max(removed) + 1].path} {where} from the chain and the audit log does not record their "
+        "removal"]
+
+
+def test_without_an_audit_log_no_hole_is_explained(tmp_path: Path, tk: TestKeys) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10, 20])
+    segs[1].path.unlink()
+    report = inventory.verify_tree(tmp_path)
+    assert any("segment(s) 1 missing from the chain and there is no audit log" in p for p in report.problems)
+
+
+def test_paths_only_explain_a_hole_by_count_between_its_neighbours(tmp_path: Path, tk: TestKeys) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10, 20, 30, 40, 50])
+    for i in (1, 3, 4):
+        segs[i].path.unlink()
+    _audit_deleted(tmp_path, [segs[1], segs[3]], sequences=False)  # 4 was removed without a line
+    report = inventory.verify_tree(tmp_path)
+    assert [p for p in report.problems if "missing" in p] == [
+        f"{segs[5].path} (sequence 5): segment(s) 4 missing from the chain and the audit log does not record "
+        "their removal"]
+
+
+def test_a_spared_segment_removed_later_is_not_explained(tmp_path: Path, tk: TestKeys) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10, 20])
+    _audit_deleted(tmp_path, [segs[1]])
+    _audit_deleted(tmp_path, [segs[1]], event="segments_spared")  # an incident held it after all
+    segs[1].path.unlink()  # ... and someone removed it by hand
+    report = inventory.verify_tree(tmp_path)
+    assert any("segment(s) 1 missing from the chain and the audit log does not record" in p
+               for p in report.problems), report.problems
+
+
+def _catalogue(data_dir: Path, segs: list[segfile.SealedSegment]) -> None:
+    from edgerec.catalog import Catalog
+
+    cat = Catalog.open(data_dir)
+    try:
+        for seg in segs:
+            cat.add_segment(seg)
+    finally:
+        cat.close()
+
+
+def test_the_newest_segments_removed_show_against_the_catalog(tmp_path: Path, tk: TestKeys) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10, 20])
+    _catalogue(tmp_path, segs)
+    _audit_deleted(tmp_path, [segs[0]])
+    segs[0].path.unlink()
+    segs[2].path.unlink()  # the newest: the chain alone cannot show it
+    report = inventory.verify_tree(tmp_path)
+    assert report.problems == [
+        f"{segs[2].path} (sequence 2): in the catalog but the file is missing, and the audit log does not "
+        "record its removal"]
+    assert any(f"{segs[0].path}: deleted (the audit log records it)" in n for n in report.notes)
+
+
+def test_a_catalog_digest_that_differs_from_the_file_is_a_problem(tmp_path: Path, tk: TestKeys) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10])
+    _catalogue(tmp_path, segs)
+    # A validly signed file (stolen device key) with the same sequence and link put in place of the newest.
+    segs[1].path.unlink()
+    forged = write_segment(segs[1].path, b"forged" * 200, tk, meta=segs[1].meta, chunk_bytes=512)
+    report = inventory.verify_tree(tmp_path)
+    assert report.problems == [
+        f"{segs[1].path}: the catalog's digest {segs[1].digest.hex()} is not the file's "
+        f"{forged.digest.hex()}: the file was replaced after it was catalogued (or the catalog edited)"]
+
+
+def test_a_head_seen_earlier_finds_the_newest_segments_removed(tmp_path: Path, tk: TestKeys) -> None:
+    from edgerec.chainheads import ChainHead
+
+    segs = _record_chain(tmp_path, tk, [0, 10, 20, 30])
+    head = ChainHead("front-door", 3, segs[3].digest.hex())
+    _audit_deleted(tmp_path, [segs[0]])
+    segs[0].path.unlink()
+    assert inventory.verify_tree(tmp_path, heads=[head]).ok
+    segs[3].path.unlink()
+    segs[2].path.unlink()  # no catalog (it was deleted too): only the head shows it
+    report = inventory.verify_tree(tmp_path, heads=[head])
+    assert report.problems == [
+        f"camera front-door: the newest segment(s) 2..3 missing from the chain and the audit log does not "
+        f"record their removal (chain head {head} seen earlier)"]
+    _audit_deleted(tmp_path, [segs[2], segs[3]])  # recorded deletions are notes
+    assert inventory.verify_tree(tmp_path, heads=[head]).ok
+
+
+def test_a_head_whose_segment_was_replaced_is_a_problem(tmp_path: Path, tk: TestKeys) -> None:
+    from edgerec.chainheads import ChainHead
+
+    segs = _record_chain(tmp_path, tk, [0, 10])
+    # The chain started again from genesis (catalog and files removed): sequence 1 is another segment.
+    for seg in segs:
+        seg.path.unlink()
+    again = _record_chain(tmp_path, tk, [100, 110])
+    report = inventory.verify_tree(tmp_path, heads=[ChainHead("front-door", 1, segs[1].digest.hex())])
+    assert any(p.startswith(f"{again[1].path} (sequence 1): not the segment of the chain head")
+               for p in report.problems), report.problems
+
+
+def test_a_file_found_missing_at_start_up_stays_a_problem(tmp_path: Path, tk: TestKeys) -> None:
+    from edgerec.audit import AuditLog
+
+    segs = _record_chain(tmp_path, tk, [0, 10])
+    segs[1].path.unlink()
+    rel = str(segs[1].path.relative_to(tmp_path))
+    AuditLog(tmp_path / "audit.log").append("segments_missing", count=1, paths=[rel])  # as reconcile writes
+    report = inventory.verify_tree(tmp_path)
+    assert report.problems == [f"{segs[1].path}: found missing at a start-up (audit line segments_missing): "
+                               "removed without a deletion record"]
+
+
+def test_chain_heads_parse_from_lines_and_status_documents() -> None:
+    import json
+
+    from edgerec.chainheads import ChainHead, parse_chain_head, parse_heads_file
+
+    digest = "ab" * 32
+    assert parse_chain_head(f"door=7:{digest.upper()}") == ChainHead("door", 7, digest)
+    for bad in ("door=7", f"=7:{digest}", f"door=-1:{digest}", f"do\x85or=7:{digest}", f"door=7:{digest}0"):
+        with pytest.raises(ValueError):
+            parse_chain_head(bad)
+    assert parse_heads_file(f"# heads\ndoor=7:{digest}\n\nyard=2:{digest}  # noted 09:55\n") == [
+        ChainHead("door", 7, digest), ChainHead("yard", 2, digest)]
+    status = {"chain_heads": {"door": {"sequence": 7, "digest": digest, "start": "2026-11-20T09:55:00.000Z"}}}
+    assert parse_heads_file(json.dumps(status)) == [ChainHead("door", 7, digest)]
+    with pytest.raises(ValueError, match="line 2"):
+        parse_heads_file(f"door=7:{digest}\nnonsense\n")
 
 
 def test_a_forked_chain_is_a_problem(tmp_path: Path, tk: TestKeys) -> None:

@@ -300,3 +300,15 @@ def test_leftover_status_file_is_removed_once(tmp_path):
     assert remove_leftover(path)
     assert not path.exists()
     assert not remove_leftover(path)
+
+
+def test_format_status_prints_chain_heads_as_verify_head_takes_them():
+    from edgerec.chainheads import parse_chain_head
+
+    heads = {"gate": {"sequence": 8123, "digest": "5b" * 32, "start": rfc3339(NOW - 10)}}
+    text = format_status(sample_status(chain_heads=heads), NOW)
+    lines = text.splitlines()
+    at = lines.index("chain heads (for edgerec verify --head):")
+    printed = lines[at + 1].split()[0]
+    assert printed == f"gate=8123:{'5b' * 32}" and parse_chain_head(printed).sequence == 8123
+    assert "chain heads" not in format_status(sample_status(), NOW)  # a daemon from before: no lines

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..chainheads import ChainHead, status_heads
 from ..timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -29,6 +30,9 @@ class CatalogFacts:
     gaps: Mapping[str, int] = field(default_factory=dict)
     held_bytes: int = 0
     open_incident_ids: frozenset[str] = frozenset()
+    # Each camera's newest catalogued segment (also of cameras no longer configured, whose footage is
+    # still here): published so that it can be recorded off the device and given to `verify --head`.
+    chain_heads: tuple[ChainHead, ...] = ()
 
 
 def read_catalog_facts(catalog: Catalog, incidents: IncidentService, cameras: Sequence[str],
@@ -39,7 +43,19 @@ def read_catalog_facts(catalog: Catalog, incidents: IncidentService, cameras: Se
         gaps={name: catalog.count_gaps(name) for name in cameras},
         held_bytes=catalog.held_bytes(now_ns, incidents_config),
         open_incident_ids=frozenset(i.id for i in incidents.list_open()),
+        chain_heads=read_chain_heads(catalog),
     )
+
+
+def read_chain_heads(catalog: Catalog) -> tuple[ChainHead, ...]:
+    """Each camera's chain head from the catalog: a row is added only after its file was renamed and the
+    directory synced, so a published head names a segment that exists."""
+    heads = []
+    for camera in catalog.cameras():
+        row = catalog.last_segment(camera)
+        if row is not None:
+            heads.append(ChainHead(camera, row.sequence, row.digest, rfc3339(row.start_ns)))
+    return tuple(heads)
 
 
 class DiskUsage(NamedTuple):
@@ -146,6 +162,9 @@ def build_status(i: StatusInputs) -> dict[str, Any]:
         "audit_head": dict(i.audit_head),
         "catalog_disagrees": None if i.catalog_disagrees is None else dict(i.catalog_disagrees),
         "rollback_suspected": None if i.rollback_suspected is None else dict(i.rollback_suspected),
+        # Each camera's newest segment (sequence, digest, start): recorded off the device, it lets
+        # `edgerec verify --head` find the newest segments removed.
+        "chain_heads": status_heads(i.facts.chain_heads),
         "cameras": {name: camera_status(cam, i.facts) for name, cam in i.cameras.items()},
         "disk": {
             "free_bytes": disk.free,

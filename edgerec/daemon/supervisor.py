@@ -381,6 +381,7 @@ class Daemon:
             status=self._mqtt_status,
             incidents=self._incidents_payload,
             on_command=self.handle_command,
+            on_refused=lambda fields: self.incidents.audit_refusal(fields, "mqtt"),
         )
         try:
             link.start()
@@ -562,7 +563,7 @@ class Daemon:
     # ----- incidents (MQTT thread) ----------------------------------------------------------------------
     def handle_command(self, obj: Any) -> dict[str, Any]:
         """An incident command from MQTT: the incident service parses, applies and replies."""
-        result = self.incidents.handle(obj, time.time_ns())
+        result = self.incidents.handle(obj, time.time_ns(), source="mqtt")
         if result.ok and not result.duplicate:
             # The event also asks for new catalog facts and a new status; the worker republishes the
             # incident list when it sees the set of open incidents change (also for the CLI's commands).

@@ -16,7 +16,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from ..errors import CommandError
-from ..timefmt import DAY_NS, parse_rfc3339
+from ..inputcheck import text_problem
+from ..timefmt import DAY_NS, TimeRangeError, parse_rfc3339
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_REASON_CHARS = 1000
@@ -69,8 +70,9 @@ def _text(obj: Mapping[str, object], key: str, limit: int, default: str = "") ->
         raise CommandError(f"field '{key}' must be a string, not {json_type(value)}")
     if len(value) > limit:
         raise CommandError(f"field '{key}' is too long ({len(value)} characters, limit {limit})")
-    if any(ord(c) < 32 and c not in "\t" for c in value):
-        raise CommandError(f"field '{key}' contains control characters")
+    problem = text_problem(value)
+    if problem is not None:  # the one text rule (inputcheck.py): no C0, DEL, C1 or bidi controls
+        raise CommandError(f"field '{key}' {problem}")
     return value
 
 
@@ -80,6 +82,8 @@ def _time_field(obj: Mapping[str, object], key: str) -> int:
         raise CommandError(f"field '{key}' must be an RFC 3339 time string, not {json_type(value)}")
     try:
         return parse_rfc3339(value)
+    except TimeRangeError as exc:
+        raise CommandError(f"field '{key}': {exc}") from None
     except (ValueError, OverflowError):
         raise CommandError(f"field '{key}': {value[:64]!r} is not an RFC 3339 time "
                            "(like 2026-11-20T09:55:00Z)") from None
@@ -123,6 +127,8 @@ def parse_command(obj: object, *, cameras: Collection[str], now_ns: int) -> Inci
         raise CommandError("field 'camera' is missing (a camera name or '*')")
     if not isinstance(camera, str):
         raise CommandError(f"field 'camera' must be a string, not {json_type(camera)}")
+    if text_problem(camera) is not None:
+        raise CommandError(f"field 'camera' {text_problem(camera)}")
     if camera != "*" and camera not in cameras:
         known = ", ".join(sorted(cameras)) or "none configured"
         raise CommandError(f"field 'camera': unknown camera {camera[:64]!r} (known: {known}; or '*')")

@@ -2,9 +2,15 @@
 close are committed together before the reply.
 
 Commands are idempotent by id: the same open again is ok (``duplicate``), a conflicting open is an
-error, closing a closed incident is ok (``duplicate``), closing an unknown one is an error. A well-formed
-open refused by a limit (``commands.window_limit_problem``, ``max_open``) is audited as
-``incident_refused``. What an incident holds is decided by ``holds``.
+error, closing a closed incident is ok (``duplicate``), closing an unknown one is an error. What an
+incident holds is decided by ``holds``.
+
+Every refused command (malformed, over a limit, conflicting, unknown; and the payloads the MQTT link
+refuses before they are a command, through ``audit_refusal``) is audited as ``incident_refused``, like an
+accepted one is audited as ``incident_opened``/``incident_closed``. So that a flood of junk cannot grow the
+log without bound, refusal lines are rate-limited (``RefusalBudget``: a burst of
+``REFUSAL_AUDIT_BURST``, then one per ``REFUSAL_AUDIT_REFILL_S``); the refusals not written are counted,
+and the next ``incident_refused`` line carries that count as ``suppressed``.
 
 A full disk: the service writes through the daemon's space reserve (``spacereserve.SpaceReserve``), so an
 open or close on a completely full disk gives up the reserve and is tried once more. The audit line is
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,6 +39,46 @@ from .replay import unconfirmed_claims
 from .replies import CommandResult, command_result_for_error, refused
 
 log = logging.getLogger(__name__)
+
+REFUSAL_AUDIT_BURST = 20  # refusal lines written at once before the rate limit applies
+REFUSAL_AUDIT_REFILL_S = 60.0  # then one more line per this many seconds
+MAX_ECHO_CHARS = 64  # how much of an unparsed command's id or action a refusal line repeats
+
+
+class RefusalBudget:
+    """A token bucket deciding which refusals get an audit line. ``take`` returns the number of
+    refusals suppressed since the last line when this one may be written, None when it is suppressed."""
+
+    def __init__(self, burst: int = REFUSAL_AUDIT_BURST, refill_s: float = REFUSAL_AUDIT_REFILL_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.burst, self.refill_s, self._clock = burst, refill_s, clock
+        self._tokens = float(burst)
+        self._at = clock()
+        self.suppressed = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> int | None:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._at) / self.refill_s)
+            self._at = now
+            if self._tokens < 1.0:
+                self.suppressed += 1
+                return None
+            self._tokens -= 1.0
+            suppressed, self.suppressed = self.suppressed, 0
+            return suppressed
+
+    def give_back(self, suppressed: int) -> None:
+        """A line that could not be written: its refusal (and those it carried) count as suppressed."""
+        with self._lock:
+            self.suppressed += suppressed + 1
+
+
+def _echo(obj: object, key: str) -> str | None:
+    """A string field of a command that could not be parsed, cut short (the audit line escapes it)."""
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    return value[:MAX_ECHO_CHARS] if isinstance(value, str) else None
 
 
 class IncidentSettings(Protocol):
@@ -95,6 +142,7 @@ class IncidentService:
         # the next audit write of this service.
         self._owed: list[AuditEntry] = []
         self._owed_lock = threading.Lock()
+        self.refusals = RefusalBudget()
         # The retention clock's "now" (set by the daemon, or by the CLI from the catalog's cached anchor):
         # a close is dated no earlier than it, so a wall clock set back cannot shorten a grace period.
         self.rclock_now: Callable[[], int] | None = None
@@ -143,17 +191,22 @@ class IncidentService:
                         inc_id, action)
         return voided
 
-    def handle(self, obj: object, now_ns: int) -> CommandResult:
+    def handle(self, obj: object, now_ns: int, *, source: str = "cli") -> CommandResult:
         """The one entry point for commands (MQTT and the CLI): parse and apply a command object. Every
         error a command can meet (malformed, refused, conflicting, not recorded) becomes a CommandResult
-        with ``ok`` False; nothing an operator or a sender can cause is raised."""
+        with ``ok`` False; nothing an operator or a sender can cause is raised. ``source`` (``mqtt``,
+        ``cli``) goes into the audit line of a refusal."""
         try:
             cmd = parse_command(obj, cameras=self.cameras, now_ns=now_ns)
         except EdgerecError as exc:
-            return command_result_for_error(obj, exc)
-        return self.apply(cmd, now_ns)
+            result = command_result_for_error(obj, exc)
+            log.warning("incident command refused id=%r action=%r error=%s", result.id, result.action, exc)
+            self.audit_refusal({"id": _echo(obj, "id"), "action": _echo(obj, "action"), "error": str(exc)},
+                               source)
+            return result
+        return self.apply(cmd, now_ns, source=source)
 
-    def apply(self, cmd: IncidentCommand, now_ns: int) -> CommandResult:
+    def apply(self, cmd: IncidentCommand, now_ns: int, *, source: str = "cli") -> CommandResult:
         """Apply a parsed command (``handle`` without the parsing); failures become a CommandResult."""
         try:
             if cmd.action == "open":
@@ -161,8 +214,9 @@ class IncidentService:
             return self._close(cmd, self.close_time_ns(now_ns))
         except CommandError as exc:
             log.warning("incident command refused id=%s action=%s error=%s", cmd.id, cmd.action, exc)
-            if isinstance(exc, IncidentLimitError):
-                self._audit_refusal(cmd, str(exc))
+            self.audit_refusal({
+                "id": cmd.id, "action": cmd.action, "camera": cmd.camera, "from": rfc3339(cmd.from_ns),
+                "to": rfc3339(cmd.to_ns), "reason": cmd.reason, "by": cmd.by, "error": str(exc)}, source)
             return refused(cmd.id, cmd.action, exc)
         except (EdgerecError, OSError) as exc:
             # Nothing was committed (catalog and audit line go together; a line the log took for a commit
@@ -172,15 +226,24 @@ class IncidentService:
         finally:
             self._write_owed()
 
-    def _audit_refusal(self, cmd: IncidentCommand, error: str) -> None:
-        """Audit a well-formed open refused by a limit (who tried to hold what); malformed commands are
-        only logged. Best effort: the refusal stands even if the line cannot be written."""
+    def audit_refusal(self, fields: Mapping[str, Any], source: str) -> bool:
+        """The ``incident_refused`` line of a refused command (``fields``: what it asked for, as far as it
+        could be read, and ``error``), within the refusal budget; returns whether a line was written.
+        Best effort: the refusal stands even if the line cannot be written (it counts as suppressed)."""
+        suppressed = self.refusals.take()
+        if suppressed is None:
+            return False
+        line = {**{k: v for k, v in fields.items() if v is not None or k in ("id", "action")},
+                "source": source}
+        if suppressed:
+            line["suppressed"] = suppressed
         try:
-            self._append([("incident_refused", {
-                "id": cmd.id, "camera": cmd.camera, "from": rfc3339(cmd.from_ns), "to": rfc3339(cmd.to_ns),
-                "reason": cmd.reason, "by": cmd.by, "error": error})])
+            self._append([("incident_refused", line)])
         except OSError as exc:
-            log.error("incident refusal not audited id=%s error=%s", cmd.id, exc)
+            self.refusals.give_back(suppressed)
+            log.error("incident refusal not audited id=%s error=%s", fields.get("id"), exc)
+            return False
+        return True
 
     # ----- audit lines ------------------------------------------------------------------------------
     def _append(self, entries: Sequence[AuditEntry]) -> None:
