@@ -341,6 +341,11 @@ class Segmenter:
     _last_arrival_ns: int | None
     _frame_ticks: int
     _plain_step_max_ticks: int  # forward dts steps up to this need no repair, whatever the waiting
+    # The start of a run (``_hold``): its first packets until their timing is known.
+    _held: list[tuple[Any, int]]
+    _held_audio: list[Any]
+    _anchor_ns: int | None  # when the run's first keyframe was sent (arrival timeline)
+    _last_audio_dts: int | None
 
     # -- public --
     @property
@@ -448,10 +453,10 @@ class Segmenter:
         self._plain_step_max_ticks = 0
         self._refused = False
         self._cut_pending = False  # a discontinuity was repaired: cut at the next keyframe
-        self._held: list[tuple[Any, int]] = []  # a run's first packets, until their timing is known
-        self._held_audio: list[Any] = []
-        self._anchor_ns: int | None = None  # when the run's first keyframe was sent (arrival timeline)
-        self._last_audio_dts: int | None = None
+        self._held = []
+        self._held_audio = []
+        self._anchor_ns = None
+        self._last_audio_dts = None
 
     # -- the start of a run --
     def _hold(self, packet: Any, arrival_ns: int) -> None:
@@ -480,7 +485,7 @@ class Segmenter:
             first_pts = last.dts - (len(held) - 1) * frame_ticks_for(self.template, _fraction(last.time_base)
                                                                        or MUX_TIME_BASE)
         tb = _fraction(last.time_base) or MUX_TIME_BASE
-        return (last.pts - first_pts) * tb >= RUN_START_BURST_S
+        return bool((last.pts - first_pts) * tb >= RUN_START_BURST_S)
 
     def _release(self, held: list[tuple[Any, int]]) -> None:
         """Give the held packets the timestamps they lack, anchor the run and push them on."""
