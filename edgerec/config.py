@@ -139,6 +139,9 @@ class RetentionConfig:
     # A new boot's downtime that nothing proves is credited to the retention clock up to this much
     # (docs/design/time.md): more would let a spoofed wall clock age footage early.
     downtime_credit_days: float = 1.0
+    # An HTTPS server whose Date header (over a verified TLS connection) confirms a longer downtime.
+    trusted_time: str | None = None
+    trusted_time_ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,8 @@ _KEYS: dict[str, tuple[str, ...]] = {
                   "password_file"),
     "cameras[].retention": ("days",),
     "cameras[].encoder": ("codec", "bitrate", "gop_seconds", "preset"),
-    "retention": ("days", "sweep_interval_s", "min_free", "downtime_credit_days"),
+    "retention": ("days", "sweep_interval_s", "min_free", "downtime_credit_days", "trusted_time",
+                  "trusted_time_ca_file"),
     "incidents": ("pre_roll_s", "post_roll_s", "release_grace_days", "max_window_days", "max_open"),
     "mqtt": ("enabled", "host", "port", "client_id", "topic_prefix", "username", "password_file", "tls",
              "keepalive_s", "status_interval_s", "discovery", "discovery_prefix", "site_topic",
@@ -843,7 +847,19 @@ def _cameras(value: object, base_dir: Path, segment_seconds: float | None, probl
     return tuple(cameras) if ok else _INVALID
 
 
-def _retention(value: object, problems: list[str]) -> Any:
+def _check_https_url(value: object, path: str, problems: list[str]) -> Any:
+    if _check_str(value, path, problems) is _INVALID:
+        return _INVALID
+    assert isinstance(value, str)
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+        problems.append(f"{path}: expected an https:// URL (its certificate authenticates the time), "
+                        f"got {_describe(value)}")
+        return _INVALID
+    return value
+
+
+def _retention(value: object, base_dir: Path, problems: list[str]) -> Any:
     s = _section(value, "retention", "retention", problems)
     if s is None:
         return _INVALID
@@ -851,6 +867,8 @@ def _retention(value: object, problems: list[str]) -> Any:
     s.put(kw, "days", _number(0, 36500, lo_open=True))
     s.put(kw, "sweep_interval_s", _number(1, 86400))
     s.put(kw, "downtime_credit_days", _number(0, 28))
+    s.put(kw, "trusted_time", _optional(_check_https_url))
+    s.put(kw, "trusted_time_ca_file", _optional(_path_check(base_dir)))
     min_free = s.get("min_free", _check_min_free, None)
     if min_free not in (None, _INVALID):
         kw["min_free_bytes"], kw["min_free_pct"] = min_free
@@ -1172,7 +1190,7 @@ def parse_config(data: object, *, base_dir: Path, source: str | None = None) -> 
     durability = s.get("durability", lambda v, p, pr: _durability(v, pr), DurabilityConfig())
     cameras = s.get("cameras", lambda v, p, pr: _cameras(
         v, base_dir, None if segment_seconds is _INVALID else segment_seconds, pr))
-    retention = s.get("retention", lambda v, p, pr: _retention(v, pr), RetentionConfig())
+    retention = s.get("retention", lambda v, p, pr: _retention(v, base_dir, pr), RetentionConfig())
     incidents = s.get("incidents", lambda v, p, pr: _incidents(v, pr), IncidentsConfig())
     known_device_id = None if device_id is _INVALID else device_id
     mqtt = s.get("mqtt", lambda v, p, pr: _mqtt(v, known_device_id, base_dir, pr), None)
@@ -1289,6 +1307,8 @@ def trusted_files(config: Config) -> list[Path]:
     if config.mqtt.tls is not None:
         tls = config.mqtt.tls
         files += [p for p in (tls.ca_file, tls.cert_file, tls.key_file) if p is not None]
+    if config.retention.trusted_time_ca_file is not None:
+        files.append(config.retention.trusted_time_ca_file)
     return files
 
 

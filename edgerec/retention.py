@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from . import clock as clockmod
-from . import rclockstore
+from . import rclockstore, trustedtime
 from . import retentionclock as rc
 from .audit import AuditEntry, AuditSink
 from .catalog import Catalog, IncidentRow, SegmentRow
@@ -82,6 +82,10 @@ class RetentionSettings(Protocol):
     def min_free_pct(self) -> float | None: ...
     @property
     def downtime_credit_days(self) -> float: ...
+    @property
+    def trusted_time(self) -> str | None: ...
+    @property
+    def trusted_time_ca_file(self) -> Path | None: ...
 
 
 class CameraRetention(Protocol):
@@ -230,6 +234,15 @@ def plan_deletions(segments: Iterable[SegmentRow], incidents: Iterable[IncidentR
                          freed_bytes=freed)
 
 
+def _trusted_time_source(settings: RetentionSettings) -> Callable[[], int | None] | None:
+    """The configured authenticated time source (``retention.trusted_time``), asked only at a new boot."""
+    url = settings.trusted_time
+    if url is None:
+        return None
+    ca_file = settings.trusted_time_ca_file
+    return lambda: trustedtime.fetch(url, ca_file)
+
+
 # ----- the sweeper (I/O) ------------------------------------------------------------------------------
 def statvfs_disk_state(path: Path) -> DiskState:
     # shutil.disk_usage: statvfs's f_blocks and f_bavail (space an unprivileged writer may use), as the
@@ -340,7 +353,7 @@ class Sweeper:
         self._clock_watch = clockmod.ClockWatch(threshold_s=config.retention.sweep_interval_s)
         self._sweep_watch = clockmod.ClockWatch(threshold_s=config.retention.sweep_interval_s)
         self._rclock = rclock
-        self._trusted_wall = trusted_wall
+        self._trusted_wall = trusted_wall or _trusted_time_source(config.retention)
         self._audited_rclock_ns: int | None = None  # the newest anchor this sweeper wrote to the audit log
         # Every catalog or audit write of a sweep goes through it: the write that frees space must not be
         # the one that cannot be made.

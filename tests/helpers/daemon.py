@@ -79,12 +79,17 @@ def edgerec_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgerec", *args]
 
 
+def shifted_cmd(clock: int | str, *args: str) -> list[str]:
+    """The edgerec command with its clocks moved (``tests.helpers.shifted``: a shift in ns for both clocks,
+    or ``MONO:WALL[:BOOT_ID]``)."""
+    return [sys.executable, "-m", "tests.helpers.shifted", str(clock), *args]
+
+
 def run_cli(*args: str, timeout: float = 120, check: bool = False,
-            clock_shift_ns: int = 0) -> subprocess.CompletedProcess[str]:
+            clock_shift_ns: int | str = 0) -> subprocess.CompletedProcess[str]:
     """Run the edgerec command; ``clock_shift_ns`` runs it with its wall and monotonic clocks that much
-    ahead (time has passed: tests.helpers.shifted)."""
-    cmd = ([sys.executable, "-m", "tests.helpers.shifted", str(clock_shift_ns), *args] if clock_shift_ns
-           else edgerec_cmd(*args))
+    ahead (time has passed), or moved as a ``tests.helpers.shifted`` spec says."""
+    cmd = shifted_cmd(clock_shift_ns, *args) if clock_shift_ns else edgerec_cmd(*args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if check and proc.returncode != 0:
         raise AssertionError(f"edgerec {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
@@ -107,13 +112,12 @@ class Daemon:
     """``edgerec run`` as a subprocess, its log in a file the test can read."""
 
     def __init__(self, config: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None,
-                 clock_shift_ns: int = 0):
+                 clock_shift_ns: int | str = 0):
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
         full_env = {**os.environ, **(env or {})}
         args = ("--log-level", "debug", "run", "-c", str(config), *extra_args)
-        cmd = (edgerec_cmd(*args) if not clock_shift_ns
-               else [sys.executable, "-m", "tests.helpers.shifted", str(clock_shift_ns), *args])
+        cmd = shifted_cmd(clock_shift_ns, *args) if clock_shift_ns else edgerec_cmd(*args)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=full_env)
 
     def log(self) -> str:
