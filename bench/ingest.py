@@ -23,7 +23,8 @@ floor over the repetitions (long and short run of one repetition paired).
 source tree (a ``git worktree`` of an older commit), interleaved with the current code in the same run,
 for before/after comparisons. ``--soft-aes`` adds edgerec and the floor once more with OpenSSL's AES-NI and
 carry-less multiply paths switched off (``OPENSSL_ia32cap``), the cost on a CPU without AES instructions
-such as a Raspberry Pi 4's Cortex-A72.
+such as a Raspberry Pi 4's Cortex-A72, and both once more with the ChaCha20-Poly1305 suite
+(``segment_cipher: chacha20-poly1305``; the floor with ChaCha20-Poly1305 in place of AES-GCM).
 The edgerec children get a bytecode cache in the work directory (``PYTHONPYCACHEPREFIX``), filled by one
 unmeasured run first, as an installed package has one: otherwise, from a source checkout with
 ``PYTHONDONTWRITEBYTECODE`` set, every start would also compile edgerec's modules (~0.05 s).
@@ -64,12 +65,14 @@ LIVE_SAMPLE_INTERVAL_S = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TOOLS = ("edgerec", "floor", "floor+fsync", "ffmpeg", "ffmpeg+fsync", "ffmpeg+aes")
 BASELINES = TOOLS[1:]
-OPTIONAL_TOOLS = ("edgerec-base", "edgerec-soft", "floor-soft")
+OPTIONAL_TOOLS = ("edgerec-base", "edgerec-soft", "floor-soft", "edgerec-soft-chacha", "floor-soft-chacha")
 TOOL_TITLES = {"edgerec": "edgerec", "floor": "floor (ffmpeg + SHA-256 + AES-GCM)",
                "floor+fsync": "floor + fdatasync", "ffmpeg": "ffmpeg",
                "ffmpeg+fsync": "ffmpeg + fdatasync", "ffmpeg+aes": "ffmpeg HLS AES-128",
                "edgerec-base": "edgerec (base)", "edgerec-soft": "edgerec, software AES",
-               "floor-soft": "floor, software AES"}
+               "floor-soft": "floor, software AES",
+               "edgerec-soft-chacha": "edgerec ChaCha20, software AES",
+               "floor-soft-chacha": "floor ChaCha20, software AES"}
 # OpenSSL's capability mask: clear bit 57 (AES-NI) and bit 33 (PCLMULQDQ) of the first word, which also
 # turns off the AVX/VAES GCM paths that need them (OpenSSL's OPENSSL_ia32cap documentation).
 SOFT_AES_ENV = {"OPENSSL_ia32cap": "~0x200000200000000"}
@@ -183,14 +186,14 @@ def clip_seconds(path: Path) -> float:
 
 
 def write_config(path: Path, data_dir: Path, recipient: str, clip: Path, *, live: bool,
-                 health: bool = True) -> Path:
+                 health: bool = True, cipher: str = "aes-256-gcm") -> Path:
     camera: dict[str, object] = {"name": "cam", "url": str(clip)}
     if not live:  # ingest as fast as possible, no picture analysis: the same job as ffmpeg's
         camera.update(realtime=False, loop=False, health=False)
     elif not health:
         camera.update(health=False)
     cfg = {"device_id": "bench", "data_dir": str(data_dir), "recipients": [recipient],
-           "segment_seconds": SEGMENT_SECONDS, "cameras": [camera]}
+           "segment_seconds": SEGMENT_SECONDS, "segment_cipher": cipher, "cameras": [camera]}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
@@ -213,11 +216,11 @@ def ffmpeg_synced_argv(clip: Path, out_dir: Path) -> list[str]:
     return ["sh", "-c", script]
 
 
-def floor_argv(clip: Path, out_dir: Path, *, synced: bool = False) -> list[str]:
+def floor_argv(clip: Path, out_dir: Path, *, synced: bool = False, chacha: bool = False) -> list[str]:
     """ffmpeg, then one SHA-256 pass and AES-256-GCM over every file it wrote (``bench/floor.py``), in
     one child: the least any recorder of this format must spend. ``synced``: with ``sync -d`` of ffmpeg's
     output before, edgerec's durability as well."""
-    floor = shlex.join([sys.executable, str(FLOOR_SCRIPT)])
+    floor = shlex.join([sys.executable, str(FLOOR_SCRIPT), *(["--chacha"] if chacha else [])])
     files = f"{shlex.quote(str(out_dir))}/*.ts"
     sync = f"sync -d {files} && " if synced else ""
     script = f"{shlex.join(ffmpeg_argv(clip, out_dir))} && {sync}{floor} {files}"
@@ -279,7 +282,9 @@ def measure_ingest(work: Path, clips: dict[str, Path], recipient: str, reps: int
     samples: dict[tuple[str, str], list[Usage]] = {}
     envs = {"edgerec": python_env(work / "pycache"),
             "edgerec-soft": {**python_env(work / "pycache"), **SOFT_AES_ENV},
-            "floor-soft": {**os.environ, **SOFT_AES_ENV}}
+            "floor-soft": {**os.environ, **SOFT_AES_ENV},
+            "edgerec-soft-chacha": {**python_env(work / "pycache"), **SOFT_AES_ENV},
+            "floor-soft-chacha": {**os.environ, **SOFT_AES_ENV}}
     if base_src is not None:
         envs["edgerec-base"] = python_env(work / "pycache-base", base_src)
     key_info = make_hls_key(work)
@@ -299,10 +304,13 @@ def measure_ingest(work: Path, clips: dict[str, Path], recipient: str, reps: int
                 shutil.rmtree(seg_dir, ignore_errors=True)
                 seg_dir.mkdir(parents=True)
                 if tool.startswith("edgerec"):
-                    config = write_config(work / f"ingest-{name}.yaml", data_dir, recipient, clip, live=False)
+                    cipher = "chacha20-poly1305" if tool.endswith("-chacha") else "aes-256-gcm"
+                    config = write_config(work / f"ingest-{name}.yaml", data_dir, recipient, clip, live=False,
+                                          cipher=cipher)
                     argv = edgerec_argv(config, "--exit-at-eof")
                 elif tool.startswith("floor"):
-                    argv = floor_argv(clip, seg_dir, synced=tool == "floor+fsync")
+                    argv = floor_argv(clip, seg_dir, synced=tool == "floor+fsync",
+                                      chacha=tool.endswith("-chacha"))
                 elif tool == "ffmpeg":
                     argv = ffmpeg_argv(clip, seg_dir)
                 elif tool == "ffmpeg+fsync":
@@ -329,7 +337,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--base-src", type=Path,
                         help="also run edgerec from this source tree (an older commit), interleaved")
     parser.add_argument("--soft-aes", action="store_true",
-                        help="also run edgerec and the floor with OpenSSL's AES-NI and PCLMULQDQ paths off")
+                        help="also run edgerec and the floor with OpenSSL's AES-NI and PCLMULQDQ paths off, "
+                             "with each cipher suite")
     args = parser.parse_args(argv)
 
     from edgerec import keys
@@ -355,7 +364,7 @@ def main(argv: list[str]) -> int:
         recipient = keys.generate_recipient(recipient_file)
 
         tools = TOOLS + (("edgerec-base",) if args.base_src else ()) + (
-            ("edgerec-soft", "floor-soft") if args.soft_aes else ())
+            OPTIONAL_TOOLS[1:] if args.soft_aes else ())
         samples = measure_ingest(work, clips, recipient, args.reps, tools, args.base_src, progress)
         live: dict[str, LiveUsage] = {}
         if args.live_seconds > 0:
@@ -399,7 +408,10 @@ def spread_lines(samples: Samples, tools: tuple[str, ...], span_s: float) -> lis
     lines += [f"| {TOOL_TITLES[t]} | {span(slopes[t], '{:.0f}')} ms |" for t in tools]
     pairs = [("edgerec", "floor"), ("edgerec", "floor+fsync"), ("edgerec", "ffmpeg"),
              ("edgerec-base", "floor"), ("edgerec-base", "edgerec"), ("edgerec-soft", "floor-soft"),
-             ("edgerec-soft", "edgerec"), ("floor-soft", "floor")]
+             ("edgerec-soft", "edgerec"), ("floor-soft", "floor"),
+             ("edgerec-soft-chacha", "floor-soft-chacha"), ("edgerec-soft-chacha", "edgerec"),
+             ("edgerec-soft-chacha", "edgerec-soft"),
+             ("floor-soft-chacha", "floor")]
     for a, b in pairs:
         if a in tools and b in tools:
             ratios = [x / y for x, y in zip(slopes[a], slopes[b], strict=True) if y > 0]

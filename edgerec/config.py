@@ -204,6 +204,7 @@ class Config:
     recipients: tuple[str, ...]  # public key strings made by `edgerec keygen`
     cameras: tuple[CameraConfig, ...]
     segment_seconds: float = 60.0
+    segment_cipher: str = "aes-256-gcm"  # SEGMENT_CIPHERS; "auto" is resolved by edgerec.ciphersuite
     durability: DurabilityConfig = field(default_factory=DurabilityConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     incidents: IncidentsConfig = field(default_factory=IncidentsConfig)
@@ -224,6 +225,8 @@ class Config:
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KiB; anything this big is the wrong file
 SEGMENT_SECONDS_MIN = 1.0
 SEGMENT_SECONDS_MAX = 3600.0
+# The chunk cipher of new segments (docs/segment-format.md, the suite field); every reader reads both.
+SEGMENT_CIPHERS = ("aes-256-gcm", "chacha20-poly1305", "auto")
 BITRATE_BPS_MIN = 10_000
 BITRATE_BPS_MAX = 200_000_000
 ENCODER_CODECS = ("auto", "h264_v4l2m2m", "libx264")
@@ -248,8 +251,8 @@ _BITRATE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
 
 # The keys each mapping accepts. Health thresholds are read from HealthThresholds itself.
 _KEYS: dict[str, tuple[str, ...]] = {
-    "": ("device_id", "data_dir", "recipients", "segment_seconds", "durability", "cameras", "retention",
-         "incidents", "mqtt", "health", "offload", "status_file"),
+    "": ("device_id", "data_dir", "recipients", "segment_seconds", "segment_cipher", "durability", "cameras",
+         "retention", "incidents", "mqtt", "health", "offload", "status_file"),
     "durability": ("flush_seconds", "fsync_seconds"),
     "cameras[]": ("name", "url", "realtime", "loop", "enabled", "rtsp_transport", "timeout_seconds",
                   "stall_seconds", "retention", "health", "input_options", "encoder", "username",
@@ -1187,6 +1190,7 @@ def parse_config(data: object, *, base_dir: Path, source: str | None = None) -> 
     data_dir = s.get("data_dir", _path_check(base_dir))
     recipients = s.get("recipients", _check_recipients)
     segment_seconds = s.get("segment_seconds", _number(SEGMENT_SECONDS_MIN, SEGMENT_SECONDS_MAX), 60.0)
+    segment_cipher = s.get("segment_cipher", _one_of(SEGMENT_CIPHERS), "aes-256-gcm")
     durability = s.get("durability", lambda v, p, pr: _durability(v, pr), DurabilityConfig())
     cameras = s.get("cameras", lambda v, p, pr: _cameras(
         v, base_dir, None if segment_seconds is _INVALID else segment_seconds, pr))
@@ -1210,6 +1214,7 @@ def parse_config(data: object, *, base_dir: Path, source: str | None = None) -> 
         recipients=recipients,
         cameras=cameras,
         segment_seconds=segment_seconds,
+        segment_cipher=segment_cipher,
         durability=durability,
         retention=retention,
         incidents=incidents,

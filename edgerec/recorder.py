@@ -35,7 +35,7 @@ from . import segfile
 from .config import CameraConfig, DurabilityConfig, HealthThresholds
 from .errors import EdgerecError, SegmentError, SourceError
 from .layout import partial_path, segment_path
-from .segfile import SealedSegment, SegmentMeta, SegmentWriter
+from .segfile import SUITE_AES_256_GCM, SealedSegment, SegmentMeta, SegmentWriter
 from .segmenter import Segmenter, SegmentSummary, SinkFailed
 from .source import NETWORK_KINDS, Source, is_live, open_source
 from .timefmt import rfc3339
@@ -225,6 +225,7 @@ class Recorder:
         segment_seconds: float,
         durability: DurabilityConfig,
         recipients: Sequence[X25519PublicKey],
+        suite: int = SUITE_AES_256_GCM,
         signing_key: Ed25519PrivateKey,
         chain: ChainState,
         on_sealed: Callable[[SealedSegment], None],
@@ -243,6 +244,7 @@ class Recorder:
         self.device_id = device_id
         self.segment_seconds = segment_seconds
         self.durability = durability
+        self.suite = suite  # cipher suite of new segments (segfile.SUITE_NAMES)
         self.recipients = list(recipients)
         self.signing_key = signing_key
         self.chain = chain
@@ -541,7 +543,7 @@ class Recorder:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             writer = SegmentWriter(path, meta, self.recipients, self.signing_key,
                                    flush_seconds=self.durability.flush_seconds,
-                                   fsync_seconds=self.durability.fsync_seconds)
+                                   fsync_seconds=self.durability.fsync_seconds, suite=self.suite)
         except OSError as exc:
             raise SinkFailed(f"cannot create {path}: {exc.strerror or exc}") from exc
         self._writer = writer

@@ -6,10 +6,11 @@ the catalog. The byte-exact specification is ``docs/segment-format.md``; the con
 known-answer vectors in ``tests/vectors/`` pin them.
 
 In one paragraph: each segment has a fresh random file key, wrapped with HPKE for every recipient; the
-payload is cut into AES-256-GCM chunks (STREAM construction: nonce = chunk counter || last flag), each
-framed with an authenticated length, the writer's latest media end time and frame count, and a keyless
-integrity check; a trailer signed by the device's Ed25519 key commits to a SHA-256 of everything before
-it. A ``.partial`` file left by a crash keeps all its complete chunks (``recover_partial``).
+payload is cut into AEAD chunks (AES-256-GCM or ChaCha20-Poly1305, as the header's cipher suite says;
+STREAM construction: nonce = chunk counter || last flag), each framed with an authenticated length,
+the writer's latest media end time and frame count, and a keyless integrity check; a trailer signed by
+the device's Ed25519 key commits to a SHA-256 of everything before it. A ``.partial`` file left by a
+crash keeps all its complete chunks (``recover_partial``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeAlias
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -46,7 +47,17 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"EDGERSEG"
 FORMAT_VERSION = 1
-SUITE_V1 = 1  # HPKE(X25519, HKDF-SHA256, AES-256-GCM) + AES-256-GCM STREAM + SHA-256 + Ed25519
+# Cipher suites (header offset 10). Both share everything but the chunk AEAD: HPKE(X25519, HKDF-SHA256,
+# AES-256-GCM) for the file key, HKDF-SHA256, HMAC-SHA256, SHA-256, Ed25519, the STREAM nonces and AAD.
+SUITE_AES_256_GCM = 1  # chunks: AES-256-GCM
+SUITE_CHACHA20_POLY1305 = 2  # chunks: ChaCha20-Poly1305 (RFC 8439); cheaper without AES instructions
+SUITE_V1 = SUITE_AES_256_GCM  # the first suite (kept for callers that name it so)
+SUITE_NAMES = {SUITE_AES_256_GCM: "aes-256-gcm", SUITE_CHACHA20_POLY1305: "chacha20-poly1305"}
+SUITE_BY_NAME = {name: suite for suite, name in SUITE_NAMES.items()}
+PayloadAead: TypeAlias = AESGCM | ChaCha20Poly1305
+_PAYLOAD_AEADS: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {
+    SUITE_AES_256_GCM: AESGCM, SUITE_CHACHA20_POLY1305: ChaCha20Poly1305,
+}
 
 FILE_KEY_BYTES = 32
 STREAM_NONCE_BYTES = 16
@@ -91,7 +102,7 @@ TRAILER_SIG_LABEL = b"edgerec segment v1 trailer\x00"
 _HPKE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
 # Encrypting into a caller's buffer saves an allocation and a copy per chunk; older ``cryptography``
 # releases without it get the same bytes through ``encrypt``.
-_HAS_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
+_HAS_ENCRYPT_INTO = all(hasattr(cls, "encrypt_into") for cls in _PAYLOAD_AEADS.values())
 _MAX_REPORTED_PROBLEMS = 100
 
 
@@ -151,6 +162,7 @@ class Header:
     device_public: bytes  # raw Ed25519 public key
     meta: SegmentMeta
     stanzas: tuple[Stanza, ...]
+    suite: int = SUITE_AES_256_GCM  # cipher suite of the chunks (SUITE_NAMES)
 
     @property
     def mac(self) -> bytes:
@@ -173,6 +185,14 @@ def derive_keys(file_key: bytes, stream_nonce: bytes) -> tuple[bytes, bytes]:
     return hkdf(PAYLOAD_KEY_INFO), hkdf(HEADER_MAC_KEY_INFO)
 
 
+def payload_aead(suite: int, payload_key: bytes) -> PayloadAead:
+    """The chunk cipher of ``suite`` keyed with the payload key (ValueError for an unknown suite)."""
+    cls = _PAYLOAD_AEADS.get(suite)
+    if cls is None:
+        raise ValueError(f"unknown cipher suite {suite}")
+    return cls(payload_key)
+
+
 def wrap_info(core: bytes) -> bytes:
     """HPKE ``info`` for a header: label || SHA-256(header core). 56 bytes, below every HPKE info limit."""
     return WRAP_INFO_LABEL + hashlib.sha256(core).digest()
@@ -190,7 +210,8 @@ def _encode_string(name: str, value: str) -> bytes:
 
 
 def encode_header_core(
-    meta: SegmentMeta, chunk_max_bytes: int, stream_nonce: bytes, device_public: bytes, recipients: int
+    meta: SegmentMeta, chunk_max_bytes: int, stream_nonce: bytes, device_public: bytes, recipients: int,
+    suite: int = SUITE_AES_256_GCM,
 ) -> bytes:
     """The header up to and including the recipient count (everything the stanzas and the MAC bind)."""
     if len(meta.prev_digest) != DIGEST_BYTES:
@@ -199,10 +220,12 @@ def encode_header_core(
         raise ValueError(f"a segment needs 1..{RECIPIENTS_MAX} recipients, got {recipients}")
     if not 1 <= chunk_max_bytes <= CHUNK_MAX_LIMIT_BYTES:
         raise ValueError(f"chunk_bytes must be 1..{CHUNK_MAX_LIMIT_BYTES}")
+    if suite not in SUITE_NAMES:
+        raise ValueError(f"unknown cipher suite {suite}")
     strings = b"".join(_encode_string(n, getattr(meta, n)) for n in _HEADER_STRINGS)
     header_len = _HEADER_FIXED.size + len(strings) + 1 + recipients * STANZA_BYTES + HEADER_MAC_BYTES
     fixed = _HEADER_FIXED.pack(
-        MAGIC, FORMAT_VERSION, SUITE_V1, header_len, chunk_max_bytes, stream_nonce, device_public,
+        MAGIC, FORMAT_VERSION, suite, header_len, chunk_max_bytes, stream_nonce, device_public,
         meta.prev_digest, meta.sequence, meta.start_ns, meta.monotonic_ns, 1 if meta.clock_synced else 0,
     )
     return fixed + strings + bytes([recipients])
@@ -215,9 +238,10 @@ def encode_header(
     file_key: bytes,
     stream_nonce: bytes,
     chunk_max_bytes: int,
+    suite: int = SUITE_AES_256_GCM,
 ) -> bytes:
     """A complete header: core, one HPKE stanza per recipient, HMAC-SHA256 over all of it."""
-    core = encode_header_core(meta, chunk_max_bytes, stream_nonce, device_public, len(recipients))
+    core = encode_header_core(meta, chunk_max_bytes, stream_nonce, device_public, len(recipients), suite)
     info = wrap_info(core)
     stanzas = []
     for recipient in recipients:
@@ -244,7 +268,7 @@ def chunk_check(file_hash_state: Any) -> bytes:
 
 
 def seal_chunk_into(
-    aead: AESGCM, header_hash: bytes, file_hasher: Any, index: int, last: bool, end_ns: int, frames: int,
+    aead: PayloadAead, header_hash: bytes, file_hasher: Any, index: int, last: bool, end_ns: int, frames: int,
     plaintext: bytes | bytearray | memoryview, out: memoryview,
 ) -> int:
     """Build one complete chunk record (prefix || ciphertext || tag || check) at the start of ``out`` and
@@ -270,7 +294,7 @@ def seal_chunk_into(
 
 
 def seal_chunk(
-    aead: AESGCM, header_hash: bytes, file_hasher: Any, index: int, last: bool, end_ns: int, frames: int,
+    aead: PayloadAead, header_hash: bytes, file_hasher: Any, index: int, last: bool, end_ns: int, frames: int,
     plaintext: bytes | bytearray | memoryview,
 ) -> bytes:
     """One complete chunk record as bytes (see ``seal_chunk_into``); ``file_hasher`` is advanced."""
@@ -279,7 +303,7 @@ def seal_chunk(
     return bytes(out)
 
 
-def open_chunk(aead: AESGCM, header_hash: bytes, index: int, prefix: bytes, ciphertext: bytes) -> bytes:
+def open_chunk(aead: PayloadAead, header_hash: bytes, index: int, prefix: bytes, ciphertext: bytes) -> bytes:
     """Authenticate and decrypt chunk ``index``; raises InvalidTag."""
     last = prefix[0] == KIND_FINAL_CHUNK
     return aead.decrypt(chunk_nonce(index, last), ciphertext, header_hash + prefix)
@@ -316,8 +340,11 @@ def parse_header(raw: bytes, path: object = "<header>") -> Header:
     version, suite, header_len = struct.unpack_from(">HHI", raw, 8)
     if version != FORMAT_VERSION:
         raise fail(8, f"unsupported format version {version} (this edgerec reads version {FORMAT_VERSION})")
-    if suite != SUITE_V1:
-        raise fail(10, f"unknown cipher suite {suite}")
+    if suite not in SUITE_NAMES:
+        # The suite decides how every chunk is read: one this reader does not implement is refused
+        # before anything else of the header is trusted.
+        known = ", ".join(f"{n} ({name})" for n, name in SUITE_NAMES.items())
+        raise fail(10, f"unknown cipher suite {suite} (this edgerec reads suites {known})")
     if not HEADER_MIN_BYTES <= header_len <= HEADER_MAX_BYTES:
         raise fail(12, f"header length {header_len} out of range {HEADER_MIN_BYTES}..{HEADER_MAX_BYTES}")
     if len(raw) != header_len:
@@ -356,7 +383,7 @@ def parse_header(raw: bytes, path: object = "<header>") -> Header:
         clock_synced=bool(synced), boot_id=strings["boot_id"], monotonic_ns=mono_ns,
         codec=strings["codec"], container=strings["container"], prev_digest=prev_digest,
     )
-    return Header(raw, core_len, chunk_max, nonce, device_public, meta, stanzas)
+    return Header(raw, core_len, chunk_max, nonce, device_public, meta, stanzas, suite)
 
 
 # ---------------------------------------------------------------------------------------------- the writer
@@ -391,8 +418,11 @@ class SegmentWriter:
         flush_seconds: float = 1.0,
         fsync_seconds: float = 2.0,
         chunk_bytes: int = 65536,
+        suite: int = SUITE_AES_256_GCM,
         monotonic: Callable[[], float] = time.monotonic,
     ):
+        if suite not in SUITE_NAMES:
+            raise ValueError(f"unknown cipher suite {suite}")
         if not 1 <= chunk_bytes <= CHUNK_MAX_LIMIT_BYTES:
             raise ValueError(f"chunk_bytes must be 1..{CHUNK_MAX_LIMIT_BYTES}, got {chunk_bytes}")
         _check_int64("start_ns", meta.start_ns)
@@ -412,8 +442,9 @@ class SegmentWriter:
         stream_nonce = os.urandom(STREAM_NONCE_BYTES)
         device_public = _raw_public(signing_key.public_key())
         recipients = list(recipients)
-        header = encode_header(meta, recipients, device_public, file_key, stream_nonce, chunk_bytes)
-        self._aead = AESGCM(derive_keys(file_key, stream_nonce)[0])
+        header = encode_header(meta, recipients, device_public, file_key, stream_nonce, chunk_bytes, suite)
+        self.suite = suite
+        self._aead = payload_aead(suite, derive_keys(file_key, stream_nonce)[0])
         del file_key  # only the derived payload key stays in RAM while the segment is open
         header_hasher = hashlib.sha256(header)
         self._header_hash = header_hasher.digest()
@@ -610,7 +641,7 @@ class SegmentWriter:
             )
         # The nonce is used and the plaintext consumed: from here on this chunk exists only as these exact
         # bytes. A failed write is retried with them (``_record`` is not reused until they are written);
-        # sealing other data under the same nonce would give away the GCM keystream and hash key.
+        # sealing other data under the same nonce would give away the keystream (and GCM's hash key).
         del self._buf[:n]
         self._index += 1
         self._payload_bytes += n
@@ -769,8 +800,10 @@ def _read_header(src: _Source) -> Header:
     if fixed[:8] != MAGIC:
         raise SegmentError(src.path, 0, "not an edgerec segment (bad magic)")
     header_len = struct.unpack_from(">I", fixed, 12)[0]
+    version, suite = struct.unpack_from(">HH", fixed, 8)
     if (
-        fixed[8:12] == struct.pack(">HH", FORMAT_VERSION, SUITE_V1)
+        version == FORMAT_VERSION
+        and suite in SUITE_NAMES
         and HEADER_MIN_BYTES <= header_len <= HEADER_MAX_BYTES
     ):
         return parse_header(fixed + src.read(header_len - 16, "header", 0), src.path)
@@ -915,14 +948,14 @@ def _unwrap_file_key(header: Header, private_key: X25519PrivateKey, path: Path) 
     )
 
 
-def _payload_aead(header: Header, private_key: X25519PrivateKey, path: Path) -> AESGCM:
+def _payload_aead(header: Header, private_key: X25519PrivateKey, path: Path) -> PayloadAead:
     """Unwrap the file key, check the header MAC, return the payload cipher."""
     file_key = _unwrap_file_key(header, private_key, path)
     payload_key, mac_key = derive_keys(file_key, header.stream_nonce)
     mac_offset = len(header.raw) - HEADER_MAC_BYTES
     if not hmac.compare_digest(header.mac, header_mac(mac_key, header.raw[:mac_offset])):
         raise SegmentError(path, mac_offset, "header MAC mismatch: the header was altered")
-    return AESGCM(payload_key)
+    return payload_aead(header.suite, payload_key)
 
 
 def _sealed_segment(path: Path, header: Header, trailer: _Trailer, digest: bytes, size: int) -> SealedSegment:
@@ -1269,7 +1302,7 @@ def read_provisional(path: Path, private_key: X25519PrivateKey) -> tuple[SealedS
 def recover_partial(partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegment:
     """Turn a ``.partial`` left by a crash into a closed segment with state ``recovered``.
 
-    Keeps every complete chunk whose framing and keyless check are intact (the GCM tags need a private
+    Keeps every complete chunk whose framing and keyless check are intact (the AEAD tags need a private
     key and are not checked), cuts off the rest, appends a trailer signed with ``signing_key``, fsyncs
     and renames to the final name. A partial that is in fact complete (crash between trailer and
     rename) is only renamed and keeps state ``sealed``. A partial without even a complete header raises

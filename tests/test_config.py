@@ -119,6 +119,7 @@ def test_minimal_config_gets_the_documented_defaults():
     assert cfg.data_dir == BASE / "data"
     assert cfg.recipients == (KEY,)
     assert cfg.segment_seconds == 60.0
+    assert cfg.segment_cipher == "aes-256-gcm"
     assert cfg.durability == config_module.DurabilityConfig()
     assert cfg.retention == config_module.RetentionConfig()
     assert cfg.retention.min_free_pct == 5.0 and cfg.retention.min_free_bytes is None
@@ -130,6 +131,16 @@ def test_minimal_config_gets_the_documented_defaults():
     (camera,) = cfg.cameras
     assert camera == config_module.CameraConfig(name="gate", url="rtsp://192.168.1.64/stream")
     assert camera.kind == "rtsp"
+
+
+@pytest.mark.parametrize("cipher", ["aes-256-gcm", "chacha20-poly1305", "auto"])
+def test_segment_cipher_takes_each_suite_and_auto(cipher: str):
+    assert parse_config({**minimal(), "segment_cipher": cipher}, base_dir=BASE).segment_cipher == cipher
+
+
+def test_an_unknown_segment_cipher_is_named():
+    assert problems_of({**minimal(), "segment_cipher": "aes-128-cbc"}) == [
+        "segment_cipher: expected one of aes-256-gcm, chacha20-poly1305, auto; got 'aes-128-cbc'"]
 
 
 def test_full_config_sets_every_field():

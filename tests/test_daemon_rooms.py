@@ -65,6 +65,8 @@ def test_a_disabled_camera_stops_and_a_re_enabled_one_starts() -> None:
 def test_shared_recording_settings_restart_every_camera_and_mqtt_settings_restart_none() -> None:
     plan = plan_reload(BASE, replace(BASE, segment_seconds=30.0))
     assert [c.name for c in plan.restart] == ["gate", "yard"]
+    plan = plan_reload(BASE, replace(BASE, segment_cipher="chacha20-poly1305"))
+    assert [c.name for c in plan.restart] == ["gate", "yard"]
     plan = plan_reload(BASE, replace(BASE, mqtt=MqttConfig(enabled=True, host="127.0.0.1")))
     assert plan.mqtt_changed and plan.restart == () and plan.start == ()
 

@@ -31,7 +31,8 @@ class ReloadPlan:
 
 def recording_settings(config: Config) -> tuple[object, ...]:
     """The settings every recorder is made with: a change restarts every camera."""
-    return (config.segment_seconds, config.durability, config.recipients, config.health)
+    return (config.segment_seconds, config.segment_cipher, config.durability, config.recipients,
+            config.health)
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:

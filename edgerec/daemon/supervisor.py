@@ -28,6 +28,7 @@ from .. import __version__, clock, fsutil, keys, notify, rollback, statusfile
 from ..audit import AuditHead, AuditLog, tail_entries
 from ..catalog import Catalog
 from ..catalogqueue import CatalogQueue, Gap
+from ..ciphersuite import suite_for_config
 from ..config import CameraConfig, Config, load_config
 from ..errors import ConfigError, EdgerecError, UntrustedFileError
 from ..holdcheck import CheckedHolds, HoldChecker
@@ -433,6 +434,7 @@ class Daemon:
             segment_seconds=cfg.segment_seconds,
             durability=cfg.durability,
             recipients=self.recipients,
+            suite=suite_for_config(cfg.segment_cipher),
             signing_key=self.signing_key,
             chain=chain if chain is not None else self._chain_for(camera.name),
             on_sealed=self._on_sealed,

@@ -1,20 +1,23 @@
 """Regenerate the known-answer vectors of segment format v1 (run from the repository root).
 
-    .venv/bin/python tests/vectors/make_vectors.py
+    .venv/bin/python tests/vectors/make_vectors.py [NAME.json ...]
 
 The vectors pin the format: a change to the writer that alters them is a format change and needs a new
-format version, not new vectors. Only run this when adding vectors.
+format version, not new vectors. Only run this when adding vectors: without names it writes only the
+vectors whose JSON file is missing, so the existing ones stay byte for byte (a segment file is not
+reproducible: its file key, stream nonce and HPKE encapsulation are random).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgerec import keys, segfile
 from edgerec.segfile import SegmentMeta, SegmentWriter
@@ -22,7 +25,7 @@ from edgerec.segfile import SegmentMeta, SegmentWriter
 HERE = Path(__file__).resolve().parent
 
 
-def payload_vector() -> dict:
+def payload_vector(suite: int = segfile.SUITE_AES_256_GCM) -> dict:
     file_key = bytes(range(32))
     stream_nonce = bytes(range(0xA0, 0xB0))
     payload_key, mac_key = segfile.derive_keys(file_key, stream_nonce)
@@ -32,7 +35,7 @@ def payload_vector() -> dict:
     header = header_without_mac + segfile.header_mac(mac_key, header_without_mac)
     header_hash = hashlib.sha256(header).digest()
     file_hasher = hashlib.sha256(header)
-    aead = AESGCM(payload_key)
+    aead = segfile.payload_aead(suite, payload_key)
     plaintexts = [b"The quick brown fox jumps over t", b"he lazy dog.", b""]
     chunks = []
     offset = len(header)
@@ -47,8 +50,10 @@ def payload_vector() -> dict:
         })
         offset += len(record)
     return {
-        "description": "segment format v1 payload layer: key derivation, header MAC, chunk records "
-                       "following the header (header_without_mac || header_mac)",
+        "description": f"segment format v1 payload layer, suite {suite} ({segfile.SUITE_NAMES[suite]}): key "
+                       "derivation, header MAC, chunk records following the header "
+                       "(header_without_mac || header_mac)",
+        "suite": suite,
         "file_key": file_key.hex(),
         "stream_nonce": stream_nonce.hex(),
         "payload_key": payload_key.hex(),
@@ -60,7 +65,7 @@ def payload_vector() -> dict:
     }
 
 
-def segment_vector() -> dict:
+def segment_vector(suite: int = segfile.SUITE_AES_256_GCM, file_name: str = "segment-v1.seg") -> dict:
     officer = X25519PrivateKey.from_private_bytes(hashlib.sha256(b"vector officer").digest())
     escrow = X25519PrivateKey.from_private_bytes(hashlib.sha256(b"vector escrow").digest())
     device = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"vector device").digest())
@@ -70,16 +75,19 @@ def segment_vector() -> dict:
         codec="h264", container="mpegts", prev_digest=hashlib.sha256(b"previous segment").digest(),
     )
     plaintext = bytes((i * 7 + 3) % 251 for i in range(150))
-    path = HERE / "segment-v1.seg"
+    path = HERE / file_name
     path.unlink(missing_ok=True)
-    writer = SegmentWriter(path, meta, [officer.public_key(), escrow.public_key()], device, chunk_bytes=64)
+    writer = SegmentWriter(path, meta, [officer.public_key(), escrow.public_key()], device, chunk_bytes=64,
+                           suite=suite)
     for i in range(0, len(plaintext), 50):
         writer.write(plaintext[i : i + 50])
         writer.note(meta.start_ns + (i + 50) * 1_000_000, i // 50 + 1)
     sealed = writer.close()
     return {
-        "description": "a complete segment v1 file (segment-v1.seg) with two recipients",
+        "description": f"a complete segment v1 file ({path.name}) with two recipients, suite {suite} "
+                       f"({segfile.SUITE_NAMES[suite]})",
         "file": path.name,
+        "suite": suite,
         "recipient_secrets": [keys.format_private_key(officer), keys.format_private_key(escrow)],
         "device_public_key": keys.format_device_public_key(device.public_key()),
         "meta": {
@@ -98,10 +106,25 @@ def segment_vector() -> dict:
     }
 
 
-def main() -> None:
-    for name, vector in (("payload-v1.json", payload_vector()), ("segment-v1.json", segment_vector())):
-        (HERE / name).write_text(json.dumps(vector, indent=2) + "\n")
+VECTORS: dict[str, Callable[[], dict]] = {
+    "payload-v1.json": payload_vector,
+    "segment-v1.json": segment_vector,
+    "payload-v1-chacha.json": lambda: payload_vector(segfile.SUITE_CHACHA20_POLY1305),
+    "segment-v1-chacha.json": lambda: segment_vector(segfile.SUITE_CHACHA20_POLY1305,
+                                                     "segment-v1-chacha.seg"),
+}
+
+
+def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in VECTORS]
+    if unknown:
+        print(f"unknown vector {unknown[0]}; known: {', '.join(VECTORS)}", file=sys.stderr)
+        return 2
+    for name in names or [n for n in VECTORS if not (HERE / n).exists()]:
+        (HERE / name).write_text(json.dumps(VECTORS[name](), indent=2) + "\n")
+        print(f"wrote {name}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))
