@@ -168,7 +168,7 @@ def export_from_store(st: store.Store, url: store.StoreUrl, *, device: str, came
                       to_ns: int, private_key: Any, out: Path, reason: str, by: str | None = None,
                       progress: Callable[[int, int], None] | None = None) -> tuple[Any, str]:
     """Export footage from the store; returns (ExportResult, access record key)."""
-    from .export import export_segments, manifest_path_for
+    from .export import ExportAccess, export_segments, manifest_path_for
 
     stored = usable_segments(stored_segments(st, url.prefix, device, camera))
     candidates = select_range(stored, from_ns, to_ns)
@@ -177,6 +177,7 @@ def export_from_store(st: store.Store, url: store.StoreUrl, *, device: str, came
                            f"{url.prefix} between {rfc3339(from_ns)} and {rfc3339(to_ns)}")
     device_key = _device_key(st, url.prefix, device)
     who = by or _os_user()
+    access = ExportAccess(by=who, reason=reason)
     work = Path(tempfile.mkdtemp(prefix="edgerec-store-"))  # 0700
     try:
         local: list[Path] = []
@@ -196,7 +197,11 @@ def export_from_store(st: store.Store, url: store.StoreUrl, *, device: str, came
                 if info.end_ns <= from_ns:
                     continue
             local.append(dest)
-        result = export_segments(local, private_key, out, progress=progress)
+        # The store keeps no catalog: a gap's reason is known only where a segment was left out.
+        origin = {"kind": "store", "store": f"s3://{url.bucket}/{url.prefix}", "device_id": device,
+                  "camera": camera, "from": rfc3339(from_ns), "to": rfc3339(to_ns)}
+        result = export_segments(local, private_key, out, access=access, origin=origin, progress=progress,
+                                 labels=[key_of[str(p)] for p in local], from_ns=from_ns, to_ns=to_ns)
         manifest = manifest_path_for(out)
         document = json.loads(manifest.read_text(encoding="utf-8"))
         for seg in document["segments"]:
@@ -213,14 +218,13 @@ def export_from_store(st: store.Store, url: store.StoreUrl, *, device: str, came
                           "verification": s["verification"]} for s in document["segments"]],
         }
         when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        access = store.access_key(url.prefix, when, device, camera, secrets.token_hex(4))
-        st.put_bytes(access, json.dumps(record, indent=2).encode() + b"\n")
-        document["access_record"] = f"s3://{url.bucket}/{access}"
-        document["by"], document["reason"] = who, reason
+        access_key = store.access_key(url.prefix, when, device, camera, secrets.token_hex(4))
+        st.put_bytes(access_key, json.dumps(record, indent=2).encode() + b"\n")
+        document["access_record"] = f"s3://{url.bucket}/{access_key}"
         _write_private(manifest, json.dumps(document, indent=2) + "\n")
         os.chmod(out, 0o600)
         result_problems = tuple(document["problems"])
-        return dataclasses.replace(result, problems=result_problems), access
+        return dataclasses.replace(result, problems=result_problems), access_key
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
