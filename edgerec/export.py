@@ -417,6 +417,10 @@ def export_segments(
             before = previous.get(header.meta.camera) if header is not None else None
             report, link, shown = _export_one(path, private_key, remuxer, before, expected)
             if shown is not None:
+                # A segment not cut at --to ends where the device says it ended (after its last frame).
+                end_ns = report.end_ns
+                if end_ns is not None and (to_ns is None or end_ns <= to_ns):
+                    shown = (shown[0], max(shown[1], end_ns))
                 footage.append(shown)
             report = replace(report, path=label)
             reports.append(report)

@@ -118,9 +118,13 @@ def _overlaps(a0: int, a1: int, b0: int, b1: int) -> bool:
 
 
 def _explain(a: int, b: int, known: Sequence[KnownGap], left_out: Sequence[LeftOut]) -> ExportGap:
-    reasons = _unique(g.reason for g in known if g.reason and _overlaps(g.from_ns, g.to_ns, a, b))
-    if reasons:
-        return ExportGap(a, b, "; ".join(reasons), "catalog")
+    recorded = [g for g in known if _overlaps(g.from_ns, g.to_ns, a, b)]
+    if recorded:
+        # The device's own times of the gap (the hole between frames is only measured from them).
+        start = max(min(g.from_ns for g in recorded), a - GAP_MIN_NS)
+        end = min(max(g.to_ns for g in recorded), b + GAP_MIN_NS)
+        reasons = _unique(g.reason for g in recorded if g.reason) or [UNKNOWN_REASON]
+        return ExportGap(start, end, "; ".join(reasons), "catalog")
     # A segment whose end is unknown (its trailer is damaged) is taken as the instant it started.
     why = _unique(s.why for s in left_out if _overlaps(s.start_ns, max(s.end_ns, s.start_ns + 1), a, b))
     return ExportGap(a, b, "; ".join(why) if why else UNKNOWN_REASON, "segments")
