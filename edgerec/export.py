@@ -15,9 +15,14 @@ Decisions (also stated in the manifest):
 - **Only frames the device counted.** A segment's ``frames`` counts the frames whose bytes are all in
   it; its payload may end with (part of) one more frame when it was cut short. Exactly ``frames`` frames
   go into the MP4; the rest is counted in ``frames_left_out``.
-- **Gaps are closed.** The MP4's timeline is continuous: each segment follows the previous one directly,
-  so a player shows the footage without frozen stretches. Where each segment sits in the MP4 and when
-  it was really recorded are both in the manifest (``output_start_s`` and ``start``/``end``).
+- **Real time, gaps kept.** Contiguous segments follow each other frame by frame; where footage is
+  missing (the camera was down, a segment was left out) the MP4's timestamps jump by the gap, so a
+  player's clock never glues two moments together. Every gap is listed with its reason
+  (``exporttimeline.find_gaps``: the catalog's, else a segment left out, else unknown).
+- **Trimmed without re-encoding.** With a requested range, the first frame at or after its start is
+  presented at 0; the frames of its GOP before it get negative timestamps, for which FFmpeg's MP4 muxer
+  writes an edit list that hides them; nothing at or after the range's end is kept. The manifest states
+  the first and last frame shown and the frames kept for decoding only.
 - **No plaintext in the data directory.** A segment is decrypted into memory and demuxed from there; the
   only files written are the MP4 (through a temporary name, then renamed) and its manifest, both 0600.
 - **Every export says who and why.** ``ExportAccess`` (by, reason) is required and goes into the manifest;

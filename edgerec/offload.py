@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import keys, segfile, statusfile, store
+from . import segfile, statusfile, store
 from .audit import AuditLog
 from .catalog import Catalog, IncidentRow, SegmentRow
 from .config import Config
 from .errors import EdgerecError, SegmentError
-from .layout import CATALOG_NAME, SEGMENT_SUFFIX, DataDir, start_ns_from_name
+from .layout import CATALOG_NAME, DEVICE_PUB_NAME, SEGMENT_SUFFIX, DataDir, start_ns_from_name
 from .offloadstate import Offloaded, OffloadState
 from .timefmt import DAY_NS, rfc3339
 
@@ -277,7 +277,7 @@ class Offloader:
     # ----- objects -------------------------------------------------------------------------------------
     def _put_device_key(self, state: OffloadState) -> None:
         key = store.device_pub_key(self.prefix, self.device_id)
-        pub = self.data_dir / keys.DEVICE_PUB_NAME
+        pub = self.data_dir / DEVICE_PUB_NAME
         if not pub.exists():
             return
         data = pub.read_bytes()
@@ -286,7 +286,7 @@ class Offloader:
         if row is not None and row.sha256 == sha:
             return
         self.store.put_bytes(key, data, content_type="text/plain")
-        state.put(Offloaded(key, "device_key", keys.DEVICE_PUB_NAME, len(data), sha, self.clock_ns()))
+        state.put(Offloaded(key, "device_key", DEVICE_PUB_NAME, len(data), sha, self.clock_ns()))
 
     def _put_sealed(self, row: SegmentRow, state: OffloadState, result: PassResult) -> None:
         key = store.segment_key_for(self.prefix, self.device_id, row.path)
