@@ -442,8 +442,12 @@ def export_segments(
             if progress is not None:
                 progress(done, total)
         if not remuxer.opened:
-            first = problems[0] if problems else "no segments given"
-            raise EdgerecError(f"nothing exported: no segment could be read ({first})")
+            if problems:
+                raise EdgerecError(f"nothing exported: no segment could be read ({problems[0]})")
+            if reports:
+                raise EdgerecError(f"nothing exported: none of the {len(reports)} segments has a frame in "
+                                   "the requested range")
+            raise EdgerecError("nothing exported: no segments given")
         remuxer.close()
         _fsync_file(tmp)
         os.replace(tmp, out)

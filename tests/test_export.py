@@ -308,3 +308,12 @@ def test_a_segment_left_out_is_a_gap_in_the_output_with_its_reason(tmp_path: Pat
     manifest = json.loads(manifest_path_for(out).read_text())
     assert manifest["gaps"] == [gap.to_json_dict()]
     assert manifest["gaps"][0]["seconds"] == 2.0
+
+
+def test_a_range_without_a_frame_exports_nothing_and_says_so(tmp_path: Path, recording: Recording) -> None:
+    end_ns = recording.segments[-1].end_ns
+    out = tmp_path / "out.mp4"
+    with pytest.raises(EdgerecError, match="none of the 3 segments has a frame in the requested range"):
+        export_segments([s.path for s in recording.segments], recording.private_key, out, access=ACCESS,
+                        from_ns=end_ns, to_ns=end_ns + 10 * 1_000_000_000)
+    assert not out.exists()
