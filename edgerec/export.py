@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,7 +62,12 @@ MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 2  # 2: the output keeps real time, is trimmed, lists its gaps
 OUTPUT_MODE = 0o600  # the MP4 and its manifest: plaintext footage and who looked at it
 REASON_MAX_CHARS = 500
-MP4_OPTIONS = {"movflags": "+faststart"}  # index at the front: plays while it downloads
+# faststart: the index at the front, so that it plays while it downloads. Video in milliseconds: an MP4
+# sample's duration is 32 bits, and the frame before a gap lasts the whole gap (at 90 kHz, 13 h at most;
+# in ms, 49 days).
+VIDEO_TIMESCALE = 1000
+MP4_OPTIONS = {"movflags": "+faststart", "video_track_timescale": str(VIDEO_TIMESCALE)}
+MAX_JUMP_NS = 24 * 86_400 * NS_PER_S  # a longer gap is shortened to this in the output's clock
 DEFAULT_FRAME_RATE = Fraction(25)
 HASH_BLOCK_BYTES = 1 << 20
 
@@ -259,15 +265,16 @@ class _Mp4Remuxer:
         assert tb is not None and self._time_base is not None
         frame_ticks = _frame_ticks(packets, in_stream, tb)
         shift = self._shift(packets, walls, tb)
+        min_step = max(1, math.ceil(1 / (VIDEO_TIMESCALE * tb)))  # one tick of the MP4's video track
         output_start = _pts(packets[0]) + shift  # before the loop below rewrites the packets' times
-        last_dts = self._last_dts if self._last_dts is not None else packets[0].dts + shift - 1
+        last_dts = self._last_dts if self._last_dts is not None else packets[0].dts + shift - min_step
         end = None
         frames = 0
         for packet in packets:
             dts = packet.dts + shift
             pts = _pts(packet) + shift
-            if dts <= last_dts:  # never hand the muxer a step backwards
-                dts = last_dts + 1
+            if dts < last_dts + min_step:  # never hand the muxer a step backwards (nor one it rounds away)
+                dts = last_dts + min_step
             pts = max(pts, dts)
             duration = packet.duration if packet.duration and packet.duration > 0 else frame_ticks
             end = max(end if end is not None else pts, pts + duration, dts + duration)
@@ -306,7 +313,9 @@ class _Mp4Remuxer:
         assert self._next_dts is not None
         continuous = self._next_dts - packets[0].dts
         real = round(Fraction(walls[0] - self.origin_ns, NS_PER_S) / tb) - _pts(packets[0])
-        return real if (real - continuous) * tb * NS_PER_S > GAP_MIN_NS else continuous
+        if (real - continuous) * tb * NS_PER_S <= GAP_MIN_NS:
+            return continuous
+        return min(real, continuous + round(Fraction(MAX_JUMP_NS, NS_PER_S) / tb))
 
     @property
     def duration_s(self) -> float:
@@ -554,7 +563,9 @@ def write_manifest(result: ExportResult) -> None:
             "gaps": "kept: the output keeps real time, so where footage is missing its timestamps jump by "
                     "the gap's length (a player holds the last frame before it); every gap in the range "
                     f"longer than {GAP_MIN_NS / NS_PER_S:g} s, or recorded by the device, is listed in "
-                    "gaps with its reason (the device's catalog; a segment left out; else unknown)",
+                    "gaps with its reason (the device's catalog; a segment left out; else unknown); a gap "
+                    f"longer than {MAX_JUMP_NS // (86_400 * NS_PER_S)} days is shortened to that in the "
+                    "output's clock",
             "trim": "the output shows the frames in [requested_from, requested_to): it starts with the "
                     "first frame at or after requested_from (first_frame, at 0 in the output) and ends "
                     "with last_frame; the frames of its group of pictures before it (preroll_frames) are "

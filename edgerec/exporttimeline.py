@@ -20,6 +20,7 @@ from .timefmt import NS_PER_S, rfc3339
 # (a segment ends where the local clock says the next keyframe arrived), not a gap in the footage.
 GAP_MIN_NS = 500_000_000
 UNKNOWN_REASON = "unknown"
+REASON_MAX_CHARS = 300  # on a terminal line; the manifest keeps the whole reason
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,10 @@ class ExportGap:
                 "reason": self.reason, "source": self.source, "from_ns": self.from_ns, "to_ns": self.to_ns}
 
     def line(self) -> str:
-        return f"gap {rfc3339(self.from_ns)} .. {rfc3339(self.to_ns)} ({self.seconds:.1f} s): {self.reason}"
+        """One line for a terminal. The reason comes from a catalog, maybe a bundle's from elsewhere:
+        control characters in it (escape sequences) are shown as '?', never sent to the terminal."""
+        reason = "".join(c if c.isprintable() else "?" for c in self.reason)[:REASON_MAX_CHARS]
+        return f"gap {rfc3339(self.from_ns)} .. {rfc3339(self.to_ns)} ({self.seconds:.1f} s): {reason}"
 
 
 def keep_range(walls: Sequence[int], keyframes: Sequence[bool], from_ns: int | None,

@@ -66,6 +66,12 @@ def test_find_gaps_lists_holes_with_the_recorded_reason_else_a_left_out_segment_
                               "camera disconnected: end of stream")
 
 
+def test_a_gap_line_never_sends_control_characters_to_the_terminal() -> None:
+    gap = ExportGap(0, S, "camera disconnected: \x1b]0;owned\x07\nfake line", "catalog")
+    assert gap.line().endswith("camera disconnected: ?]0;owned??fake line")
+    assert gap.to_json_dict()["reason"] == gap.reason  # JSON escapes it; the manifest keeps it whole
+
+
 def test_find_gaps_ignores_jitter_and_a_range_that_reaches_beyond_the_footage() -> None:
     footage = [(10 * S, 20 * S), (20 * S + 300_000_000, 30 * S)]
     assert find_gaps(footage, [], [], from_ns=0, to_ns=100 * S) == []
@@ -292,3 +298,46 @@ def test_progress_survives_a_stream_that_goes_away() -> None:
     clock.now += 10
     progress(1, 2)  # progress is not worth failing an export for
     progress.finish()
+
+
+# ----- a gap longer than a 90 kHz MP4 sample can last -------------------------------------------------------
+def record_file(root: Path, clip: Path, officer: OfficerKey, chain: ChainState, clock_offset_ns: int,
+                signing_key: Ed25519PrivateKey) -> list[segfile.SealedSegment]:
+    sealed: list[segfile.SealedSegment] = []
+    recorder = Recorder(
+        CameraConfig("gate", str(clip), realtime=False, loop=False), data_dir=root / "data",
+        device_id="pi-test", segment_seconds=1.0, durability=DurabilityConfig(),
+        recipients=[keys.parse_public_key(officer.public)], signing_key=signing_key, chain=chain,
+        on_sealed=sealed.append, exit_at_eof=True,
+        clock=RecorderClock(wall_ns=lambda: time.time_ns() + clock_offset_ns))
+    recorder.start()
+    recorder.join(60)
+    recorder.stop(5)
+    assert recorder.finished
+    return sealed
+
+
+def test_an_overnight_gap_keeps_real_time_in_the_mp4(tmp_path: Path) -> None:
+    """20 h without footage (a camera switched off overnight): the frame after it is shown 20 h later."""
+    clip = tmp_path / "clip.mp4"
+    make_h264_clip(clip, 2, fps=25, gop=25)
+    officer = make_officer_key(tmp_path / "officer.key")
+    device = Ed25519PrivateKey.generate()
+    evening = record_file(tmp_path, clip, officer, ChainState(0, bytes(32)), 0, device)
+    morning = record_file(tmp_path, clip, officer, ChainState(len(evening), evening[-1].digest),
+                          20 * 3600 * S, device)
+    out = tmp_path / "night.mp4"
+    proc = run_cli("export", "--data-dir", str(tmp_path / "data"), "--key", str(officer.private_path),
+                   "--camera", "gate", "--from", rfc3339(evening[0].meta.start_ns),
+                   "--to", rfc3339(morning[-1].end_ns + S), "-o", str(out), "--reason", "night")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    [gap] = manifest["gaps"]
+    assert (gap["from_ns"], gap["to_ns"]) == (evening[-1].end_ns, morning[0].meta.start_ns)
+    assert gap["reason"] == "unknown" and gap["source"] == "segments"  # no catalog here
+    assert [s["chain"] for s in manifest["segments"]] == ["start"] + ["ok"] * (len(manifest["segments"]) - 1)
+    times = ffprobe_frames(out)
+    assert len(times) == 100
+    assert times[50] - times[49] == pytest.approx(gap["seconds"] + FRAME_S, abs=0.002)
+    assert times[50] > 20 * 3600
+    assert float(ffprobe_format(out)["duration"]) == pytest.approx(times[-1] + FRAME_S, abs=0.002)
