@@ -247,8 +247,8 @@ def test_an_outage_is_a_gap_the_export_lists_and_the_mp4_keeps(outage: Outage, t
     assert os.stat(f"{out}.manifest.json").st_mode & 0o777 == 0o600
 
 
-@needs_rtsp
-def test_a_closed_output_pipe_ends_a_command_quietly(outage: Outage, tmp_path: Path) -> None:
+def test_a_closed_output_pipe_ends_a_command_quietly(night: Night, tmp_path: Path) -> None:
+    outage = night
     """``edgerec ls | head -1``: the reader goes away; no BrokenPipe traceback, whatever the command."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the command writes a byte
@@ -273,8 +273,8 @@ def test_a_closed_output_pipe_ends_a_command_quietly(outage: Outage, tmp_path: P
     assert "Traceback" not in shell.stderr, shell.stderr
 
 
-@needs_rtsp
-def test_progress_lines_come_every_few_seconds_when_not_on_a_terminal(outage: Outage, tmp_path: Path) -> None:
+def test_progress_lines_come_every_few_seconds_when_not_on_a_terminal(night: Night, tmp_path: Path) -> None:
+    outage = night
     """stderr is a pipe here: no bar, and no line at all for an export done within seconds."""
     out = tmp_path / "quick.mp4"
     proc = run_cli("export", "--data-dir", str(outage.data_dir), "--key", str(outage.officer.private_path),
@@ -317,17 +317,38 @@ def record_file(root: Path, clip: Path, officer: OfficerKey, chain: ChainState, 
     return sealed
 
 
-def test_an_overnight_gap_keeps_real_time_in_the_mp4(tmp_path: Path) -> None:
-    """20 h without footage (a camera switched off overnight): the frame after it is shown 20 h later."""
-    clip = tmp_path / "clip.mp4"
+@dataclass(frozen=True)
+class Night:
+    data_dir: Path
+    officer: OfficerKey
+    evening: tuple[segfile.SealedSegment, ...]
+    morning: tuple[segfile.SealedSegment, ...]
+
+    @property
+    def sealed(self) -> tuple[segfile.SealedSegment, ...]:
+        return self.evening + self.morning
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory: pytest.TempPathFactory) -> Night:
+    """2 s of footage, 20 h without any (a camera switched off overnight), 2 s more: one device, one
+    hash chain, no catalog."""
+    root = tmp_path_factory.mktemp("night")
+    clip = root / "clip.mp4"
     make_h264_clip(clip, 2, fps=25, gop=25)
-    officer = make_officer_key(tmp_path / "officer.key")
+    officer = make_officer_key(root / "officer.key")
     device = Ed25519PrivateKey.generate()
-    evening = record_file(tmp_path, clip, officer, ChainState(0, bytes(32)), 0, device)
-    morning = record_file(tmp_path, clip, officer, ChainState(len(evening), evening[-1].digest),
-                          20 * 3600 * S, device)
+    evening = record_file(root, clip, officer, ChainState(0, bytes(32)), 0, device)
+    morning = record_file(root, clip, officer, ChainState(len(evening), evening[-1].digest), 20 * 3600 * S,
+                          device)
+    return Night(root / "data", officer, tuple(evening), tuple(morning))
+
+
+def test_an_overnight_gap_keeps_real_time_in_the_mp4(night: Night, tmp_path: Path) -> None:
+    """The frame after 20 h without footage is shown 20 h after the one before it."""
+    evening, morning = night.evening, night.morning
     out = tmp_path / "night.mp4"
-    proc = run_cli("export", "--data-dir", str(tmp_path / "data"), "--key", str(officer.private_path),
+    proc = run_cli("export", "--data-dir", str(night.data_dir), "--key", str(night.officer.private_path),
                    "--camera", "gate", "--from", rfc3339(evening[0].meta.start_ns),
                    "--to", rfc3339(morning[-1].end_ns + S), "-o", str(out), "--reason", "night")
     assert proc.returncode == 0, proc.stderr
