@@ -40,6 +40,7 @@ from .bundle import (
 )
 from .errors import EdgerecError, KeyFormatError, SegmentError, UsageError
 from .export import ExportAccess, ExportResult
+from .exporttimeline import KnownGap
 from .timefmt import rfc3339
 
 MEMBERS_MAX = 200_000
@@ -524,7 +525,8 @@ def export_bundle(path: Path, private_key: X25519PrivateKey, out: Path, *, acces
                       "incident": manifest.incident, "device_id": manifest.device_id,
                       "device_fingerprint": manifest.fingerprint, "manifest_signature": "ok",
                       "camera": camera, "from": rfc3339(lo), "to": rfc3339(hi)}
-            return export_sources(sources, private_key, out, access=access, origin=origin, progress=progress)
+            return export_sources(sources, private_key, out, access=access, origin=origin, progress=progress,
+                                  from_ns=lo, to_ns=hi, known_gaps=_recorded_gaps(bundle, manifest, camera))
 
 
 def _catalog_doc(bundle: BundleFile, manifest: Manifest) -> dict[str, Any]:
@@ -543,6 +545,19 @@ def _catalog_rows(bundle: BundleFile, manifest: Manifest) -> dict[str, dict[str,
         return {}
     return {SEGMENTS_PREFIX + r["path"]: r for r in rows
             if isinstance(r, dict) and isinstance(r.get("path"), str)}
+
+
+def _recorded_gaps(bundle: BundleFile, manifest: Manifest, camera: str) -> list[KnownGap]:
+    """The camera's gaps as the device's catalog recorded them (catalog.json's gap rows); a row that is
+    not as the device writes them is skipped (the export then calls that gap's reason unknown)."""
+    gaps = []
+    for row in _catalog_doc(bundle, manifest).get("gaps") or []:
+        if not isinstance(row, dict) or row.get("camera") != camera:
+            continue
+        start, end, reason = row.get("from_ns"), row.get("to_ns"), row.get("reason")
+        if isinstance(start, int) and isinstance(end, int) and end > start:
+            gaps.append(KnownGap(start, end, reason if isinstance(reason, str) else ""))
+    return gaps
 
 
 def _expected_digest(name: str, catalog: dict[str, dict[str, Any]], manifest: Manifest) -> str:

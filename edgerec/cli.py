@@ -28,6 +28,7 @@ from .layout import DataDir
 log = logging.getLogger("edgerec.cli")
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away
 
 
 def _add_config(p: argparse.ArgumentParser, *, data_dir: bool = False, bundle: bool = False,
@@ -327,8 +328,10 @@ def _chain_heads(values: Sequence[str]) -> list[Any]:
     return heads
 
 
-def _export_progress(done: int, total: int) -> None:
-    print(f"export: {done}/{total} segments", file=sys.stderr, flush=True)
+def _export_progress() -> Any:
+    from .progress import Progress
+
+    return Progress("export", "segments")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -355,8 +358,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     origin = {"kind": "data_dir", "path": str(data_dir), "camera": args.camera,
               "from": _rfc3339_arg(args.from_, "--from"), "to": _rfc3339_arg(args.to, "--to")}
-    result = export_segments(paths, private, args.out, access=access, origin=origin,
-                             progress=_export_progress)
+    progress = _export_progress()
+    try:
+        result = export_segments(paths, private, args.out, access=access, origin=origin, progress=progress,
+                                 from_ns=from_ns, to_ns=to_ns,
+                                 known_gaps=inventory.recorded_gaps(data_dir, args.camera, from_ns, to_ns))
+    finally:
+        progress.finish()
     if cfg is not None:
         from .audit import AuditLog
 
@@ -373,14 +381,32 @@ def _export_bundle(args: argparse.Namespace, access: Any) -> int:
     from_ns = _parse_time(args.from_, "--from") if args.from_ is not None else None
     to_ns = _parse_time(args.to, "--to") if args.to is not None else None
     private = keys.load_private_key(args.key)
-    result = export_bundle(args.bundle, private, args.out, access=access, camera=args.camera, from_ns=from_ns,
-                           to_ns=to_ns, progress=_export_progress)
+    progress = _export_progress()
+    try:
+        result = export_bundle(args.bundle, private, args.out, access=access, camera=args.camera,
+                               from_ns=from_ns, to_ns=to_ns, progress=progress)
+    finally:
+        progress.finish()
     return _export_done(args, result)
 
 
+def _export_summary(out: Path, result: Any) -> list[str]:
+    """What an export shows, in a few lines: its footage, every gap in it, its manifest."""
+    from .timefmt import rfc3339
+
+    gaps = result.gaps
+    lines = [f"wrote {out}: {result.segments_ok} segments, {result.frames - result.preroll_frames} frames, "
+             f"{result.duration_s:.1f} s, {len(gaps)} {'gap' if len(gaps) == 1 else 'gaps'}",
+             f"  footage {rfc3339(result.first_frame_ns)} .. {rfc3339(result.last_frame_ns)} (first and last "
+             "frame shown)"]
+    lines += [f"  {gap.line()}" for gap in gaps]
+    lines.append(f"  manifest {out}.manifest.json")
+    return lines
+
+
 def _export_done(args: argparse.Namespace, result: Any) -> int:
-    print(f"wrote {args.out} ({result.segments_ok} segments, {result.frames} frames); "
-          f"manifest {args.out}.manifest.json")
+    for line in _export_summary(args.out, result):
+        print(line)
     if result.problems:
         for problem in result.problems:
             print(f"problem: {problem}", file=sys.stderr)
@@ -452,15 +478,16 @@ def cmd_store_export(args: argparse.Namespace) -> int:
         raise UsageError("--to must be after --from")
     private = keys.load_private_key(args.key)
     st = storeread.open_store(url, args.endpoint)
-
-    def progress(done: int, total: int) -> None:
-        print(f"export: {done}/{total} segments", file=sys.stderr, flush=True)
-
-    result, access = storeread.export_from_store(
-        st, url, device=args.device, camera=args.camera, from_ns=from_ns, to_ns=to_ns, private_key=private,
-        out=args.out, reason=args.reason, by=args.by or None, progress=progress)
-    print(f"wrote {args.out} ({result.segments_ok} segments, {result.frames} frames); "
-          f"manifest {args.out}.manifest.json; access record s3://{url.bucket}/{access}")
+    progress = _export_progress()
+    try:
+        result, access = storeread.export_from_store(
+            st, url, device=args.device, camera=args.camera, from_ns=from_ns, to_ns=to_ns,
+            private_key=private, out=args.out, reason=args.reason, by=args.by or None, progress=progress)
+    finally:
+        progress.finish()
+    for line in _export_summary(args.out, result):
+        print(line)
+    print(f"  access record s3://{url.bucket}/{access}")
     for problem in result.problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 1 if result.problems else 0
@@ -721,7 +748,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging(args.log_level)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away (| head) is handled below
+        return code
+    except BrokenPipeError:
+        return _stdout_gone()
     except EdgerecError as exc:
         from .redact import redact
 
@@ -730,6 +761,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_gone() -> int:
+    """The reader of our output went away (``edgerec ls | head``): stop quietly, as a tool killed by
+    SIGPIPE would, with no traceback. Output still buffered goes nowhere: point stdout at devnull so that
+    the flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

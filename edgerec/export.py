@@ -15,9 +15,14 @@ Decisions (also stated in the manifest):
 - **Only frames the device counted.** A segment's ``frames`` counts the frames whose bytes are all in
   it; its payload may end with (part of) one more frame when it was cut short. Exactly ``frames`` frames
   go into the MP4; the rest is counted in ``frames_left_out``.
-- **Gaps are closed.** The MP4's timeline is continuous: each segment follows the previous one directly,
-  so a player shows the footage without frozen stretches. Where each segment sits in the MP4 and when
-  it was really recorded are both in the manifest (``output_start_s`` and ``start``/``end``).
+- **Real time, gaps kept.** Contiguous segments follow each other frame by frame; where footage is
+  missing (the camera was down, a segment was left out) the MP4's timestamps jump by the gap, so a
+  player's clock never glues two moments together. Every gap is listed with its reason
+  (``exporttimeline.find_gaps``: the catalog's, else a segment left out, else unknown).
+- **Trimmed without re-encoding.** With a requested range, the first frame at or after its start is
+  presented at 0; the frames of its GOP before it get negative timestamps, for which FFmpeg's MP4 muxer
+  writes an edit list that hides them; nothing at or after the range's end is kept. The manifest states
+  the first and last frame shown and the frames kept for decoding only.
 - **No plaintext in the data directory.** A segment is decrypted into memory and demuxed from there; the
   only files written are the MP4 (through a temporary name, then renamed) and its manifest, both 0600.
 - **Every export says who and why.** ``ExportAccess`` (by, reason) is required and goes into the manifest;
@@ -32,6 +37,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,16 +51,22 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import __version__, segfile
 from .errors import EdgerecError, SegmentError, UsageError
+from .exporttimeline import GAP_MIN_NS, ExportGap, KnownGap, LeftOut, find_gaps, keep_range
 from .fsutil import create_private
 from .redact import redact_obj
-from .timefmt import rfc3339
+from .timefmt import NS_PER_S, rfc3339
 
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the output keeps real time, is trimmed, lists its gaps
 REASON_MAX_CHARS = 500
-MP4_OPTIONS = {"movflags": "+faststart"}  # index at the front: plays while it downloads
+# faststart: the index at the front, so that it plays while it downloads. Video in milliseconds: an MP4
+# sample's duration is 32 bits, and the frame before a gap lasts the whole gap (at 90 kHz, 13 h at most;
+# in ms, 49 days).
+VIDEO_TIMESCALE = 1000
+MP4_OPTIONS = {"movflags": "+faststart", "video_track_timescale": str(VIDEO_TIMESCALE)}
+MAX_JUMP_NS = 24 * 86_400 * NS_PER_S  # a longer gap is shortened to this in the output's clock
 DEFAULT_FRAME_RATE = Fraction(25)
 HASH_BLOCK_BYTES = 1 << 20
 
@@ -124,6 +136,13 @@ class ExportResult:
     problems: tuple[str, ...] = field(default=())
     access: ExportAccess | None = None
     origin: Mapping[str, Any] | None = None
+    gaps: tuple[ExportGap, ...] = field(default=())
+    from_ns: int | None = None  # the requested range (None: the segments' own)
+    to_ns: int | None = None
+    first_frame_ns: int | None = None  # wall clock time of the first frame shown (at 0 in the MP4)
+    last_frame_ns: int | None = None  # ... and of the last one
+    preroll_frames: int = 0  # decoded but not shown: the first GOP's frames before --from
+    preroll_from_ns: int | None = None  # wall clock time of the first of them
 
     @property
     def segments_ok(self) -> int:
@@ -136,6 +155,7 @@ def manifest_path_for(out: Path) -> Path:
 
 PROVISIONAL_NOTE = ("a provisional copy of a segment that was being written: every chunk authenticated, "
                     "no device signature (the device sealed the segment later, or never)")
+OUTSIDE_NOTE = "none of its frames is in the requested range"
 RECOVERED_NOTE = ("recovered after a crash: it ends at its last intact chunk; the footage after it was lost "
                   "with the power")
 
@@ -166,18 +186,39 @@ def _fraction(value: Any) -> Fraction | None:
 
 
 # ----- the MP4 writer -----------------------------------------------------------------------------------
-class _Mp4Remuxer:
-    """Appends the video packets of one TS payload after another, on one continuous timeline."""
+@dataclass(frozen=True)
+class _Muxed:
+    """What one segment put into the MP4."""
 
-    def __init__(self, path: Path):
+    frames: int  # packets muxed (0: none of its frames is in the requested range)
+    output_start_s: float  # where its first keyframe is presented in the MP4
+    left_out: int  # demuxed beyond the segment's own frame count
+    footage: tuple[int, int] | None = None  # (first frame shown, end of the last frame), wall clock ns
+
+
+class _Mp4Remuxer:
+    """Appends the video packets of one TS payload after another on a timeline that keeps real time:
+    contiguous segments follow each other frame by frame; after a hole in the footage the timestamps jump
+    by the hole's length. Trimmed to [from_ns, to_ns): the first frame at or after ``from_ns`` is
+    presented at 0, the frames of its GOP before it get negative times (FFmpeg's MP4 muxer then writes an
+    edit list that hides them), and frames from ``to_ns`` on are left out."""
+
+    def __init__(self, path: Path, from_ns: int | None = None, to_ns: int | None = None):
         self.path = path
+        self.from_ns = from_ns
+        self.to_ns = to_ns
         self._container: Any = None
         self._stream: Any = None
         self._params: tuple[str, int, int] | None = None
         self._next_dts: int | None = None  # where the next segment starts, in the output time base
+        self._last_dts: int | None = None
         self._time_base: Fraction | None = None
         self.frames = 0
         self.end_ts = 0
+        self.origin_ns: int | None = None  # wall clock time of the frame presented at 0
+        self.last_frame_ns: int | None = None
+        self.preroll_frames = 0  # decoded, not shown: the GOP's frames before the first one shown
+        self.preroll_from_ns: int | None = None
 
     def params_of(self, stream: Any) -> tuple[str, int, int]:
         ctx = stream.codec_context
@@ -186,9 +227,9 @@ class _Mp4Remuxer:
     def compatible(self, stream: Any) -> bool:
         return self._params is None or self.params_of(stream) == self._params
 
-    def append(self, payload: bytes, max_frames: int) -> tuple[int, float, int]:
-        """Remux the first ``max_frames`` video frames of one segment's TS payload; return (frames, where
-        it starts in the MP4 in seconds, frames demuxed beyond ``max_frames`` and left out)."""
+    def append(self, payload: bytes, max_frames: int, start_ns: int) -> _Muxed:
+        """Remux the first ``max_frames`` video frames of one segment's TS payload (recorded from
+        ``start_ns``, the wall clock time of its first keyframe), as far as they are in range."""
         with av.open(io.BytesIO(payload), "r", format="mpegts") as ts:
             if not ts.streams.video:
                 raise ValueError("no video stream in the decrypted payload")
@@ -201,10 +242,14 @@ class _Mp4Remuxer:
             del packets[max_frames:]
             if not packets:
                 raise ValueError("no video packets in the decrypted payload")
+            walls = _walls(packets, start_ns)
+            kept = keep_range(walls, [bool(p.is_keyframe) for p in packets], self.from_ns, self.to_ns)
+            if kept is None:
+                return _Muxed(0, 0.0, left_out)
+            first, end = kept
             if self._container is None:
                 self._open(in_stream)
-            frames, start_s = self._mux_segment(packets, in_stream)
-            return frames, start_s, left_out
+            return self._mux_segment(packets[first:end], walls[first:end], in_stream, left_out)
 
     def _open(self, template: Any) -> None:
         # FFmpeg would create it 0666 less the umask: decrypted footage is for the one who exported it.
@@ -215,24 +260,24 @@ class _Mp4Remuxer:
         self._params = self.params_of(template)
         self._time_base = _fraction(template.time_base) or Fraction(1, 90_000)
 
-    def _mux_segment(self, packets: list[Any], in_stream: Any) -> tuple[int, float]:
+    def _mux_segment(self, packets: list[Any], walls: list[int], in_stream: Any, left_out: int) -> _Muxed:
         tb = _fraction(packets[0].time_base) or self._time_base
         assert tb is not None and self._time_base is not None
         frame_ticks = _frame_ticks(packets, in_stream, tb)
-        base = packets[0].dts
-        start = self._next_dts if self._next_dts is not None else 0
-        shift = start - base
-        last_dts = start - 1
-        end = start
+        shift = self._shift(packets, walls, tb)
+        min_step = max(1, math.ceil(1 / (VIDEO_TIMESCALE * tb)))  # one tick of the MP4's video track
+        output_start = _pts(packets[0]) + shift  # before the loop below rewrites the packets' times
+        last_dts = self._last_dts if self._last_dts is not None else packets[0].dts + shift - min_step
+        end = None
         frames = 0
         for packet in packets:
             dts = packet.dts + shift
-            pts = (packet.pts if packet.pts is not None else packet.dts) + shift
-            if dts <= last_dts:  # never hand the muxer a step backwards
-                dts = last_dts + 1
+            pts = _pts(packet) + shift
+            if dts < last_dts + min_step:  # never hand the muxer a step backwards (nor one it rounds away)
+                dts = last_dts + min_step
             pts = max(pts, dts)
             duration = packet.duration if packet.duration and packet.duration > 0 else frame_ticks
-            end = max(end, pts + duration, dts + duration)
+            end = max(end if end is not None else pts, pts + duration, dts + duration)
             packet.dts, packet.pts = dts, pts
             packet.time_base = tb
             packet.stream = self._stream
@@ -242,10 +287,35 @@ class _Mp4Remuxer:
         # Decode times continue one frame after the last one: with B-frames the presentation times run
         # ahead of the decode times, so continuing from them would open a gap at every segment boundary.
         self._next_dts = last_dts + frame_ticks
+        self._last_dts = last_dts
         self.frames += frames
-        self.end_ts = max(self.end_ts, end)
+        self.end_ts = max(self.end_ts, end or 0)
         self._time_base = tb
-        return frames, float(start * tb)
+        assert self.origin_ns is not None
+        shown = [w for w in walls if w >= self.origin_ns]
+        frame_ns = int(frame_ticks * tb * NS_PER_S)
+        self.last_frame_ns = max(walls + ([self.last_frame_ns] if self.last_frame_ns is not None else []))
+        footage = (min(shown), max(walls) + frame_ns) if shown else None
+        return _Muxed(frames, float(output_start * tb), left_out, footage)
+
+    def _shift(self, packets: list[Any], walls: list[int], tb: Fraction) -> int:
+        """How far this segment's timestamps move in the output. The first segment puts its first frame
+        in range at 0; a later one follows the previous one frame by frame (the recording was
+        continuous), unless the wall clock says that footage is missing in between: then it sits where
+        real time puts it, and the timestamps jump by the gap."""
+        if self.origin_ns is None:
+            origin = min((i for i, w in enumerate(walls) if self.from_ns is None or w >= self.from_ns),
+                         key=lambda i: walls[i])
+            self.origin_ns = walls[origin]
+            self.preroll_frames = sum(1 for w in walls if w < self.origin_ns)
+            self.preroll_from_ns = min(walls) if self.preroll_frames else None
+            return -_pts(packets[origin])
+        assert self._next_dts is not None
+        continuous = self._next_dts - packets[0].dts
+        real = round(Fraction(walls[0] - self.origin_ns, NS_PER_S) / tb) - _pts(packets[0])
+        if (real - continuous) * tb * NS_PER_S <= GAP_MIN_NS:
+            return continuous
+        return min(real, continuous + round(Fraction(MAX_JUMP_NS, NS_PER_S) / tb))
 
     @property
     def duration_s(self) -> float:
@@ -267,6 +337,18 @@ def tag_for_apple_players(stream: Any) -> None:
     its canonical name is the codec's.)"""
     if stream.codec_context.codec.canonical_name == "hevc":
         stream.codec_context.codec_tag = "hvc1"
+
+
+def _pts(packet: Any) -> int:
+    return int(packet.pts if packet.pts is not None else packet.dts)
+
+
+def _walls(packets: list[Any], start_ns: int) -> list[int]:
+    """Each packet's wall clock time: the segment's start is its first keyframe's (first in decode order)
+    presentation time, as the recorder stamped it; the stream's own timestamps place the rest."""
+    tb = _fraction(packets[0].time_base) or Fraction(1, 90_000)
+    pts0 = _pts(packets[0])
+    return [start_ns + (_pts(p) - pts0) * tb.numerator * NS_PER_S // tb.denominator for p in packets]
 
 
 def _frame_ticks(packets: list[Any], stream: Any, tb: Fraction) -> int:
@@ -319,6 +401,9 @@ def export_segments(
     labels: Sequence[str] | None = None,
     expected_digests: Sequence[str | None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    from_ns: int | None = None,
+    to_ns: int | None = None,
+    known_gaps: Sequence[KnownGap] = (),
 ) -> ExportResult:
     """Decrypt ``segment_paths`` (in the order given: time order) into one MP4 at ``out`` plus
     ``out.manifest.json``. Raises EdgerecError when not a single segment could be exported.
@@ -326,17 +411,24 @@ def export_segments(
     ``access`` (who and why) and ``origin`` (where the segments came from) go into the manifest.
     ``labels``: how the manifest names each segment (default: its path; a bundle or a store names it by
     its member or object name). ``expected_digests``: the SHA-256 (hex) a catalog, a bundle manifest or a
-    store says each segment has; a segment with another digest is left out as a substitute."""
+    store says each segment has; a segment with another digest is left out as a substitute.
+
+    ``from_ns``/``to_ns``: the requested range; the MP4 shows the frames in it (module docstring of
+    ``exporttimeline``). ``known_gaps``: the gaps the device recorded for this camera (its catalog), which
+    give the reasons of the gaps the manifest lists."""
     out = Path(out)
     if not out.parent.is_dir():
         raise EdgerecError(f"cannot write {out}: the directory {out.parent} does not exist")
     if out.suffix.lower() not in (".mp4", ".m4v", ".mov"):
         log.info("export writes MP4 whatever the suffix out=%s", out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    remuxer = _Mp4Remuxer(tmp)
+    if from_ns is not None and to_ns is not None and to_ns <= from_ns:
+        raise UsageError("the end of the range must be after its start")
+    remuxer = _Mp4Remuxer(tmp, from_ns, to_ns)
     reports: list[SegmentReport] = []
     problems: list[str] = []
     previous: dict[str, segfile.ChainLink] = {}  # per camera: the segment walked last
+    footage: list[tuple[int, int]] = []
     total = len(segment_paths)
     try:
         by_path = {str(Path(p)): i for i, p in enumerate(segment_paths)}
@@ -345,7 +437,13 @@ def export_segments(
             label = labels[i] if labels is not None else str(path)
             expected = expected_digests[i] if expected_digests is not None else None
             before = previous.get(header.meta.camera) if header is not None else None
-            report, link = _export_one(path, private_key, remuxer, before, expected)
+            report, link, shown = _export_one(path, private_key, remuxer, before, expected)
+            if shown is not None:
+                # A segment not cut at --to ends where the device says it ended (after its last frame).
+                end_ns = report.end_ns
+                if end_ns is not None and (to_ns is None or end_ns <= to_ns):
+                    shown = (shown[0], max(shown[1], end_ns))
+                footage.append(shown)
             report = replace(report, path=label)
             reports.append(report)
             if report.verification != "ok":
@@ -361,8 +459,12 @@ def export_segments(
             if progress is not None:
                 progress(done, total)
         if not remuxer.opened:
-            first = problems[0] if problems else "no segments given"
-            raise EdgerecError(f"nothing exported: no segment could be read ({first})")
+            if problems:
+                raise EdgerecError(f"nothing exported: no segment could be read ({problems[0]})")
+            if reports:
+                raise EdgerecError(f"nothing exported: none of the {len(reports)} segments has a frame in "
+                                   "the requested range")
+            raise EdgerecError("nothing exported: no segments given")
         remuxer.close()
         _fsync_file(tmp)
         os.replace(tmp, out)
@@ -370,47 +472,59 @@ def export_segments(
         with contextlib.suppress(Exception):
             remuxer.close()
         tmp.unlink(missing_ok=True)
+    left_out = [LeftOut(r.start_ns, r.end_ns or r.start_ns, f"segment {r.path} left out: {r.verification}")
+                for r in reports if r.verification != "ok" and r.start_ns is not None]
+    gaps = find_gaps(footage, known_gaps, left_out, from_ns, to_ns)
     result = ExportResult(out=out, manifest_path=manifest_path_for(out), segments=tuple(reports),
                           frames=remuxer.frames, duration_s=remuxer.duration_s, problems=tuple(problems),
-                          access=access, origin=origin)
+                          access=access, origin=origin, gaps=tuple(gaps), from_ns=from_ns, to_ns=to_ns,
+                          first_frame_ns=remuxer.origin_ns, last_frame_ns=remuxer.last_frame_ns,
+                          preroll_frames=remuxer.preroll_frames, preroll_from_ns=remuxer.preroll_from_ns)
     write_manifest(result)
-    log.info("export written out=%s segments=%d of %d frames=%d problems=%d", out, result.segments_ok, total,
-             result.frames, len(problems))
+    log.info("export written out=%s segments=%d of %d frames=%d gaps=%d problems=%d", out, result.segments_ok,
+             total, result.frames, len(gaps), len(problems))
     return result
 
 
 def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
                 previous: segfile.ChainLink | None, expected_digest: str | None = None,
-                ) -> tuple[SegmentReport, segfile.ChainLink | None]:
-    """Check, decrypt and remux one segment; its manifest line and what the chain walk knows of it.
-    ``expected_digest``: what the catalog, a bundle or a store says it is (another one is a substitute)."""
+                ) -> tuple[SegmentReport, segfile.ChainLink | None, tuple[int, int] | None]:
+    """Check, decrypt and remux one segment; its manifest line, what the chain walk knows of it and
+    the wall clock span of the frames it shows. ``expected_digest``: what the catalog, a bundle or a
+    store says it is (another one is a substitute)."""
     check: segfile.SegmentCheck | None = None
     try:
         check, payload = _read_segment(path, private_key)
     except SegmentError as exc:
-        return _failed(path, check or segfile.check_segment(path), exc.what, previous)
+        return (*_failed(path, check or segfile.check_segment(path), exc.what, previous), None)
     except OSError as exc:
-        return _report_for(path, None, included=False, verification=f"cannot read: {exc.strerror}"), None
+        unread = _report_for(path, None, included=False, verification=f"cannot read: {exc.strerror}")
+        return unread, None, None
     if payload is None:
-        return _failed(path, check, check.problems[0].what, previous)
+        return (*_failed(path, check, check.problems[0].what, previous), None)
     assert check.info is not None
     if expected_digest is not None and check.info.digest.hex() != expected_digest.lower():
         del payload
-        return _failed(path, check, f"digest {check.info.digest.hex()} is not the expected {expected_digest} "
-                                    "(a different segment in its place)", previous)
+        what = (f"digest {check.info.digest.hex()} is not the expected {expected_digest} "
+                "(a different segment in its place)")
+        return (*_failed(path, check, what, previous), None)
     link = segfile.ChainLink.of(check)
     assert link is not None
     chain = segfile.link_status(previous, link)
     note = {"recovered": RECOVERED_NOTE, segfile.STATE_PROVISIONAL: PROVISIONAL_NOTE}.get(check.state or "")
     try:
-        frames, output_start_s, left_out = remuxer.append(payload, check.info.frames)
+        muxed = remuxer.append(payload, check.info.frames, check.info.meta.start_ns)
     except (av.FFmpegError, ValueError) as exc:
         return _report_for(path, check, included=False, verification=f"cannot remux the video: {exc}",
-                           chain=chain, note=note), link
+                           chain=chain, note=note), link, None
     finally:
         del payload
-    return _report_for(path, check, included=True, verification="ok", chain=chain, frames=frames,
-                       frames_left_out=left_out, output_start_s=round(output_start_s, 6), note=note), link
+    if muxed.frames == 0:
+        return _report_for(path, check, included=False, verification="ok", chain=chain,
+                           note=OUTSIDE_NOTE), link, None
+    return _report_for(path, check, included=True, verification="ok", chain=chain, frames=muxed.frames,
+                       frames_left_out=muxed.left_out, output_start_s=round(muxed.output_start_s, 6),
+                       note=note), link, muxed.footage
 
 
 def _failed(path: Path, check: segfile.SegmentCheck, what: str,
@@ -435,14 +549,35 @@ def write_manifest(result: ExportResult) -> None:
             "path": str(result.out),
             "sha256": _sha256_file(result.out),
             "frames": result.frames,
+            "frames_shown": result.frames - result.preroll_frames,
             "duration_s": round(result.duration_s, 6),
+            "starts_at": rfc3339(result.first_frame_ns),
         },
+        "range": {
+            "requested_from": rfc3339(result.from_ns),
+            "requested_to": rfc3339(result.to_ns),
+            "first_frame": rfc3339(result.first_frame_ns),
+            "last_frame": rfc3339(result.last_frame_ns),
+            "first_frame_ns": result.first_frame_ns,
+            "last_frame_ns": result.last_frame_ns,
+            "preroll_frames": result.preroll_frames,
+            "preroll_from": rfc3339(result.preroll_from_ns),
+        },
+        "gaps": [g.to_json_dict() for g in result.gaps],
         "access": result.access.to_json_dict() if result.access is not None else None,
         "origin": dict(result.origin) if result.origin is not None else None,
         "policy": {
             "bad_segments": "left out of the output and listed here with the reason; the export goes on",
-            "gaps": "closed: segments follow each other directly in the output timeline; real times are "
-                    "start/end, the position in the output is output_start_s",
+            "gaps": "kept: the output keeps real time, so where footage is missing its timestamps jump by "
+                    "the gap's length (a player holds the last frame before it); every gap in the range "
+                    f"longer than {GAP_MIN_NS / NS_PER_S:g} s, or recorded by the device, is listed in "
+                    "gaps with its reason (the device's catalog; a segment left out; else unknown); a gap "
+                    f"longer than {MAX_JUMP_NS // (86_400 * NS_PER_S)} days is shortened to that in the "
+                    "output's clock",
+            "trim": "the output shows the frames in [requested_from, requested_to): it starts with the "
+                    "first frame at or after requested_from (first_frame, at 0 in the output) and ends "
+                    "with last_frame; the frames of its group of pictures before it (preroll_frames) are "
+                    "in the file for decoding only, hidden by an edit list; nothing is re-encoded",
             "order": "each camera's segments by sequence number; chain says how each follows the one "
                      "before it (ok, skip, gap, unconfirmed, first, start; broken and duplicate are "
                      "problems)",

@@ -21,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .export import ExportAccess, ExportResult, export_segments
+from .exporttimeline import KnownGap
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,15 @@ def export_sources(
     access: ExportAccess,
     origin: Mapping[str, Any],
     progress: Callable[[int, int], None] | None = None,
+    from_ns: int | None = None,
+    to_ns: int | None = None,
+    known_gaps: Sequence[KnownGap] = (),
 ) -> ExportResult:
     """Export ``sources`` (one camera, time order) into ``out`` and its manifest, as ``export_segments``
-    does for a data directory; ``origin`` (e.g. ``{"kind": "bundle", ...}``) goes into the manifest."""
+    does for a data directory, trimmed to [from_ns, to_ns); ``origin`` (e.g. ``{"kind": "bundle", ...}``)
+    goes into the manifest, ``known_gaps`` (the camera's gaps from its catalog) give the gaps' reasons."""
     with staged(sources) as paths:
         return export_segments(paths, private_key, out, access=access, origin=origin,
                                labels=[s.label for s in sources],
-                               expected_digests=[s.digest for s in sources], progress=progress)
+                               expected_digests=[s.digest for s in sources], progress=progress,
+                               from_ns=from_ns, to_ns=to_ns, known_gaps=known_gaps)

@@ -8,6 +8,8 @@ audit log, when present, must explain every segment missing from a chain (``dele
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from . import segfile
 from .chainheads import ChainHead
 from .deletions import CameraRemovals, Hole, describe, removal_record, unexplained
 from .errors import SegmentError
+from .exporttimeline import KnownGap
 from .humanize import local_time_text, plural
 from .layout import (
     CATALOG_NAME,
@@ -28,6 +31,8 @@ from .layout import (
     start_ns_from_name,
 )
 from .timefmt import rfc3339
+
+log = logging.getLogger(__name__)
 
 
 def camera_dirs(data_dir: Path, camera: str | None = None) -> list[Path]:
@@ -62,6 +67,28 @@ def segments_in_range(data_dir: Path, camera: str, from_ns: int, to_ns: int) -> 
         if start < to_ns and end > from_ns:
             chosen.append(path)
     return chosen
+
+
+def recorded_gaps(data_dir: Path, camera: str, from_ns: int, to_ns: int) -> list[KnownGap]:
+    """The gaps of ``camera`` overlapping [from_ns, to_ns] as the device recorded them in its catalog.
+
+    Read through a read-only connection: an export changes nothing in the data directory (a copy taken
+    off the device may be on read-only media). No catalog, or one that cannot be read: no recorded gaps
+    (the export still finds the holes from the segments' times, with reason "unknown")."""
+    path = data_dir / CATALOG_NAME
+    if not path.is_file():
+        return []
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute("SELECT from_ns, to_ns, reason FROM gaps WHERE camera = ? AND to_ns >= ? "
+                                "AND from_ns <= ? ORDER BY from_ns", (camera, from_ns, to_ns)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("catalog not readable, gap reasons unknown path=%s error=%s", path, exc)
+        return []
+    return [KnownGap(int(a), int(b), str(reason)) for a, b, reason in rows]
 
 
 def _device_key(data_dir: Path) -> Any:

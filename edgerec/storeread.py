@@ -175,8 +175,8 @@ def export_from_store(st: store.Store, url: store.StoreUrl, *, device: str, came
         raise EdgerecError(f"no footage of device {device!r} camera {camera!r} in s3://{url.bucket}/"
                            f"{url.prefix} between {rfc3339(from_ns)} and {rfc3339(to_ns)}")
     device_key = _device_key(st, url.prefix, device)
-    export_access = ExportAccess(by=by or os_user(), reason=reason)
-    who, reason = export_access.by, export_access.reason
+    access = ExportAccess(by=by or os_user(), reason=reason)
+    who, reason = access.by, access.reason
     work = Path(tempfile.mkdtemp(prefix="edgerec-store-"))  # 0700
     try:
         local: list[Path] = []
@@ -196,7 +196,11 @@ def export_from_store(st: store.Store, url: store.StoreUrl, *, device: str, came
                 if info.end_ns <= from_ns:
                     continue
             local.append(dest)
-        result = export_segments(local, private_key, out, access=export_access, progress=progress)
+        # The store keeps no catalog: a gap's reason is known only where a segment was left out.
+        origin = {"kind": "store", "store": f"s3://{url.bucket}/{url.prefix}", "device_id": device,
+                  "camera": camera, "from": rfc3339(from_ns), "to": rfc3339(to_ns)}
+        result = export_segments(local, private_key, out, access=access, origin=origin, progress=progress,
+                                 labels=[key_of[str(p)] for p in local], from_ns=from_ns, to_ns=to_ns)
         manifest = manifest_path_for(out)
         document = json.loads(manifest.read_text(encoding="utf-8"))
         for seg in document["segments"]:
@@ -213,14 +217,13 @@ def export_from_store(st: store.Store, url: store.StoreUrl, *, device: str, came
                           "verification": s["verification"]} for s in document["segments"]],
         }
         when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        access = store.access_key(url.prefix, when, device, camera, secrets.token_hex(4))
-        st.put_bytes(access, json.dumps(record, indent=2).encode() + b"\n")
-        document["access_record"] = f"s3://{url.bucket}/{access}"
-        document["by"], document["reason"] = who, reason
+        access_key = store.access_key(url.prefix, when, device, camera, secrets.token_hex(4))
+        st.put_bytes(access_key, json.dumps(record, indent=2).encode() + b"\n")
+        document["access_record"] = f"s3://{url.bucket}/{access_key}"
         _write_private(manifest, json.dumps(document, indent=2) + "\n")
         os.chmod(out, 0o600)
         result_problems = tuple(document["problems"])
-        return dataclasses.replace(result, problems=result_problems), access
+        return dataclasses.replace(result, problems=result_problems), access_key
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

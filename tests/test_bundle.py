@@ -447,3 +447,39 @@ def test_the_read_side_runs_without_linux_only_parts(site: Site, tmp_path: Path)
     edgerec("export", "--data-dir", str(copy), "--key", off, "--camera", "yard", "--from", selection["from"],
             "--to", selection["to"], "-o", str(out2), "--reason", "review on a laptop")
     assert decoded_frame_hashes(out) == decoded_frame_hashes(out2)
+
+
+def test_a_gap_the_device_recorded_is_listed_by_the_export_from_the_bundle_and_the_data_dir(
+    site: Site, tmp_path: Path
+) -> None:
+    from edgerec.catalog import Catalog
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(site.data_dir, data_dir)
+    cfg = write_config(tmp_path / "edgerec.yaml", officer=site.officer, data_dir=data_dir, segment_seconds=2,
+                       incidents={"pre_roll_s": 1, "post_roll_s": 1},
+                       cameras=[{"name": "gate", "url": "/dev/null", "realtime": False, "loop": False},
+                                {"name": "yard", "url": "/dev/null", "realtime": False, "loop": False}])
+    t0 = site.starts["gate"][0]
+    catalog = Catalog.open(data_dir)
+    try:
+        catalog.add_gap("gate", t0 + 5 * S, t0 + 5 * S + S // 2, "camera disconnected: read timeout")
+        catalog.add_gap("yard", t0 + 5 * S, t0 + 6 * S, "disk full")  # another camera's: not listed
+    finally:
+        catalog.close()
+    bundle = tmp_path / "INC-1.edgerec-bundle"
+    run_cli("bundle", "-c", str(cfg), "--incident", "INC-1", "-o", str(bundle), check=True)
+    lo, hi = manifest_of(bundle)["selection"]["from"], manifest_of(bundle)["selection"]["to"]
+    key = str(site.officer.private_path)
+    from_bundle = run_cli("export", "--bundle", str(bundle), "--key", key, "--camera", "gate", "-o",
+                          str(tmp_path / "b.mp4"), "--reason", "gap check", check=True)
+    from_dir = run_cli("export", "-c", str(cfg), "--key", key, "--camera", "gate", "--from", lo, "--to", hi,
+                       "-o", str(tmp_path / "d.mp4"), "--reason", "gap check", check=True)
+    expected = [{"from": rfc3339(t0 + 5 * S), "to": rfc3339(t0 + 5 * S + S // 2), "seconds": 0.5,
+                 "reason": "camera disconnected: read timeout", "source": "catalog",
+                 "from_ns": t0 + 5 * S, "to_ns": t0 + 5 * S + S // 2}]
+    for name, proc in (("b.mp4", from_bundle), ("d.mp4", from_dir)):
+        manifest = json.loads((tmp_path / f"{name}.manifest.json").read_text())
+        assert manifest["gaps"] == expected
+        assert "1 gap" in proc.stdout and "(0.5 s): camera disconnected: read timeout" in proc.stdout
+    assert decoded_frame_hashes(tmp_path / "b.mp4") == decoded_frame_hashes(tmp_path / "d.mp4")

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from edgerec import segfile
 from edgerec.config import CameraConfig, DurabilityConfig
 from edgerec.errors import EdgerecError, SegmentError
-from edgerec.export import RECOVERED_NOTE, ExportAccess, export_segments, manifest_path_for
+from edgerec.export import OUTSIDE_NOTE, RECOVERED_NOTE, ExportAccess, export_segments, manifest_path_for
 from edgerec.recorder import ChainState, Recorder
+from edgerec.timefmt import rfc3339
 from tests.helpers.media import decoded_frame_hashes, make_h264_clip, video_packets
 
 ACCESS = ExportAccess(by="tester", reason="export tests")
@@ -230,3 +231,89 @@ def test_a_hole_in_the_export_is_a_gap_not_a_problem(tmp_path: Path, recording: 
                              access=ACCESS)
     assert result.problems == ()
     assert [s.chain for s in result.segments] == ["start", "gap"]
+
+
+# ----- trimmed to the requested range ---------------------------------------------------------------------
+def ffprobe_frame_times(path: Path) -> list[float]:
+    """Presentation times of the frames a player shows (ffprobe decodes, honouring the edit list)."""
+    proc = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
+                           "frame=pts_time", "-of", "csv=p=0", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    return [float(line.split(",")[0]) for line in proc.stdout.split()]
+
+
+def bframes(recording: Recording) -> bool:
+    return any(pts != dts for pts, dts, _, _ in video_packets(recording.clip))
+
+
+def test_a_trimmed_export_starts_at_from_and_ends_before_to_without_reencoding(
+    tmp_path: Path, recording: Recording
+) -> None:
+    start_ns = recording.segments[0].meta.start_ns
+    frame_ns = 40_000_000
+    from_ns, to_ns = start_ns + 2_500_000_000 + 1, start_ns + 4_300_000_000  # mid-GOP, in the second segment
+    out = tmp_path / "out.mp4"
+    result = export_segments([s.path for s in recording.segments], recording.private_key, out, access=ACCESS,
+                             from_ns=from_ns, to_ns=to_ns)
+    assert result.problems == ()
+    # Shown: the frames from 2.52 s (the first at or after --from) up to 4.28 s, the last before --to (with
+    # B-frames the last one or two go too: they refer to the frame at 4.32 s); decoded before them: the
+    # GOP from the keyframe at 2.0 s.
+    first, last = 63, (result.last_frame_ns - start_ns) // frame_ns
+    assert result.first_frame_ns == start_ns + first * frame_ns
+    assert result.last_frame_ns == start_ns + last * frame_ns
+    assert (105 if bframes(recording) else 107) <= last <= 107
+    assert result.preroll_frames == 13
+    assert result.preroll_from_ns == start_ns + 2_000_000_000
+    shown = last - first + 1
+    assert result.frames == 13 + shown
+    times = ffprobe_frame_times(out)
+    assert len(times) == shown
+    assert times[0] == pytest.approx(0.0, abs=0.001)
+    assert times[-1] == pytest.approx((result.last_frame_ns - result.first_frame_ns) / 1e9, abs=0.001)
+    assert result.duration_s == pytest.approx(shown * frame_ns / 1e9, abs=0.001)
+    # The very pictures of the clip, not re-encoded ones.
+    assert decoded_frame_hashes(out)[-shown:] == decoded_frame_hashes(recording.clip)[first:last + 1]
+    manifest = json.loads(manifest_path_for(out).read_text())
+    assert manifest["manifest_version"] == 2
+    assert manifest["range"]["first_frame"] == rfc3339(result.first_frame_ns)
+    assert manifest["range"]["last_frame"] == rfc3339(result.last_frame_ns)
+    assert manifest["range"]["preroll_frames"] == 13
+    assert manifest["output"]["frames_shown"] == shown
+    assert manifest["gaps"] == []
+    assert [s["included"] for s in manifest["segments"]] == [False, True, True]
+    assert manifest["segments"][0]["note"] == OUTSIDE_NOTE and manifest["segments"][0]["verification"] == "ok"
+
+
+def test_a_segment_left_out_is_a_gap_in_the_output_with_its_reason(tmp_path: Path,
+                                                                  recording: Recording) -> None:
+    """The output keeps real time over a segment that could not be exported, and the gap names it."""
+    paths = copy_segments(recording, tmp_path / "segs")
+    data = bytearray(paths[1].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    paths[1].write_bytes(bytes(data))
+    out = tmp_path / "out.mp4"
+    result = export_segments(paths, recording.private_key, out, access=ACCESS)
+    assert [s.included for s in result.segments] == [True, False, True]
+    [gap] = result.gaps
+    start_ns = recording.segments[0].meta.start_ns
+    assert (gap.from_ns, gap.to_ns) == (start_ns + 2_000_000_000, start_ns + 4_000_000_000)
+    assert gap.source == "segments" and gap.reason.startswith(f"segment {paths[1]} left out: ")
+    times = ffprobe_frame_times(out)
+    assert len(times) == 100
+    assert times[50] - times[49] == pytest.approx(2.04, abs=0.001)  # the clock jumps by the gap
+    assert result.duration_s == pytest.approx(6.0, abs=0.001)
+    assert ffprobe_errors(out) == ""
+    manifest = json.loads(manifest_path_for(out).read_text())
+    assert manifest["gaps"] == [gap.to_json_dict()]
+    assert manifest["gaps"][0]["seconds"] == 2.0
+
+
+def test_a_range_without_a_frame_exports_nothing_and_says_so(tmp_path: Path, recording: Recording) -> None:
+    end_ns = recording.segments[-1].end_ns
+    out = tmp_path / "out.mp4"
+    with pytest.raises(EdgerecError, match="none of the 3 segments has a frame in the requested range"):
+        export_segments([s.path for s in recording.segments], recording.private_key, out, access=ACCESS,
+                        from_ns=end_ns, to_ns=end_ns + 10 * 1_000_000_000)
+    assert not out.exists()

@@ -177,8 +177,8 @@ def test_incident_footage_reaches_the_store_within_60_s_and_exports_the_same(
     env_args = ("--camera", CAMERA, "--from", t_from, "--to", t_to, "--key", str(officer.private_path))
     local_out = tmp_path / "local.mp4"
     store_out = tmp_path / "store.mp4"
-    assert run_cli("export", "-c", str(cfg), *env_args, "-o", str(local_out),
-                   "--reason", "case 12").returncode == 0
+    exported = run_cli("export", "-c", str(cfg), *env_args, "-o", str(local_out), "--reason", "case 12")
+    assert exported.returncode == 0, exported.stderr
     proc = _store_cli(s3, "export", "--store", f"s3://{BUCKET}/edgerec", "--endpoint", s3.endpoint,
                       "--device", "testdev", *env_args, "-o", str(store_out), "--reason", "case 12",
                       "--by", "dpo")
