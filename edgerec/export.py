@@ -1,4 +1,5 @@
-"""Export: decrypt segments and remux their video, without re-encoding, into one standard MP4.
+"""Export: decrypt segments and remux their video, without re-encoding, into one standard MP4 (with their
+kept audio: ``exportaudio``).
 
 Decisions (also stated in the manifest):
 
@@ -45,7 +46,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import __version__, segfile
 from .errors import EdgerecError, SegmentError, UsageError
+from .exportaudio import AudioExport
 from .fsutil import create_private
+from .payloadstreams import PayloadStreams, parse_declaration
 from .redact import redact_obj
 from .timefmt import rfc3339
 
@@ -176,6 +179,8 @@ class _Mp4Remuxer:
         self._params: tuple[str, int, int] | None = None
         self._next_dts: int | None = None  # where the next segment starts, in the output time base
         self._time_base: Fraction | None = None
+        self._audio: AudioExport | None = None
+        self._shift = 0  # how far the last segment's video was moved, in its time base
         self.frames = 0
         self.end_ts = 0
 
@@ -186,9 +191,12 @@ class _Mp4Remuxer:
     def compatible(self, stream: Any) -> bool:
         return self._params is None or self.params_of(stream) == self._params
 
-    def append(self, payload: bytes, max_frames: int) -> tuple[int, float, int]:
-        """Remux the first ``max_frames`` video frames of one segment's TS payload; return (frames, where
-        it starts in the MP4 in seconds, frames demuxed beyond ``max_frames`` and left out)."""
+    def append(self, payload: bytes, max_frames: int, declared: PayloadStreams | None = None,
+               ) -> tuple[int, float, int]:
+        """Remux the first ``max_frames`` video frames of one segment's TS payload, and its audio as
+        ``declared`` (the header's codec field); return (frames, where it starts in the MP4 in seconds,
+        frames demuxed beyond ``max_frames`` and left out)."""
+        declared = declared or PayloadStreams("")
         with av.open(io.BytesIO(payload), "r", format="mpegts") as ts:
             if not ts.streams.video:
                 raise ValueError("no video stream in the decrypted payload")
@@ -201,10 +209,22 @@ class _Mp4Remuxer:
             del packets[max_frames:]
             if not packets:
                 raise ValueError("no video packets in the decrypted payload")
+            until = _video_end(packets) if left_out else None
             if self._container is None:
                 self._open(in_stream)
+                self._open_audio(ts, declared)
             frames, start_s = self._mux_segment(packets, in_stream)
-            return frames, start_s, left_out
+        self._mux_audio(payload, declared, until)
+        return frames, start_s, left_out
+
+    def _open_audio(self, ts: Any, declared: PayloadStreams) -> None:
+        """The MP4's audio stream, when its first segment has kept audio (before anything is muxed)."""
+        self._audio = AudioExport.for_payload(self._container, ts, declared)
+
+    def _mux_audio(self, payload: bytes, declared: PayloadStreams, until: int | None) -> None:
+        """One segment's audio, moved as its video was (``_shift``)."""
+        if self._audio is not None and self._time_base is not None:
+            self._audio.mux_segment(payload, declared, self._shift, self._time_base, until)
 
     def _open(self, template: Any) -> None:
         # FFmpeg would create it 0666 less the umask: decrypted footage is for the one who exported it.
@@ -221,7 +241,7 @@ class _Mp4Remuxer:
         frame_ticks = _frame_ticks(packets, in_stream, tb)
         base = packets[0].dts
         start = self._next_dts if self._next_dts is not None else 0
-        shift = start - base
+        shift = self._shift = start - base
         last_dts = start - 1
         end = start
         frames = 0
@@ -257,8 +277,16 @@ class _Mp4Remuxer:
 
     def close(self) -> None:
         if self._container is not None:
+            audio, self._audio = self._audio, None
+            if audio is not None:
+                audio.finish()
             self._container.close()
             self._container = None
+
+
+def _video_end(packets: list[Any]) -> int:
+    """Where the video taken from a segment ends (TS ticks): the end of its last frame shown."""
+    return max((p.pts if p.pts is not None else p.dts) + max(p.duration or 0, 0) for p in packets)
 
 
 def tag_for_apple_players(stream: Any) -> None:
@@ -403,7 +431,8 @@ def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
     chain = segfile.link_status(previous, link)
     note = {"recovered": RECOVERED_NOTE, segfile.STATE_PROVISIONAL: PROVISIONAL_NOTE}.get(check.state or "")
     try:
-        frames, output_start_s, left_out = remuxer.append(payload, check.info.frames)
+        declared = parse_declaration(check.header.meta.codec) if check.header is not None else None
+        frames, output_start_s, left_out = remuxer.append(payload, check.info.frames, declared)
     except (av.FFmpegError, ValueError) as exc:
         return _report_for(path, check, included=False, verification=f"cannot remux the video: {exc}",
                            chain=chain, note=note), link
