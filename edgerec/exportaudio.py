@@ -43,6 +43,7 @@ class AudioExport:
     def __init__(self, container: Any, spec: AudioSpec, template: Any):
         self.spec = spec
         self.packets = 0
+        self.dropped = 0  # packets the MP4 muxer refused
         self._container = container
         self._last_dts: int | None = None  # in the output stream's packets' time base
         self._decoder: Any = None
@@ -115,8 +116,13 @@ class AudioExport:
             return  # never a step back (segments may overlap by a packet at their boundary)
         packet.time_base = tb
         packet.stream = self.stream
-        self._container.mux(packet)
         self._last_dts = packet.dts
+        try:
+            self._container.mux(packet)
+        except av.FFmpegError as exc:  # a packet the muxer still sees out of order: audio is left out,
+            self.dropped += 1           # never the segment's video
+            log.debug("audio packet left out of the export error=%s", exc)
+            return
         self.packets += 1
 
     def _transcode(self, packet: Any, tb: Fraction) -> None:
