@@ -117,6 +117,8 @@ class CameraConfig:
     stall_seconds: float = 10.0  # no packet for this long: close and reopen
     retention_days: float | None = None  # per-camera override of retention.days
     health: bool = True  # keyframe health / tamper analysis
+    # The camera's sound: dropped unless kept on purpose (recording sound needs its own legal ground).
+    audio: str = "drop"  # drop | keep
     input_options: dict[str, str] = field(default_factory=dict)  # extra FFmpeg input options
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     # Network cameras: credentials kept out of the url (and so out of config dumps and status). The
@@ -233,6 +235,7 @@ ENCODER_CODECS = ("auto", "h264_v4l2m2m", "libx264")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
                 "veryslow", "placebo")
 RTSP_TRANSPORTS = ("tcp", "udp")
+AUDIO_POLICIES = ("drop", "keep")
 MQTT_TLS_PORT = 8883  # the default port when mqtt.tls is set
 
 # Camera names and the device id become file names, directory names and MQTT topic levels. ASCII only
@@ -255,8 +258,8 @@ _KEYS: dict[str, tuple[str, ...]] = {
          "retention", "incidents", "mqtt", "health", "offload", "status_file"),
     "durability": ("flush_seconds", "fsync_seconds"),
     "cameras[]": ("name", "url", "realtime", "loop", "enabled", "rtsp_transport", "timeout_seconds",
-                  "stall_seconds", "retention", "health", "input_options", "encoder", "username",
-                  "password_file"),
+                  "stall_seconds", "retention", "health", "audio", "input_options", "encoder",
+                  "username", "password_file"),
     "cameras[].retention": ("days",),
     "cameras[].encoder": ("codec", "bitrate", "gop_seconds", "preset"),
     "retention": ("days", "sweep_interval_s", "min_free", "downtime_credit_days", "trusted_time",
@@ -771,6 +774,7 @@ def _camera(value: object, path: str, base_dir: Path, segment_seconds: float | N
     for key in ("realtime", "loop", "enabled", "health"):
         s.put(kw, key, _check_bool)
     s.put(kw, "rtsp_transport", _one_of(RTSP_TRANSPORTS))
+    s.put(kw, "audio", _one_of(AUDIO_POLICIES))
     s.put(kw, "timeout_seconds", _number(0, 3600, lo_open=True))
     s.put(kw, "stall_seconds", _number(0, 3600, lo_open=True))
     s.put(kw, "retention", _camera_retention_days, "retention_days")

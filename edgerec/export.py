@@ -1,4 +1,5 @@
-"""Export: decrypt segments and remux their video, without re-encoding, into one standard MP4.
+"""Export: decrypt segments and remux their video, without re-encoding, into one standard MP4 (with their
+kept audio: ``exportaudio``).
 
 Decisions (also stated in the manifest):
 
@@ -51,8 +52,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import __version__, segfile
 from .errors import EdgerecError, SegmentError, UsageError
+from .exportaudio import AudioExport
 from .exporttimeline import GAP_MIN_NS, ExportGap, KnownGap, LeftOut, find_gaps, keep_range
 from .fsutil import create_private
+from .payloadstreams import PayloadStreams, parse_declaration
 from .redact import redact_obj
 from .timefmt import NS_PER_S, rfc3339
 
@@ -219,6 +222,8 @@ class _Mp4Remuxer:
         self.last_frame_ns: int | None = None
         self.preroll_frames = 0  # decoded, not shown: the GOP's frames before the first one shown
         self.preroll_from_ns: int | None = None
+        self._audio: AudioExport | None = None
+        self._video_shift = 0  # how far the last segment's video was moved, in its time base
 
     def params_of(self, stream: Any) -> tuple[str, int, int]:
         ctx = stream.codec_context
@@ -227,9 +232,12 @@ class _Mp4Remuxer:
     def compatible(self, stream: Any) -> bool:
         return self._params is None or self.params_of(stream) == self._params
 
-    def append(self, payload: bytes, max_frames: int, start_ns: int) -> _Muxed:
+    def append(self, payload: bytes, max_frames: int, start_ns: int,
+               declared: PayloadStreams | None = None) -> _Muxed:
         """Remux the first ``max_frames`` video frames of one segment's TS payload (recorded from
-        ``start_ns``, the wall clock time of its first keyframe), as far as they are in range."""
+        ``start_ns``, the wall clock time of its first keyframe), as far as they are in range, and its
+        audio as ``declared`` (the header's codec field) over the same stretch."""
+        declared = declared or PayloadStreams("")
         with av.open(io.BytesIO(payload), "r", format="mpegts") as ts:
             if not ts.streams.video:
                 raise ValueError("no video stream in the decrypted payload")
@@ -247,9 +255,23 @@ class _Mp4Remuxer:
             if kept is None:
                 return _Muxed(0, 0.0, left_out)
             first, end = kept
+            until = _video_end(packets[first:end])  # before muxing rewrites the packets' times
             if self._container is None:
                 self._open(in_stream)
-            return self._mux_segment(packets[first:end], walls[first:end], in_stream, left_out)
+                self._open_audio(ts, declared)
+            muxed = self._mux_segment(packets[first:end], walls[first:end], in_stream, left_out)
+        self._mux_audio(payload, declared, until)
+        return muxed
+
+    def _open_audio(self, ts: Any, declared: PayloadStreams) -> None:
+        """The MP4's audio stream, when its first segment has kept audio (before anything is muxed)."""
+        self._audio = AudioExport.for_payload(self._container, ts, declared)
+
+    def _mux_audio(self, payload: bytes, declared: PayloadStreams, until: int) -> None:
+        """One segment's audio up to where its video taken ends, moved as its video was
+        (``_video_shift``); audio that would land before the MP4's start is left out."""
+        if self._audio is not None and self._time_base is not None:
+            self._audio.mux_segment(payload, declared, self._video_shift, self._time_base, until)
 
     def _open(self, template: Any) -> None:
         # FFmpeg would create it 0666 less the umask: decrypted footage is for the one who exported it.
@@ -264,7 +286,7 @@ class _Mp4Remuxer:
         tb = _fraction(packets[0].time_base) or self._time_base
         assert tb is not None and self._time_base is not None
         frame_ticks = _frame_ticks(packets, in_stream, tb)
-        shift = self._shift(packets, walls, tb)
+        shift = self._video_shift = self._shift_for(packets, walls, tb)
         min_step = max(1, math.ceil(1 / (VIDEO_TIMESCALE * tb)))  # one tick of the MP4's video track
         output_start = _pts(packets[0]) + shift  # before the loop below rewrites the packets' times
         last_dts = self._last_dts if self._last_dts is not None else packets[0].dts + shift - min_step
@@ -298,7 +320,7 @@ class _Mp4Remuxer:
         footage = (min(shown), max(walls) + frame_ns) if shown else None
         return _Muxed(frames, float(output_start * tb), left_out, footage)
 
-    def _shift(self, packets: list[Any], walls: list[int], tb: Fraction) -> int:
+    def _shift_for(self, packets: list[Any], walls: list[int], tb: Fraction) -> int:
         """How far this segment's timestamps move in the output. The first segment puts its first frame
         in range at 0; a later one follows the previous one frame by frame (the recording was
         continuous), unless the wall clock says that footage is missing in between: then it sits where
@@ -327,8 +349,16 @@ class _Mp4Remuxer:
 
     def close(self) -> None:
         if self._container is not None:
+            audio, self._audio = self._audio, None
+            if audio is not None:
+                audio.finish()
             self._container.close()
             self._container = None
+
+
+def _video_end(packets: list[Any]) -> int:
+    """Where the video taken from a segment ends (TS ticks): the end of its last frame shown."""
+    return max((p.pts if p.pts is not None else p.dts) + max(p.duration or 0, 0) for p in packets)
 
 
 def tag_for_apple_players(stream: Any) -> None:
@@ -513,7 +543,8 @@ def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
     chain = segfile.link_status(previous, link)
     note = {"recovered": RECOVERED_NOTE, segfile.STATE_PROVISIONAL: PROVISIONAL_NOTE}.get(check.state or "")
     try:
-        muxed = remuxer.append(payload, check.info.frames, check.info.meta.start_ns)
+        declared = parse_declaration(check.header.meta.codec) if check.header is not None else None
+        muxed = remuxer.append(payload, check.info.frames, check.info.meta.start_ns, declared)
     except (av.FFmpegError, ValueError) as exc:
         return _report_for(path, check, included=False, verification=f"cannot remux the video: {exc}",
                            chain=chain, note=note), link, None

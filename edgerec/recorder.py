@@ -10,6 +10,10 @@ gap (from the last footage to the next) is reported when it ends (``on_gap``).
 A segment that cannot be sealed (the disk is full) keeps its ``.partial``; no new segment starts until it
 is recovered (its complete chunks and a signed ``recovered`` trailer), so the hash chain never forks.
 
+The camera's audio track follows its ``audio`` policy: kept, it is muxed into the segments alongside the
+video (``payloadstreams`` declares it in the segment header); dropped, each connection logs once that it
+was there. Only video packets count as the camera delivering (the stall watchdog, rates, health).
+
 A small timer thread polls the open writer so footage reaches the disk within ``flush_seconds`` even when
 the camera is quiet, and is the stall watchdog. Nothing decoded, and nothing unencrypted, is ever written
 to the data directory.
@@ -35,6 +39,7 @@ from . import segfile
 from .config import CameraConfig, DurabilityConfig, HealthThresholds
 from .errors import EdgerecError, SegmentError, SourceError
 from .layout import partial_path, segment_path
+from .payloadstreams import PayloadStreams
 from .segfile import SUITE_AES_256_GCM, SealedSegment, SegmentMeta, SegmentWriter
 from .segmenter import Segmenter, SegmentSummary, SinkFailed
 from .source import NETWORK_KINDS, Source, is_live, open_source
@@ -153,11 +158,21 @@ class RecorderStats:
     stalls: int = 0  # connections closed by the stall watchdog
     discontinuities: int = 0  # timestamp jumps repaired (each also cuts the segment)
     past_errors: tuple[CameraError, ...] = ()  # errors that have ended, oldest first
+    audio: CameraAudio | None = None  # the audio track of the last connection; None when it had none
 
     @property
     def last_error(self) -> str | None:
         """The current error's message."""
         return self.error.message if self.error is not None else None
+
+
+@dataclass(frozen=True)
+class CameraAudio:
+    """A camera's audio track and what became of it."""
+
+    codec: str
+    kept: bool
+    dropped_packets: int = 0  # kept track: packets outside a segment or with unusable timestamps
 
 
 @dataclass(frozen=True)
@@ -293,6 +308,7 @@ class Recorder:
         self._discontinuities = 0
         self._unsealed: _Unsealed | None = None
         self._unsealed_retry_mono = 0.0
+        self._audio: CameraAudio | None = None
 
     # ----- public ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -354,6 +370,7 @@ class Recorder:
                 stalls=self._stalls,
                 discontinuities=self._discontinuities,
                 past_errors=tuple(self._past_errors),
+                audio=self._audio,
             )
 
     # ----- the recording thread ---------------------------------------------------------------------------
@@ -428,11 +445,12 @@ class Recorder:
             interrupted = self._stop.is_set() or attempt.stall_reason is not None
         if interrupted:
             source.interrupt()
-        self._codec = source.info.codec
+        self._codec = PayloadStreams(source.info.codec, source.info.audio_kept).declaration()
+        self._note_audio(source)
         segmenter = Segmenter(source.stream, segment_seconds=self.segment_seconds,
                               open_sink=self._open_writer, close_sink=self._seal_writer,
                               abort_sink=self._abandon_writer, camera=self.camera.name,
-                              timeline=timeline_for(self.camera),
+                              timeline=timeline_for(self.camera), audio_template=source.audio_stream,
                               backlog_hold=self.camera.kind in NETWORK_KINDS)
         self._set(state="recording", connected=True)
         packets = 0
@@ -465,6 +483,9 @@ class Recorder:
             for packet in source.packets():
                 if self._stop.is_set():
                     return None, count
+                if source.is_audio(packet):
+                    segmenter.push_audio(packet)
+                    continue
                 count += 1
                 arrival_ns = wall_ns()
                 now = time.monotonic()
@@ -487,6 +508,25 @@ class Recorder:
             self._set(state="error", last_error=message)
             return message, count
         return None, count
+
+    def _note_audio(self, source: Source) -> None:
+        """The audio policy at work, said once per connection (and shown in the status)."""
+        codec, kept = source.info.audio, source.info.audio_kept is not None
+        if codec is None:
+            audio = None
+        elif kept:
+            log.info("audio track kept camera=%s codec=%s", self.camera.name, codec)
+            audio = CameraAudio(codec, True)
+        elif self.camera.audio == "keep":
+            log.warning("audio track dropped camera=%s codec=%s reason=codec_not_kept", self.camera.name,
+                        codec)
+            audio = CameraAudio(codec, False)
+        else:
+            log.info("audio track dropped camera=%s codec=%s reason=policy_drop", self.camera.name, codec)
+            audio = CameraAudio(codec, False)
+        with self._lock:
+            dropped = self._audio.dropped_packets if self._audio is not None else 0
+            self._audio = None if audio is None else replace(audio, dropped_packets=dropped)
 
     # ----- down / up ---------------------------------------------------------------------------------------
     def _went_down(self, reason: str) -> None:
@@ -744,6 +784,9 @@ class Recorder:
         with self._lock:
             self._dropped += c.dropped_leading + c.dropped_no_sink + c.mux_errors
             self._discontinuities += c.discontinuities
+            if self._audio is not None and c.audio_dropped:
+                dropped = self._audio.dropped_packets + c.audio_dropped
+                self._audio = replace(self._audio, dropped_packets=dropped)
 
     def _set(self, *, state: str | None = None, connected: bool | None = None,
              last_error: str | None = None) -> None:

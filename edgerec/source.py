@@ -1,8 +1,14 @@
-"""Camera sources: open a camera with PyAV and yield the compressed packets of one video stream.
+"""Camera sources: open a camera with PyAV and yield the compressed packets of its video stream, and of its
+audio stream when the camera's ``audio`` policy keeps it.
 
 H.264/H.265 sources (RTSP, HTTP, TCP, files, ``exec:`` children such as ``rpicam-vid``, webcams that
 send H.264) are passed through without decoding. Raw sources (webcams giving YUYV/MJPEG, ``lavfi:``
 graphs and the built-in ``testsrc`` camera) are decoded and encoded to H.264 by one shared encoder path.
+
+Audio (RTSP, HTTP, TCP and file sources that are passed through, files only when not looped): the
+camera's best audio stream is noted in ``SourceInfo.audio``; with ``audio: keep`` and a codec of
+``payloadstreams.KEPT_AUDIO_CODECS`` its packets are yielded too (``Source.is_audio`` tells them apart),
+otherwise they are dropped while demuxing.
 
 A ``Source`` is read by one thread (``packets()`` then ``close()``); ``interrupt()`` may be called from
 any thread to make a blocked or pacing reader return soon.
@@ -32,12 +38,14 @@ from av.video.frame import PictureType
 
 from .config import CameraConfig, EncoderConfig, source_kind
 from .errors import SourceError
+from .payloadstreams import KEPT_AUDIO_CODECS, AudioSpec
 from .redact import redact, register_secret
 
 log = logging.getLogger(__name__)
 
 PASSTHROUGH_CODECS = frozenset({"h264", "hevc"})
 NETWORK_KINDS = frozenset({"rtsp", "http", "tcp"})
+AUDIO_KINDS = NETWORK_KINDS | {"file"}  # sources whose audio track is looked at
 # Inputs that end by themselves (a file without loop, a finite lavfi graph) and cannot hang; every other
 # kind is a camera, whose end of input is a disconnect.
 NOT_LIVE_KINDS = frozenset({"file", "lavfi", "testsrc"})
@@ -143,6 +151,8 @@ class SourceInfo:
     width: int
     height: int
     encoded_by: str | None  # the H.264 encoder used for a raw source, None for passthrough
+    audio: str | None = None  # codec of the camera's audio track, None when it has none
+    audio_kept: AudioSpec | None = None  # the audio track handed on (``audio: keep``, a kept codec)
 
 
 # ----- the source ----------------------------------------------------------------------------------
@@ -157,6 +167,7 @@ class Source:
         *,
         encoder: _Encoder | None = None,
         child: _Child | None = None,
+        audio_stream: Any = None,
         monotonic: Callable[[], float] = time.monotonic,
     ):
         self.camera = camera
@@ -168,6 +179,10 @@ class Source:
         self._monotonic = monotonic
         self._stop = threading.Event()
         self.stream = encoder.stream if encoder is not None else in_stream
+        audio = audio_track(camera, audio_stream)
+        # The template of the segment muxer's audio stream, when the audio is kept.
+        self.audio_stream = audio_stream if audio is not None else None
+        self._audio_index = audio_stream.index if self.audio_stream is not None else None
         ctx = self.stream.codec_context
         self.info = SourceInfo(
             kind=self.kind,
@@ -175,6 +190,8 @@ class Source:
             width=int(ctx.width or 0),
             height=int(ctx.height or 0),
             encoded_by=encoder.codec_name if encoder is not None else None,
+            audio=audio_stream.codec_context.name if audio_stream is not None else None,
+            audio_kept=audio,
         )
         self.time_base = as_fraction(self.stream.time_base)
         rate = as_fraction(in_stream.average_rate) or as_fraction(in_stream.guessed_rate)
@@ -186,8 +203,13 @@ class Source:
         """A live source's end of input is a disconnect; a file's (without loop) is its end."""
         return is_live(self.kind)
 
+    def is_audio(self, packet: Any) -> bool:
+        """Is this packet of the kept audio track (not the video)?"""
+        return self._audio_index is not None and packet.stream_index == self._audio_index
+
     def packets(self) -> Iterator[Any]:
-        """Yield compressed video packets until the end of input; raise SourceError on read errors."""
+        """Yield compressed video packets (and those of the kept audio track) until the end of input; raise
+        SourceError on read errors."""
         packets = self._raw_packets()
         if self._encoder is not None:
             packets = self._encoder.encode_all(self._frames(packets))
@@ -227,7 +249,7 @@ class Source:
         if self.kind == "file" and self.camera.loop:
             packets = self._looped_file_packets()
         else:
-            packets = demux_video(self._container, self._in_stream, self._stop)
+            packets = demux_video(self._container, self._in_stream, self._stop, self.audio_stream)
         if self.kind == "exec":
             packets = self._wallclock_stamped(packets)
         if paced:
@@ -292,6 +314,9 @@ class Source:
         tb = as_fraction(self._in_stream.time_base) or Fraction(1, 90_000)
         anchor: tuple[float, int] | None = None
         for packet in packets:
+            if self.is_audio(packet):  # paced by the video it goes with
+                yield packet
+                continue
             ts = packet.dts if packet.dts is not None else packet.pts
             if ts is not None:
                 now = self._monotonic()
@@ -314,16 +339,19 @@ def _frame_ticks(stream: Any) -> int:
     return max(1, round(1 / (rate * tb)))
 
 
-def demux_video(container: Any, stream: Any, stop: threading.Event | None = None) -> Iterator[Any]:
-    """The packets of one stream, without the empty packet PyAV yields at the end of input.
+def demux_video(container: Any, stream: Any, stop: threading.Event | None = None,
+                audio: Any = None) -> Iterator[Any]:
+    """The packets of one stream (and of ``audio``, when given), without the empty packet PyAV yields at
+    the end of input.
 
     Every stream is demuxed and the others dropped here, not inside PyAV: a camera whose video died
     while its audio goes on must still hand control back, so that ``stop`` (set by the stall watchdog)
     ends the read.
     """
     index = stream.index
+    audio_index = audio.index if audio is not None else None
     for packet in container.demux():
-        if packet.stream_index == index:
+        if packet.stream_index == index or packet.stream_index == audio_index:
             if packet.size:
                 yield packet
         elif stop is not None and stop.is_set():
@@ -379,15 +407,33 @@ def open_source(camera: CameraConfig, *, monotonic: Callable[[], float] = time.m
         encoder = None
         if kind in ("lavfi", "testsrc") or stream.codec_context.name not in PASSTHROUGH_CODECS:
             encoder = _Encoder.for_stream(camera, stream)
-        source = Source(camera, container, stream, encoder=encoder, child=child, monotonic=monotonic)
+        audio = None
+        if encoder is None and kind in AUDIO_KINDS and not (kind == "file" and camera.loop):
+            audio = container.streams.best("audio")
+        source = Source(camera, container, stream, encoder=encoder, child=child, audio_stream=audio,
+                        monotonic=monotonic)
     except BaseException:
         container.close()
         if child is not None:
             child.kill()
         raise
-    log.info("source opened camera=%s kind=%s codec=%s size=%dx%d encoder=%s", camera.name, kind,
-             source.info.codec, source.info.width, source.info.height, source.info.encoded_by or "none")
+    log.info("source opened camera=%s kind=%s codec=%s size=%dx%d encoder=%s audio=%s", camera.name, kind,
+             source.info.codec, source.info.width, source.info.height, source.info.encoded_by or "none",
+             source.info.audio or "none")
     return source
+
+
+def audio_track(camera: CameraConfig, stream: Any) -> AudioSpec | None:
+    """The audio track to keep: the camera's, when its policy is ``keep``, its codec one that segments
+    carry and its parameters known; else None (the track is dropped)."""
+    if stream is None or camera.audio != "keep":
+        return None
+    ctx = stream.codec_context
+    rate = int(ctx.sample_rate or 0)
+    channels = int(ctx.layout.nb_channels) if ctx.layout is not None else 0
+    if ctx.name not in KEPT_AUDIO_CODECS or rate <= 0 or channels <= 0:
+        return None
+    return AudioSpec(ctx.name, rate, channels)
 
 
 def _terminate_on_cancel(child: _Child, cancel: threading.Event, opened: threading.Event) -> None:

@@ -140,6 +140,10 @@ def camera_status(cam: CameraStatus, facts: CatalogFacts) -> dict[str, Any]:
             "from": rfc3339(st.last_gap[0]), "to": rfc3339(st.last_gap[1]), "reason": st.last_gap[2]},
         "stalls": st.stalls,
         "timestamp_discontinuities": st.discontinuities,
+        # The camera's audio track: kept in the segments, or dropped (the camera's ``audio`` policy).
+        "audio": None if st.audio is None else {
+            "codec": st.audio.codec, "policy": "kept" if st.audio.kept else "dropped",
+            "dropped_packets": st.audio.dropped_packets},
         "thread_restarts": cam.thread_restarts,
     }
 
@@ -202,8 +206,10 @@ def status_news(status: Mapping[str, Any]) -> tuple[Any, ...]:
     def camera(c: Mapping[str, Any]) -> tuple[Any, ...]:
         health = c.get("health") or {}
         error = c.get("error") or {}
+        audio = c.get("audio") or {}
         return (c.get("state"), c.get("connected"), c.get("down_since"), health.get("state"),
-                tuple(health.get("active") or ()), error.get("message"))
+                tuple(health.get("active") or ()), error.get("message"), audio.get("codec"),
+                audio.get("policy"))
 
     errors = status.get("last_errors") or []
     return (
