@@ -186,6 +186,12 @@ class Source:
         """A live source's end of input is a disconnect; a file's (without loop) is its end."""
         return is_live(self.kind)
 
+    @property
+    def child_exit_code(self) -> int | None:
+        """An ``exec:`` source's program: its exit status once it has ended (negative: the signal that
+        ended it); None while it runs, and for every other kind of source."""
+        return self._child.proc.poll() if self._child is not None else None
+
     def packets(self) -> Iterator[Any]:
         """Yield compressed video packets until the end of input; raise SourceError on read errors."""
         packets = self._raw_packets()
