@@ -321,6 +321,11 @@ def _fmt(number: float) -> str:
     return str(int(number)) if float(number).is_integer() and abs(number) < 1e15 else repr(number)
 
 
+def accepted_keys() -> dict[str, tuple[str, ...]]:
+    """The keys each mapping of the file accepts, by section ("": the top level, "cameras[]": a camera)."""
+    return {**_KEYS, "health": tuple(f.name for f in dataclasses.fields(HealthThresholds))}
+
+
 class _Section:
     """One YAML mapping being read: hands out checked values and reports the keys nobody asked for."""
 
@@ -375,7 +380,7 @@ class _Section:
         close = difflib.get_close_matches(lowered, self.keys, n=1, cutoff=0.7)
         if close:
             return f" (did you mean '{close[0]}'?)"
-        sections = {**_KEYS, "health": tuple(f.name for f in dataclasses.fields(HealthThresholds))}
+        sections = accepted_keys()
         # Prefer a top-level section ('retention') to a per-camera one ('cameras[].retention').
         homes = sorted((kind for kind, keys in sections.items() if key in keys and kind != self.kind),
                        key=lambda kind: "[]" in kind)

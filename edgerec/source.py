@@ -207,6 +207,12 @@ class Source:
         """Is this packet of the kept audio track (not the video)?"""
         return self._audio_index is not None and packet.stream_index == self._audio_index
 
+    @property
+    def child_exit_code(self) -> int | None:
+        """An ``exec:`` source's program: its exit status once it has ended (negative: the signal that
+        ended it); None while it runs, and for every other kind of source."""
+        return self._child.proc.poll() if self._child is not None else None
+
     def packets(self) -> Iterator[Any]:
         """Yield compressed video packets (and those of the kept audio track) until the end of input; raise
         SourceError on read errors."""

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,32 +238,53 @@ def file_head(path) -> AuditHead:
     return AuditHead(len(raw), line_hash(raw[-1]))
 
 
-def count_tail_reads(monkeypatch) -> list[int]:
-    reads: list[int] = []
-    real = AuditLog._tail_state
-
-    def counting(f):
-        reads.append(1)
-        return real(f)
-
-    monkeypatch.setattr(AuditLog, "_tail_state", staticmethod(counting))
-    return reads
+# Opens of the files a test watches, seen through Python's "open" audit event (which every open() and
+# os.open() raises): whether the head came from the file or from memory, without reaching into AuditLog.
+# An audit hook cannot be removed, so one is installed once and counts only what a test watches.
+_watched_opens: dict[str, list[object]] = {}
+_hook_installed: list[bool] = []
 
 
-def test_head_is_read_once_then_kept_in_memory_by_appends(tmp_path, monkeypatch):
+def _note_open(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _watched_opens and isinstance(args[0], (str, os.PathLike)):
+        opens = _watched_opens.get(os.fspath(args[0]))
+        if opens is not None:
+            opens.append(args[1])  # the mode (None for os.open)
+
+
+@contextmanager
+def opens_of(path: Path) -> Iterator[list[object]]:
+    """The opens of ``path`` made inside the block."""
+    if not _hook_installed:
+        sys.addaudithook(_note_open)
+        _hook_installed.append(True)
+    opens: list[object] = []
+    _watched_opens[os.fspath(path)] = opens
+    try:
+        yield opens
+    finally:
+        del _watched_opens[os.fspath(path)]
+
+
+def test_head_is_read_once_then_kept_in_memory_by_appends(tmp_path):
     path = tmp_path / "audit.log"
     write_log(path, 3)
     log = AuditLog(path)
-    reads = count_tail_reads(monkeypatch)
-    assert log.head() == file_head(path) and len(reads) == 1
-    for _ in range(5):
-        assert log.head() == file_head(path)
-    assert len(reads) == 1  # asking again (every status tick) does not read the file
+    expected = file_head(path)
+    with opens_of(path) as opens:
+        assert log.head() == expected
+    assert len(opens) == 1  # the first time, from the file
+    with opens_of(path) as opens:
+        for _ in range(5):
+            assert log.head() == expected
+    assert opens == []  # asking again (every status tick) does not read the file
     log.append("export", camera="gate")
     log.append_many([("segments_deleted", {"paths": ["a.seg"]}), ("segments_deleted", {"paths": ["b"]})])
-    reads_by_appends = len(reads)
-    assert log.head() == file_head(path) == AuditHead(6, line_hash(lines(path)[-1]))
-    assert len(reads) == reads_by_appends  # the appends set it: no read for the head
+    expected = file_head(path)
+    assert expected == AuditHead(6, line_hash(lines(path)[-1]))
+    with opens_of(path) as opens:
+        assert log.head() == expected
+    assert opens == []  # the appends set it: no read for the head
 
 
 def test_head_follows_another_writer_of_the_same_file(tmp_path):

@@ -234,25 +234,25 @@ def test_the_daemon_queues_a_refused_segment_reports_it_and_retries_it_before_th
     seg = make_segments(daemon.config.data_dir, tk, 1)[0]
     real = daemon.catalog
     daemon.catalog = FlakyCatalog(real, failures=1)  # type: ignore[assignment]
-    daemon._facts_wanted.clear()
+    daemon.facts_wanted.clear()
 
-    daemon._on_sealed(seg)  # as a recorder thread calls it: queued, the catalog is not touched
+    daemon.on_sealed(seg)  # as a recorder thread calls it: queued, the catalog is not touched
     assert daemon.catalog.calls == []  # type: ignore[attr-defined]
     assert daemon.status()["uncatalogued_segments"] == 0
-    daemon._catalogue_sealed()  # the worker's tick: the full disk refuses it
-    assert daemon._facts_wanted.is_set()  # the status asks the worker for a new count
+    daemon.catalogue_sealed()  # the worker's tick: the full disk refuses it
+    assert daemon.facts_wanted.is_set()  # the status asks the worker for a new count
     assert daemon.status()["uncatalogued_segments"] == 1
     assert real.segments("gate") == []
     # A recorder started now (restart, reload) goes on from the queued segment, not the catalog's last.
-    assert daemon._chain_for("gate") == ChainState(next_sequence=1, prev_digest=seg.digest)
+    assert daemon.chain_for("gate") == ChainState(next_sequence=1, prev_digest=seg.digest)
 
-    daemon._catalogue_sealed()  # backing off: not yet
+    daemon.catalogue_sealed()  # backing off: not yet
     assert daemon.status()["uncatalogued_segments"] == 1
-    daemon._maybe_sweep(0.0)  # the first sweep is due at once; the queue goes in first
+    daemon.sweep_if_due(0.0)  # the first sweep is due at once; the queue goes in first
     assert daemon.last_sweep is not None
     assert daemon.status()["uncatalogued_segments"] == 0
     assert [r.path for r in real.segments("gate")] == [real.relative_path(seg.path)]
-    assert daemon._chain_for("gate") == ChainState(next_sequence=1, prev_digest=seg.digest)
+    assert daemon.chain_for("gate") == ChainState(next_sequence=1, prev_digest=seg.digest)
 
 
 # ----- a real daemon, a really locked catalog -------------------------------------------------------------

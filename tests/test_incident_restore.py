@@ -225,7 +225,7 @@ def test_an_unreadable_audit_log_keeps_the_daemon_recording_but_never_sweeping(t
     try:
         assert daemon.sweeps_blocked is not None and "audit log" in daemon.sweeps_blocked
         assert any("retention disabled until a restart" in e["message"] for e in daemon.last_errors)
-        daemon._maybe_sweep(0.0)  # a sweep would be due at once
+        daemon.sweep_if_due(0.0)  # a sweep would be due at once
         assert daemon.last_sweep is None
     finally:
         daemon.catalog.close()

@@ -127,7 +127,7 @@ def daemon(site: Site, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr("edgerec.clock.read_clock", clock)
     d = open_daemon_state(site.config)
     events: list[tuple[str, dict[str, Any]]] = []
-    d._event = lambda kind, **fields: events.append((kind, fields))  # type: ignore[method-assign]
+    d.event_observers.append(lambda kind, fields: events.append((kind, fields)))
     try:
         yield d, clock, events
     finally:
@@ -137,7 +137,7 @@ def daemon(site: Site, monkeypatch: pytest.MonkeyPatch):
 def tick(d: Any, clock: InjectedClock, mono_s: list[float], seconds: float = 0.25, **jump: Any) -> None:
     clock.advance(seconds, **jump)
     mono_s[0] += seconds
-    d._maybe_sweep(mono_s[0])
+    d.sweep_if_due(mono_s[0])
 
 
 def test_a_clock_jump_is_logged_audited_and_published_exactly_once(daemon, site, caplog):

@@ -112,7 +112,7 @@ def test_exec_source_reads_raw_h264_and_stamps_time(tmp_path: Path) -> None:
     dts = [p[1] for p in packets]
     assert all(b > a for a, b in zip(dts, dts[1:], strict=False))
     assert source.ended
-    assert source._child is not None and source._child.proc.returncode is not None
+    assert source.child_exit_code is not None
 
 
 def test_interrupt_kills_a_stalled_exec_child_and_its_children(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_interrupt_kills_a_stalled_exec_child_and_its_children(tmp_path: Path) -
     source.close()
     assert time.monotonic() - started < 5
     assert count >= 20
-    assert source._child is not None and source._child.proc.poll() is not None
+    assert source.child_exit_code is not None
 
 
 def test_interrupt_kills_an_exec_child_that_ignores_sigterm(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_interrupt_kills_an_exec_child_that_ignores_sigterm(tmp_path: Path) -> N
     ended_after = time.monotonic() - started
     source.close()
     assert count >= 20
-    assert source._child is not None and source._child.proc.returncode == -signal.SIGKILL
+    assert source.child_exit_code == -signal.SIGKILL
     assert 1.0 + CHILD_EXIT_TIMEOUT_S - 0.5 < ended_after < 1.0 + CHILD_EXIT_TIMEOUT_S + 3
 
 

@@ -122,6 +122,8 @@ class _Signals:
 
 
 RecorderFactory = Callable[..., Recorder]
+# Told of every event the daemon publishes: (kind, fields).
+EventObserver = Callable[[str, dict[str, Any]], None]
 
 
 class Daemon:
@@ -149,16 +151,19 @@ class Daemon:
         self._next_status_monotonic = 0.0
         self._config_watcher: Any = None
         self.mqtt: MqttLink | None = None
+        # Told of every event after MQTT, on the thread that raised it (add them before serve(); they must
+        # not block or raise): what was published, for those who have no broker to listen on.
+        self.event_observers: list[EventObserver] = []
         # Under systemd the status file goes to the runtime directory (RAM) unless status_file says otherwise.
         self.status_path = statusfile.daemon_status_path(config.status_file, config.data_dir, os.environ)
         self._ready_sent = False
         # The status is built by the main thread only, from the catalog facts the worker last read; other
-        # threads read the snapshot and set _status_dirty to ask for a new one (and _facts_wanted to ask
+        # threads read the snapshot and set _status_dirty to ask for a new one (and facts_wanted to ask
         # the worker to read the catalog again first).
         self.status_snapshot: dict[str, Any] | None = None
         self.facts = CatalogFacts()
         self._status_dirty = threading.Event()
-        self._facts_wanted = threading.Event()
+        self.facts_wanted = threading.Event()
         self._next_facts_monotonic = 0.0
         self._snapshot_cameras: dict[str, tuple[str, bool]] = {}
         self._snapshot_news: tuple[Any, ...] | None = None  # status_news of the last snapshot
@@ -414,7 +419,7 @@ class Daemon:
         self._config_watcher.start()
 
     # ----- recorders (main thread) ----------------------------------------------------------------------
-    def _chain_for(self, camera: str) -> ChainState:
+    def chain_for(self, camera: str) -> ChainState:
         """Where a camera with no recorder alive goes on: every segment it sealed is queued or catalogued.
         A queued segment is newer than any catalogued one of the camera."""
         queued = self.uncatalogued.last_for(camera)
@@ -436,14 +441,14 @@ class Daemon:
             recipients=self.recipients,
             suite=suite_for_config(cfg.segment_cipher),
             signing_key=self.signing_key,
-            chain=chain if chain is not None else self._chain_for(camera.name),
-            on_sealed=self._on_sealed,
-            on_gap=self._on_gap,
+            chain=chain if chain is not None else self.chain_for(camera.name),
+            on_sealed=self.on_sealed,
+            on_gap=self.on_gap,
             may_start_segment=lambda: not self.gate.full,
             exit_at_eof=self.exit_at_eof,
             health_thresholds=cfg.health,
-            on_health=self._on_health,
-            on_connection=self._on_connection,
+            on_health=self.on_health,
+            on_connection=self.on_connection,
         )
 
     def _start_camera(self, camera: CameraConfig, chain: ChainState | None = None) -> None:
@@ -485,15 +490,16 @@ class Daemon:
                 self._start_camera(retiring.replacement, chain=old.chain)
             self._status_dirty.set()
 
-    def _on_sealed(self, segment: SealedSegment) -> None:
-        self.uncatalogued.put(segment)  # the worker inserts it within a tick: no SQLite on this thread
+    def on_sealed(self, segment: SealedSegment) -> None:
+        """A recorder sealed ``segment`` (its thread): queued for the worker; no SQLite on this thread."""
+        self.uncatalogued.put(segment)  # the worker inserts it within a tick
 
-    def _on_gap(self, camera: str, from_ns: int, to_ns: int, reason: str) -> None:
+    def on_gap(self, camera: str, from_ns: int, to_ns: int, reason: str) -> None:
         # Reported when the gap has ended; camera_down/camera_up went out when it began and ended. Queued
         # behind the segments sealed before it, like them.
         self.uncatalogued.put(Gap(camera, from_ns, to_ns, reason))
 
-    def _on_connection(self, change: ConnectionChange) -> None:
+    def on_connection(self, change: ConnectionChange) -> None:
         """A camera stopped delivering or delivers again: audit it and publish it at once."""
         if change.up:
             fields = {"camera": change.camera, "reason": change.reason, "since": rfc3339(change.at_ns),
@@ -511,7 +517,7 @@ class Daemon:
         except OSError as exc:
             log.error("audit line not written event=%s error=%s", event, exc)
 
-    def _on_health(self, camera: str, change: HealthChange) -> None:
+    def on_health(self, camera: str, change: HealthChange) -> None:
         fields = {"camera": camera, "condition": change.condition, "active": change.active,
                   "detail": change.detail}
         log.warning("health change camera=%s condition=%s active=%s detail=%s", camera, change.condition,
@@ -583,8 +589,8 @@ class Daemon:
         now = time.monotonic()
         if self.repair_pending:
             self._retry_repair(now)
-        self._catalogue_sealed()
-        self._maybe_sweep(now)
+        self.catalogue_sealed()
+        self.sweep_if_due(now)
         self._maybe_check_holds(now)
         self._maybe_save_head(now)
         self._maybe_refresh_facts(now)
@@ -600,18 +606,20 @@ class Daemon:
         self._main_inbox.put(self._start_cameras)
         self._set_disk_full(False)
 
-    def _catalogue_sealed(self, *, force: bool = False) -> None:
+    def catalogue_sealed(self, *, force: bool = False) -> None:
+        """Insert the queued sealed segments and gaps (``force``: also those backing off after a refusal);
+        a change asks for fresh catalog facts, and so for a new status."""
         behind = self.uncatalogued.behind()
         if self.uncatalogued.drain(force=force) or self.uncatalogued.behind() != behind:
-            self._facts_wanted.set()
+            self.facts_wanted.set()
 
     def _maybe_refresh_facts(self, now: float) -> None:
         """Read the catalog side of the status when asked (a segment catalogued, an event) or every
         STATUS_FILE_INTERVAL_S (incidents the CLI opened). A change asks the main thread for a status."""
-        if not self._facts_wanted.is_set() and now < self._next_facts_monotonic:
+        if not self.facts_wanted.is_set() and now < self._next_facts_monotonic:
             return
-        asked = self._facts_wanted.is_set()
-        self._facts_wanted.clear()
+        asked = self.facts_wanted.is_set()
+        self.facts_wanted.clear()
         self._next_facts_monotonic = now + STATUS_FILE_INTERVAL_S
         before = self.facts.open_incident_ids
         try:
@@ -631,7 +639,9 @@ class Daemon:
         self.facts = read_catalog_facts(self.catalog, self.incidents, [c.name for c in cfg.cameras],
                                         cfg.incidents, time.time_ns())
 
-    def _maybe_sweep(self, now: float) -> None:
+    def sweep_if_due(self, now: float) -> None:
+        """Run a retention sweep if the scheduler says one is due at monotonic ``now`` (the worker's tick);
+        the queued segments go into the catalog first."""
         if self.sweeps_blocked is not None or self.repair_pending:
             return
         pressure = self.sweeper.below_min_free()
@@ -639,9 +649,9 @@ class Daemon:
                                     clock_jumped=self.sweeper.clock_jumped())
         if reason is None:
             return
-        self._catalogue_sealed(force=True)  # so that the sweep sees (and counts) every sealed segment
+        self.catalogue_sealed(force=True)  # so that the sweep sees (and counts) every sealed segment
         self._sweep(reason)
-        self._facts_wanted.set()
+        self.facts_wanted.set()
 
     def _sweep(self, reason: str) -> None:
         try:
@@ -729,7 +739,7 @@ class Daemon:
         self.scheduler.sweep_interval_s = new.retention.sweep_interval_s
         self._main_inbox.put(lambda: self._apply_reload(new, plan))
         self._reload_mqtt(old, new, plan)
-        self._facts_wanted.set()
+        self.facts_wanted.set()
         restarted = sorted(c.name for c in plan.restart)
         self._audit("config_changed", path=str(path), cameras_added=sorted(c.name for c in plan.start),
                     cameras_removed=list(plan.stop), cameras_restarted=restarted)
@@ -776,11 +786,13 @@ class Daemon:
     def _event(self, kind: str, **fields: Any) -> None:
         """Publish an event (any thread). Every event also changes the status: ask the worker for fresh
         catalog facts and the main loop for a fresh snapshot, which it then publishes at once."""
-        self._facts_wanted.set()
+        self.facts_wanted.set()
         self._status_dirty.set()
         link = self.mqtt
         if link is not None:
             link.publish_event(kind, **fields)
+        for observer in self.event_observers:
+            observer(kind, fields)
 
     def status(self) -> dict[str, Any]:
         """The status from recorder counters and the cached catalog facts (no SQL)."""
@@ -929,7 +941,7 @@ class Daemon:
             rec.stop(10.0)
         log.info("cameras stopped count=%d", len(self.slots))
         if worker_stopped:
-            self._catalogue_sealed(force=True)
+            self.catalogue_sealed(force=True)
             try:
                 self._refresh_facts()
             except (EdgerecError, OSError) as exc:

@@ -27,7 +27,8 @@ def main() -> int:
     time.time = lambda: real_time() + wall_shift_ns / 1e9
     clock.monotonic_ns = lambda: real_mono() + mono_shift_ns
     if len(parts) > 2:
-        clock._boot_id_cache = parts[2]
+        boot = parts[2]
+        clock.boot_id = lambda: boot
     from edgerec.cli import main as cli_main
 
     return cli_main(sys.argv[2:])
