@@ -359,10 +359,17 @@ class Catalog:
         path = DataDir(data_dir).catalog_path
         if not path.is_file():
             raise CatalogError(f"no catalog in {data_dir}: nothing has been recorded there yet")
+        # With no writer (no -wal file: the daemon is stopped and closed it cleanly) the file is opened as
+        # immutable: SQLite then makes no -wal and -shm files, which a reader could not remove again (and
+        # which, made by root, would keep the service from opening its own catalog). With a writer they
+        # exist already, owned by it, and the reader only reads them.
+        immutable = "" if path.with_name(path.name + "-wal").exists() else "&immutable=1"
         try:
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                   check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{immutable}", uri=True,
+                                   isolation_level=None, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a damaged file is named here
             return cls(conn, data_dir.resolve())
         except sqlite3.DatabaseError as exc:
             raise CatalogError(open_error_message(path, exc)) from None
