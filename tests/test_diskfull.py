@@ -191,6 +191,14 @@ def audit_events(data_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (data_dir / "audit.log").read_text().splitlines()]
 
 
+INCIDENT_EVENTS = ("incident_opened", "incident_closed", "incident_not_recorded")
+
+
+def incident_events(data_dir: Path) -> list[dict[str, Any]]:
+    """The audit lines of incident commands (not the clock's, nor the holds checks' lines around them)."""
+    return [e for e in audit_events(data_dir) if e["event"] in INCIDENT_EVENTS]
+
+
 def incident_ids(cfg: Path) -> list[str]:
     listed = run_cli("incident", "ls", "-c", str(cfg), "--all", "--json", check=True)
     return [i["id"] for i in json.loads(listed.stdout)]
@@ -245,7 +253,7 @@ def test_the_cli_records_an_incident_on_a_completely_full_disk_while_the_daemon_
         assert named(parse_log(opened.stderr), "disk full: space reserve released", path=reserve.path)
         # The audit line fitted in the log's last block, the commit did not fit in the WAL: the first
         # try's line is voided, then the retry's line follows.
-        assert [(e["event"], e["id"]) for e in audit_events(data)] == [
+        assert [(e["event"], e["id"]) for e in incident_events(data)] == [
             ("incident_opened", "BEFORE"), ("incident_opened", "FULL-1"),
             ("incident_not_recorded", "FULL-1"), ("incident_opened", "FULL-1")]
         assert incident_ids(cfg) == ["BEFORE", "FULL-1"]
@@ -262,7 +270,7 @@ def test_the_cli_records_an_incident_on_a_completely_full_disk_while_the_daemon_
         assert "disk is full" in reply["error"]
         assert incident_ids(cfg) == ["BEFORE", "FULL-1"]
         assert counted_incident_lines(audit_events(data)) == catalog_incident_lines(cfg)
-        assert audit_events(data)[-1]["event"] == "incident_not_recorded"
+        assert incident_events(data)[-1]["event"] == "incident_not_recorded"
         assert_audit_verifies(cfg)
 
         # Space again: the same command is recorded, as a new incident (nothing of it was kept).

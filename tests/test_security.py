@@ -146,8 +146,9 @@ ROOMY_DISK = DiskState(total_bytes=10**12, free_bytes=10**12)
 
 
 def _segments(starts: list[int]) -> list[SegmentRow]:
+    """Segments recorded on a healthy clock: on the retention clock they ended when they say they did."""
     return [SegmentRow(i, "cam" if i % 2 else "door", i, f"x/{i}.seg", s, s + 60 * S, 1000, 1500, "00",
-                       "sealed", True, "b", 0) for i, s in enumerate(starts)]
+                       "sealed", True, "b", 0, rclock_end_ns=s + 60 * S) for i, s in enumerate(starts)]
 
 
 TIMES = st.integers(NOW - 60 * DAY, NOW + DAY)
