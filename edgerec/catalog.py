@@ -313,7 +313,6 @@ class Catalog:
         self._lock = threading.RLock()
         self._tx_depth = 0
         self._sync_on_commit = False  # set by writes that are promises (incidents); see transaction()
-        self._incident_generation = 0
         self._held_cache: tuple[tuple[int, int], float, int] | None = None  # (key, monotonic s, bytes)
         self._max_duration_ns = self._meta("max_duration_ns", 0)
         self.created = False  # set by open(): the file was made by this open (there was no catalog)
@@ -764,9 +763,10 @@ class Catalog:
 
     def held_bytes(self, now_ns: int, incidents: GraceConfig) -> int:
         """Bytes held by incidents, for status; recomputed at most every HELD_CACHE_S unless incidents
-        changed. ``incidents`` is the IncidentsConfig (its grace period)."""
+        changed, in this process or another (the CLI's): the catalog's change counter is the key.
+        ``incidents`` is the IncidentsConfig (its grace period)."""
         grace_ns = int(incidents.release_grace_days * DAY_NS)
-        key = (self._incident_generation, grace_ns)
+        key = (self.incident_changes(), grace_ns)
         cached = self._held_cache
         mono = time.monotonic()
         if cached is not None and cached[0] == key and mono - cached[1] < HELD_CACHE_S:
@@ -832,7 +832,6 @@ class Catalog:
     def _bump_incident_changes(self) -> None:
         """Count an incident open or close in the same transaction (see ``incident_changes``)."""
         self._set_meta(INCIDENT_CHANGES_KEY, self._meta(INCIDENT_CHANGES_KEY, 0) + 1)
-        self._incident_generation += 1
 
     def incident_changes(self) -> int:
         """How many incident opens and closes were ever committed, by any process using this catalog.
