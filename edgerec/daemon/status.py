@@ -184,6 +184,7 @@ def build_status(i: StatusInputs) -> dict[str, Any]:
             "disk_full": i.disk_full,
         },
         "incidents_open": len(i.facts.open_incident_ids),
+        "open_incident_ids": sorted(i.facts.open_incident_ids),
         "held_bytes": i.facts.held_bytes,
         "uncatalogued_segments": i.uncatalogued_segments,
         "recorders_not_stopped": {name: round(s, 1) for name, s in i.recorders_not_stopped.items()},
@@ -215,8 +216,12 @@ def status_news(status: Mapping[str, Any]) -> tuple[Any, ...]:
     return (
         status.get("state"),
         (status.get("clock") or {}).get("synced"),
-        status.get("incidents_open"),
+        # Which incidents are open, not only how many: one closed and another opened between two
+        # snapshots is news too.
+        tuple(status.get("open_incident_ids") or ()),
         (status.get("retention") or {}).get("disk_full"),
+        status.get("catalog_disagrees") is not None,
+        status.get("rollback_suspected") is not None,
         tuple(sorted(status.get("recorders_not_stopped") or {})),
         # The newest daemon error (the list is capped, so its length stops changing).
         tuple(sorted(errors[-1].items())) if errors else None,
