@@ -699,7 +699,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import statusfile
+    from . import offloadstatus, statusfile
     from .errors import ConfigError
 
     try:
@@ -715,15 +715,17 @@ def cmd_status(args: argparse.Namespace) -> int:
               "its previous configuration (see last errors below)", file=sys.stderr)
     candidates = statusfile.status_path_candidates(where.status_file, where.data_dir, os.environ)
     status = statusfile.read_daemon_status(candidates, device_id=where.device_id)
-    from .offload import format_offload_status, read_offload_status
-
-    offload_status = read_offload_status(where.data_dir, os.environ)  # the offload service's own file
+    # The offload service's own file, read now: fresher than the copy in the daemon's status.
+    fresh = offloadstatus.read(offloadstatus.candidates(where.data_dir, os.environ), where.device_id)
+    if fresh is not None:
+        status = {**status, "offload": offloadstatus.section(fresh, enabled=True)}
+    offload = status.get("offload")
     if args.json:
-        _print_json({**status, "offload": offload_status} if offload_status else status)
+        _print_json(status)
     else:
         print(statusfile.format_status(status, time.time()))
-        if offload_status:
-            print(format_offload_status(offload_status))
+        if isinstance(offload, dict) and offload.get("enabled"):
+            print(offloadstatus.format_line(offload))
     return 0
 
 

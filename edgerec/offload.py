@@ -31,10 +31,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from . import segfile, statusfile, store
+from . import offloadstatus, segfile, statusfile, store
 from .audit import AuditLog
 from .catalog import Catalog, IncidentRow, SegmentRow
 from .config import Config
@@ -48,8 +47,6 @@ log = logging.getLogger(__name__)
 PASS_INTERVAL_S = 2.0  # how often the service looks for new work (a catalog query and a directory scan)
 PROVISIONAL_REFRESH_S = 20.0  # a growing open segment is uploaded again at most this often
 BACKOFF_S = (2.0, 5.0, 10.0, 30.0, 60.0)  # after a failed pass; the last one repeats
-STATUS_FILE_NAME = "offload.json"
-SERVICE_RUNTIME_DIR = Path("/run/edgerec-offload")
 RECORD_VERSION = 1
 PARTIAL_SUFFIX = SEGMENT_SUFFIX + segfile.PARTIAL_SUFFIX
 
@@ -109,57 +106,34 @@ def incident_record(device_id: str, incident: IncidentRow, now_ns: int, grace_ns
 class PassResult:
     uploaded: int = 0
     uploaded_bytes: int = 0
-    backlog_segments: int = 0
-    backlog_bytes: int = 0
-    oldest_waiting_ns: int | None = None
+    # What the pass found to upload and has not uploaded (yet): key -> (start_ns, bytes). Counted before
+    # the first upload, so a store that is down shows the whole backlog, not the first object.
+    waiting: dict[str, tuple[int, int]] = field(default_factory=dict)
     error: str | None = None
     fatal: bool = False  # credentials refused or bucket missing: retrying will not help by itself
     incidents_complete: list[str] = field(default_factory=list)
 
     @property
+    def backlog_segments(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def backlog_bytes(self) -> int:
+        return sum(size for _, size in self.waiting.values())
+
+    @property
+    def oldest_waiting_ns(self) -> int | None:
+        return min((start for start, _ in self.waiting.values()), default=None)
+
+    @property
     def empty(self) -> bool:
-        return self.backlog_segments == 0 and self.error is None
+        return not self.waiting and self.error is None
 
-    def wait(self, start_ns: int, size: int) -> None:
-        self.backlog_segments += 1
-        self.backlog_bytes += size
-        if self.oldest_waiting_ns is None or start_ns < self.oldest_waiting_ns:
-            self.oldest_waiting_ns = start_ns
+    def wait(self, key: str, start_ns: int, size: int) -> None:
+        self.waiting[key] = (start_ns, size)
 
-
-def offload_status_path(data_dir: Path, env: Mapping[str, str]) -> Path:
-    runtime = statusfile.runtime_directory(env)
-    return (runtime if runtime is not None else Path(data_dir)) / STATUS_FILE_NAME
-
-
-def offload_status_candidates(data_dir: Path, env: Mapping[str, str]) -> list[Path]:
-    places = [statusfile.runtime_directory(env), SERVICE_RUNTIME_DIR, Path(data_dir)]
-    out: list[Path] = []
-    for place in places:
-        if place is not None and place / STATUS_FILE_NAME not in out:
-            out.append(place / STATUS_FILE_NAME)
-    return out
-
-
-def read_offload_status(data_dir: Path, env: Mapping[str, str]) -> dict[str, Any] | None:
-    for path in offload_status_candidates(data_dir, env):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            return data
-    return None
-
-
-def format_offload_status(status: Mapping[str, Any]) -> str:
-    oldest = status.get("oldest_waiting") or "-"
-    line = (f"offload: {status.get('state', '?')}, waiting {status.get('backlog_segments', 0)} segments "
-            f"({statusfile.human_bytes(status.get('backlog_bytes', 0))}), oldest waiting {oldest}, "
-            f"last upload {status.get('last_upload') or '-'}")
-    if status.get("last_error"):
-        line += f"; last error ({status.get('last_error_at')}): {status['last_error']}"
-    return line
+    def done(self, key: str) -> None:
+        self.waiting.pop(key, None)
 
 
 # ----- the offloader ---------------------------------------------------------------------------------------
@@ -185,7 +159,9 @@ class Offloader:
         self.prefix = config.offload.prefix
         self.device_id = config.device_id
         self.clock_ns = clock_ns
-        self.status_path = offload_status_path(config.data_dir, os.environ if env is None else env)
+        self.status_path = offloadstatus.status_path(config.data_dir, os.environ if env is None else env)
+        self._status: dict[str, Any] | None = None  # the last one written (refresh_status rewrites it)
+        self._status_lock = threading.Lock()  # the pass and the heartbeat both write the file
         self._catalog: Catalog | None = None
         self._state: OffloadState | None = None
         self._audit = AuditLog(DataDir(config.data_dir).audit_path)
@@ -239,6 +215,11 @@ class Offloader:
         sealed = self._wanted_sealed(catalog, holding, what)
         open_segs = wanted_open_segments(self._open_segments(), holding, what, now_ns)
         sealed_names = {row.path for row in sealed}
+        # Newest first: the footage a vandal is about to destroy; the whole backlog is counted first.
+        todo = [row for row in sorted(sealed, key=lambda r: r.start_ns, reverse=True)
+                if not self._is_offloaded(row, state)]
+        for row in todo:
+            result.wait(self._segment_key(row), row.start_ns, row.size_bytes)
         if sealed or open_segs or holding:
             self._put_device_key(state)
         # Open segments first: they are small (a refresh is only what is new) and the newest footage.
@@ -246,7 +227,7 @@ class Offloader:
             if seg.rel_path[: -len(segfile.PARTIAL_SUFFIX)] in sealed_names:
                 continue
             self._put_provisional(seg, state, result, now_ns)
-        for row in sorted(sealed, key=lambda r: r.start_ns, reverse=True):
+        for row in todo:
             self._put_sealed(row, state, result)
         self._drop_stale_provisionals(state, catalog)
         for inc in holding:
@@ -288,27 +269,28 @@ class Offloader:
         self.store.put_bytes(key, data, content_type="text/plain")
         state.put(Offloaded(key, "device_key", DEVICE_PUB_NAME, len(data), sha, self.clock_ns()))
 
+    def _segment_key(self, row: SegmentRow) -> str:
+        return store.segment_key_for(self.prefix, self.device_id, row.path)
+
+    def _is_offloaded(self, row: SegmentRow, state: OffloadState) -> bool:
+        done = state.get(self._segment_key(row))
+        return done is not None and done.sha256 == row.digest
+
     def _put_sealed(self, row: SegmentRow, state: OffloadState, result: PassResult) -> None:
-        key = store.segment_key_for(self.prefix, self.device_id, row.path)
-        done = state.get(key)
-        if done is not None and done.sha256 == row.digest:
-            return
+        key = self._segment_key(row)
         path = self.data_dir / row.path
         try:
             size, sha, etag = store.file_fingerprint(path)
         except (OSError, EdgerecError):
-            return  # deleted by retention meanwhile (it was not held, or its hold just ended)
+            result.done(key)  # deleted by retention meanwhile (it was not held, or its hold just ended)
+            return
         if sha != row.digest:
             log.warning("segment file differs from its catalog digest path=%s", row.path)
-        result.wait(row.start_ns, size)
         meta = {"camera": row.camera, "start": rfc3339(row.start_ns) or "", "state": row.state}
         self.store.put_file(key, path, size, sha, etag, meta)
         state.put(Offloaded(key, "segment", row.path, size, sha, self.clock_ns()))
         self._uploaded(result, size)
-        result.backlog_segments -= 1
-        result.backlog_bytes -= size
-        if result.backlog_segments == 0:
-            result.oldest_waiting_ns = None
+        result.done(key)
         provisional = store.provisional_key(key)
         if state.get(provisional) is not None:
             self.store.delete(provisional)
@@ -327,18 +309,20 @@ class Offloader:
         done = state.get(key)
         if done is not None and done.size_bytes >= prefix.size_bytes:
             return
+        result.wait(key, seg.start_ns, prefix.size_bytes - (done.size_bytes if done else 0))
         if done is not None and now_ns - done.uploaded_ns < self.refresh_s * 1e9:
-            result.wait(seg.start_ns, prefix.size_bytes - done.size_bytes)
             return
         try:
             size, sha, etag = store.file_fingerprint(path, prefix.size_bytes)
         except (OSError, EdgerecError):
+            result.done(key)
             return
         meta = {"camera": seg.camera, "start": rfc3339(seg.start_ns) or "", "state": "provisional",
                 "chunks": str(prefix.chunks), "end": rfc3339(prefix.end_ns) or ""}
         self.store.put_file(key, path, size, sha, etag, meta)
         state.put(Offloaded(key, "provisional", seg.rel_path, size, sha, self.clock_ns()))
         self._uploaded(result, size)
+        result.done(key)
 
     def _drop_stale_provisionals(self, state: OffloadState, catalog: Catalog) -> None:
         """A provisional object whose segment was sealed but is not wanted as a whole (its hold ended),
@@ -409,7 +393,7 @@ class Offloader:
     def write_status(self, result: PassResult) -> None:
         status = {
             "device_id": self.device_id,
-            "updated": rfc3339(self.clock_ns()),
+            "updated_at": rfc3339(self.clock_ns()),
             "pid": os.getpid(),
             "bucket": self.config.offload.bucket,
             "endpoint": self.config.offload.endpoint,
@@ -421,8 +405,22 @@ class Offloader:
             "last_error": self.last_error,
             "last_error_at": rfc3339(self.last_error_ns),
         }
+        with self._status_lock:
+            self._status = status
+            self._write_status()
+
+    def refresh_status(self) -> None:
+        """Rewrite the last status with the time now: the offloader is alive, in a long upload or a
+        backoff (readers call a file older than ``offloadstatus.STALE_AFTER_S`` stale)."""
+        with self._status_lock:
+            if self._status is not None:
+                self._status["updated_at"] = rfc3339(self.clock_ns())
+                self._write_status()
+
+    def _write_status(self) -> None:
+        assert self._status is not None
         try:
-            statusfile.write_status(self.status_path, status)
+            statusfile.write_status(self.status_path, self._status)
         except OSError as exc:
             log.warning("cannot write the offload status path=%s error=%s", self.status_path, exc)
 
@@ -443,6 +441,9 @@ def run_once(offloader: Offloader, max_passes: int = 10) -> int:
 
 
 def run_forever(offloader: Offloader, stop: threading.Event) -> int:
+    heartbeat = threading.Thread(target=_heartbeat, args=(offloader, stop), name="offload-status",
+                                 daemon=True)
+    heartbeat.start()
     failures = 0
     while not stop.is_set():
         result = offloader.run_pass()
@@ -454,6 +455,11 @@ def run_forever(offloader: Offloader, stop: threading.Event) -> int:
             delay = 0.0 if result.uploaded else PASS_INTERVAL_S
         stop.wait(delay)
     return 0
+
+
+def _heartbeat(offloader: Offloader, stop: threading.Event) -> None:
+    while not stop.wait(offloadstatus.REFRESH_S):
+        offloader.refresh_status()
 
 
 def main(config: Config, *, once: bool) -> int:

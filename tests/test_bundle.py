@@ -26,7 +26,7 @@ from edgerec.catalog import IncidentRow
 from edgerec.errors import UsageError
 from edgerec.exportsource import select_in_range
 from edgerec.timefmt import rfc3339
-from tests.helpers.daemon import OfficerKey, run_cli, write_config
+from tests.helpers.daemon import Daemon, OfficerKey, run_cli, segment_count, wait_for, write_config
 from tests.helpers.media import decoded_frame_hashes, make_h264_clip, scan_tree_for_plaintext
 
 S = 1_000_000_000
@@ -483,3 +483,46 @@ def test_a_gap_the_device_recorded_is_listed_by_the_export_from_the_bundle_and_t
         assert manifest["gaps"] == expected
         assert "1 gap" in proc.stdout and "(0.5 s): camera disconnected: read timeout" in proc.stdout
     assert decoded_frame_hashes(tmp_path / "b.mp4") == decoded_frame_hashes(tmp_path / "d.mp4")
+
+
+# ----- a bundle made while the daemon records --------------------------------------------------------
+LIVE_CAMERA = {"name": "gate", "url": "testsrc:size=160x120:rate=10", "health": False,
+               "encoder": {"codec": "libx264", "gop_seconds": 1, "bitrate": 100_000}}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_bundles_made_while_the_daemon_records_over_an_open_incident_verify_and_export(
+        tmp_path: Path, officer: OfficerKey) -> None:
+    data_dir = tmp_path / "data"
+    cfg = write_config(tmp_path / "edgerec.yaml", officer=officer, data_dir=data_dir, segment_seconds=1,
+                       durability={"flush_seconds": 1, "fsync_seconds": 1},
+                       incidents={"pre_roll_s": 2, "post_roll_s": 0}, cameras=[LIVE_CAMERA])
+    with Daemon(cfg, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: segment_count(data_dir, "gate") >= 3, 90, "three sealed segments")
+        # Open over the live footage: from a moment already recorded, no end.
+        first_start = min(start for camera, start, _e, _p in catalog_rows(data_dir) if camera == "gate")
+        run_cli("incident", "open", "-c", str(cfg), "--id", "LIVE", "--from",
+                rfc3339(first_start + S) or "", "--reason", "ongoing", check=True)
+        counts: list[int] = []
+        for n in range(3):
+            before = segment_count(data_dir, "gate")
+            out = tmp_path / f"live-{n}.edgerec-bundle"
+            made = run_cli("bundle", "-c", str(cfg), "--incident", "LIVE", "-o", str(out))
+            assert made.returncode == 0, made.stderr
+            assert daemon.proc.poll() is None  # still recording
+            for key_args in ((), ("--key", str(officer.private_path))):
+                checked = run_cli("verify", "--bundle", str(out), *key_args)
+                assert checked.returncode == 0, f"bundle {n}: {checked.stdout}{checked.stderr}"
+            video = tmp_path / f"live-{n}.mp4"
+            exported = run_cli("export", "--bundle", str(out), "--key", str(officer.private_path),
+                               "-o", str(video), "--reason", "live check", "--by", "officer")
+            assert exported.returncode == 0, exported.stderr
+            assert decoded_frame_hashes(video)
+            counts.append(sum(1 for name in members(out) if name.startswith("segments/gate/")))
+            # The recorder goes on between bundles: the next one must see newer footage.
+            wait_for(lambda b=before: segment_count(data_dir, "gate") >= b + 2, 30, "recording going on")
+        assert counts[0] >= 1 and counts == sorted(counts) and counts[-1] > counts[0]
+        assert daemon.terminate() == 0, daemon.log()
+    audit = [json.loads(line) for line in (data_dir / "audit.log").read_text().splitlines()]
+    assert sum(1 for e in audit if e["event"] == "bundle_created" and e.get("id") == "LIVE") == 3

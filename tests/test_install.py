@@ -2,7 +2,8 @@
 non-editable pip install of edgerec; idempotent; configuration and recordings survive until --purge.
 
 pip needs a package index (or a wheelhouse: set EDGEREC_TEST_WHEELHOUSE to a directory holding wheels of
-edgerec's dependencies and of setuptools, for offline runs). Without either, the test is skipped.
+edgerec's dependencies, of its offload extra (minio) and of setuptools, for offline runs). Without either,
+the test is skipped.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def test_install_is_idempotent_and_uninstall_keeps_data_until_purge(tmp_path, in
     )
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(venv / "lib")
+    assert not imports(venv, "minio", tmp_path)  # the S3 client only when asked for (--with-offload)
     assert not (REPO / "build").exists() or build_dir_existed  # the checkout is left alone
 
     assert config.read_bytes() == EXAMPLE_CONFIG.read_bytes()
@@ -97,13 +99,22 @@ def test_install_is_idempotent_and_uninstall_keeps_data_until_purge(tmp_path, in
     assert (root / "var/lib/edgerec").is_dir()
     assert (root / "var/lib/edgerec").stat().st_mode & 0o777 == 0o700
 
-    # Second run: an upgrade in place. The operator's configuration is never overwritten.
+    # Second run: an upgrade in place, now with the offload S3 client. The operator's configuration is
+    # never overwritten.
     config.write_text(config.read_text() + "\n# site-specific edit\n")
-    second = run(INSTALL, root)
+    second = run(INSTALL, root, "--with-offload")
     assert "keeping existing /etc/edgerec/edgerec.yaml" in second.stderr
+    assert "installing edgerec and the offload S3 client" in second.stderr
     assert config.read_text().endswith("# site-specific edit\n")
     assert "Successfully uninstalled edgerec" in (root / "opt/edgerec/pip.log").read_text()  # new code in
     assert subprocess.run([edgerec, "--help"], capture_output=True, timeout=60).returncode == 0
+    assert imports(venv, "minio", tmp_path)
+    offload_help = subprocess.run([edgerec, "offload", "--help"], capture_output=True, text=True, timeout=60)
+    assert offload_help.returncode == 0 and "--once" in offload_help.stdout
+    # Third run, without the option: the client stays and is upgraded with edgerec.
+    third = run(INSTALL, root)
+    assert "the offload S3 client is installed: upgrading it too" in third.stderr
+    assert imports(venv, "minio", tmp_path)
 
     # Uninstall: program and unit go, recordings and configuration stay. Twice is fine.
     footage = root / "var/lib/edgerec/segments/gate/0001.seg"
@@ -124,6 +135,21 @@ def test_install_is_idempotent_and_uninstall_keeps_data_until_purge(tmp_path, in
     assert not (root / "var/lib/edgerec").exists()
     assert not (root / "etc/edgerec").exists()
     run(UNINSTALL, root, "--purge")
+
+
+def imports(venv: Path, module: str, cwd: Path) -> bool:
+    return subprocess.run([str(venv / "bin/python"), "-c", f"import {module}"], capture_output=True,
+                          timeout=60, cwd=cwd).returncode == 0
+
+
+def test_install_rejects_unknown_arguments_before_changing_anything(tmp_path):
+    result = subprocess.run(
+        [str(INSTALL), "--with-ofload"], env={**os.environ, "DESTDIR": str(tmp_path / "root")},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "unknown argument --with-ofload" in result.stderr
+    assert "--with-offload" in result.stderr
+    assert not (tmp_path / "root").exists()
 
 
 def test_uninstall_rejects_unknown_arguments(tmp_path):

@@ -324,3 +324,21 @@ def test_offload_unit_is_hardened_and_yields_to_the_recorder(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert exposure_score(result.stdout + result.stderr) <= MAX_EXPOSURE, result.stdout
+
+
+def test_the_recorder_can_read_the_offload_status_where_the_offload_unit_writes_it():
+    from edgerec import offloadstatus
+
+    recorder = unit_settings(UNIT.read_text())
+    offloader = unit_settings(OFFLOAD_UNIT.read_text())
+    # The offloader writes into its own runtime directory, the first place the recorder looks.
+    assert Path("/run") / offloader["RuntimeDirectory"][0] == offloadstatus.SERVICE_RUNTIME_DIR
+    assert offloadstatus.candidates(Path("/var/lib/edgerec"), {"RUNTIME_DIRECTORY": "/run/edgerec"})[0] \
+        == offloadstatus.SERVICE_RUNTIME_DIR / offloadstatus.STATUS_FILE_NAME
+    # Same user: the file (0600 under UMask=0077) and its directory (owner rwx) are the recorder's to read.
+    assert recorder["User"] == offloader["User"]
+    assert int(offloader["RuntimeDirectoryMode"][0], 8) & 0o500 == 0o500
+    # Nothing in the recorder's sandbox hides /run: ProtectSystem=strict leaves it readable.
+    for key in ("InaccessiblePaths", "TemporaryFileSystem", "ReadOnlyPaths", "BindPaths"):
+        assert not any(v.startswith("/run") for v in recorder.get(key, [])), key
+    assert "ProtectSystem" in recorder and recorder["ProtectSystem"] == ["strict"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .. import offloadstatus
 from ..chainheads import ChainHead, status_heads
 from ..timefmt import rfc3339
 
@@ -33,6 +35,8 @@ class CatalogFacts:
     # Each camera's newest catalogued segment (also of cameras no longer configured, whose footage is
     # still here): published so that it can be recorded off the device and given to `verify --head`.
     chain_heads: tuple[ChainHead, ...] = ()
+    # The offload service's status file, read with the facts (``read_offload``); None until then.
+    offload: Mapping[str, Any] | None = None
 
 
 def read_catalog_facts(catalog: Catalog, incidents: IncidentService, cameras: Sequence[str],
@@ -56,6 +60,12 @@ def read_chain_heads(catalog: Catalog) -> tuple[ChainHead, ...]:
         if row is not None:
             heads.append(ChainHead(camera, row.sequence, row.digest, rfc3339(row.start_ns)))
     return tuple(heads)
+
+
+def read_offload(enabled: bool, paths: Sequence[Path], device_id: str) -> dict[str, Any]:
+    """The ``offload`` section from the offloader's own status file (a few stats and one small read,
+    run by the worker with the catalog facts; nothing when offload is off)."""
+    return offloadstatus.section(offloadstatus.read(paths, device_id) if enabled else None, enabled)
 
 
 class DiskUsage(NamedTuple):
@@ -189,6 +199,7 @@ def build_status(i: StatusInputs) -> dict[str, Any]:
         "uncatalogued_segments": i.uncatalogued_segments,
         "recorders_not_stopped": {name: round(s, 1) for name, s in i.recorders_not_stopped.items()},
         "mqtt": dict(i.mqtt),
+        "offload": None if i.facts.offload is None else dict(i.facts.offload),
         "last_errors": list(i.last_errors),
     }
 
@@ -226,6 +237,7 @@ def status_news(status: Mapping[str, Any]) -> tuple[Any, ...]:
         # The newest daemon error (the list is capped, so its length stops changing).
         tuple(sorted(errors[-1].items())) if errors else None,
         tuple((name, camera(c)) for name, c in sorted(cameras.items())),
+        offloadstatus.news(status.get("offload")),
     )
 
 

@@ -11,6 +11,7 @@ Recorders run in their own threads and never wait on anything here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__, clock, fsutil, keys, notify, rollback, statusfile
+from .. import __version__, clock, fsutil, keys, notify, offloadstatus, rollback, statusfile
 from ..audit import AuditHead, AuditLog, tail_entries
 from ..catalog import Catalog
 from ..catalogqueue import CatalogQueue, Gap
@@ -51,6 +52,7 @@ from .status import (
     camera_states,
     error_entry,
     read_catalog_facts,
+    read_offload,
     status_line,
     status_news,
 )
@@ -636,8 +638,11 @@ class Daemon:
 
     def _refresh_facts(self) -> None:
         cfg = self.config
-        self.facts = read_catalog_facts(self.catalog, self.incidents, [c.name for c in cfg.cameras],
-                                        cfg.incidents, time.time_ns())
+        facts = read_catalog_facts(self.catalog, self.incidents, [c.name for c in cfg.cameras],
+                                   cfg.incidents, time.time_ns())
+        offload = read_offload(cfg.offload.enabled, offloadstatus.candidates(cfg.data_dir, os.environ),
+                               cfg.device_id)
+        self.facts = dataclasses.replace(facts, offload=offload)
 
     def sweep_if_due(self, now: float) -> None:
         """Run a retention sweep if the scheduler says one is due at monotonic ``now`` (the worker's tick);
