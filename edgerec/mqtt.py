@@ -61,6 +61,26 @@ CommandHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 RefusalHandler = Callable[[Mapping[str, Any]], Any]  # audits a payload refused before it was a command
 
 
+# ----- a client's credentials (the link's, and the start-up read-back's) ---------------------------------
+def authenticate(client: mqtt.Client, m: MqttConfig) -> None:
+    """The user name and password (from its file) and TLS of ``mqtt`` settings ``m``, set on a client;
+    ConfigError when the password file or the TLS files cannot be read."""
+    if m.username is not None:
+        password = read_password_file(m.password_file) if m.password_file is not None else None
+        register_secret(password)
+        client.username_pw_set(m.username, password)
+    if m.tls is not None:
+        # ca_certs=None: paho calls SSLContext.load_default_certs(), i.e. OpenSSL's default verify paths
+        # (the system store, or $SSL_CERT_FILE / $SSL_CERT_DIR). Either way paho's context requires a
+        # certificate and checks the host name (tls_insecure stays off).
+        try:
+            client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+                           certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                           keyfile=str(m.tls.key_file) if m.tls.key_file else None)
+        except OSError as exc:  # ssl.SSLError is an OSError too
+            raise ConfigError(f"mqtt.tls: cannot load the CA, certificate or key: {exc}") from None
+
+
 # ----- what the link needs from the configuration ------------------------------------------------------
 @dataclass(frozen=True)
 class MqttLinkSettings:
@@ -477,20 +497,7 @@ class MqttLink:
             # paho reports an unreachable broker at error level on every retry; that is an expected
             # failure, logged once per attempt as a warning by _on_connect_fail instead.
             client.enable_logger(logging.getLogger(__name__ + ".paho"))
-        if m.username is not None:
-            password = read_password_file(m.password_file) if m.password_file is not None else None
-            register_secret(password)
-            client.username_pw_set(m.username, password)
-        if m.tls is not None:
-            # ca_certs=None: paho calls SSLContext.load_default_certs(), i.e. OpenSSL's default verify
-            # paths (the system store, or $SSL_CERT_FILE / $SSL_CERT_DIR). Either way paho's context
-            # requires a certificate and checks the host name (tls_insecure stays off).
-            try:
-                client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
-                               certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
-                               keyfile=str(m.tls.key_file) if m.tls.key_file else None)
-            except OSError as exc:  # ssl.SSLError is an OSError too
-                raise ConfigError(f"mqtt.tls: cannot load the CA, certificate or key: {exc}") from None
+        authenticate(client, m)
         client.will_set(self.topics.availability, OFFLINE, qos=QOS, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
         client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
@@ -875,17 +882,7 @@ def read_retained(settings: MqttLinkSettings, topic: str, timeout_s: float = 3.0
     client_id = f"{m.client_id or f'edgerec-{settings.device_id}'}-readback"
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.suppress_exceptions = True
-    if m.username is not None:
-        password = read_password_file(m.password_file) if m.password_file is not None else None
-        register_secret(password)
-        client.username_pw_set(m.username, password)
-    if m.tls is not None:
-        try:
-            client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
-                           certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
-                           keyfile=str(m.tls.key_file) if m.tls.key_file else None)
-        except OSError as exc:
-            raise ConfigError(f"mqtt.tls: cannot load the CA, certificate or key: {exc}") from None
+    authenticate(client, m)
     got: list[bytes] = []
     subscribed = threading.Event()
     done = threading.Event()
