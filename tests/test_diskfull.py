@@ -30,7 +30,7 @@ from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for, write_co
 from tests.helpers.events import named, parse_log
 from tests.helpers.mqtt_daemon import Setup, command, wait_online
 from tests.helpers.site import S, make_site, newest_end_ns
-from tests.helpers.tmpfs import MIB, fill_to, fill_up, free_bytes, needs_root_for_tmpfs
+from tests.helpers.tmpfs import MIB, fill_to, fill_up, free_bytes, needs_root_for_tmpfs, read_status, sealed
 
 pytestmark = needs_root_for_tmpfs
 
@@ -87,16 +87,6 @@ def daemon_config(tmp_path: Path, officer: OfficerKey, data_dir: Path, **extra: 
         cameras=[{"name": "gate", "url": "testsrc:size=160x120:rate=10", "health": False,
                   "encoder": {"codec": "libx264", "bitrate": "300k", "gop_seconds": 1}}], **extra)
 
-
-def read_status(tmp_path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((tmp_path / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def sealed(data_dir: Path) -> list[Path]:
-    return sorted(data_dir.glob("gate/*/*.seg"), key=lambda p: p.name)
 
 
 def assert_every_file_verifies(cfg: Path, officer: OfficerKey, data_dir: Path) -> None:

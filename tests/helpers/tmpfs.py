@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +87,16 @@ def fill_up(filler: Path) -> None:
         assert exc.value.errno == errno.ENOSPC
     finally:
         os.close(fd)
+
+
+def read_status(base: Path) -> dict[str, Any]:
+    """The status file a test daemon writes beside its config (``{}`` while there is none yet)."""
+    try:
+        return json.loads((base / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def sealed(data_dir: Path, camera: str = "gate") -> list[Path]:
+    """A camera's sealed segment files, oldest first."""
+    return sorted(data_dir.glob(f"{camera}/*/*.seg"), key=lambda p: p.name)
