@@ -17,7 +17,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from tests.helpers.mqtt_daemon import (
     CAMERA,
     REPLY_DEADLINE_S,
     START_TIMEOUT_S,
-    Setup,
+    Running,
     camera_entities,
     command,
     incidents_cli,
@@ -49,6 +48,7 @@ from tests.helpers.mqtt_daemon import (
     is_online,
     make_setup,
     reply_to,
+    running_daemon,
     sealed_segments,
     wait_for_segments,
     wait_online,
@@ -67,24 +67,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield b
 
 
-@dataclass
-class Running:
-    setup: Setup
-    daemon: Daemon
-    listener: Listener
-
-
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, broker: Broker,
             officer: OfficerKey) -> Iterator[Running]:
     """One daemon recording the test camera, shared by the tests that do not stop it."""
-    tmp = tmp_path_factory.mktemp("running")
-    setup = make_setup(tmp, officer, broker.port)
-    with Listener(broker, [f"{setup.base}/#"]) as listener, \
-            Daemon(setup.config, tmp / "daemon.log") as daemon:
-        wait_online(listener, setup, daemon)
-        yield Running(setup, daemon, listener)
-        assert daemon.terminate() == 0, daemon.log()
+    with running_daemon(tmp_path_factory.mktemp("running"), officer, broker) as r:
+        yield r
 
 
 # ----- with the shared daemon ---------------------------------------------------------------------------
@@ -94,7 +82,7 @@ def test_availability_status_and_discovery_arrive_retained(running: Running, bro
     # after status_interval_s, which is 30 s).
     running.listener.wait_for(f"{setup.base}/status",
                               lambda m: m.json()["cameras"].get("gate", {}).get("state") == "recording"
-                              and m.json()["mqtt"]["subscribed"], timeout_s=15)
+                              and (m.json().get("mqtt") or {}).get("subscribed"), timeout_s=15)
     # A client subscribing now gets the retained messages.
     with Listener(broker, [f"{setup.base}/#", setup.discovery_node]) as late:
         online = late.wait_for(setup.availability)

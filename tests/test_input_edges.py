@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,12 @@ from tests.helpers.broker import Broker, Listener, needs_mosquitto
 from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for
 from tests.helpers.mqtt_daemon import (
     REPLY_DEADLINE_S,
+    Running,
     Setup,
     command,
     incidents_cli,
     make_setup,
+    running_daemon,
     wait_for_segments,
     wait_online,
 )
@@ -153,23 +154,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield b
 
 
-@dataclass
-class Running:
-    setup: Setup
-    daemon: Daemon
-    listener: Listener
-
-
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, broker: Broker,
             officer: OfficerKey) -> Iterator[Running]:
-    tmp = tmp_path_factory.mktemp("edges")
-    setup = make_setup(tmp, officer, broker.port)
-    with Listener(broker, [f"{setup.base}/#"]) as listener, \
-            Daemon(setup.config, tmp / "daemon.log") as daemon:
-        wait_online(listener, setup, daemon)
-        yield Running(setup, daemon, listener)
-        assert daemon.terminate() == 0, daemon.log()
+    with running_daemon(tmp_path_factory.mktemp("edges"), officer, broker) as r:
+        yield r
 
 
 def _audit(setup: Setup) -> list[dict[str, Any]]:

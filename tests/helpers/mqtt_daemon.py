@@ -7,7 +7,8 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 
 from edgerec.catalog import Catalog, SegmentRow
-from tests.helpers.broker import LOOPBACK, Listener, Received
+from tests.helpers.broker import LOOPBACK, Broker, Listener, Received
 from tests.helpers.daemon import Daemon, OfficerKey, run_cli, segment_count, wait_for, write_config
 
 REPLY_DEADLINE_S = 1.0
@@ -141,3 +142,24 @@ def command(listener: Listener, setup: Setup, obj: dict[str, Any], transaction: 
     reply = listener.wait_for(setup.result, reply_to(transaction), timeout_s=deadline_s + 5)
     assert reply.at_monotonic - sent <= deadline_s, f"reply after {reply.at_monotonic - sent:.2f} s"
     return reply.json()
+
+
+@dataclass
+class Running:
+    """A daemon recording the test camera, its setup and a listener on all its topics."""
+
+    setup: Setup
+    daemon: Daemon
+    listener: Listener
+
+
+@contextmanager
+def running_daemon(tmp: Path, officer: OfficerKey, broker: Broker) -> Iterator[Running]:
+    """One daemon recording the test camera with MQTT on ``broker``, online before it is handed over, and
+    stopped cleanly afterwards (a module's tests share it)."""
+    setup = make_setup(tmp, officer, broker.port)
+    with Listener(broker, [f"{setup.base}/#"]) as listener, \
+            Daemon(setup.config, tmp / "daemon.log") as daemon:
+        wait_online(listener, setup, daemon)
+        yield Running(setup, daemon, listener)
+        assert daemon.terminate() == 0, daemon.log()
