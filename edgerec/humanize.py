@@ -35,15 +35,20 @@ def local_time_text(text: str | None, absent: str = "-") -> str:
         return text
 
 
+def duration_parts(seconds: float) -> tuple[int, int, int, int]:
+    """Whole (days, hours, minutes, seconds) of a length of time (negative counts as 0)."""
+    days, rem = divmod(int(max(0.0, float(seconds))), 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, secs = divmod(rem, 60)
+    return days, hours, minutes, secs
+
+
 def seconds_text(seconds: float) -> str:
     """A length of time in plain words: ``0.4 s``, ``23.7 s``, ``5 min 3 s``, ``2 h 10 min``, ``3 d 4 h``."""
     s = max(0.0, float(seconds))
     if s < 60:
         return f"{s:.1f} s"
-    whole = int(s)
-    days, rem = divmod(whole, 86400)
-    hours, rem = divmod(rem, 3600)
-    minutes, secs = divmod(rem, 60)
+    days, hours, minutes, secs = duration_parts(s)
     if days:
         return f"{days} d {hours} h"
     if hours:

@@ -20,7 +20,7 @@ import yaml
 
 from .errors import EdgerecError
 from .fsutil import create_private
-from .humanize import local_time_text
+from .humanize import duration_parts, local_time_text
 from .redact import redact_obj
 
 STATUS_FILE_NAME = "status.json"
@@ -243,10 +243,7 @@ def human_duration(seconds: Any) -> str:
     s = max(0.0, float(seconds))
     if s < 10:
         return f"{s:.1f}s"
-    whole = int(s)
-    days, rem = divmod(whole, 86400)
-    hours, rem = divmod(rem, 3600)
-    minutes, secs = divmod(rem, 60)
+    days, hours, minutes, secs = duration_parts(s)
     if days:
         return f"{days}d {hours}h"
     if hours:
