@@ -13,12 +13,9 @@ import os
 import re
 import shlex
 import signal
-import socket
 import sys
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +28,8 @@ from edgerec.timefmt import rfc3339
 from tests.helpers.daemon import Daemon, OfficerKey, run_cli, wait_for, write_config
 from tests.helpers.events import named
 from tests.helpers.media import free_port, make_h264_clip
+from tests.helpers.systemd import WATCHDOG_USEC, FakeSystemd
 
-WATCHDOG_USEC = 2_000_000
 WATCHDOG_S = WATCHDOG_USEC / 1e6
 # The daemon pings at half of WatchdogSec= from a 0.25 s tick.
 PING_EVERY_S = WATCHDOG_S / 2
@@ -67,58 +64,6 @@ while True:
 """
 REJECTED = "config reload rejected; the running configuration stays"
 STALL_S = 1.5  # above the ~0.6 s the demuxer needs to probe the program's output
-
-
-class FakeSystemd:
-    """The notification socket systemd would hold: collects every datagram with its arrival time."""
-
-    def __init__(self) -> None:
-        self.name = f"edgerec-test-{uuid.uuid4().hex}"
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind("\0" + self.name)  # abstract namespace: no path length limit, nothing to clean up
-        self._sock.settimeout(0.05)
-        self._lock = threading.Lock()
-        self._messages: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def env(self, watchdog_usec: int | None = WATCHDOG_USEC) -> dict[str, str]:
-        env = {"NOTIFY_SOCKET": "@" + self.name}
-        if watchdog_usec is not None:
-            env["WATCHDOG_USEC"] = str(watchdog_usec)
-        return env
-
-    def _receive(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(4096)
-            except TimeoutError:
-                continue
-            with self._lock:
-                self._messages.append((time.monotonic(), data.decode()))
-
-    def messages(self, since: float = 0.0) -> list[tuple[float, str]]:
-        with self._lock:
-            return [(t, m) for t, m in self._messages if t >= since]
-
-    def texts(self, since: float = 0.0) -> list[str]:
-        return [m for _, m in self.messages(since)]
-
-    def pings(self, since: float = 0.0) -> list[float]:
-        return [t for t, m in self.messages(since) if m == "WATCHDOG=1"]
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float, what: str,
-                 since: float = 0.0) -> float:
-        """Wait for a message matching ``predicate``; returns its arrival time."""
-        def found() -> float | None:
-            return next((t for t, m in self.messages(since) if predicate(m)), None)
-        return wait_for(found, timeout, what)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close()
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ of the recorders its ``recorder_factory`` makes.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,49 +27,16 @@ from edgerec.daemon import supervisor as supervisor_module
 from edgerec.recorder import Recorder
 from edgerec.segfile import SealedSegment
 from tests.helpers.daemon import OfficerKey, segment_count, wait_for, write_config
+from tests.helpers.systemd import WATCHDOG_USEC, FakeSystemd
 
-WATCHDOG_USEC = 2_000_000
 WATCHDOG_S = WATCHDOG_USEC / 1e6
 GATE = {"name": "gate", "url": "testsrc:size=160x120:rate=10", "health": False,
         "encoder": {"codec": "libx264", "bitrate": "100k", "gop_seconds": 1}}
 
 
-class NotifySocket:
-    """The datagram socket systemd would hold for the daemon: every message with its arrival time."""
-
-    def __init__(self) -> None:
-        self.name = f"edgerec-test-{uuid.uuid4().hex}"
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind("\0" + self.name)
-        self._sock.settimeout(0.05)
-        self._lock = threading.Lock()
-        self._messages: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(4096)
-            except TimeoutError:
-                continue
-            with self._lock:
-                self._messages.append((time.monotonic(), data.decode()))
-
-    def pings(self, since: float = 0.0) -> list[float]:
-        with self._lock:
-            return [t for t, m in self._messages if m == "WATCHDOG=1" and t >= since]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close()
-
-
 @pytest.fixture
-def systemd(monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
-    sock = NotifySocket()
+def systemd(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSystemd]:
+    sock = FakeSystemd()
     monkeypatch.setenv("NOTIFY_SOCKET", "@" + sock.name)
     monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
@@ -124,7 +89,7 @@ def config(tmp_path: Path, officer: OfficerKey, camera: dict[str, Any] = GATE) -
 
 
 def test_a_slow_sweep_on_the_worker_does_not_delay_the_watchdog_pings(
-        tmp_path: Path, officer: OfficerKey, systemd: NotifySocket) -> None:
+        tmp_path: Path, officer: OfficerKey, systemd: FakeSystemd) -> None:
     run = Running(config(tmp_path, officer))
     entered, release = blocking_sweep(run.daemon)
     run.start()
@@ -143,7 +108,7 @@ def test_a_slow_sweep_on_the_worker_does_not_delay_the_watchdog_pings(
 
 
 def test_a_wedged_worker_stops_the_watchdog_pings_and_they_resume_when_it_moves_again(
-        tmp_path: Path, officer: OfficerKey, systemd: NotifySocket) -> None:
+        tmp_path: Path, officer: OfficerKey, systemd: FakeSystemd) -> None:
     stall_s = 1.0
     run = Running(config(tmp_path, officer), worker_stall_s=stall_s)
     entered, release = blocking_sweep(run.daemon)
