@@ -153,3 +153,36 @@ def test_a_start_on_an_older_audit_log_raises_rollback_suspected(recording, offi
     alarm = [e for e in site.audit() if e["event"] == "rollback_suspected"]
     assert len(alarm) == 1 and alarm[0]["source"] == "heads_file"
     assert alarm[0]["remembered"] == f"{published['lines']}:{published['sha256']}"
+
+
+def test_a_start_on_a_chain_shorter_than_its_published_head_raises_rollback_suspected(recording, officer,
+                                                                                       tmp_path):
+    """The audit log intact, but a camera's newest segments gone (removed by hand, with their catalog
+    rows): the chain head the daemon remembered publishing shows it at the next start."""
+    site = make_site(recording, officer, tmp_path)
+    run_cli("run", "-c", str(site.config), "--exit-at-eof", check=True)
+    published = json.loads((site.data_dir / "published-heads.json").read_text())["chain_heads"]["gate"]
+    newest = sorted(site.data_dir.glob("gate/*/*.seg"))[-2:]
+    for path in newest:
+        path.unlink()
+    proc = run_cli("--log-level", "info", "run", "-c", str(site.config), "--exit-at-eof", check=True)
+    assert "rollback suspected" in proc.stderr and "camera gate's chain is behind" in proc.stderr
+    alarm = [e for e in site.audit() if e["event"] == "rollback_suspected"]
+    assert len(alarm) == 1 and alarm[0]["source"] == "heads_file"
+    assert alarm[0]["remembered"] == f"gate={published['sequence']}:{published['digest']}"
+    assert "before the" in alarm[0]["problem"]
+
+
+def test_chains_behind_is_judged_per_camera() -> None:
+    from edgerec.chainheads import ChainHead
+    from edgerec.rollback import chains_behind
+
+    a, b = "a" * 64, "b" * 64
+    head = ChainHead("gate", 10, a)
+    assert chains_behind([head], {"gate": ChainHead("gate", 12, b)}, "x") is None  # recorded on since
+    assert chains_behind([head], {"gate": ChainHead("gate", 10, a)}, "x") is None
+    assert chains_behind([head], {}, "x") is None  # no footage left of it: not judged
+    behind = chains_behind([head], {"gate": ChainHead("gate", 7, b)}, "mqtt")
+    assert behind is not None and behind.source == "mqtt" and behind.found.sequence == 7
+    replaced = chains_behind([head], {"gate": ChainHead("gate", 10, b)}, "x")
+    assert replaced is not None and "another segment" in replaced.problem

@@ -21,14 +21,15 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__, clock, fsutil, keys, notify, offloadstatus, rollback, statusfile
-from ..audit import AuditHead, AuditLog, tail_entries
+from ..audit import AuditLog, tail_entries
 from ..catalog import Catalog
 from ..catalogqueue import CatalogQueue, Gap
+from ..chainheads import ChainHead
 from ..ciphersuite import suite_for_config
 from ..config import CameraConfig, Config, load_config
 from ..errors import ConfigError, EdgerecError, UntrustedFileError
@@ -52,6 +53,7 @@ from .status import (
     camera_states,
     error_entry,
     read_catalog_facts,
+    read_chain_heads,
     read_offload,
     status_line,
     status_news,
@@ -179,7 +181,7 @@ class Daemon:
         self.rollback_suspected: dict[str, Any] | None = None
         self._checked_incident_changes: int | None = None
         self._next_hold_check_monotonic = 0.0
-        self._saved_head: AuditHead | None = None
+        self._saved: rollback.Published | None = None  # what the heads file holds
         self._next_heads_save_monotonic = 0.0
         # Start-up repair (reconciliation) has not succeeded yet: no camera starts, no sweep runs.
         self.repair_pending = False
@@ -254,16 +256,25 @@ class Daemon:
         if not self._repair():
             self.repair_pending = True
             self._set_disk_full(True, reason="start-up repair needs space")
+        elif self._saved is not None:  # the chains as the files are, after the repair
+            self._check_chain_rollback(self._saved.chain_heads, "heads_file")
         self._refresh_facts()
 
     # ----- the record's alarms: rollback (start-up) and the catalog checked against the log -----------------
     def _check_rollback_file(self) -> None:
         """Is the audit log behind the head this daemon last published (the heads file)?"""
         path = DataDir(self.config.data_dir).published_heads_path
-        remembered = rollback.load_published(path)
-        self._saved_head = remembered
-        if remembered is not None:
-            self._rollback(rollback.check_log(self.audit.path, remembered, "heads_file"))
+        self._saved = rollback.load_published(path)
+        if self._saved is not None and self._saved.audit_head is not None:
+            self._rollback(rollback.check_log(self.audit.path, self._saved.audit_head, "heads_file"))
+
+    def _check_chain_rollback(self, remembered: Iterable[ChainHead], source: str) -> None:
+        """Is a camera's chain (as the repaired catalog has it, i.e. as the files are) behind the chain head
+        published for it?"""
+        if self.rollback_suspected is not None:
+            return
+        current = {h.camera: h for h in read_chain_heads(self.catalog)}
+        self._rollback(rollback.chains_behind(remembered, current, source))
 
     def _check_rollback_mqtt(self) -> None:
         """Is the audit log behind the head in the status the broker kept for us (read before the link
@@ -286,8 +297,10 @@ class Daemon:
         remembered = rollback.head_from_json(obj.get("audit_head") if isinstance(obj, dict) else None)
         if remembered is not None and self.rollback_suspected is None:
             self._rollback(rollback.check_log(self.audit.path, remembered, "mqtt"))
+        if isinstance(obj, dict):
+            self._check_chain_rollback(rollback.chain_heads_from_json(obj.get("chain_heads")), "mqtt")
 
-    def _rollback(self, found: rollback.Rollback | None) -> None:
+    def _rollback(self, found: rollback.Rollback | rollback.ChainRollback | None) -> None:
         """Raise the alarm (log, status, audit line; the event goes out when MQTT is up); records on."""
         if found is None:
             return
@@ -300,15 +313,15 @@ class Daemon:
         if now < self._next_heads_save_monotonic:
             return
         self._next_heads_save_monotonic = now + HEADS_SAVE_INTERVAL_S
-        head = self.audit.head()
-        if head == self._saved_head or head.lines == 0:
+        published = rollback.Published(self.audit.head(), tuple(self.facts.chain_heads))
+        if published == self._saved or published.audit_head is None or published.audit_head.lines == 0:
             return
         try:
-            rollback.save_published(DataDir(self.config.data_dir).published_heads_path, head)
+            rollback.save_published(DataDir(self.config.data_dir).published_heads_path, published)
         except OSError as exc:
             log.warning("published head not saved error=%s", exc)
             return
-        self._saved_head = head
+        self._saved = published
 
     def _maybe_check_holds(self, now: float) -> None:
         """Between sweeps: when an incident changed (any process), check the catalog against the log at
