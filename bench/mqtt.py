@@ -14,7 +14,6 @@ Reported per kind (open, close, refused by the parser): p50, p99 and max in mill
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sqlite3
 import statistics
@@ -34,8 +33,9 @@ import paho.mqtt.client as mqtt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.helpers.broker when run as a script
 
 from edgerec.config import CameraConfig, Config, MqttConfig  # noqa: E402
-from edgerec.errors import CommandError  # noqa: E402
-from edgerec.mqtt import MqttLink, Topics, error_reply  # noqa: E402
+from edgerec.incidents import command_result_for_error  # noqa: E402
+from edgerec.layout import DataDir  # noqa: E402
+from edgerec.mqtt import MqttLink, MqttLinkSettings, Topics  # noqa: E402
 from tests.helpers.broker import Broker, set_tcp_nodelay  # noqa: E402
 
 CAMERAS = ("gate", "yard", "hall", "roof")
@@ -66,25 +66,18 @@ Handler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 def real_handler(config: Config, segments: int) -> tuple[Handler, int]:
     from edgerec.audit import AuditLog
     from edgerec.catalog import Catalog
-    from edgerec.incidents import IncidentService, parse_command
+    from edgerec.incidents import IncidentService
 
     catalog = Catalog.open(config.data_dir)
-    audit = AuditLog(config.data_dir / "audit.log")
+    audit = AuditLog(DataDir(config.data_dir).audit_path)
     t0 = time.perf_counter()
     start_ns = fill_catalog(catalog, config.data_dir, segments, time.time_ns())
     print(f"catalog: {segments} segments in {time.perf_counter() - t0:.1f} s")
     service = IncidentService(catalog, audit, config)
-    takes_incidents = "incidents" in inspect.signature(parse_command).parameters
-    extra = {"incidents": config.incidents} if takes_incidents else {}
-    cameras = [c.name for c in config.cameras]
 
     def handle(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-        now_ns = time.time_ns()
-        try:
-            cmd = parse_command(obj, cameras=cameras, now_ns=now_ns, **extra)
-        except CommandError as exc:
-            return error_reply(obj, str(exc))
-        return service.apply(cmd, now_ns).to_json_dict()
+        # The daemon's one entry point: parse, apply, and every failure as a reply.
+        return service.handle(obj, time.time_ns(), source="mqtt").to_json_dict()
 
     return handle, start_ns
 
@@ -97,7 +90,7 @@ def sqlite_handler(config: Config) -> tuple[Handler, int]:
 
     def handle(obj: Mapping[str, Any]) -> Mapping[str, Any]:
         if obj.get("action") not in ("open", "close"):
-            return error_reply(obj, "unknown action")
+            return command_result_for_error(obj, "unknown action").to_json_dict()
         conn.execute("INSERT OR REPLACE INTO incidents VALUES (?, ?)", (obj.get("id"), json.dumps(obj)))
         return {"id": obj.get("id"), "action": obj.get("action"), "ok": True, "error": None,
                 "duplicate": False, "held_segments": 0, "held_bytes": 0}
@@ -181,14 +174,15 @@ def main() -> None:
         except ImportError as exc:
             handler, start_ns = sqlite_handler(config)
             kind = f"SQLite insert + commit per command ({exc})"
-        link = MqttLink(config, status=dict, incidents=list, on_command=handler)
+        settings = MqttLinkSettings.from_config(config)
+        link = MqttLink(settings, status=dict, incidents=list, on_command=handler)
         link.start()
         deadline = time.monotonic() + REPLY_TIMEOUT_S
         while not link.stats()["subscribed"]:
             if time.monotonic() > deadline:
                 raise RuntimeError("link did not connect")
             time.sleep(0.01)
-        req = Requester.connect(broker, Topics.from_config(config))
+        req = Requester.connect(broker, Topics.from_config(settings))
         times: dict[str, list[float]] = {"open": [], "close": [], "refused": []}
         try:
             for i in range(args.commands):
