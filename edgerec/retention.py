@@ -4,15 +4,16 @@ applies it with the delete protocol and writes the audit log.
 The policy (``plan_deletions``) takes candidate segments, the incidents, a time, the policy values and
 the disk state, and returns deletions with their reasons:
 
-- ``age``: the segment ended more than ``retention_days`` (per camera, default 28) ago;
+- ``age``: the segment ended more than ``retention_days`` (per camera, default 28) ago, on the retention
+  clock (``rclock_end_ns``; docs/design/time.md), never by its wall-clock stamps;
 - ``released``: the same, but an incident held it past its age; it goes once the hold is released
   (close + grace period);
 - ``disk_pressure``: free space is under ``min_free``; the oldest *unheld* footage across cameras goes
   first, even if younger than its age, until back above the mark. Held footage never goes for space;
   when only held footage is left the plan says ``disk_full``.
 
-Footage with an implausible recording time is never chosen (the catalog marks it; it is re-dated or
-bounded first, see ``clock``).
+Footage with an implausible recording time (``time_ok`` false) ages like any other on the retention clock,
+but disk pressure, which goes by recording time, never picks it.
 
 Cost: the sweeper hands the policy only candidates, never the whole catalog: per camera the segments
 older than its cutoff (an index range), and, only under disk pressure, the oldest segments across
@@ -29,9 +30,11 @@ Holds come from the catalog checked against the audit log (``holdcheck.HoldCheck
 catalog alone: a sweep holds what either of them holds, and while they disagree it deletes nothing by
 age (disk pressure still takes the oldest footage neither holds). See ``_checked_incidents``.
 
-Clock jumps: the sweeper owns them. ``clock_jumped`` is a cheap check the daemon makes every tick (it
-only asks for a sweep at once); the sweep itself decides which time to believe, and writes the one
-``clock_jump`` audit line and log line per jump (``SweepReport.clock_jump_ns``).
+Time: a sweep runs on the retention clock (``retentionclock``, started and recorded by ``rclockstore``),
+which no wall-clock jump moves; a given ``now`` may only be earlier. Clock jumps are still the sweeper's
+to report: ``clock_jumped`` is a cheap check the daemon makes every tick (it only asks for a sweep at
+once); the sweep writes the one ``clock_jump`` audit line and log line per jump
+(``SweepReport.clock_jump_ns``), because the wall clock stamps the evidence.
 """
 
 from __future__ import annotations
@@ -330,8 +333,9 @@ class Sweeper:
     """Runs retention sweeps over a data directory: plan, then audit → mark → unlink → drop.
 
     ``free_space`` reads the disk (statvfs of the data directory by default); ``clock`` gives clock
-    readings (``clock.read_clock`` by default). Without an explicit ``now_ns`` a sweep runs on the time
-    ``clock.SweepClock`` allows, so clock jumps neither delete recent footage nor keep old footage forever.
+    readings (``clock.read_clock`` by default). Without an explicit ``now_ns`` a sweep runs on the retention
+    clock (``rclock``, the daemon's, or one started from the recorded anchors on first use); a given
+    ``now_ns`` beyond it is refused unless it is a dry run.
     ``reserve``: the space reserve its writes may give up on a full disk, and that it makes again after
     each sweep (the daemon's keeps 4 MiB; by default the data directory's, kept by nobody, only given up).
     """
