@@ -29,18 +29,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Rollback:
-    """A head seen earlier (``remembered``, from ``source``: ``heads_file`` or ``mqtt``) that the log no
-    longer reaches; ``found``: the log's head now; ``problem``: how it differs."""
+class _Behind:
+    """A head seen earlier (``remembered``, from ``source``: ``heads_file`` or ``mqtt``) that the data
+    directory no longer reaches; ``found``: its head now; ``problem``: how it differs."""
 
     source: str
-    remembered: AuditHead
-    found: AuditHead
+    remembered: AuditHead | ChainHead
+    found: AuditHead | ChainHead
     problem: str
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"source": self.source, "remembered": str(self.remembered), "found": str(self.found),
                 "problem": self.problem}
+
+
+class Rollback(_Behind):
+    """The audit log is behind a head published earlier."""
 
     @property
     def message(self) -> str:
@@ -50,18 +54,10 @@ class Rollback:
                 f"{self.remembered}`")
 
 
-@dataclass(frozen=True)
-class ChainRollback:
-    """A camera's chain head published earlier (from ``source``) that its chain no longer reaches."""
+class ChainRollback(_Behind):
+    """A camera's chain is behind the chain head published for it earlier."""
 
-    source: str
     remembered: ChainHead
-    found: ChainHead
-    problem: str
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "remembered": str(self.remembered), "found": str(self.found),
-                "problem": self.problem}
 
     @property
     def message(self) -> str:

@@ -62,12 +62,6 @@ DAY_NS = 86_400 * 10**9
 
 # ----- fixtures -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    with Broker(tmp_path_factory.mktemp("mosquitto")) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, broker: Broker,
             officer: OfficerKey) -> Iterator[Running]:
     """One daemon recording the test camera, shared by the tests that do not stop it."""

@@ -149,12 +149,6 @@ def test_a_reply_that_cannot_be_serialised_becomes_an_error_reply() -> None:
 
 # ----- through the real daemon and broker ----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    with Broker(tmp_path_factory.mktemp("mosquitto")) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, broker: Broker,
             officer: OfficerKey) -> Iterator[Running]:
     with running_daemon(tmp_path_factory.mktemp("edges"), officer, broker) as r:

@@ -61,12 +61,6 @@ NOW_NS = 1_795_600_000 * 10**9  # 2026-11-25T09:46:40Z, a fixed clock for open_n
 
 
 # ----- fixtures and helpers --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    with Broker(tmp_path_factory.mktemp("mosquitto")) as b:
-        yield b
-
-
 def make_config(broker: Broker, device_id: str, data_dir: Path, **mqtt: Any) -> Config:
     settings: dict[str, Any] = {"enabled": True, "host": LOOPBACK, "port": broker.port,
                                 "client_id": f"edgerec-{device_id}", **mqtt}

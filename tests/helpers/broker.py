@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -404,3 +404,11 @@ def retained_on(broker: Broker, pattern: str) -> dict[str, bytes]:
         listener.publish(marker, b"marker")
         listener.wait_for(marker)
         return {m.topic: m.payload for m in listener.messages if m.retain}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A mosquitto of the test module's own on a free loopback port (offered to every module by
+    conftest.py)."""
+    with Broker(tmp_path_factory.mktemp("mosquitto")) as b:
+        yield b
