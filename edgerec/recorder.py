@@ -8,7 +8,9 @@ is reported down at once (``on_connection``), and up again with its first packet
 gap (from the last footage to the next) is reported when it ends (``on_gap``).
 
 A segment that cannot be sealed (the disk is full) keeps its ``.partial``; no new segment starts until it
-is recovered (its complete chunks and a signed ``recovered`` trailer), so the hash chain never forks.
+is recovered (its complete chunks and a signed ``recovered`` trailer), so the hash chain never forks. A
+recorder that ends with it still unrecovered hands it over with its chain head (``handover``): the camera's
+next recorder recovers it before its own first segment.
 
 The camera's audio track follows its ``audio`` policy: kept, it is muxed into the segments alongside the
 video (``payloadstreams`` declares it in the segment header); dropped, each connection logs once that it
@@ -67,6 +69,16 @@ PENDING_RETRY_S = 1.0  # how often an unsealed segment's recovery is retried whi
 
 
 # ----- pure helpers -------------------------------------------------------------------------------------
+def _check_next_link(unsealed: UnsealedSegment, chain: ChainState, camera: str) -> None:
+    """A handed-over unsealed segment is the chain's next link: recovered, it is what ``chain`` goes on
+    with. Anything else would fork the chain, so a recorder refuses to be made with it."""
+    meta = unsealed.meta
+    if (meta.camera, meta.sequence, meta.prev_digest) != (camera, chain.next_sequence, chain.prev_digest):
+        raise ValueError(f"unsealed segment {unsealed.partial} (camera {meta.camera}, sequence "
+                         f"{meta.sequence}) is not the next link of camera {camera}'s chain "
+                         f"(sequence {chain.next_sequence})")
+
+
 def backoff_delay(attempt: int, rand: Callable[[], float] = random.random,
                   initial_s: float = BACKOFF_INITIAL_S, max_s: float = BACKOFF_MAX_S, *,
                   down_for_s: float = 0.0) -> float:
@@ -176,12 +188,23 @@ class CameraAudio:
 
 
 @dataclass(frozen=True)
-class _Unsealed:
+class UnsealedSegment:
     """A segment whose sealing failed (a full disk): its ``.partial`` is recovered before the next
     segment starts, so the hash chain goes on from it."""
 
     partial: Path
     meta: SegmentMeta
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Where a camera's next recorder goes on once this one has ended: the chain head, and the segment
+    it could neither seal nor recover (``unsealed``), which is the chain's next link. The next recorder
+    recovers that one before its own first segment; starting one from the head alone would give two
+    segments one sequence number and one ``prev_digest`` (a fork) once the ``.partial`` is recovered."""
+
+    chain: ChainState
+    unsealed: UnsealedSegment | None = None
 
 
 @dataclass
@@ -243,6 +266,7 @@ class Recorder:
         suite: int = SUITE_AES_256_GCM,
         signing_key: Ed25519PrivateKey,
         chain: ChainState,
+        unsealed: UnsealedSegment | None = None,
         on_sealed: Callable[[SealedSegment], None],
         on_gap: Callable[[str, int, int, str], None] = lambda camera, from_ns, to_ns, reason: None,
         may_start_segment: Callable[[], bool] = lambda: True,
@@ -263,6 +287,8 @@ class Recorder:
         self.recipients = list(recipients)
         self.signing_key = signing_key
         self.chain = chain
+        if unsealed is not None:
+            _check_next_link(unsealed, chain, camera.name)
         self.exit_at_eof = exit_at_eof
         self._on_sealed = on_sealed
         self._on_gap = on_gap
@@ -306,7 +332,8 @@ class Recorder:
         self._last_gap: tuple[int, int, str] | None = None
         self._stalls = 0
         self._discontinuities = 0
-        self._unsealed: _Unsealed | None = None
+        # A segment left unsealed (by this recorder, or by the camera's previous one: ``unsealed``).
+        self._unsealed: UnsealedSegment | None = unsealed
         self._unsealed_retry_mono = 0.0
         self._audio: CameraAudio | None = None
 
@@ -328,7 +355,7 @@ class Recorder:
 
     def request_stop(self) -> None:
         """Ask the recording thread to seal its open segment and end, without waiting for it. Only once
-        the thread has ended (``is_alive`` False) is ``chain`` the head a successor may go on from."""
+        the thread has ended (``is_alive`` False) is ``handover`` what a successor may go on from."""
         self._stop.set()
         with self._lock:
             attempt = self._attempt
@@ -337,6 +364,13 @@ class Recorder:
         source = self._source
         if source is not None:
             source.interrupt()
+
+    def handover(self) -> Handover:
+        """What the camera's next recorder goes on from: the chain head, with the segment this one could
+        neither seal nor recover (if any). Only once the thread has ended: until then both may move."""
+        if self._thread.is_alive():
+            raise RuntimeError(f"recorder of camera {self.camera.name} is still running")
+        return Handover(self.chain, self._unsealed)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -611,11 +645,14 @@ class Recorder:
         raise EdgerecError(f"camera {self.camera.name}: no free segment name near {path}")
 
     def _seal_writer(self, writer: SegmentWriter, summary: SegmentSummary) -> None:
-        """The segmenter's ``close_sink``: seal, advance the hash chain, hand the segment to the catalog."""
+        """The segmenter's ``close_sink``: seal, advance the hash chain, hand the segment to the catalog.
+        A segment that cannot be sealed (its last chunk or trailer finds the disk full) is kept for
+        recovery, as in ``_abandon_writer``."""
         self._writer = None
         try:
             sealed = writer.close()
         except Exception as exc:
+            self._keep_unsealed(writer, exc)
             raise SinkFailed(f"cannot seal {writer.path}: {exc}") from exc
         self._after_seal(sealed, summary.end_ns)
 
@@ -627,16 +664,20 @@ class Recorder:
         try:
             sealed = writer.close()
         except Exception as exc:
-            # The chain cannot go on past a segment nobody sealed: it is recovered (complete chunks kept,
-            # a signed "recovered" trailer) before the next segment starts, or at the next start-up.
-            log.error("segment not sealed; recovering it before the next one camera=%s sequence=%d path=%s "
-                      "error=%s", self.camera.name, writer.meta.sequence, writer.partial_path, exc)
-            # Not recovered at once: the catalog could not take it on a full disk either. The next segment's
-            # start (once the disk-full gate opens) or the stop tries it first.
-            self._unsealed = _Unsealed(writer.partial_path, writer.meta)
-            self._unsealed_retry_mono = 0.0
+            self._keep_unsealed(writer, exc)
             return
         self._after_seal(sealed, sealed.end_ns)
+
+    def _keep_unsealed(self, writer: SegmentWriter, error: BaseException) -> None:
+        """The chain cannot go on past a segment nobody sealed: it is recovered (complete chunks kept, a
+        signed "recovered" trailer) before the next segment starts, by this recorder or the camera's next
+        one (``handover``), or at the next start-up."""
+        log.error("segment not sealed; recovering it before the next one camera=%s sequence=%d path=%s "
+                  "error=%s", self.camera.name, writer.meta.sequence, writer.partial_path, error)
+        # Not recovered at once: the catalog could not take it on a full disk either. The next segment's
+        # start (once the disk-full gate opens) or the stop tries it first.
+        self._unsealed = UnsealedSegment(writer.partial_path, writer.meta)
+        self._unsealed_retry_mono = 0.0
 
     def _recover_unsealed(self) -> bool:
         """Recover the segment that could not be sealed, if any, and go on with the chain from it. False
@@ -665,7 +706,7 @@ class Recorder:
         self._after_seal(sealed, sealed.end_ns)
         return True
 
-    def _lose_unsealed(self, unsealed: _Unsealed, why: str) -> None:
+    def _lose_unsealed(self, unsealed: UnsealedSegment, why: str) -> None:
         """The unsealed segment is damaged beyond recovery. Start-up reconciliation quarantines its file
         (or removes it when it holds no footage) exactly as this recovery failed, so the catalogued chain
         goes on from the last sealed segment: the next segment links to that one. Its sequence number is
@@ -681,8 +722,9 @@ class Recorder:
                   "why=%s", self.camera.name, unsealed.meta.sequence, unsealed.partial, why)
 
     def _recover_unsealed_at_stop(self) -> None:
-        """A last try at stop; what is still left is recovered by start-up reconciliation, and as no later
-        segment was started the next run's chain (from the catalog's last segment) goes on from it."""
+        """A last try at stop. What is still left goes to the camera's next recorder in this process
+        (``handover``), or, if the daemon stops first, to start-up reconciliation; as no later segment was
+        started, the next run's chain (from the catalog's last segment) goes on from it."""
         if self._unsealed is None:
             return
         self._unsealed_retry_mono = 0.0

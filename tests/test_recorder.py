@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,7 +21,7 @@ from tests.helpers.media import (
     stop_process,
     video_packets,
 )
-from tests.helpers.recorder import Rig, assert_chain, decrypted_packets, make_rig
+from tests.helpers.recorder import FullDisk, Rig, assert_chain, decrypted_packets, make_rig
 
 
 def test_file_source_with_exit_at_eof_records_encrypted_segments(tmp_path: Path) -> None:
@@ -249,34 +246,6 @@ def test_plaintext_scan_of_a_segment_skips_its_plaintext_fields_but_not_its_chun
     assert list(scan_tree_for_plaintext(tmp_path)) == [str(seg.path)]
 
 
-class FullDisk:
-    """An ENOSPC switch for the segment files: while ``full`` is set, segfile's writes and the recovery
-    of a ``.partial`` fail as on a full filesystem (the rest of the system is left alone)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch):
-        self.full = threading.Event()
-        real_os, real_recover = segfile.os, segfile.recover_partial
-        disk = self
-
-        class _Os:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real_os, name)
-
-            @staticmethod
-            def write(fd: int, data: Any) -> int:
-                if disk.full.is_set():
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                return real_os.write(fd, data)
-
-        def recover_partial(partial: Path, signing_key: Any) -> segfile.SealedSegment:
-            if disk.full.is_set():
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return real_recover(partial, signing_key)
-
-        monkeypatch.setattr(segfile, "os", _Os())
-        monkeypatch.setattr(segfile, "recover_partial", recover_partial)
-
-
 def fill_disk_mid_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Rig, FullDisk, Path, int]:
     """A recorder whose open segment has footage on disk when the disk fills up; returns once the segment
     could not be sealed and recording waits: (rig, disk, the unsealed .partial, frames on disk before)."""
@@ -366,3 +335,67 @@ def test_stop_while_the_disk_is_still_full_leaves_the_unsealed_segment_as_the_he
     recovered = segfile.recover_partial(partial, rig.recorder.signing_key)
     assert (recovered.meta.sequence, recovered.meta.prev_digest) == (7, bytes(range(32)))
     assert len(decrypted_packets(recovered.path, rig.private_key, recover=True)) >= frames_before
+
+
+def next_recorder_recovers_the_handed_over_segment(tmp_path: Path, old: Rig, disk: FullDisk,
+                                                   partial: Path) -> Rig:
+    """The camera's next recorder, made from what ``old`` (ended, with ``partial`` unsealed on a full
+    disk) handed over; returns it stopped once space came back and it recorded past that segment."""
+    handed = old.recorder.handover()
+    assert handed.chain == ChainState(7, bytes(range(32)))  # the unsealed segment is not counted in it
+    assert handed.unsealed is not None and handed.unsealed.partial == partial
+    assert handed.unsealed.meta.sequence == 7
+    with pytest.raises(ValueError, match="not the next link"):  # a hand-over that would fork is refused
+        make_rig(tmp_path, old.recorder.camera, chain=ChainState(8, bytes(range(32))),
+                 unsealed=handed.unsealed)
+    new = make_rig(tmp_path, old.recorder.camera, private_key=old.private_key, chain=handed.chain,
+                   unsealed=handed.unsealed, signing_key=old.recorder.signing_key,
+                   segment_seconds=old.recorder.segment_seconds, durability=old.recorder.durability)
+    new.recorder.start()
+    try:
+        wait_for(lambda: new.recorder.stats().state == "waiting_disk", 10, "the disk still full")
+        assert new.sealed == [] and list(new.data_dir.rglob("*.partial")) == [partial]
+        disk.full.clear()
+        wait_for(lambda: new.sealed and set(new.data_dir.rglob("*.partial")) - {partial}, 10,
+                 "the handed-over segment recovered and a new one")
+    finally:
+        new.recorder.stop(5)
+    return new
+
+
+def assert_recovered_first_in_one_chain(rig: Rig, partial: Path) -> None:
+    """``rig`` recovered ``partial`` as sequence 7, and its own segments go on from it."""
+    assert len(rig.sealed) == 2
+    assert_chain(rig.sealed, ChainState(7, bytes(range(32))))  # 7 (recovered) -> 8, every link in place
+    recovered, after = rig.sealed
+    assert recovered.state == "recovered" and after.state == "sealed"
+    assert recovered.path == partial.with_name(partial.name.removesuffix(segfile.PARTIAL_SUFFIX))
+    assert not list(rig.data_dir.rglob("*.partial"))
+
+
+def test_a_recorder_stopped_with_a_segment_unsealed_hands_it_over_and_the_next_recovers_it_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old, disk, partial, frames_before = fill_disk_mid_segment(tmp_path, monkeypatch)
+    old.recorder.stop(5)  # the last try at stop fails too: the disk is still full
+    new = next_recorder_recovers_the_handed_over_segment(tmp_path, old, disk, partial)
+    assert_recovered_first_in_one_chain(new, partial)
+    assert len(decrypted_packets(new.sealed[0].path, old.private_key, recover=True)) >= frames_before
+
+
+def test_a_segment_whose_seal_at_stop_finds_the_disk_full_is_handed_over_and_recovered_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clip = tmp_path / "clip.mp4"
+    make_h264_clip(clip, 2, fps=25, gop=25)
+    disk = FullDisk(monkeypatch)
+    camera = CameraConfig("yard", str(clip), realtime=True, loop=True)
+    # Nothing is flushed before the seal: it is the seal's own writes (last chunk, trailer) that fail.
+    old = make_rig(tmp_path, camera, segment_seconds=60,
+                   durability=DurabilityConfig(flush_seconds=60, fsync_seconds=60))
+    old.recorder.start()
+    partial = wait_for(lambda: next(old.data_dir.rglob("*.partial"), None), 10, "an open segment")
+    wait_for(lambda: old.recorder.stats().fps >= 20, 10, "a second of packets")
+    disk.full.set()
+    old.recorder.stop(5)
+    assert old.sealed == [] and list(old.data_dir.rglob("*.partial")) == [partial]
+    new = next_recorder_recovers_the_handed_over_segment(tmp_path, old, disk, partial)
+    assert_recovered_first_in_one_chain(new, partial)

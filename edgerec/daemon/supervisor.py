@@ -37,7 +37,7 @@ from ..holdcheck import CheckedHolds, HoldChecker
 from ..incidents import IncidentService
 from ..layout import DataDir
 from ..reconcile import ReconcileReport, reconcile, restore_incidents
-from ..recorder import ChainState, ConnectionChange, Recorder
+from ..recorder import ChainState, ConnectionChange, Handover, Recorder
 from ..retention import Sweeper
 from ..segfile import SealedSegment
 from ..spacereserve import RESERVE_BYTES, SpaceReserve, is_disk_full_error
@@ -111,7 +111,7 @@ class _RecorderSlot:
 @dataclass
 class _Retiring:
     """A recorder asked to stop. Its camera's next recorder (``replacement``) starts only once this one
-    has ended, from the chain head it hands over."""
+    has ended, from what it hands over (``Recorder.handover``)."""
 
     recorder: Recorder
     since_monotonic: float
@@ -148,6 +148,9 @@ class Daemon:
         # Main thread only: the recorder slots and the recorders on their way out.
         self.slots: dict[str, _RecorderSlot] = {}
         self.retiring: dict[str, _Retiring] = {}
+        # What the ended recorder of a removed camera handed over, for the camera's next recorder should it
+        # be added again: its chain head, and a segment it could neither seal nor recover.
+        self.handed_over: dict[str, Handover] = {}
         self.last_errors: deque[dict[str, Any]] = deque(maxlen=10)  # appended from any thread
         self.gate = DiskFullGate()  # set by the worker; read by recorders (may_start_segment) and the status
         self.last_sweep: dict[str, Any] | None = None
@@ -435,8 +438,10 @@ class Daemon:
 
     # ----- recorders (main thread) ----------------------------------------------------------------------
     def chain_for(self, camera: str) -> ChainState:
-        """Where a camera with no recorder alive goes on: every segment it sealed is queued or catalogued.
-        A queued segment is newer than any catalogued one of the camera."""
+        """Where a camera that had no recorder in this process goes on: every segment it sealed is queued
+        or catalogued (and start-up reconciliation recovered what a crash left unsealed). A queued segment
+        is newer than any catalogued one of the camera. A camera that had a recorder goes on from what
+        that one handed over instead: it may have left a segment unsealed, which neither holds."""
         queued = self.uncatalogued.last_for(camera)
         if queued is not None:
             return ChainState(next_sequence=queued.meta.sequence + 1, prev_digest=queued.digest)
@@ -445,8 +450,10 @@ class Daemon:
             return ChainState(next_sequence=0, prev_digest=bytes(32))
         return ChainState(next_sequence=last.sequence + 1, prev_digest=bytes.fromhex(last.digest))
 
-    def _make_recorder(self, camera: CameraConfig, chain: ChainState | None = None) -> Recorder:
+    def _make_recorder(self, camera: CameraConfig, handover: Handover | None = None) -> Recorder:
         cfg = self.config
+        if handover is None:
+            handover = Handover(self.chain_for(camera.name))
         return self._recorder_factory(
             camera,
             data_dir=cfg.data_dir,
@@ -456,7 +463,8 @@ class Daemon:
             recipients=self.recipients,
             suite=suite_for_config(cfg.segment_cipher),
             signing_key=self.signing_key,
-            chain=chain if chain is not None else self.chain_for(camera.name),
+            chain=handover.chain,
+            unsealed=handover.unsealed,  # recovered before the new recorder's first segment
             on_sealed=self.on_sealed,
             on_gap=self.on_gap,
             may_start_segment=lambda: not self.gate.full,
@@ -466,8 +474,12 @@ class Daemon:
             on_connection=self.on_connection,
         )
 
-    def _start_camera(self, camera: CameraConfig, chain: ChainState | None = None) -> None:
-        recorder = self._make_recorder(camera, chain)
+    def _start_camera(self, camera: CameraConfig, handover: Handover | None = None) -> None:
+        """Start ``camera``'s recorder from ``handover``, else from what its last recorder in this process
+        handed over, else from the queued and catalogued segments (``chain_for``)."""
+        if handover is None:
+            handover = self.handed_over.pop(camera.name, None)
+        recorder = self._make_recorder(camera, handover)
         self.slots[camera.name] = _RecorderSlot(camera, recorder)
         recorder.start()
         log.info("camera started camera=%s url_kind=%s", camera.name, camera.kind)
@@ -488,8 +500,10 @@ class Daemon:
 
     def _finish_retirements(self, now: float) -> None:
         """Start a retired camera's replacement once the old recorder has sealed its last segment and
-        ended, from the chain head it hands over: never two recorders on one hash chain. One that does
-        not end is reported once and waited for (its camera stays stopped)."""
+        ended, from what it hands over (its chain head, and a segment it could not seal, which the
+        replacement recovers first): never two recorders on one hash chain, never one sequence number
+        twice. A removed camera's hand-over is kept for its return. One that does not end is reported
+        once and waited for (its camera stays stopped)."""
         for name, retiring in list(self.retiring.items()):
             old = retiring.recorder
             if old.is_alive():
@@ -502,7 +516,9 @@ class Daemon:
             del self.retiring[name]
             log.info("camera stopped camera=%s", name)
             if retiring.replacement is not None:
-                self._start_camera(retiring.replacement, chain=old.chain)
+                self._start_camera(retiring.replacement, old.handover())
+            else:
+                self.handed_over[name] = old.handover()
             self._status_dirty.set()
 
     def on_sealed(self, segment: SealedSegment) -> None:
@@ -554,7 +570,7 @@ class Daemon:
                 continue
             slot.restarts += 1
             slot.next_restart_monotonic = 0.0
-            slot.recorder = self._make_recorder(slot.camera, chain=rec.chain)  # the dead thread's head
+            slot.recorder = self._make_recorder(slot.camera, rec.handover())  # from the dead thread
             slot.recorder.start()
 
     def health_problem(self, now: float | None = None) -> str | None:

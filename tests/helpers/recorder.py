@@ -1,14 +1,19 @@
 """A recorder under test with its sinks: ``make_rig`` builds a ``Recorder`` that collects the segments it
-seals and the gaps it reports, plus ways to read the footage back and check the hash chain."""
+seals and the gaps it reports, plus ways to read the footage back and check the hash chain; ``FullDisk``
+fails the segment files' writes as a full disk does."""
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import av
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -26,8 +31,12 @@ class Rig:
     gaps: list[tuple[str, int, int, str]] = field(default_factory=list)
 
 
-def make_rig(tmp_path: Path, camera: CameraConfig, **kwargs: Any) -> Rig:
-    private_key = X25519PrivateKey.generate()
+def make_rig(tmp_path: Path, camera: CameraConfig, *, private_key: X25519PrivateKey | None = None,
+             **kwargs: Any) -> Rig:
+    """A recorder of ``camera`` into ``tmp_path/data``; ``kwargs`` override its arguments (a camera's
+    next recorder: the same ``private_key`` and ``signing_key``, the ``chain`` and ``unsealed`` handed
+    over)."""
+    private_key = private_key or X25519PrivateKey.generate()
     data_dir = tmp_path / "data"
     sealed: list[segfile.SealedSegment] = []
     gaps: list[tuple[str, int, int, str]] = []
@@ -36,11 +45,11 @@ def make_rig(tmp_path: Path, camera: CameraConfig, **kwargs: Any) -> Rig:
         "durability": DurabilityConfig(flush_seconds=0.5, fsync_seconds=1.0),
         "chain": ChainState(next_sequence=7, prev_digest=bytes(range(32))),
         "rand": lambda: 0.0,
+        "signing_key": Ed25519PrivateKey.generate(),
     }
     options.update(kwargs)
     recorder = Recorder(camera, data_dir=data_dir, device_id="pi-test", recipients=[private_key.public_key()],
-                        signing_key=Ed25519PrivateKey.generate(), on_sealed=sealed.append,
-                        on_gap=lambda *gap: gaps.append(gap), **options)
+                        on_sealed=sealed.append, on_gap=lambda *gap: gaps.append(gap), **options)
     return Rig(recorder, data_dir, private_key, sealed, gaps)
 
 
@@ -58,3 +67,35 @@ def assert_chain(sealed: list[segfile.SealedSegment], first: ChainState) -> None
     assert sealed[0].meta.prev_digest == first.prev_digest
     for a, b in zip(sealed, sealed[1:], strict=False):
         assert b.meta.prev_digest == a.digest
+
+
+class FullDisk:
+    """An ENOSPC switch for the segment files: while ``full`` is set, segfile's writes and the recovery
+    of a ``.partial`` fail as on a full filesystem (the rest of the system is left alone).
+
+    For the unsealed-segment paths a real full filesystem (tests/helpers/tmpfs.py) is not enough: a
+    ``.partial``'s last block usually has room for the 130-byte trailer of its recovery, so whether
+    recovery fails on a filled tmpfs is chance. This switch makes it fail until the test clears it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.full = threading.Event()
+        real_os, real_recover = segfile.os, segfile.recover_partial
+        disk = self
+
+        class _Os:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real_os, name)
+
+            @staticmethod
+            def write(fd: int, data: Any) -> int:
+                if disk.full.is_set():
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return real_os.write(fd, data)
+
+        def recover_partial(partial: Path, signing_key: Any) -> segfile.SealedSegment:
+            if disk.full.is_set():
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_recover(partial, signing_key)
+
+        monkeypatch.setattr(segfile, "os", _Os())
+        monkeypatch.setattr(segfile, "recover_partial", recover_partial)
