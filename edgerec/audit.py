@@ -131,6 +131,67 @@ def tail_entries(path: Path | str, max_bytes: int = _TAIL_READ_BYTES) -> list[di
     return [obj for obj in map(_parse, raw_lines) if obj is not None]
 
 
+_FOLLOW_READ_BYTES = 1 << 20
+
+
+@dataclass
+class AppendedLines:
+    """A reader of an audit log that reads only what was appended since it last looked, keyed by the head
+    it read up to: the byte offset, the line count and the hash of the last line it read. A log that no
+    longer has that line there (replaced, rolled back, cut) is read again from the start. Subclasses say
+    what a line is to them (``_take_line``) and what to forget when the log is read again (``_reset``)."""
+
+    path: Path
+    offset: int = 0  # bytes read (whole lines)
+    lines: int = 0
+    last_hash: str | None = None  # of the last line read
+    full_reads: int = 0  # how often the whole log was read (for tests and the performance notes)
+
+    def _take_line(self, raw: bytes) -> None:
+        """One complete line (without its newline), in order."""
+
+    def _reset(self) -> None:
+        """The log is read again from the start: forget what depends on its lines."""
+
+    def _restart(self) -> None:
+        self.offset, self.lines, self.last_hash = 0, 0, None
+        self._reset()
+
+    def refresh(self) -> None:
+        """Read the lines appended since the last call (all of them the first time, or when the log no
+        longer has the last line read at its place). A torn last line is left for later."""
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 (closed by the with below; a missing log is no log)
+        except FileNotFoundError:
+            self._restart()
+            return
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if self.offset and (size < self.offset or self.last_hash is None
+                                or line_hash(_read_last_line(f, self.offset)) != self.last_hash):
+                log.warning("audit log changed other than by appending; reading it again path=%s", self.path)
+                self._restart()
+            if self.offset == 0:
+                self.full_reads += 1
+            f.seek(self.offset)
+            rest = b""
+            while True:
+                chunk = f.read(_FOLLOW_READ_BYTES)
+                if not chunk:
+                    break
+                data = rest + chunk
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    rest = data
+                    continue
+                for raw in data[:cut].split(b"\n"):
+                    self.lines += 1
+                    self.last_hash = line_hash(raw)
+                    self._take_line(raw)
+                self.offset += cut + 1
+                rest = data[cut + 1 :]
+
+
 AuditEntry = tuple[str, dict[str, Any]]  # (event, fields) of one line to append
 
 

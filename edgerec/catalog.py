@@ -692,6 +692,19 @@ class Catalog:
             rows = self._read("SELECT path, id FROM segments WHERE path NOT LIKE '%/%'")
         return {p[len(prefix):]: i for p, i in rows if "/" not in p[len(prefix):]}
 
+    def newest_of(self, ids: Sequence[int]) -> list[SegmentRow]:
+        """Of the rows ``ids``, each camera's one with the highest sequence number."""
+        best: dict[str, SegmentRow] = {}
+        for chunk in _chunks(ids):
+            # SQLite takes the bare columns of an aggregate query from the row max() picked.
+            rows = self._read(f"SELECT {_SEGMENT_COLUMNS}, max(sequence) FROM segments "
+                              f"WHERE id IN ({_marks(chunk)}) GROUP BY camera", chunk)
+            for row in (_segment(r[:-1]) for r in rows):
+                known = best.get(row.camera)
+                if known is None or row.sequence > known.sequence:
+                    best[row.camera] = row
+        return list(best.values())
+
     def iter_paths(self, page: int = 5000) -> Iterator[tuple[int, str]]:
         """(id, path) of every row in path order, a page at a time (the lock is not held between pages)."""
         last = ""

@@ -16,6 +16,11 @@ A missing sequence number is explained by a line naming that sequence; lines tha
 logs, reconciliation) explain holes by count: a hole of k segments between two present segments is
 explained when the log names at least k removed files of that camera whose names (start times) lie
 between those two segments' names.
+
+Lines that remove catalogued segments also name, per camera, the newest one's sequence and digest
+(``newest_removed``, see ``chainstart``): a camera's chain goes on from it, so the segment after a removed
+one links to a digest the log records (``digests``), and a number the log records removed under another
+file name, found again, means the chain was started again.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from .chainstart import NEWEST_REMOVED, heads_of
 from .layout import PARTIAL_SUFFIX, start_ns_from_name
 
 REMOVAL_EVENTS = frozenset({"segments_deleted", "segments_quarantined", "partials_removed"})
@@ -40,6 +46,8 @@ class CameraRemovals:
     sequences: set[int] = field(default_factory=set)
     by_path: dict[str, int | None] = field(default_factory=dict)  # path -> sequence (None: not named)
     missing_paths: set[str] = field(default_factory=set)  # found gone at start-up (segments_missing)
+    # sequence -> digest (hex) of removed segments the log names with their digest (``newest_removed``)
+    digests: dict[int, str] = field(default_factory=dict)
 
     def name_times(self, present: set[str]) -> list[int]:
         """Sorted name times of the files removed by path only (not also present now)."""
@@ -73,6 +81,9 @@ def removal_record(entries: Iterable[Mapping[str, Any]]) -> dict[str, CameraRemo
             continue
         if event == "segments_deleted" and entry.get("reason") == "quarantine_age":
             continue  # files in quarantine/, already set aside from the chain
+        if event in REMOVAL_EVENTS or event == "segments_missing":
+            for head in heads_of(entry.get(NEWEST_REMOVED)):
+                record.setdefault(head.camera, CameraRemovals()).digests[head.sequence] = head.digest
         sequences = entry.get("sequences")
         if not (isinstance(sequences, list) and len(sequences) == len(paths)):
             sequences = [None] * len(paths)

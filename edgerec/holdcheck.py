@@ -22,13 +22,12 @@ replaced under it).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audit import AuditEntry, AuditSink, _parse, _read_last_line, line_hash
+from .audit import AppendedLines, AuditEntry, AuditSink, _parse
 from .catalog import Catalog, IncidentRow
 from .incidents.agreement import (
     Disagreement,
@@ -46,80 +45,40 @@ log = logging.getLogger(__name__)
 MISMATCH_EVENT = "catalog_mismatch"
 _CLAIMS = (b'"event":"incident_opened"', b'"event":"incident_closed"', b'"event":"incident_not_recorded"')
 _MARKS = (b'"event":"' + CONFIRMED_EVENT.encode() + b'"', b'"event":"' + MISMATCH_EVENT.encode() + b'"')
-_READ_BYTES = 1 << 20
 
 
 @dataclass
-class AuditLedger:
+class AuditLedger(AppendedLines):
     """The incident lines of one audit log, read incrementally (``refresh``)."""
 
-    path: Path
     claims: list[dict[str, Any]] = field(default_factory=list)  # opened/closed/not_recorded, oldest first
-    offset: int = 0  # bytes read (whole lines)
-    lines: int = 0
-    last_hash: str | None = None  # of the last line read
     last_claim_line: int = 0  # n of the last incident claim line
     confirmed_through: int = 0
     mismatch_digest: str | None = None  # of the last catalog_mismatch line since the last confirmation
-    full_reads: int = 0  # how often the whole log was read (for tests and the performance notes)
 
     def _reset(self) -> None:
-        self.claims, self.offset, self.lines, self.last_hash = [], 0, 0, None
+        self.claims = []
         self.last_claim_line = self.confirmed_through = 0
         self.mismatch_digest = None
 
-    def refresh(self) -> None:
-        """Read the lines appended since the last call (all of them the first time, or when the log no
-        longer has the last line read at its place). A torn last line is left for later."""
-        try:
-            f = open(self.path, "rb")  # noqa: SIM115 (closed by the with below; a missing log is no log)
-        except FileNotFoundError:
-            self._reset()
+    def _take_line(self, raw: bytes) -> None:
+        claim = any(mark in raw for mark in _CLAIMS)
+        if not claim and not any(mark in raw for mark in _MARKS):
             return
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            if self.offset and (size < self.offset or self.last_hash is None
-                                or line_hash(_read_last_line(f, self.offset)) != self.last_hash):
-                log.warning("audit log changed other than by appending; reading it again path=%s", self.path)
-                self._reset()
-            if self.offset == 0:
-                self.full_reads += 1
-            f.seek(self.offset)
-            rest = b""
-            while True:
-                chunk = f.read(_READ_BYTES)
-                if not chunk:
-                    break
-                data = rest + chunk
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    rest = data
-                    continue
-                self._take(data[:cut])
-                self.offset += cut + 1
-                rest = data[cut + 1 :]
-
-    def _take(self, block: bytes) -> None:
-        for raw in block.split(b"\n"):
-            self.lines += 1
-            self.last_hash = line_hash(raw)
-            claim = any(mark in raw for mark in _CLAIMS)
-            if not claim and not any(mark in raw for mark in _MARKS):
-                continue
-            obj = _parse(raw)
-            if obj is None:
-                continue
-            if claim:
-                self.claims.append(obj)
-                self.last_claim_line = max(self.last_claim_line, obj["n"])
-            elif obj.get("event") == CONFIRMED_EVENT:
-                through = obj.get("through")
-                if isinstance(through, int) and not isinstance(through, bool):
-                    self.confirmed_through = max(self.confirmed_through, through)
-                    self.mismatch_digest = None
-            else:
-                digest = obj.get("digest")
-                self.mismatch_digest = digest if isinstance(digest, str) else None
+        obj = _parse(raw)
+        if obj is None:
+            return
+        if claim:
+            self.claims.append(obj)
+            self.last_claim_line = max(self.last_claim_line, obj["n"])
+        elif obj.get("event") == CONFIRMED_EVENT:
+            through = obj.get("through")
+            if isinstance(through, int) and not isinstance(through, bool):
+                self.confirmed_through = max(self.confirmed_through, through)
+                self.mismatch_digest = None
+        else:
+            digest = obj.get("digest")
+            self.mismatch_digest = digest if isinstance(digest, str) else None
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,9 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
     """Verify every segment file (framing, signature; with a key also every chunk), each camera's hash
     chain walked by sequence number, where each file lies, the catalog against the files (rows, digests),
     and every segment missing from a chain against the audit log's record of removals (``deletions``):
-    in the middle, at the start, and at the newest end (the catalog's rows, ``heads`` seen earlier)."""
+    in the middle, at the start, and at the newest end (the catalog's rows, ``heads`` seen earlier). The
+    record is checked against the chain too: a segment after a removed one links to the digest the log
+    records for that one, and no number the log records removed is found again in another file."""
     report = VerifyReport()
     device_key = _device_key(data_dir)
     if device_key is None:
@@ -289,18 +291,35 @@ class _Explainer:
     removals: CameraRemovals | None
     name_times: list[int]
     has_log: bool
+    gone_by_sequence: dict[int, str]  # sequence -> path of a file the log records removed, not here now
 
     @classmethod
     def of(cls, record: dict[str, CameraRemovals] | None, camera: str, present: set[str]) -> _Explainer:
         removals = None if record is None else record.get(camera)
-        return cls(removals, removals.name_times(present) if removals else [], record is not None)
+        if removals is None:
+            return cls(None, [], record is not None, {})
+        gone = {seq: path for path, seq in removals.by_path.items()
+                if seq is not None and path not in present}
+        return cls(removals, removals.name_times(present), True, gone)
 
     def unexplained(self, hole: Hole) -> list[int]:
         return unexplained(hole, self.removals, self.name_times)
 
+    def recorded_digest(self, sequence: int) -> str | None:
+        """The digest the log records for removed segment ``sequence`` (None: not recorded)."""
+        return None if self.removals is None else self.removals.digests.get(sequence)
+
+    def reused(self, sequence: int) -> str | None:
+        """The file the log records removed with ``sequence`` (a segment with it here is another one)."""
+        return self.gone_by_sequence.get(sequence)
+
     def problem(self, missing: list[int]) -> str:
         why = "the audit log does not record their removal" if self.has_log else "there is no audit log"
         return f"segment(s) {describe(missing)} missing from the chain and {why}"
+
+
+# A first segment or a gap whose link the audit log confirms: noted once, as that.
+LINK_RECORDED = "recorded"
 
 
 def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyReport,
@@ -323,6 +342,19 @@ def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyRepor
         missing = explainer.unexplained(hole) if hole is not None else []
         if missing:
             report.problems.append(f"{where}: {explainer.problem(missing)}")
+        reused = explainer.reused(link.sequence)
+        if reused is not None:
+            report.problems.append(f"{where}: the audit log records {reused} with this sequence number "
+                                   "removed: the camera's chain was started again (its numbers repeat)")
+        recorded = _links_as_recorded(link, explainer) if hole is not None else None
+        if recorded is False:
+            report.problems.append(f"{where}: hash chain broken: prev_digest is not the digest the audit log "
+                                   f"records for sequence {link.sequence - 1} (removed)")
+        elif recorded and not missing and status in (segfile.LINK_FIRST, segfile.LINK_GAP):
+            follows = f"follows {after}; " if status == segfile.LINK_GAP else ""
+            report.notes.append(f"{where}: {follows}links to sequence {link.sequence - 1}, deleted: the "
+                                "audit log records its removal and its digest")
+            status = LINK_RECORDED
         if status == segfile.LINK_BROKEN:
             report.problems.append(f"{where}: hash chain broken: prev_digest is not the digest of {after}")
         elif status == segfile.LINK_DUPLICATE:
@@ -342,6 +374,13 @@ def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyRepor
             previous, previous_path = link, path
 
 
+def _links_as_recorded(link: segfile.ChainLink, explainer: _Explainer) -> bool | None:
+    """Whether a segment after a removed one links to the digest the audit log records for that one
+    (None: the log records none)."""
+    recorded = explainer.recorded_digest(link.sequence - 1)
+    return None if recorded is None else link.prev_digest.hex() == recorded
+
+
 def _check_head(head: ChainHead, links: list[tuple[segfile.ChainLink, Path]], explainer: _Explainer,
                 report: VerifyReport) -> None:
     """A head seen earlier: the segment with its sequence is here with its digest, or its removal (and
@@ -353,6 +392,12 @@ def _check_head(head: ChainHead, links: list[tuple[segfile.ChainLink, Path]], ex
         else:
             report.problems.append(f"{at[0][1]} (sequence {head.sequence}): not the segment of the chain "
                                    f"head {head} seen earlier: replaced, or the chain was started again")
+        return
+    recorded = explainer.recorded_digest(head.sequence)
+    if recorded is not None and recorded != head.digest:
+        report.problems.append(f"camera {head.camera}: the audit log records sequence {head.sequence} "
+                               f"removed with digest {recorded}, not the chain head {head} seen earlier: "
+                               "the chain was started again, or the log rewritten")
         return
     newest = max(links, key=lambda item: item[0].sequence, default=None)
     if newest is not None and newest[0].sequence > head.sequence:

@@ -34,9 +34,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import segfile
+from . import chainstart, segfile
 from .audit import AuditLog, AuditSink, AuditVerifyResult, verify_audit
-from .catalog import Catalog, IncidentRow
+from .catalog import Catalog, IncidentRow, SegmentRow
 from .errors import CatalogError, SegmentError
 from .fsutil import fsync_dir
 from .incidents import incidents_from_audit
@@ -58,6 +58,10 @@ class ReconcileReport:
     dropped: list[str] = field(default_factory=list)  # rows whose file had vanished
     finished_deletions: list[str] = field(default_factory=list)  # interrupted deletions completed
     errors: list[str] = field(default_factory=list)
+    # Per camera, the newest segment of the finished deletions and of the dropped rows (sequence, digest):
+    # their audit lines name it, so that the camera's chain goes on after it (chainstart.py).
+    finished_newest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dropped_newest: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -108,7 +112,7 @@ def _rel(data_dir: Path, path: Path) -> str:
 
 def _finish_deletions(data_dir: Path, catalog: Catalog, report: ReconcileReport) -> None:
     pending = catalog.marked_deleting()
-    done = []
+    done: list[SegmentRow] = []
     for row in pending:
         path = data_dir / row.path
         try:
@@ -118,10 +122,11 @@ def _finish_deletions(data_dir: Path, catalog: Catalog, report: ReconcileReport)
         except OSError as exc:
             report.errors.append(f"path={row.path} cannot delete: {exc.strerror}")
             continue
-        done.append(row.id)
+        done.append(row)
         report.finished_deletions.append(row.path)
         log.info("reconcile finished deletion path=%s", row.path)
-    catalog.drop(done)
+    report.finished_newest = chainstart.newest_removed((r.camera, r.sequence, r.digest) for r in done)
+    catalog.drop([r.id for r in done])
 
 
 def _reconcile_dir(data_dir: Path, here: Path, names: list[str], catalog: Catalog,
@@ -224,7 +229,10 @@ def _drop_vanished(data_dir: Path, catalog: Catalog, report: ReconcileReport) ->
                 listings.popitem(last=False)
         if name not in names:
             missing.append((seg_id, rel))
-    catalog.drop([i for i, _ in missing])
+    ids = [i for i, _ in missing]
+    report.dropped_newest = chainstart.newest_removed(
+        (r.camera, r.sequence, r.digest) for r in catalog.newest_of(ids))
+    catalog.drop(ids)
     for _, rel in missing:
         report.dropped.append(rel)
         log.error("reconcile dropped row of missing file path=%s", rel)
@@ -233,13 +241,16 @@ def _drop_vanished(data_dir: Path, catalog: Catalog, report: ReconcileReport) ->
 def _audit(audit: AuditSink | None, report: ReconcileReport) -> None:
     if audit is None:
         return
+    extras: dict[str, dict[str, Any]] = {
+        "segments_missing": {chainstart.NEWEST_REMOVED: report.dropped_newest},
+        "segments_deleted": {"reason": "interrupted_deletion",
+                             chainstart.NEWEST_REMOVED: report.finished_newest}}
     for event, items in (("segments_recovered", report.recovered), ("segments_adopted", report.adopted),
                          ("segments_quarantined", report.quarantined),
                          ("partials_removed", report.removed), ("segments_missing", report.dropped),
                          ("segments_deleted", report.finished_deletions)):
         if items:
-            extra = {"reason": "interrupted_deletion"} if event == "segments_deleted" else {}
-            audit.append(event, count=len(items), paths=items[:500], **extra)
+            audit.append(event, count=len(items), paths=items[:500], **extras.get(event, {}))
 
 
 # ----- incidents from the audit log -------------------------------------------------------------------------

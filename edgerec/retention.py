@@ -49,8 +49,8 @@ from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from . import chainstart, rclockstore, trustedtime
 from . import clock as clockmod
-from . import rclockstore, trustedtime
 from . import retentionclock as rc
 from .audit import AuditEntry, AuditSink
 from .catalog import Catalog, IncidentRow, SegmentRow
@@ -265,6 +265,7 @@ class DeletedSegment(NamedTuple):
     size_bytes: int
     reason: str
     sequence: int | None = None  # its place in the camera's chain (named in the audit line)
+    digest: str | None = None  # its digest (the audit line names the newest one's: chainstart.py)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"id": self.id, "camera": self.camera, "path": self.path, "start": rfc3339(self.start_ns),
@@ -437,7 +438,7 @@ class Sweeper:
         incident_changes = self.catalog.incident_changes()  # before the incidents are read for the plan
         plan, rows, disk = self._plan(now_ns, dry_run)
         deleted = tuple(DeletedSegment(r.id, r.camera, r.path, r.start_ns, r.end_ns, r.size_bytes, d.reason,
-                                        r.sequence)
+                                        r.sequence, r.digest)
                         for d in plan.deletions for r in (rows[d.segment_id],))
         quarantine_deleted = 0
         if not dry_run:
@@ -554,8 +555,10 @@ class Sweeper:
     def _audit_deletions(self, batches: Sequence[Sequence[DeletedSegment]],
                          clock_fields: Mapping[str, Any]) -> None:
         """One ``segments_deleted`` line per directory (a camera's day) and reason, naming every file and
-        its sequence number (``edgerec verify`` explains holes in a camera's chain with them), and the time
-        it was decided at with the clock it came from (``clock_fields``)."""
+        its sequence number (``edgerec verify`` explains holes in a camera's chain with them), the newest
+        one's digest (``newest_removed``: the camera's chain goes on after it even when nothing newer is
+        left, ``chainstart``), and the time it was decided at with the clock it came from
+        (``clock_fields``)."""
         entries: list[AuditEntry] = []
         early = early_bytes = 0
         for batch in batches:
@@ -567,6 +570,8 @@ class Sweeper:
                 entries.append(("segments_deleted", {
                     "reason": reason, "camera": items[0].camera, "count": len(items), "bytes": size,
                     "paths": [d.path for d in items], "sequences": [d.sequence for d in items],
+                    chainstart.NEWEST_REMOVED: chainstart.newest_removed(
+                        (d.camera, d.sequence, d.digest) for d in items if d.sequence is not None),
                     **clock_fields}))
                 if reason == "disk_pressure":
                     early += len(items)

@@ -146,7 +146,9 @@ def test_rows_of_vanished_files_are_dropped(env):
     expected = sorted(s.path.relative_to(data_dir).as_posix() for s in (gone, other_day))
     assert sorted(report.dropped) == expected
     assert [r.sequence for r in catalog.segments()] == [0]
-    assert "segments_missing" in audit_events(data_dir)
+    [line] = [e for e in tail_entries(data_dir / "audit.log") if e["event"] == "segments_missing"]
+    # The newest row dropped is named with its digest: the camera's chain goes on after it.
+    assert line["newest_removed"] == {"gate": {"sequence": 2, "digest": other_day.digest.hex()}}
 
 
 def test_interrupted_deletion_is_finished(env):
@@ -160,6 +162,9 @@ def test_interrupted_deletion_is_finished(env):
     assert not (data_dir / a.path).exists() and catalog.segments() == []
     assert report.adopted == [] and report.dropped == []
     assert verify_audit(data_dir / "audit.log").ok
+    [line] = [e for e in tail_entries(data_dir / "audit.log") if e["event"] == "segments_deleted"]
+    assert line["reason"] == "interrupted_deletion"
+    assert line["newest_removed"] == {"gate": {"sequence": 1, "digest": b.digest}}
 
 
 def test_agreeing_catalog_and_disk_give_an_empty_report(env):

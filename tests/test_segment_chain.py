@@ -205,14 +205,19 @@ def test_after_a_damaged_segment_the_link_is_unconfirmed_not_a_second_problem(
 
 
 def _audit_deleted(data_dir: Path, segs: list[segfile.SealedSegment], *, sequences: bool = True,
-                   event: str = "segments_deleted") -> None:
-    """Audit lines as retention writes them (with sequences) or as older logs and reconciliation do."""
+                   event: str = "segments_deleted", newest: bool = False) -> None:
+    """Audit lines as retention writes them (with sequences, and with ``newest`` the newest one's digest)
+    or as older logs and reconciliation do."""
+    from edgerec import chainstart
     from edgerec.audit import AuditLog
 
     fields: dict[str, object] = {"reason": "age", "camera": "front-door", "count": len(segs),
                                  "paths": [str(s.path.relative_to(data_dir)) for s in segs]}
     if sequences:
         fields["sequences"] = [s.meta.sequence for s in segs]
+    if newest:
+        fields[chainstart.NEWEST_REMOVED] = chainstart.newest_removed(
+            (s.meta.camera, s.meta.sequence, s.digest.hex()) for s in segs)
     AuditLog(data_dir / "audit.log").append(event, **fields)
 
 
@@ -272,6 +277,61 @@ def test_a_spared_segment_removed_later_is_not_explained(tmp_path: Path, tk: Tes
     report = inventory.verify_tree(tmp_path)
     assert any("segment(s) 1 missing from the chain and the audit log does not record" in p
                for p in report.problems), report.problems
+
+
+def _all_deleted(data_dir: Path, tk: TestKeys) -> list[segfile.SealedSegment]:
+    """A camera's segments 0..2, every one deleted by retention (the audit log names the newest's digest)."""
+    old = _record_chain(data_dir, tk, [0, 10, 20])
+    _audit_deleted(data_dir, old, newest=True)
+    for seg in old:
+        seg.path.unlink()
+    return old
+
+
+def test_a_chain_going_on_from_its_deleted_segments_is_explained(tmp_path: Path, tk: TestKeys) -> None:
+    old = _all_deleted(tmp_path, tk)
+    new = _record_chain(tmp_path, tk, [100, 110], first_seq=3, prev=old[2].digest)
+    report = inventory.verify_tree(tmp_path)
+    assert report.ok, report.problems
+    assert [n for n in report.notes if "sequence" in n] == [
+        f"{new[0].path} (sequence 3): links to sequence 2, deleted: the audit log records its removal and "
+        "its digest"]
+
+
+def test_a_chain_started_again_after_its_segments_were_deleted_is_a_problem(tmp_path: Path,
+                                                                          tk: TestKeys) -> None:
+    """Its files and catalog gone, a camera's chain begins again at 0: numbers the log names repeat."""
+    old = _all_deleted(tmp_path, tk)
+    again = _record_chain(tmp_path, tk, [100, 110])
+    report = inventory.verify_tree(tmp_path)
+    assert report.problems == [
+        f"{again[i].path} (sequence {i}): the audit log records {old[i].path.relative_to(tmp_path)} with "
+        "this sequence number removed: the camera's chain was started again (its numbers repeat)"
+        for i in (0, 1)]
+
+
+def test_a_first_segment_linking_elsewhere_than_the_deleted_one_is_a_problem(tmp_path: Path,
+                                                                            tk: TestKeys) -> None:
+    _all_deleted(tmp_path, tk)
+    [forged] = _record_chain(tmp_path, tk, [100], first_seq=3, prev=b"\x11" * 32)
+    report = inventory.verify_tree(tmp_path)
+    assert report.problems == [f"{forged.path} (sequence 3): hash chain broken: prev_digest is not the "
+                               "digest the audit log records for sequence 2 (removed)"]
+
+
+def test_a_head_seen_earlier_whose_deleted_segment_the_log_records_otherwise_is_a_problem(
+    tmp_path: Path, tk: TestKeys
+) -> None:
+    from edgerec.chainheads import ChainHead
+
+    old = _all_deleted(tmp_path, tk)
+    _record_chain(tmp_path, tk, [100], first_seq=3, prev=old[2].digest)
+    assert inventory.verify_tree(tmp_path, heads=[ChainHead("front-door", 2, old[2].digest.hex())]).ok
+    other = ChainHead("front-door", 2, "ab" * 32)
+    report = inventory.verify_tree(tmp_path, heads=[other])
+    assert report.problems == [
+        f"camera front-door: the audit log records sequence 2 removed with digest {old[2].digest.hex()}, not "
+        f"the chain head {other} seen earlier: the chain was started again, or the log rewritten"]
 
 
 def _catalogue(data_dir: Path, segs: list[segfile.SealedSegment]) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__, clock, fsutil, keys, notify, offloadstatus, rollback, statusfile
+from .. import __version__, chainstart, clock, fsutil, keys, notify, offloadstatus, rollback, statusfile
 from ..audit import AuditLog, tail_entries
 from ..catalog import Catalog
 from ..catalogqueue import CatalogQueue, Gap
@@ -223,6 +223,8 @@ class Daemon:
         self.reserve = SpaceReserve.in_dir(cfg.data_dir, RESERVE_BYTES)
         self.catalog = self.reserve.with_room(lambda: Catalog.open(cfg.data_dir))
         self.audit = AuditLog(DataDir(cfg.data_dir).audit_path)
+        # Each camera's newest removed segment, for where its chain goes on (read when a camera starts).
+        self.removed_heads = chainstart.RemovedHeads(self.audit.path)
         # A line torn by a power cut would make `audit verify` report BROKEN until the next append.
         try:
             self.audit.repair_tail()
@@ -256,6 +258,7 @@ class Daemon:
         except (EdgerecError, OSError) as exc:
             self.sweeps_blocked = f"incidents not checked against the audit log: {exc}"
             self._error(f"retention disabled until a restart: {self.sweeps_blocked}")
+        self._read_removed_heads()  # the whole log, once: a camera's start then reads only what is new
         if not self._repair():
             self.repair_pending = True
             self._set_disk_full(True, reason="start-up repair needs space")
@@ -437,18 +440,31 @@ class Daemon:
         self._config_watcher.start()
 
     # ----- recorders (main thread) ----------------------------------------------------------------------
+    def _read_removed_heads(self) -> bool:
+        try:
+            self.removed_heads.refresh()
+        except OSError as exc:  # recording goes on; a chain may repeat numbers the log would have said
+            self._error(f"audit log not read for where the cameras' chains go on: {exc}")
+            return False
+        return True
+
     def chain_for(self, camera: str) -> ChainState:
-        """Where a camera that had no recorder in this process goes on: every segment it sealed is queued
-        or catalogued (and start-up reconciliation recovered what a crash left unsealed). A queued segment
-        is newer than any catalogued one of the camera. A camera that had a recorder goes on from what
-        that one handed over instead: it may have left a segment unsealed, which neither holds."""
+        """Where a camera that had no recorder in this process goes on: after the newest segment it ever
+        sealed. That one is queued, catalogued, or removed since (retention, start-up repair), and then
+        the audit log names it (``chainstart``): start-up reconciliation recovered what a crash left
+        unsealed, and a segment whose deletion was decided is named in the log before its row goes. A
+        camera that had a recorder goes on from what that one handed over instead: it may have left a
+        segment unsealed, which none of these holds."""
+        self._read_removed_heads()
         queued = self.uncatalogued.last_for(camera)
-        if queued is not None:
-            return ChainState(next_sequence=queued.meta.sequence + 1, prev_digest=queued.digest)
         last = self.catalog.last_segment(camera)
-        if last is None:
+        head = chainstart.newest(
+            None if queued is None else ChainHead(camera, queued.meta.sequence, queued.digest.hex()),
+            None if last is None else ChainHead(camera, last.sequence, last.digest),
+            self.removed_heads.get(camera))
+        if head is None:
             return ChainState(next_sequence=0, prev_digest=bytes(32))
-        return ChainState(next_sequence=last.sequence + 1, prev_digest=bytes.fromhex(last.digest))
+        return ChainState(next_sequence=head.sequence + 1, prev_digest=bytes.fromhex(head.digest))
 
     def _make_recorder(self, camera: CameraConfig, handover: Handover | None = None) -> Recorder:
         cfg = self.config

@@ -1,0 +1,187 @@
+"""A camera's hash chain never starts again: its sequence numbers only go up, and each new segment links
+to the one before it, even when retention (or anything else the audit log records) has removed that one.
+
+Through the real daemon and the real ``edgerec`` command: footage recorded by ``edgerec run``, aged with
+moved clocks (``tests.helpers.shifted``) until retention deletes it, then the daemon started again over
+what is left. The record the chain goes on from is the audit log (docs/design/storage.md, "The rule:
+where a chain goes on"), so a lost or older catalog must not change where it goes on.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgerec import segfile
+from edgerec.segfile import SegmentMeta
+from edgerec.timefmt import parse_rfc3339, rfc3339
+from tests.helpers.daemon import OfficerKey, open_daemon_state
+from tests.helpers.site import CAMERAS, DAY, S, Site, make_site, newest_end_ns
+
+
+@pytest.fixture
+def site(recording: Path, officer: OfficerKey, tmp_path: Path) -> Site:
+    return make_site(recording, officer, tmp_path)
+
+
+def headers(site: Site, camera: str) -> list[SegmentMeta]:
+    """The headers of the camera's segment files, in sequence order."""
+    metas = [segfile.read_header(p).meta for p in (site.data_dir / camera).glob("*/*.seg")]
+    return sorted(metas, key=lambda m: m.sequence)
+
+
+def heads(segments: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[int, str]]:
+    """Each camera's newest catalogued segment: (sequence, digest hex)."""
+    out = {}
+    for cam, segs in segments.items():
+        newest = max(segs, key=lambda s: s["sequence"])
+        out[cam] = (newest["sequence"], newest["digest"])
+    return out
+
+
+def record_again(site: Site) -> dict[str, list[SegmentMeta]]:
+    """Start the daemon again (at the site's time), let it record the clip once more; the new segments."""
+    before = site.files()
+    site.cli("run", "--exit-at-eof")
+    new = site.files() - before
+    assert new, "it recorded"
+    return {cam: [m for m in headers(site, cam)
+                  if any(p.startswith(f"{cam}/") and p.endswith(_name(m)) for p in new)] for cam in CAMERAS}
+
+
+def _name(meta: SegmentMeta) -> str:
+    from edgerec.layout import segment_name
+
+    return segment_name(meta.start_ns)
+
+
+def assert_goes_on_from(new: list[SegmentMeta], head: tuple[int, str]) -> None:
+    sequence, digest = head
+    assert new, "the camera recorded"
+    assert [m.sequence for m in new] == list(range(sequence + 1, sequence + 1 + len(new))), \
+        f"sequence numbers start again: {[m.sequence for m in new]} after {sequence}"
+    assert new[0].prev_digest.hex() == digest, "the first new segment does not link to the deleted one"
+
+
+@pytest.mark.parametrize("catalog", ["kept", "lost", "older_copy"])
+def test_a_camera_whose_every_segment_was_deleted_goes_on_with_its_chain(site: Site, catalog: str) -> None:
+    segs = site.segments()
+    old_heads = heads(segs)
+    older = site.data_dir.parent / "catalog-copy"
+    older.mkdir()
+    for f in site.data_dir.glob("catalog.sqlite3*"):
+        shutil.copy2(f, older / f.name)
+    # 29 days on, retention deletes everything (the cameras were offline for longer than retention).
+    swept = site.sweep_at(rfc3339(newest_end_ns(segs) + 29 * DAY))
+    assert len(swept["deleted"]) == sum(len(v) for v in segs.values())
+    assert site.files() == set()
+    if catalog != "kept":
+        for f in site.data_dir.glob("catalog.sqlite3*"):
+            f.unlink()
+    if catalog == "older_copy":  # the catalog as it was before the sweep: rows of deleted files
+        for f in older.iterdir():
+            shutil.copy2(f, site.data_dir / f.name)
+
+    new = record_again(site)
+    for cam in CAMERAS:
+        assert_goes_on_from(new[cam], old_heads[cam])
+    out = site.cli("verify")
+    for cam in CAMERAS:
+        sequence, _ = old_heads[cam]
+        assert (f"(sequence {sequence + 1}): links to sequence {sequence}, deleted: the audit log records "
+                "its removal and its digest") in out, out
+
+
+def test_a_held_old_segment_is_not_where_the_chain_goes_on(site: Site) -> None:
+    """An incident keeps gate's first segments; everything after them ages out. The chain's newest
+    segment is a deleted one, not the held one the catalog still has."""
+    segs = site.segments()
+    old_heads = heads(segs)
+    gate = sorted(segs["gate"], key=lambda s: s["sequence"])
+    site.cli("incident", "open", "--id", "INC-1", "--camera", "gate", "--from", gate[0]["start"],
+             "--to", rfc3339(parse_rfc3339(gate[1]["end"]) - S // 10), "--json")
+    site.sweep_at(rfc3339(newest_end_ns(segs) + 29 * DAY))
+    assert {p.split("/")[0] for p in site.files()} == {"gate"}
+    new = record_again(site)
+    assert_goes_on_from(new["gate"], old_heads["gate"])
+    assert_goes_on_from(new["yard"], old_heads["yard"])
+    assert "OK" in site.cli("verify").splitlines()[-1]
+
+
+def test_files_removed_without_a_record_do_not_take_the_chain_back(site: Site) -> None:
+    """Someone removes a camera's files by hand: start-up drops their rows (audited as segments_missing,
+    a problem for verify), and the chain still goes on past them."""
+    segs = site.segments()
+    old_heads = heads(segs)
+    shutil.rmtree(site.data_dir / "yard")
+    daemon = open_daemon_state(site.config)
+    try:
+        chain = daemon.chain_for("yard")
+    finally:
+        daemon.catalog.close()
+    sequence, digest = old_heads["yard"]
+    assert (chain.next_sequence, chain.prev_digest.hex()) == (sequence + 1, digest)
+
+
+def test_a_running_daemon_reads_deletions_made_since_it_started(site: Site) -> None:
+    """A camera added while the daemon runs goes on from what was deleted after the daemon read the log
+    (here by `edgerec retention` in another process)."""
+    segs = site.segments()
+    old_heads = heads(segs)
+    daemon = open_daemon_state(site.config)
+    try:
+        before = daemon.chain_for("yard")
+        site.sweep_at(rfc3339(newest_end_ns(segs) + 29 * DAY))
+        assert site.files() == set()
+        after = daemon.chain_for("yard")
+        reads = daemon.removed_heads.full_reads
+    finally:
+        daemon.catalog.close()
+    sequence, digest = old_heads["yard"]
+    assert (before.next_sequence, before.prev_digest.hex()) == (sequence + 1, digest)  # from the catalog
+    assert (after.next_sequence, after.prev_digest.hex()) == (sequence + 1, digest)  # from the log
+    assert reads == 1, "the log was read once, then only what was appended"
+
+
+# ----- the record: newest_removed in the audit log ---------------------------------------------------------
+def test_deletion_lines_name_each_cameras_newest_removed_segment(site: Site) -> None:
+    segs = site.segments()
+    site.sweep_at(rfc3339(newest_end_ns(segs) + 29 * DAY))
+    named: dict[str, dict[str, Any]] = {}
+    for line in site.audit():
+        if line["event"] == "segments_deleted":
+            for cam, head in line["newest_removed"].items():
+                assert cam == line["camera"]
+                if cam not in named or head["sequence"] > named[cam]["sequence"]:
+                    named[cam] = head
+    assert {cam: (h["sequence"], h["digest"]) for cam, h in named.items()} == heads(segs)
+
+
+def test_removed_heads_keep_the_highest_and_read_only_the_field(tmp_path: Path) -> None:
+    from edgerec.audit import AuditLog
+    from edgerec.chainheads import ChainHead
+    from edgerec.chainstart import NEWEST_REMOVED, RemovedHeads, newest_removed
+
+    log = AuditLog(tmp_path / "audit.log")
+    d1, d2 = "a1" * 32, "b2" * 32
+    # A path (before the field) that looks like the field is not taken for it.
+    newest = newest_removed([("gate", 5, d1), ("gate", 3, "c3" * 32), ("yard", 1, None)])
+    log.append("segments_deleted", paths=['gate/x "newest_removed":{"gate":{"sequence":99}}'],
+               **{NEWEST_REMOVED: newest})
+    heads_ = RemovedHeads(log.path)
+    heads_.refresh()
+    assert heads_.heads == {"gate": ChainHead("gate", 5, d1)}
+    # A later line naming an older segment (a released hold) does not take the chain back.
+    log.append("segments_deleted", **{NEWEST_REMOVED: newest_removed([("gate", 2, d2), ("yard", 7, d2)])})
+    heads_.refresh()
+    assert heads_.heads == {"gate": ChainHead("gate", 5, d1), "yard": ChainHead("yard", 7, d2)}
+    # The log replaced by an older one under a running daemon: read again, nothing forgotten.
+    (tmp_path / "audit.log").write_text("")
+    log2 = AuditLog(tmp_path / "audit.log")
+    log2.append("segments_deleted", **{NEWEST_REMOVED: newest_removed([("gate", 1, d2)])})
+    heads_.refresh()
+    assert heads_.full_reads == 2
+    assert heads_.heads["gate"] == ChainHead("gate", 5, d1)
