@@ -509,23 +509,26 @@ class Recorder:
 
     def _pump(self, source: Source, segmenter: Segmenter) -> tuple[str | None, int]:
         """The packet loop: (error message, or None at the end of input or on stop; packets read)."""
-        wall_ns = self._clock.wall_ns
+        # Runs once per packet: what it calls is looked up once, here.
+        wall_ns, monotonic = self._clock.wall_ns, time.monotonic
+        stopping, is_audio = self._stop.is_set, source.is_audio
+        lock, add_to_rate = self._lock, self._rate.add
         health = self._health
         codec_context = source.stream.codec_context
         count = 0
         try:
             for packet in source.packets():
-                if self._stop.is_set():
+                if stopping():
                     return None, count
-                if source.is_audio(packet):
+                if is_audio(packet):
                     segmenter.push_audio(packet)
                     continue
                 count += 1
                 arrival_ns = wall_ns()
-                now = time.monotonic()
-                with self._lock:
+                now = monotonic()
+                with lock:
                     self._last_packet_mono = now
-                    self._rate.add(now, packet.size)
+                    add_to_rate(now, packet.size)
                 self._last_packet_wall_ns = arrival_ns
                 if count == 1:
                     self._error_ended(arrival_ns)  # the camera delivers again

@@ -22,6 +22,7 @@ import os
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
@@ -264,7 +266,7 @@ def chunk_check(file_hash_state: Any) -> bytes:
     SHA-256 over exactly those bytes; it is not changed. Because the writer and every reader keep that
     running hash anyway (for the trailer's file hash), the check costs no second pass over the data, and
     it binds the chunk to the header, its offset and everything before it."""
-    return file_hash_state.copy().digest()[:CHECK_BYTES]
+    return file_hash_state.digest()[:CHECK_BYTES]  # digest() works on a copy of the state
 
 
 def seal_chunk_into(
@@ -277,20 +279,81 @@ def seal_chunk_into(
     ``file_hasher`` is the running SHA-256 of the file before the record; it is advanced over the record.
     The ciphertext is written straight into ``out`` and hashed there: no allocation or copy per chunk.
     """
-    ct_end = _CHUNK_PREFIX.size + len(plaintext) + TAG_BYTES
-    size = ct_end + CHECK_BYTES
-    _CHUNK_PREFIX.pack_into(
-        out, 0, KIND_FINAL_CHUNK if last else KIND_CHUNK, len(plaintext) + TAG_BYTES, end_ns, frames
-    )
-    aad = header_hash + out[: _CHUNK_PREFIX.size].tobytes()
+    size = len(plaintext)
+    aad = _frame_chunk(out, header_hash, last, size, end_ns, frames)
+    ct = out[_CHUNK_PREFIX.size : _CHUNK_PREFIX.size + size + TAG_BYTES]
     if _HAS_ENCRYPT_INTO:
-        aead.encrypt_into(chunk_nonce(index, last), plaintext, aad, out[_CHUNK_PREFIX.size : ct_end])
+        aead.encrypt_into(chunk_nonce(index, last), plaintext, aad, ct)
     else:  # pragma: no cover - cryptography releases before encrypt_into
-        out[_CHUNK_PREFIX.size : ct_end] = aead.encrypt(chunk_nonce(index, last), plaintext, aad)
+        ct[:] = aead.encrypt(chunk_nonce(index, last), plaintext, aad)
+    return _hash_chunk(out, file_hasher, size)
+
+
+def _frame_chunk(
+    out: memoryview, header_hash: bytes, last: bool, size: int, end_ns: int, frames: int
+) -> bytes:
+    """Write a chunk record's prefix at the start of ``out``; return the chunk's AAD."""
+    kind = KIND_FINAL_CHUNK if last else KIND_CHUNK
+    _CHUNK_PREFIX.pack_into(out, 0, kind, size + TAG_BYTES, end_ns, frames)
+    return header_hash + out[: _CHUNK_PREFIX.size].tobytes()
+
+
+def _hash_chunk(out: memoryview, file_hasher: Any, size: int) -> int:
+    """Advance ``file_hasher`` over the framed ciphertext and tag, append the check; the record's length."""
+    ct_end = _CHUNK_PREFIX.size + size + TAG_BYTES
     file_hasher.update(out[:ct_end])
-    out[ct_end:size] = chunk_check(file_hasher)
-    file_hasher.update(out[ct_end:size])
-    return size
+    out[ct_end : ct_end + CHECK_BYTES] = chunk_check(file_hasher)
+    file_hasher.update(out[ct_end : ct_end + CHECK_BYTES])
+    return ct_end + CHECK_BYTES
+
+
+# ``update_into`` asks for one cipher block of room beyond its input (it would need it for block modes).
+_UPDATE_SLACK_BYTES = 15
+
+
+class ChunkCipher:
+    """A suite's chunk AEAD over plaintext held as several buffers (the writer's pending packets).
+
+    The result is exactly ``seal_chunk_into`` over the buffers joined. AES-256-GCM goes through OpenSSL's
+    streaming interface, one ``update_into`` per buffer, so the plaintext is never copied into one piece
+    first (GCM's ciphertext and tag are defined over the concatenation). ``cryptography`` offers
+    ChaCha20-Poly1305 only as a one-shot AEAD, so for that suite the buffers are first gathered into a
+    scratch buffer.
+    """
+
+    def __init__(self, suite: int, payload_key: bytes, chunk_bytes: int):
+        self._aead = payload_aead(suite, payload_key)
+        self._aes = algorithms.AES(payload_key) if suite == SUITE_AES_256_GCM else None
+        self._scratch = memoryview(bytearray(chunk_bytes if self._aes is None else 0))
+
+    def seal_into(
+        self, header_hash: bytes, file_hasher: Any, index: int, last: bool, end_ns: int, frames: int,
+        pieces: Sequence[bytes | memoryview], size: int, out: memoryview,
+    ) -> int:
+        """``seal_chunk_into`` for the ``size`` bytes of ``pieces``. ``out`` must hold the record and
+        ``_UPDATE_SLACK_BYTES`` more."""
+        if len(pieces) == 1:
+            return seal_chunk_into(
+                self._aead, header_hash, file_hasher, index, last, end_ns, frames, pieces[0], out
+            )
+        if self._aes is None:
+            offset = 0
+            for piece in pieces:
+                self._scratch[offset : offset + len(piece)] = piece
+                offset += len(piece)
+            return seal_chunk_into(self._aead, header_hash, file_hasher, index, last, end_ns, frames,
+                                   self._scratch[:size], out)
+        aad = _frame_chunk(out, header_hash, last, size, end_ns, frames)
+        encryptor = Cipher(self._aes, modes.GCM(chunk_nonce(index, last))).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        offset = _CHUNK_PREFIX.size
+        for piece in pieces:
+            end = offset + len(piece)
+            encryptor.update_into(piece, out[offset : end + _UPDATE_SLACK_BYTES])
+            offset = end
+        encryptor.finalize()
+        out[offset : offset + TAG_BYTES] = encryptor.tag
+        return _hash_chunk(out, file_hasher, size)
 
 
 def seal_chunk(
@@ -444,7 +507,7 @@ class SegmentWriter:
         recipients = list(recipients)
         header = encode_header(meta, recipients, device_public, file_key, stream_nonce, chunk_bytes, suite)
         self.suite = suite
-        self._aead = payload_aead(suite, derive_keys(file_key, stream_nonce)[0])
+        self._cipher = ChunkCipher(suite, derive_keys(file_key, stream_nonce)[0], chunk_bytes)
         del file_key  # only the derived payload key stays in RAM while the segment is open
         header_hasher = hashlib.sha256(header)
         self._header_hash = header_hasher.digest()
@@ -452,12 +515,17 @@ class SegmentWriter:
 
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
-        self._buf = bytearray()
+        # The plaintext not sealed yet, as the callers' own bytes objects (a chunk is encrypted straight
+        # from them): ``_pending[0][_pending_head:]`` and the rest, ``_pending_bytes`` in all.
+        self._pending: deque[bytes] = deque()
+        self._pending_head = 0
+        self._pending_bytes = 0
         # Chunk records are built here, one at a time (largest: a full chunk plus the framing).
-        self._record = memoryview(bytearray(chunk_bytes + CHUNK_OVERHEAD_BYTES))
+        self._record = memoryview(bytearray(chunk_bytes + CHUNK_OVERHEAD_BYTES + _UPDATE_SLACK_BYTES))
         self._first_pending: float | None = None
-        self._end_ns = meta.start_ns
-        self._frames = 0
+        # (end_ns, frames) of the media so far: one tuple, replaced whole, so that a seal on the timer
+        # thread never sees the end time of one call with the frame count of another.
+        self._progress = (meta.start_ns, 0)
         self._index = 0  # chunks sealed (their nonces used)
         self._payload_bytes = 0  # plaintext bytes in sealed chunks
         # A sealed record whose write failed: (record, running hash after it, its plaintext length).
@@ -503,12 +571,12 @@ class SegmentWriter:
     @property
     def pending_bytes(self) -> int:
         """Plaintext bytes not in the file yet (buffered, or in a sealed chunk whose write failed)."""
-        return len(self._buf) + (self._unwritten[2] if self._unwritten is not None else 0)
+        return self._pending_bytes + (self._unwritten[2] if self._unwritten is not None else 0)
 
     @property
     def payload_bytes(self) -> int:
         """Plaintext bytes accepted so far, sealed or still buffered."""
-        return self._payload_bytes + len(self._buf)
+        return self._payload_bytes + self._pending_bytes
 
     @property
     def chunks(self) -> int:
@@ -521,28 +589,35 @@ class SegmentWriter:
 
     # -- public operations
     def write(self, data: bytes) -> None:
-        """Buffer ``data``; seal and write a chunk when ``chunk_bytes`` are pending or the flush is due."""
-        if not data:
+        """Buffer ``data``; seal and write a chunk when ``chunk_bytes`` are pending or the flush is due.
+
+        The writer keeps a reference to ``data`` until it is sealed (the muxer hands over a new ``bytes``
+        object per call); anything else is copied first, so a caller may reuse its buffer."""
+        size = len(data)
+        if not size:
             return
+        if type(data) is not bytes:
+            data = bytes(data)
         with self._lock:
-            self._check_usable()
+            if self._closed or self._broken is not None:
+                self._check_usable()
             now = self._monotonic()
-            if not self._buf:
+            if not self._pending_bytes:
                 self._first_pending = now
-            self._buf += data
-            while len(self._buf) >= self._chunk_bytes:
+            self._pending.append(data)
+            self._pending_bytes += size
+            while self._pending_bytes >= self._chunk_bytes:
                 self._seal(last=False)
-            if self._buf and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
+            if self._pending_bytes and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
                 self._seal(last=False)
 
     def note(self, end_ns: int, frames: int) -> None:
-        """Latest media end time (UTC ns) and frame count; stored in every chunk sealed from now on."""
-        _check_int64("end_ns", end_ns)
-        if not 0 <= frames <= FRAMES_MAX:
+        """Latest media end time (UTC ns) and frame count; stored in every chunk sealed from now on.
+        Called once per packet: no lock (one attribute store is atomic), the range checks inline."""
+        if not (_INT64_MIN <= end_ns <= _INT64_MAX and 0 <= frames <= FRAMES_MAX):
+            _check_int64("end_ns", end_ns)
             raise ValueError(f"frames must be 0..{FRAMES_MAX}")
-        with self._lock:
-            self._end_ns = end_ns
-            self._frames = frames
+        self._progress = (end_ns, frames)
 
     def poll(self) -> None:
         """Seal pending data older than ``flush_seconds``; fdatasync if ``fsync_seconds`` have passed."""
@@ -551,7 +626,7 @@ class SegmentWriter:
                 return
             now = self._monotonic()
             self._write_unwritten()
-            if self._buf and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
+            if self._pending_bytes and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
                 self._seal(last=False)
             sync_to = self._offset
             if sync_to <= self._synced_offset or now - self._last_sync < self._fsync_seconds:
@@ -576,12 +651,13 @@ class SegmentWriter:
                 self._release_fd()
             self._check_usable()  # broken: still a SegmentError, so the caller recovers the .partial
             try:
-                while len(self._buf) > self._chunk_bytes:
+                while self._pending_bytes > self._chunk_bytes:
                     self._seal(last=False)
                 self._seal(last=True)
                 body_bytes = self._offset
+                end_ns, frames = self._progress
                 trailer = encode_trailer(
-                    STATE_SEALED, self._index, self._payload_bytes, body_bytes, self._end_ns, self._frames,
+                    STATE_SEALED, self._index, self._payload_bytes, body_bytes, end_ns, frames,
                     self._hasher.digest(), self._signing_key,
                 )
                 hasher = self._hasher.copy()
@@ -595,8 +671,8 @@ class SegmentWriter:
             fsync_dir(self._path.parent, strict=True)  # strict: the sealed name is what gets catalogued
             sealed = SealedSegment(
                 path=self._path, meta=self.meta, digest=self._hasher.digest(), size_bytes=self._offset,
-                chunks=self._index, payload_bytes=self._payload_bytes, frames=self._frames,
-                end_ns=self._end_ns, state="sealed",
+                chunks=self._index, payload_bytes=self._payload_bytes, frames=frames,
+                end_ns=end_ns, state="sealed",
                 device_key_id=device_key_id(self._signing_key.public_key()),
                 recipient_key_ids=self._recipient_ids,
             )
@@ -612,7 +688,8 @@ class SegmentWriter:
             if self._closed:
                 return
             self._release_fd()
-            self._buf.clear()
+            self._pending.clear()
+            self._pending_head = self._pending_bytes = 0
             self._partial.unlink(missing_ok=True)
         log.info("segment aborted camera=%s sequence=%d path=%s", self.meta.camera, self.meta.sequence,
                  self._partial)
@@ -629,25 +706,43 @@ class SegmentWriter:
 
     def _seal(self, last: bool) -> None:
         self._write_unwritten()  # records reach the file in nonce order
-        n = len(self._buf) if last else min(len(self._buf), self._chunk_bytes)
+        n = self._pending_bytes if last else min(self._pending_bytes, self._chunk_bytes)
         # The running hash only advances once the record is in the file.
         hasher = self._hasher.copy()
-        # Encrypt straight from the buffer into the record buffer: no copy of the plaintext (the view is
-        # released before the buffer is resized below).
-        with memoryview(self._buf)[:n] as plaintext:
-            size = seal_chunk_into(
-                self._aead, self._header_hash, hasher, self._index, last, self._end_ns, self._frames,
-                plaintext, self._record,
-            )
+        end_ns, frames = self._progress
+        size = self._cipher.seal_into(
+            self._header_hash, hasher, self._index, last, end_ns, frames, self._take_pending(n), n,
+            self._record,
+        )
         # The nonce is used and the plaintext consumed: from here on this chunk exists only as these exact
         # bytes. A failed write is retried with them (``_record`` is not reused until they are written);
         # sealing other data under the same nonce would give away the keystream (and GCM's hash key).
-        del self._buf[:n]
         self._index += 1
         self._payload_bytes += n
-        self._first_pending = self._monotonic() if self._buf else None
+        self._first_pending = self._monotonic() if self._pending_bytes else None
         self._unwritten = (self._record[:size], hasher, n)
         self._write_unwritten()
+
+    def _take_pending(self, n: int) -> list[bytes | memoryview]:
+        """Remove the first ``n`` pending bytes; views of them, in order (the objects stay alive with the
+        views until the chunk is encrypted)."""
+        pending = self._pending
+        pieces: list[bytes | memoryview] = []
+        while n:
+            first = pending[0]
+            head = self._pending_head
+            available = len(first) - head
+            if n < available:  # the chunk ends inside this piece: the rest stays pending
+                pieces.append(memoryview(first)[head : head + n])
+                self._pending_head = head + n
+                self._pending_bytes -= n
+                break
+            pieces.append(memoryview(first)[head:] if head else first)
+            pending.popleft()
+            self._pending_head = 0
+            self._pending_bytes -= available
+            n -= available
+        return pieces
 
     def _write_unwritten(self) -> None:
         if self._unwritten is not None:
@@ -691,8 +786,11 @@ class SegmentWriter:
                 os.close(fd)
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _check_int64(name: str, value: int) -> None:
-    if not -(2**63) <= value < 2**63:
+    if not _INT64_MIN <= value <= _INT64_MAX:
         raise ValueError(f"{name} must fit a signed 64-bit integer")
 
 

@@ -99,6 +99,50 @@ def test_round_trip_with_default_chunk_size_and_packet_writes(tmp_path: Path, tk
     assert _plain(sealed.path, tk.recipient) == data
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    suite=st.sampled_from(sorted(segfile.SUITE_NAMES)),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=8),
+    last=st.booleans(),
+    offset=st.integers(min_value=0, max_value=3),
+)
+def test_a_chunk_sealed_from_pieces_is_the_chunk_sealed_from_their_join(
+    suite: int, cuts: list[int], last: bool, offset: int
+) -> None:
+    """The writer encrypts a chunk straight from the packets it was given (AES-256-GCM through OpenSSL's
+    streaming interface): the record must be byte for byte the spec's one-shot ``seal_chunk``."""
+    plaintext = _data(300, seed=offset)
+    bounds = sorted({0, len(plaintext), *cuts})
+    # Pieces as the writer holds them: whole bytes objects and views into the middle of one.
+    pieces: list[bytes | memoryview] = []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        source = b"?" * offset + plaintext[a:b]
+        pieces.append(memoryview(source)[offset:] if offset else source)
+    key, header_hash = bytes(range(32)), hashlib.sha256(b"header").digest()
+    spec_hasher, hasher = hashlib.sha256(b"before"), hashlib.sha256(b"before")
+    expected = segfile.seal_chunk(segfile.payload_aead(suite, key), header_hash, spec_hasher, 7, last,
+                                  START_NS, 3, plaintext)
+    cipher = segfile.ChunkCipher(suite, key, chunk_bytes=len(plaintext))
+    out = memoryview(bytearray(len(plaintext) + segfile.CHUNK_OVERHEAD_BYTES + 15))
+    size = cipher.seal_into(header_hash, hasher, 7, last, START_NS, 3, pieces, len(plaintext), out)
+    assert bytes(out[:size]) == expected
+    assert hasher.digest() == spec_hasher.digest()
+
+
+def test_a_reused_caller_buffer_does_not_change_what_was_written(tmp_path: Path, tk: TestKeys) -> None:
+    """The writer keeps the ``bytes`` it is given until they are sealed; a buffer the caller reuses is
+    copied first, so changing it after ``write`` returns changes nothing in the segment."""
+    writer = SegmentWriter(tmp_path / "s.seg", make_meta(), [tk.recipient_public], tk.device,
+                           chunk_bytes=SMALL_CHUNK_BYTES)
+    buffer = bytearray(b"a" * 40)
+    writer.write(buffer)
+    buffer[:] = b"b" * 40
+    writer.write(memoryview(buffer))
+    buffer[:] = b"c" * 40
+    sealed = writer.close()
+    assert _plain(sealed.path, tk.recipient) == b"a" * 40 + b"b" * 40
+
+
 def test_metadata_and_notes_are_stored(tmp_path: Path, tk: TestKeys) -> None:
     meta = make_meta(camera="garage ü", sequence=2**40, clock_synced=False, monotonic_ns=-5)
     writer = SegmentWriter(tmp_path / "s.seg", meta, [tk.recipient_public], tk.device)
