@@ -1,7 +1,7 @@
 """The design's floor for bench/ingest.py: one SHA-256 pass and AES-256-GCM over files already written.
 
 Run after ``ffmpeg -c copy -f segment`` in the same measured child, it adds to ffmpeg's cost what the
-segment format cannot do without: every byte encrypted with AES-256-GCM (64 KiB chunks, one nonce each,
+segment format cannot do without: every byte encrypted with AES-256-GCM (256 KiB chunks, one nonce each,
 into one reused buffer, as the segment writer does) and hashed once with SHA-256 (over the ciphertext, as
 the file hash is). No framing, header, signature, fsync or writing of the result: those are edgerec's own
 costs above the floor.
@@ -19,7 +19,7 @@ import sys
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-CHUNK_BYTES = 65536
+CHUNK_BYTES = 262144  # the segment writer's default (edgerec.segfile.CHUNK_BYTES_DEFAULT)
 TAG_BYTES = 16
 
 

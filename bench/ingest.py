@@ -12,12 +12,16 @@ records each clip ``--reps`` times with
 - ``ffmpeg -c copy -f hls -hls_time 60`` with AES-128 segment encryption (``-hls_key_info_file``; no fsync),
   FFmpeg's own way of writing encrypted segments, for a comparison of like with like, and
 - the design's floor: the plain ffmpeg followed, in the same child, by ``bench/floor.py`` (one SHA-256
-  pass and AES-256-GCM in 64 KiB chunks over the bytes ffmpeg wrote; what the format cannot do without),
+  pass and AES-256-GCM in 256 KiB chunks over the bytes ffmpeg wrote; what the format cannot do without),
+- the PyAV floor, ``bench/floor_pyav.py``: the same work with the packet loop in Python on PyAV, as any
+  recorder built like edgerec has it (demux and TS mux through PyAV into a Python object, the
+  cryptography and a write per chunk, fdatasync per file; nothing of edgerec's own),
 
 taking CPU time (user + system, the child and the children it waited for) and peak RSS of each child from
-``wait4``. Medians are reported. The steady-state cost (start-up excluded, for all) is the difference
-between the long and the short clip; its spread is the range of that difference and of the ratio to the
-floor over the repetitions (long and short run of one repetition paired).
+``wait4``; every other repetition runs the tools in reverse order. Medians are reported. The steady-state
+cost (start-up excluded, for all) is the difference between the long and the short clip; its spread is
+the range of that difference and of the ratio to the floor over the repetitions (long and short run of one
+repetition paired).
 
 ``--base-src DIR`` adds ``edgerec (base)``: the same command with the edgerec package taken from another
 source tree (a ``git worktree`` of an older commit), interleaved with the current code in the same run,
@@ -63,11 +67,12 @@ SEGMENT_SECONDS = 60
 LIVE_WARMUP_S = 10.0  # RSS and CPU of the live run are taken after this, when they are steady
 LIVE_SAMPLE_INTERVAL_S = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TOOLS = ("edgerec", "floor", "floor+fsync", "ffmpeg", "ffmpeg+fsync", "ffmpeg+aes")
+TOOLS = ("edgerec", "floor", "floor+fsync", "floor-pyav", "ffmpeg", "ffmpeg+fsync", "ffmpeg+aes")
 BASELINES = TOOLS[1:]
 OPTIONAL_TOOLS = ("edgerec-base", "edgerec-soft", "floor-soft", "edgerec-soft-chacha", "floor-soft-chacha")
 TOOL_TITLES = {"edgerec": "edgerec", "floor": "floor (ffmpeg + SHA-256 + AES-GCM)",
-               "floor+fsync": "floor + fdatasync", "ffmpeg": "ffmpeg",
+               "floor+fsync": "floor + fdatasync", "floor-pyav": "PyAV floor (Python packet loop)",
+               "ffmpeg": "ffmpeg",
                "ffmpeg+fsync": "ffmpeg + fdatasync", "ffmpeg+aes": "ffmpeg HLS AES-128",
                "edgerec-base": "edgerec (base)", "edgerec-soft": "edgerec, software AES",
                "floor-soft": "floor, software AES",
@@ -77,6 +82,7 @@ TOOL_TITLES = {"edgerec": "edgerec", "floor": "floor (ffmpeg + SHA-256 + AES-GCM
 # turns off the AVX/VAES GCM paths that need them (OpenSSL's OPENSSL_ia32cap documentation).
 SOFT_AES_ENV = {"OPENSSL_ia32cap": "~0x200000200000000"}
 FLOOR_SCRIPT = Path(__file__).with_name("floor.py")
+FLOOR_PYAV_SCRIPT = Path(__file__).with_name("floor_pyav.py")
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -227,6 +233,12 @@ def floor_argv(clip: Path, out_dir: Path, *, synced: bool = False, chacha: bool 
     return ["sh", "-c", script]
 
 
+def floor_pyav_argv(clip: Path, out_dir: Path) -> list[str]:
+    """``bench/floor_pyav.py``: the least a recorder whose packet loop is Python on PyAV spends (PyAV demux
+    and TS mux into Python, SHA-256 and AES-256-GCM in the writer's chunk size, fdatasync per file)."""
+    return [sys.executable, str(FLOOR_PYAV_SCRIPT), str(clip), str(out_dir)]
+
+
 def ffmpeg_encrypted_argv(clip: Path, out_dir: Path, key_info: Path) -> list[str]:
     """FFmpeg's encrypted segments: HLS with AES-128-CBC (a key file named by ``key_info``). The playlist
     is the only extra output; the segments are MPEG-TS as with ``-f segment``."""
@@ -296,10 +308,13 @@ def measure_ingest(work: Path, clips: dict[str, Path], recipient: str, reps: int
                                   live=False)
             run_measured(edgerec_argv(config, "--exit-at-eof"), work / f"{tool}-warmup.log", envs[tool])
     for rep in range(reps):
+        # Every other repetition runs the tools in reverse order: a tool's cost can depend on what ran just
+        # before it (the page cache and the disk's writeback of the previous tool's files).
+        order = tools if rep % 2 == 0 else tools[::-1]
         for name, clip in clips.items():
             data_dir = work / f"data-{name}"
             seg_dir = work / f"ffmpeg-{name}"
-            for tool in tools:
+            for tool in order:
                 shutil.rmtree(data_dir, ignore_errors=True)
                 shutil.rmtree(seg_dir, ignore_errors=True)
                 seg_dir.mkdir(parents=True)
@@ -311,6 +326,8 @@ def measure_ingest(work: Path, clips: dict[str, Path], recipient: str, reps: int
                 elif tool.startswith("floor"):
                     argv = floor_argv(clip, seg_dir, synced=tool == "floor+fsync",
                                       chacha=tool.endswith("-chacha"))
+                elif tool == "floor-pyav":
+                    argv = floor_pyav_argv(clip, seg_dir)
                 elif tool == "ffmpeg":
                     argv = ffmpeg_argv(clip, seg_dir)
                 elif tool == "ffmpeg+fsync":
@@ -406,7 +423,8 @@ def spread_lines(samples: Samples, tools: tuple[str, ...], span_s: float) -> lis
     lines = ["Spread over the repetitions (min – median – max; a repetition's long run minus its short):",
              "", "| steady-state CPU per minute of video | min – median – max |", "|---|---|"]
     lines += [f"| {TOOL_TITLES[t]} | {span(slopes[t], '{:.0f}')} ms |" for t in tools]
-    pairs = [("edgerec", "floor"), ("edgerec", "floor+fsync"), ("edgerec", "ffmpeg"),
+    pairs = [("edgerec", "floor"), ("edgerec", "floor+fsync"), ("edgerec", "floor-pyav"),
+             ("floor-pyav", "floor"), ("edgerec", "ffmpeg"),
              ("edgerec-base", "floor"), ("edgerec-base", "edgerec"), ("edgerec-soft", "floor-soft"),
              ("edgerec-soft", "edgerec"), ("floor-soft", "floor"),
              ("edgerec-soft-chacha", "floor-soft-chacha"), ("edgerec-soft-chacha", "edgerec"),

@@ -76,6 +76,11 @@ RECIPIENTS_MAX = 16
 HEADER_MAX_BYTES = 65536
 CHUNK_MAX_LIMIT_BYTES = 16 * 1024 * 1024
 FRAMES_MAX = 2**32 - 1
+# Plaintext per chunk as the writer seals them. Every chunk costs a fixed amount of work besides its bytes
+# (a record, one write(2), hash and cipher set-up, Python calls): at 256 KiB that is a quarter of what 64 KiB
+# chunks cost (docs/performance.md). Chunks are sealed on time as well (``flush_seconds``), so this bounds
+# only the memory an open segment holds, not what a power cut can lose.
+CHUNK_BYTES_DEFAULT = 262144
 
 # magic, version, suite, header_len, chunk_max_bytes, stream nonce, device public key, prev digest,
 # sequence, start_ns, monotonic_ns, clock_synced
@@ -480,7 +485,7 @@ class SegmentWriter:
         *,
         flush_seconds: float = 1.0,
         fsync_seconds: float = 2.0,
-        chunk_bytes: int = 65536,
+        chunk_bytes: int = CHUNK_BYTES_DEFAULT,
         suite: int = SUITE_AES_256_GCM,
         monotonic: Callable[[], float] = time.monotonic,
     ):

@@ -93,9 +93,9 @@ def test_round_trip_at_chunk_boundaries(tmp_path: Path, tk: TestKeys, size: int)
 
 
 def test_round_trip_with_default_chunk_size_and_packet_writes(tmp_path: Path, tk: TestKeys) -> None:
-    data = _data(300_000)
+    data = _data(600_000)
     sealed = write_segment(tmp_path / "s.seg", data, tk, write_size=1316)
-    assert sealed.chunks == 300_000 // 65536 + 1
+    assert sealed.chunks == 600_000 // segfile.CHUNK_BYTES_DEFAULT + 1
     assert _plain(sealed.path, tk.recipient) == data
 
 

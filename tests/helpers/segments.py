@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from edgerec import segfile
-from edgerec.segfile import SealedSegment, SegmentMeta, SegmentWriter
+from edgerec.segfile import CHUNK_BYTES_DEFAULT, SealedSegment, SegmentMeta, SegmentWriter
 
 START_NS = 1_750_000_000_000_000_000
 
@@ -61,7 +61,7 @@ def write_segment(
     *,
     recipients: Sequence[X25519PublicKey] | None = None,
     meta: SegmentMeta | None = None,
-    chunk_bytes: int = 65536,
+    chunk_bytes: int = CHUNK_BYTES_DEFAULT,
     write_size: int = 1316,
     seed: int = 0,
 ) -> SealedSegment:
