@@ -314,22 +314,27 @@ def _hash_chunk(out: memoryview, file_hasher: Any, size: int) -> int:
 
 # ``update_into`` asks for one cipher block of room beyond its input (it would need it for block modes).
 _UPDATE_SLACK_BYTES = 15
+# Below this average size per buffer, gathering the buffers into one (a memcpy) costs less than a call into
+# the streaming cipher per buffer (measured: a call costs about what copying 4 KiB does).
+_STREAM_MIN_AVERAGE_BYTES = 4096
 
 
 class ChunkCipher:
     """A suite's chunk AEAD over plaintext held as several buffers (the writer's pending packets).
 
-    The result is exactly ``seal_chunk_into`` over the buffers joined. AES-256-GCM goes through OpenSSL's
-    streaming interface, one ``update_into`` per buffer, so the plaintext is never copied into one piece
-    first (GCM's ciphertext and tag are defined over the concatenation). ``cryptography`` offers
-    ChaCha20-Poly1305 only as a one-shot AEAD, so for that suite the buffers are first gathered into a
-    scratch buffer.
+    The result is exactly ``seal_chunk_into`` over the buffers joined. For AES-256-GCM, buffers of a few
+    KiB and more (video frames) go through OpenSSL's streaming interface, one ``update_into`` each, so they
+    are never copied into one piece first (GCM's ciphertext and tag are defined over the concatenation);
+    many small buffers are gathered into a scratch buffer and sealed in one call, which is cheaper for
+    them. ``cryptography`` offers ChaCha20-Poly1305 only as a one-shot AEAD: its buffers are always
+    gathered.
     """
 
     def __init__(self, suite: int, payload_key: bytes, chunk_bytes: int):
         self._aead = payload_aead(suite, payload_key)
         self._aes = algorithms.AES(payload_key) if suite == SUITE_AES_256_GCM else None
-        self._scratch = memoryview(bytearray(chunk_bytes if self._aes is None else 0))
+        self._chunk_bytes = chunk_bytes
+        self._scratch: memoryview | None = None  # made on first use: a stream of large frames never needs it
 
     def seal_into(
         self, header_hash: bytes, file_hasher: Any, index: int, last: bool, end_ns: int, frames: int,
@@ -341,13 +346,11 @@ class ChunkCipher:
             return seal_chunk_into(
                 self._aead, header_hash, file_hasher, index, last, end_ns, frames, pieces[0], out
             )
-        if self._aes is None:
-            offset = 0
-            for piece in pieces:
-                self._scratch[offset : offset + len(piece)] = piece
-                offset += len(piece)
-            return seal_chunk_into(self._aead, header_hash, file_hasher, index, last, end_ns, frames,
-                                   self._scratch[:size], out)
+        if self._aes is None or size < len(pieces) * _STREAM_MIN_AVERAGE_BYTES:
+            plaintext = self._gather(pieces, size)
+            return seal_chunk_into(
+                self._aead, header_hash, file_hasher, index, last, end_ns, frames, plaintext, out
+            )
         aad = _frame_chunk(out, header_hash, last, size, end_ns, frames)
         encryptor = Cipher(self._aes, modes.GCM(chunk_nonce(index, last))).encryptor()
         encryptor.authenticate_additional_data(aad)
@@ -359,6 +362,15 @@ class ChunkCipher:
         encryptor.finalize()
         out[offset : offset + TAG_BYTES] = encryptor.tag
         return _hash_chunk(out, file_hasher, size)
+
+    def _gather(self, pieces: Sequence[bytes | memoryview], size: int) -> memoryview:
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(self._chunk_bytes))
+        scratch, offset = self._scratch, 0
+        for piece in pieces:
+            scratch[offset : offset + len(piece)] = piece
+            offset += len(piece)
+        return scratch[:size]
 
 
 def seal_chunk(

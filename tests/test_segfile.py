@@ -99,19 +99,22 @@ def test_round_trip_with_default_chunk_size_and_packet_writes(tmp_path: Path, tk
     assert _plain(sealed.path, tk.recipient) == data
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     suite=st.sampled_from(sorted(segfile.SUITE_NAMES)),
     cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=8),
+    unit=st.sampled_from([1, 1000]),  # pieces of bytes (gathered) or of kilobytes (streamed through AES)
     last=st.booleans(),
     offset=st.integers(min_value=0, max_value=3),
 )
 def test_a_chunk_sealed_from_pieces_is_the_chunk_sealed_from_their_join(
-    suite: int, cuts: list[int], last: bool, offset: int
+    suite: int, cuts: list[int], unit: int, last: bool, offset: int
 ) -> None:
     """The writer encrypts a chunk straight from the packets it was given (AES-256-GCM through OpenSSL's
-    streaming interface): the record must be byte for byte the spec's one-shot ``seal_chunk``."""
-    plaintext = _data(300, seed=offset)
+    streaming interface for large ones, small ones gathered first): the record must be byte for byte the
+    spec's one-shot ``seal_chunk``."""
+    plaintext = _data(300 * unit, seed=offset)
+    cuts = [cut * unit for cut in cuts]
     bounds = sorted({0, len(plaintext), *cuts})
     # Pieces as the writer holds them: whole bytes objects and views into the middle of one.
     pieces: list[bytes | memoryview] = []
