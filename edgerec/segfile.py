@@ -476,7 +476,8 @@ def partial_path_for(path: Path) -> Path:
 class SegmentWriter:
     """Writes one segment: encrypts as it goes, seals a chunk when full or ``flush_seconds`` old.
 
-    ``write``/``note``/``poll``/``close``/``abort`` may be called from different threads (one lock).
+    ``write``/``note``/``poll``/``close``/``abort`` may be called from different threads (one lock; ``note``,
+    once per packet, stores one tuple and needs none).
     ``poll`` runs the time-based seal and the periodic ``fdatasync``; call it at least every
     ``flush_seconds / 2`` from a timer thread. The ``fdatasync`` itself runs outside the main lock, so a
     slow SD card never blocks ``write`` in the packet loop.
