@@ -10,8 +10,15 @@ files or be an older copy. The audit log is the record: every line that removes 
 start-up repair) carries ``newest_removed``: per camera, the sequence number and digest of the newest
 segment it removes (the status's ``chain_heads`` form without ``start``).
 
+A segment start-up reconciliation sets aside (``segments_quarantined``: a ``.partial`` it cannot recover,
+a file it cannot adopt) may be the camera's newest, and its file, in ``quarantine/``, still claims its
+number. So that line carries ``newest_quarantined``: per camera, the highest sequence number it set aside
+(from the file's header; a file whose header cannot be read claims none). The chain goes on past that
+number too, but links to the newest segment it can link to (removed, catalogued or queued): a
+quarantined file has no digest to trust (``next_link``).
+
 ``RemovedHeads`` reads those fields from the log (the whole log once per process, then only what was
-appended; only the field itself is decoded, not the line's list of paths) and keeps each camera's
+appended; only the fields themselves are decoded, not the line's list of paths) and keeps each camera's
 highest; the daemon goes on from the newest of that, the camera's newest catalogued segment and its
 newest segment still on its way into the catalog (``newest``). Design: docs/design/storage.md.
 """
@@ -27,8 +34,12 @@ from .audit import AppendedLines
 from .chainheads import ChainHead, heads_from_status
 
 NEWEST_REMOVED = "newest_removed"
-_FIELD_MARK = b'"' + NEWEST_REMOVED.encode() + b'":'
+NEWEST_QUARANTINED = "newest_quarantined"
+_REMOVED_MARK = b'"' + NEWEST_REMOVED.encode() + b'":'
+_QUARANTINED_MARK = b'"' + NEWEST_QUARANTINED.encode() + b'":'
 _decoder = json.JSONDecoder()
+# The catalog keeps sequence numbers as SQLite integers (signed 64-bit): a chain cannot go on past this.
+SEQUENCE_LIMIT = 2**63 - 1
 
 
 def newest_removed(segments: Iterable[tuple[str, int, str | None]]) -> dict[str, dict[str, Any]]:
@@ -54,33 +65,78 @@ def heads_of(value: Any) -> list[ChainHead]:
         return []
 
 
+def newest_quarantined(numbers: Iterable[tuple[str, int | None]]) -> dict[str, dict[str, int]]:
+    """The ``newest_quarantined`` field of a line setting aside files that claim ``numbers`` (camera,
+    sequence; None: the file claims none): per camera, the highest."""
+    best: dict[str, int] = {}
+    for camera, sequence in numbers:
+        if sequence is not None and sequence > best.get(camera, -1):
+            best[camera] = sequence
+    return {camera: {"sequence": sequence} for camera, sequence in sorted(best.items())}
+
+
+def quarantined_of(value: Any) -> dict[str, int]:
+    """Camera -> sequence of a ``newest_quarantined`` value ({} when it is missing; malformed entries are
+    left out)."""
+    if not isinstance(value, Mapping):
+        return {}
+    out = {}
+    for camera, entry in value.items():
+        sequence = entry.get("sequence") if isinstance(entry, Mapping) else None
+        if isinstance(camera, str) and type(sequence) is int and 0 <= sequence < SEQUENCE_LIMIT:
+            out[camera] = sequence
+    return out
+
+
 def newest(*heads: ChainHead | None) -> ChainHead | None:
     """The head with the highest sequence number (None when there is none)."""
     return max((h for h in heads if h is not None), key=lambda h: h.sequence, default=None)
 
 
+def next_link(head: ChainHead | None, quarantined: int | None) -> tuple[int, bytes]:
+    """Where a chain goes on (next sequence number, prev_digest): after ``head``, the newest segment it
+    links to, and after ``quarantined``, the highest number a set-aside file claims, whichever is higher;
+    always linked to ``head`` (a zero digest when there is none: the camera's first segment)."""
+    after = max(-1 if head is None else head.sequence, -1 if quarantined is None else quarantined)
+    return after + 1, bytes(32) if head is None else bytes.fromhex(head.digest)
+
+
+def _field(raw: bytes, mark: bytes) -> Any:
+    """The value of the line's field whose key is ``mark`` (None when it has none). Only the field is
+    decoded. The mark cannot occur inside a JSON string (a quote there is escaped), so it is the line's
+    own key."""
+    at = raw.find(mark)
+    if at < 0:
+        return None
+    try:
+        value, _ = _decoder.raw_decode(raw[at + len(mark):].decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    return value
+
+
 @dataclass
 class RemovedHeads(AppendedLines):
-    """Each camera's newest removed segment as the audit log records it (``refresh`` reads what was
-    appended). What it has seen is kept when the log is read again from the start (replaced or rolled
-    back under a running daemon): a chain never goes back."""
+    """Each camera's newest removed segment, and the highest number a segment set aside at start-up
+    claims, as the audit log records them (``refresh`` reads what was appended). What it has seen is
+    kept when the log is read again from the start (replaced or rolled back under a running daemon): a
+    chain never goes back."""
 
     heads: dict[str, ChainHead] = field(default_factory=dict)
+    quarantined: dict[str, int] = field(default_factory=dict)
 
     def _take_line(self, raw: bytes) -> None:
-        at = raw.find(_FIELD_MARK)
-        if at < 0:
-            return
-        # Only the field is decoded. The mark cannot occur inside a JSON string (a quote there is
-        # escaped), so this is the line's own key.
-        try:
-            value, _ = _decoder.raw_decode(raw[at + len(_FIELD_MARK):].decode("utf-8", "replace"))
-        except ValueError:
-            return
-        for head in heads_of(value):
+        for head in heads_of(_field(raw, _REMOVED_MARK)):
             known = self.heads.get(head.camera)
             if known is None or head.sequence > known.sequence:
                 self.heads[head.camera] = head
+        for camera, sequence in quarantined_of(_field(raw, _QUARANTINED_MARK)).items():
+            if sequence > self.quarantined.get(camera, -1):
+                self.quarantined[camera] = sequence
 
     def get(self, camera: str) -> ChainHead | None:
         return self.heads.get(camera)
+
+    def quarantined_up_to(self, camera: str) -> int | None:
+        """The highest sequence number a set-aside file of ``camera`` claims (None: none)."""
+        return self.quarantined.get(camera)

@@ -8,14 +8,17 @@ the newest end, is a problem unless the audit log records its removal:
   since this version its sequence numbers (``sequences``); a ``segments_spared`` line after it takes
   those files back (they were not deleted);
 - ``segments_quarantined`` and ``partials_removed`` (start-up reconciliation) name damaged or empty
-  files set aside or removed;
+  files set aside or removed; ``segments_quarantined`` names the sequence number each file claims
+  (``sequences``, null for a file whose header cannot be read) since this version;
 - ``segments_missing`` is *not* a removal: it says that start-up found a catalogued file gone, which is
   exactly what the rule reports.
 
 A missing sequence number is explained by a line naming that sequence; lines that name only paths (older
 logs, reconciliation) explain holes by count: a hole of k segments between two present segments is
 explained when the log names at least k removed files of that camera whose names (start times) lie
-between those two segments' names.
+between those two segments' names. The rule is the same for every hole, whether the segment after it
+links to the one before it (``skip``: the numbers in between were set aside unsealed, and the chain went
+on past them) or not.
 
 Lines that remove catalogued segments also name, per camera, the newest one's sequence and digest
 (``newest_removed``, see ``chainstart``): a camera's chain goes on from it, so the segment after a removed
@@ -48,6 +51,8 @@ class CameraRemovals:
     missing_paths: set[str] = field(default_factory=set)  # found gone at start-up (segments_missing)
     # sequence -> digest (hex) of removed segments the log names with their digest (``newest_removed``)
     digests: dict[int, str] = field(default_factory=dict)
+    # numbers of files set aside at start-up (quarantined): no digest to link to, the chain went on past
+    set_aside: set[int] = field(default_factory=set)
 
     def name_times(self, present: set[str]) -> list[int]:
         """Sorted name times of the files removed by path only (not also present now)."""
@@ -97,6 +102,8 @@ def removal_record(entries: Iterable[Mapping[str, Any]]) -> dict[str, CameraRemo
                 cam.by_path[path] = seq
                 if seq is not None:
                     cam.sequences.add(seq)
+                    if event == "segments_quarantined":
+                        cam.set_aside.add(seq)
             elif event == "segments_spared":
                 old = cam.by_path.pop(path, None)
                 if old is not None:
@@ -123,24 +130,41 @@ class Hole:
         return self.last - self.first + 1
 
 
-def unexplained(hole: Hole, removals: CameraRemovals | None, name_times: list[int]) -> list[int]:
-    """The sequences of ``hole`` the record does not explain ([] when all are explained). ``name_times``:
-    ``removals.name_times(present)``, computed once per camera."""
-    if removals is None:
-        return list(range(hole.first, hole.last + 1))
-    left = [s for s in range(hole.first, hole.last + 1) if s not in removals.sequences]
-    if not left:
-        return []
+@dataclass(frozen=True)
+class Missing:
+    """The sequence numbers of a hole nobody explains: ``count`` of them, from ``first`` to ``last``.
+    Kept as a span, not a list: a hole can be as wide as a header's number says."""
+
+    first: int
+    last: int
+    count: int
+
+    def __str__(self) -> str:
+        """``5``, ``5..9`` or ``5..9 (3 of them)``."""
+        if self.count == 1:
+            return str(self.first)
+        span = f"{self.first}..{self.last}"
+        return span if self.last - self.first + 1 == self.count else f"{span} ({self.count} of them)"
+
+
+def unexplained(hole: Hole, sequences: list[int], name_times: list[int]) -> Missing | None:
+    """The numbers of ``hole`` the record does not explain (None when all are explained). ``sequences``:
+    the camera's removed sequence numbers, sorted; ``name_times``: ``removals.name_times(present)``; both
+    computed once per camera. The work is bounded by the record, not by the width of the hole."""
+    lo = bisect.bisect_left(sequences, hole.first)
+    named = set(sequences[lo:bisect.bisect_right(sequences, hole.last)])
+    left = hole.count - len(named)
     lo = 0 if hole.after_ns is None else bisect.bisect_right(name_times, hole.after_ns)
     hi = len(name_times) if hole.before_ns is None else bisect.bisect_left(name_times, hole.before_ns)
     by_path = max(0, hi - lo)
-    return [] if by_path >= len(left) else left[by_path:]
-
-
-def describe(sequences: list[int]) -> str:
-    """``5``, ``5..9`` or ``5..9 (3 of them)`` for a list of sequence numbers."""
-    if len(sequences) == 1:
-        return str(sequences[0])
-    contiguous = sequences[-1] - sequences[0] + 1 == len(sequences)
-    span = f"{sequences[0]}..{sequences[-1]}"
-    return span if contiguous else f"{span} ({len(sequences)} of them)"
+    if by_path >= left:
+        return None
+    # Files named by path only explain the lowest numbers not named: the rest are unexplained.
+    first, skipped = hole.first, 0
+    while first in named or skipped < by_path:
+        skipped += first not in named
+        first += 1
+    last = hole.last
+    while last in named:
+        last -= 1
+    return Missing(first, last, left - by_path)

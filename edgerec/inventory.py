@@ -17,7 +17,7 @@ from typing import Any
 
 from . import segfile
 from .chainheads import ChainHead
-from .deletions import CameraRemovals, Hole, describe, removal_record, unexplained
+from .deletions import CameraRemovals, Hole, Missing, removal_record, unexplained
 from .errors import SegmentError
 from .exporttimeline import KnownGap
 from .humanize import local_time_text, plural
@@ -208,7 +208,8 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
     and every segment missing from a chain against the audit log's record of removals (``deletions``):
     in the middle, at the start, and at the newest end (the catalog's rows, ``heads`` seen earlier). The
     record is checked against the chain too: a segment after a removed one links to the digest the log
-    records for that one, and no number the log records removed is found again in another file."""
+    records for that one, and no number the log records removed (or set aside) is found again in another
+    file."""
     report = VerifyReport()
     device_key = _device_key(data_dir)
     if device_key is None:
@@ -240,8 +241,9 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
                 report.problems.append(f"{path}: {misplaced}")
             links.append((link, path))
         chains[cam_dir.name] = links
-        _walk_chain(links, report, _Explainer.of(removals, cam_dir.name, on_disk))
-        for partial in sorted(cam_dir.glob(f"*/*{PARTIAL_SUFFIX}")):
+        partials = sorted(cam_dir.glob(f"*/*{PARTIAL_SUFFIX}"))
+        _walk_chain(links, report, _Explainer.of(removals, cam_dir.name, on_disk, partials))
+        for partial in partials:
             report.notes.append(f"{partial}: unfinished segment (recording, or recovered at next start)")
     _check_catalog(data_dir, camera, on_disk, found, removals, report)
     _check_missing_at_start_up(data_dir, camera, on_disk, removals, report)
@@ -289,21 +291,41 @@ class _Explainer:
     """One camera's side of the removal rule: which missing sequences the audit log explains."""
 
     removals: CameraRemovals | None
+    sequences: list[int]  # the numbers the log records removed, sorted
     name_times: list[int]
     has_log: bool
     gone_by_sequence: dict[int, str]  # sequence -> path of a file the log records removed, not here now
+    # name times of the camera's .partial files here now: not recorded yet (start-up recovers or sets
+    # them aside), so they account for a hole of the walk (by count), as a note
+    pending_times: list[int] = field(default_factory=list)
 
     @classmethod
-    def of(cls, record: dict[str, CameraRemovals] | None, camera: str, present: set[str]) -> _Explainer:
+    def of(cls, record: dict[str, CameraRemovals] | None, camera: str, present: set[str],
+           partials: Sequence[Path] = ()) -> _Explainer:
+        pending = sorted(ns for ns in (start_ns_from_name(p.with_name(p.name.removesuffix(PARTIAL_SUFFIX)))
+                                       for p in partials) if ns is not None)
         removals = None if record is None else record.get(camera)
         if removals is None:
-            return cls(None, [], record is not None, {})
+            return cls(None, [], [], record is not None, {}, pending)
         gone = {seq: path for path, seq in removals.by_path.items()
                 if seq is not None and path not in present}
-        return cls(removals, removals.name_times(present), True, gone)
+        return cls(removals, sorted(removals.sequences), removals.name_times(present), True, gone, pending)
 
-    def unexplained(self, hole: Hole) -> list[int]:
-        return unexplained(hole, self.removals, self.name_times)
+    def unexplained(self, hole: Hole) -> Missing | None:
+        return unexplained(hole, self.sequences, self.name_times)
+
+    def pending_explains(self, hole: Hole) -> bool:
+        """Whether the .partial files here account for what the log leaves unexplained in ``hole``."""
+        return bool(self.pending_times) and unexplained(
+            hole, self.sequences, sorted(self.name_times + self.pending_times)) is None
+
+    def linked_before(self, sequence: int) -> int:
+        """The number a segment links to when the one before it is not here: the next lower one, past the
+        numbers the log records set aside at start-up (their files have no digest to link to)."""
+        before = sequence - 1
+        while self.removals is not None and before in self.removals.set_aside:
+            before -= 1
+        return before
 
     def recorded_digest(self, sequence: int) -> str | None:
         """The digest the log records for removed segment ``sequence`` (None: not recorded)."""
@@ -313,13 +335,26 @@ class _Explainer:
         """The file the log records removed with ``sequence`` (a segment with it here is another one)."""
         return self.gone_by_sequence.get(sequence)
 
-    def problem(self, missing: list[int]) -> str:
+    def problem(self, missing: Missing) -> str:
         why = "the audit log does not record their removal" if self.has_log else "there is no audit log"
-        return f"segment(s) {describe(missing)} missing from the chain and {why}"
+        return f"segment(s) {missing} missing from the chain and {why}"
 
 
 # A first segment or a gap whose link the audit log confirms: noted once, as that.
 LINK_RECORDED = "recorded"
+
+
+def _hole_before(previous: segfile.ChainLink | None, previous_path: Path | None, link: segfile.ChainLink,
+                 path: Path) -> Hole | None:
+    """The numbers missing between the segment walked before and this one (before the first one walked:
+    from 0), whatever the link says: every hole is explained by the same rule (``deletions``)."""
+    if previous is None:
+        return Hole(0, link.sequence - 1, None, start_ns_from_name(path)) if link.sequence > 0 else None
+    if link.sequence <= previous.sequence + 1:
+        return None
+    assert previous_path is not None
+    return Hole(previous.sequence + 1, link.sequence - 1, start_ns_from_name(previous_path),
+                start_ns_from_name(path))
 
 
 def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyReport,
@@ -332,53 +367,87 @@ def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyRepor
         status = segfile.link_status(previous, link)
         where = f"{path} (sequence {link.sequence})"
         after = f"sequence {previous.sequence}" if previous is not None else ""
-        hole: Hole | None = None
-        if status == segfile.LINK_FIRST and link.sequence > 0:
-            hole = Hole(0, link.sequence - 1, None, start_ns_from_name(path))
-        elif previous is not None and link.sequence > previous.sequence + 1 and status != segfile.LINK_SKIP:
-            assert previous_path is not None
-            hole = Hole(previous.sequence + 1, link.sequence - 1, start_ns_from_name(previous_path),
-                        start_ns_from_name(path))
-        missing = explainer.unexplained(hole) if hole is not None else []
-        if missing:
-            report.problems.append(f"{where}: {explainer.problem(missing)}")
+        hole = _hole_before(previous, previous_path, link, path)
+        missing = _check_hole(hole, where, explainer, report)
         reused = explainer.reused(link.sequence)
         if reused is not None:
-            report.problems.append(f"{where}: the audit log records {reused} with this sequence number "
-                                   "removed: the camera's chain was started again (its numbers repeat)")
-        recorded = _links_as_recorded(link, explainer) if hole is not None else None
-        if recorded is False:
-            report.problems.append(f"{where}: hash chain broken: prev_digest is not the digest the audit log "
-                                   f"records for sequence {link.sequence - 1} (removed)")
-        elif recorded and not missing and status in (segfile.LINK_FIRST, segfile.LINK_GAP):
-            follows = f"follows {after}; " if status == segfile.LINK_GAP else ""
-            report.notes.append(f"{where}: {follows}links to sequence {link.sequence - 1}, deleted: the "
-                                "audit log records its removal and its digest")
-            status = LINK_RECORDED
+            report.problems.append(f"{where}: the audit log records {reused} removed with this sequence "
+                                   "number: two files claim it (the camera's chain was started again, or did "
+                                   "not go on past the removed one)")
+        if hole is not None and status != segfile.LINK_SKIP:  # a skip's link is checked: it is here
+            status = _check_recorded_link(link, where, after, status, missing is None, explainer, report)
         if status == segfile.LINK_BROKEN:
             report.problems.append(f"{where}: hash chain broken: prev_digest is not the digest of {after}")
         elif status == segfile.LINK_DUPLICATE:
             report.problems.append(f"{where}: a second segment with this sequence number: the chain forked")
-        elif status == segfile.LINK_GAP and not missing:
-            report.notes.append(f"{where}: follows {after}; the segments numbered in between are not here "
-                                "(their removal is in the audit log)")
-        elif status == segfile.LINK_SKIP:
-            report.notes.append(f"{where}: follows {after} directly; the numbers in between were never "
-                                "closed (a segment lost to a failed recovery is in quarantine)")
         elif status == segfile.LINK_UNCONFIRMED:
             report.notes.append(f"{where}: link not confirmed: {after} before it is damaged")
-        elif status == segfile.LINK_FIRST and not missing:
-            report.notes.append(f"{where}: first segment here; the ones before it are gone (their removal "
-                                "is in the audit log)")
+        elif missing is None:
+            note = _explained_note(status, after, hole)
+            if note:
+                report.notes.append(f"{where}: {note}")
         if status != segfile.LINK_DUPLICATE:  # a fork: the walk goes on from the first of the two
             previous, previous_path = link, path
 
 
-def _links_as_recorded(link: segfile.ChainLink, explainer: _Explainer) -> bool | None:
-    """Whether a segment after a removed one links to the digest the audit log records for that one
-    (None: the log records none)."""
-    recorded = explainer.recorded_digest(link.sequence - 1)
-    return None if recorded is None else link.prev_digest.hex() == recorded
+def _check_hole(hole: Hole | None, where: str, explainer: _Explainer, report: VerifyReport) -> Missing | None:
+    """Report the numbers of ``hole`` nobody explains (a note while a .partial here may still account for
+    them: the next start recovers it or sets it aside, and records it); returns what the log leaves
+    unexplained."""
+    missing = explainer.unexplained(hole) if hole is not None else None
+    if hole is None or missing is None:
+        return None
+    if explainer.pending_explains(hole):
+        report.notes.append(f"{where}: sequence(s) {_span(hole)} before it not here, but a .partial is (the "
+                            "next start recovers it or sets it aside)")
+    else:
+        report.problems.append(f"{where}: {explainer.problem(missing)}")
+    return missing
+
+
+def _check_recorded_link(link: segfile.ChainLink, where: str, after: str, status: str, explained: bool,
+                         explainer: _Explainer, report: VerifyReport) -> str:
+    """A segment whose predecessor is not here links to the digest the audit log records for that one,
+    if it records one (past the numbers set aside at start-up, whose files have no digest to link to).
+    Returns the status to report: ``LINK_RECORDED`` when the record confirms the link."""
+    before = explainer.linked_before(link.sequence)
+    recorded = explainer.recorded_digest(before)
+    if recorded is None:
+        return status
+    if link.prev_digest.hex() != recorded:
+        report.problems.append(f"{where}: hash chain broken: prev_digest is not the digest the audit log "
+                               f"records for sequence {before} (removed)")
+        return status
+    if not explained or status not in (segfile.LINK_FIRST, segfile.LINK_GAP):
+        return status
+    follows = f"follows {after}; " if status == segfile.LINK_GAP else ""
+    set_aside = ""
+    if before < link.sequence - 1:
+        numbers = Missing(before + 1, link.sequence - 1, link.sequence - 1 - before)
+        set_aside = f" (sequence(s) {numbers} after it were set aside at start-up)"
+    report.notes.append(f"{where}: {follows}links to sequence {before}, deleted: the audit log records its "
+                        f"removal and its digest{set_aside}")
+    return LINK_RECORDED
+
+
+def _explained_note(status: str, after: str, hole: Hole | None) -> str | None:
+    """What to note about a link whose hole (if any) the audit log explains."""
+    if status == segfile.LINK_GAP:
+        return (f"follows {after}; the segments numbered in between are not here (their removal is in the "
+                "audit log)")
+    if status == segfile.LINK_SKIP and hole is not None:
+        return (f"follows {after} directly; sequence(s) {_span(hole)} in between were never sealed: set "
+                "aside at start-up (the audit log records it)")
+    if status == segfile.LINK_FIRST:
+        return "first segment here; the ones before it are gone (their removal is in the audit log)"
+    if status == segfile.LINK_START and hole is not None:
+        return (f"the camera's first segment; sequence(s) {_span(hole)} before it were never sealed: set "
+                "aside at start-up (the audit log records it)")
+    return None
+
+
+def _span(hole: Hole) -> Missing:
+    return Missing(hole.first, hole.last, hole.count)
 
 
 def _check_head(head: ChainHead, links: list[tuple[segfile.ChainLink, Path]], explainer: _Explainer,
@@ -407,7 +476,7 @@ def _check_head(head: ChainHead, links: list[tuple[segfile.ChainLink, Path]], ex
     first = 0 if newest is None else newest[0].sequence + 1
     hole = Hole(first, head.sequence, None if newest is None else start_ns_from_name(newest[1]), None)
     missing = explainer.unexplained(hole)
-    if missing:
+    if missing is not None:
         report.problems.append(f"camera {head.camera}: the newest {explainer.problem(missing)} (chain head "
                                f"{head} seen earlier)")
     else:

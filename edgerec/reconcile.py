@@ -7,7 +7,8 @@ Run once at start, before any recorder writes (a ``.partial`` seen here is never
    a partial too short to hold even a header holds no footage and is removed; any other partial that
    cannot be recovered (damaged header, another device's key, final name taken) is moved to
    ``<data_dir>/quarantine/`` for an operator to look at (retention deletes it after the default
-   retention period, like any footage);
+   retention period, like any footage); the audit line names the sequence number each set-aside file
+   claims, so that the camera's chain never uses it again (``chainstart``);
 3. adopt ``.seg`` files the catalog lacks (``read_info`` checks framing, hashes and signature first;
    files that fail are quarantined);
 4. drop rows whose file has vanished.
@@ -47,6 +48,7 @@ from .timefmt import rfc3339
 log = logging.getLogger(__name__)
 
 _LISTING_CACHE_DIRS = 8
+_AUDITED_PATHS = 500  # paths named in one reconciliation audit line (its count is exact)
 
 
 @dataclass
@@ -54,6 +56,8 @@ class ReconcileReport:
     recovered: list[str] = field(default_factory=list)  # partials turned into segments (final paths)
     adopted: list[str] = field(default_factory=list)  # segment files added to the catalog
     quarantined: list[str] = field(default_factory=list)  # files moved to quarantine/ (with why)
+    # Each quarantined file's camera and the sequence number it claims (its header's; None: none).
+    quarantined_claims: list[tuple[str, int | None]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # partials without footage, deleted
     dropped: list[str] = field(default_factory=list)  # rows whose file had vanished
     finished_deletions: list[str] = field(default_factory=list)  # interrupted deletions completed
@@ -198,8 +202,23 @@ def _adopt(data_dir: Path, path: Path, catalog: Catalog, device_key: Ed25519Publ
                 info.meta.sequence)
 
 
+def _claimed_number(path: Path, camera: str) -> int | None:
+    """The sequence number a file about to be set aside claims in ``camera``'s chain: its header's, when
+    the header can be read and names that camera (one whose number the catalog could hold). Read before
+    it goes: if it was the camera's newest, the chain goes on past it (``chainstart``)."""
+    try:
+        meta = segfile.read_header(path).meta
+    except (SegmentError, OSError):
+        return None
+    if meta.camera != camera or meta.sequence >= chainstart.SEQUENCE_LIMIT:
+        return None
+    return meta.sequence
+
+
 def _quarantine(data_dir: Path, path: Path, why: str, report: ReconcileReport) -> None:
     rel = _rel(data_dir, path)
+    camera = rel.split("/", 1)[0]
+    number = _claimed_number(path, camera)
     target = DataDir(data_dir).quarantine_path(rel)
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -210,6 +229,7 @@ def _quarantine(data_dir: Path, path: Path, why: str, report: ReconcileReport) -
         report.errors.append(f"path={rel} cannot quarantine: {exc.strerror}")
         return
     report.quarantined.append(f"path={rel} to={QUARANTINE_DIR}/{rel} why={why}")
+    report.quarantined_claims.append((camera, number))
     log.error("reconcile quarantined path=%s why=%s", rel, why)
 
 
@@ -244,13 +264,18 @@ def _audit(audit: AuditSink | None, report: ReconcileReport) -> None:
     extras: dict[str, dict[str, Any]] = {
         "segments_missing": {chainstart.NEWEST_REMOVED: report.dropped_newest},
         "segments_deleted": {"reason": "interrupted_deletion",
-                             chainstart.NEWEST_REMOVED: report.finished_newest}}
+                             chainstart.NEWEST_REMOVED: report.finished_newest},
+        # The numbers the set-aside files claim: the chain goes on past the highest (chainstart), and
+        # verify finds each one's hole in the chain explained (deletions).
+        "segments_quarantined": {
+            "sequences": [number for _, number in report.quarantined_claims[:_AUDITED_PATHS]],
+            chainstart.NEWEST_QUARANTINED: chainstart.newest_quarantined(report.quarantined_claims)}}
     for event, items in (("segments_recovered", report.recovered), ("segments_adopted", report.adopted),
                          ("segments_quarantined", report.quarantined),
                          ("partials_removed", report.removed), ("segments_missing", report.dropped),
                          ("segments_deleted", report.finished_deletions)):
         if items:
-            audit.append(event, count=len(items), paths=items[:500], **extras.get(event, {}))
+            audit.append(event, count=len(items), paths=items[:_AUDITED_PATHS], **extras.get(event, {}))
 
 
 # ----- incidents from the audit log -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ where a chain goes on"), so a lost or older catalog must not change where it goe
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,113 @@ def test_removed_heads_keep_the_highest_and_read_only_the_field(tmp_path: Path) 
     heads_.refresh()
     assert heads_.full_reads == 2
     assert heads_.heads["gate"] == ChainHead("gate", 5, d1)
+
+
+# ----- a segment quarantined at start-up keeps its number -------------------------------------------------
+def newest_file(site: Site, camera: str) -> tuple[SegmentMeta, bytes, Path]:
+    """The camera's newest segment file: its header, digest and path."""
+    infos = [segfile.read_info(p) for p in (site.data_dir / camera).glob("*/*.seg")]
+    newest = max(infos, key=lambda i: i.meta.sequence)
+    return newest.meta, newest.digest, newest.path
+
+
+def damage_uncatalogued(site: Site, camera: str) -> tuple[SegmentMeta, bytes]:
+    """The camera's newest segment was sealed just before a power cut that also damaged the catalog (the
+    operator moved it away), and the card flipped a byte in one of its chunks: start-up cannot adopt it.
+    Returns the header of the damaged segment and the digest of the one before it."""
+    meta, _, path = newest_file(site, camera)
+    for f in site.data_dir.glob("catalog.sqlite3*"):
+        f.rename(f.with_name(f.name + ".damaged"))
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x40
+    path.write_bytes(bytes(blob))
+    before = [segfile.read_info(p) for p in (site.data_dir / camera).glob("*/*.seg") if p != path]
+    return meta, max(before, key=lambda i: i.meta.sequence).digest
+
+
+def foreign_partial(site: Site, camera: str) -> tuple[SegmentMeta, bytes]:
+    """A power cut left the camera's next segment as a ``.partial`` this device cannot re-sign (written
+    under another device key: the card was in another device then), so start-up cannot recover it.
+    Returns its header and the digest of the camera's newest segment, the one it follows."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    last, digest, _ = newest_file(site, camera)
+    meta = replace(last, sequence=last.sequence + 1, start_ns=last.start_ns + 60 * S, prev_digest=digest)
+    write_partial(site.data_dir, meta, Ed25519PrivateKey.generate())
+    return meta, digest
+
+
+def write_partial(data_dir: Path, meta: SegmentMeta, signing_key: Any) -> Path:
+    """A ``.partial`` as a power cut leaves it: a few chunks, the next one torn, no trailer."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from edgerec.layout import segment_path
+
+    writer = segfile.SegmentWriter(segment_path(data_dir, meta.camera, meta.start_ns), meta,
+                                   [X25519PrivateKey.generate().public_key()], signing_key, chunk_bytes=1024)
+    for i in range(4):
+        writer.write(bytes(range(256)) * 4)
+        writer.note(meta.start_ns + (i + 1) * S // 4, i + 1)
+    writer.poll()
+    snapshot = writer.partial_path.read_bytes()
+    writer.abort()
+    writer.partial_path.write_bytes(snapshot + b"\x01\x00")  # the chunk the power cut tore
+    return writer.partial_path
+
+
+@pytest.mark.parametrize("staged", [damage_uncatalogued, foreign_partial], ids=["sealed", "partial"])
+def test_a_quarantined_newest_segment_keeps_its_number(site: Site, staged: Any) -> None:
+    """Start-up quarantines the camera's newest segment; the chain goes on at its number + 1, linked to
+    the last good segment, so no two files (one in quarantine/) claim one number; verify explains the
+    number missing from the chain by the quarantine the audit log records."""
+    lost, good_digest = staged(site, "gate")
+    yard_head = newest_file(site, "yard")
+    new = record_again(site)
+    quarantined = [segfile.read_header(p).meta for p in (site.data_dir / "quarantine").rglob("*.seg*")]
+    assert [(m.camera, m.sequence) for m in quarantined] == [("gate", lost.sequence)]
+    assert_goes_on_from(new["gate"], (lost.sequence, good_digest.hex()))
+    assert_goes_on_from(new["yard"], (yard_head[0].sequence, yard_head[1].hex()))
+    [line] = [e for e in site.audit() if e["event"] == "segments_quarantined"]
+    assert line["sequences"] == [lost.sequence]
+    assert line["newest_quarantined"] == {"gate": {"sequence": lost.sequence}}
+    out = site.cli("verify")
+    assert out.splitlines()[-1].endswith(": OK"), out
+    assert (f"(sequence {lost.sequence + 1}): follows sequence {lost.sequence - 1} directly; sequence(s) "
+            f"{lost.sequence} in between were never sealed: set aside at start-up (the audit log records "
+            "it)") in out, out
+
+
+def test_a_camera_whose_first_segment_was_set_aside_starts_after_it(site: Site) -> None:
+    """A camera's first segment ever could not be recovered (its .partial signed under another key): the
+    chain goes on at 1, and, with nothing good to link to, with a zero prev_digest."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    gate, _, _ = newest_file(site, "gate")
+    write_partial(site.data_dir, replace(gate, camera="door", sequence=0, prev_digest=bytes(32)),
+                  Ed25519PrivateKey.generate())
+    daemon = open_daemon_state(site.config)
+    try:
+        chain = daemon.chain_for("door")
+    finally:
+        daemon.catalog.close()
+    assert (chain.next_sequence, chain.prev_digest) == (1, bytes(32))
+
+
+def test_removed_heads_keep_the_highest_number_set_aside(tmp_path: Path) -> None:
+    from edgerec.audit import AuditLog
+    from edgerec.chainheads import ChainHead
+    from edgerec.chainstart import NEWEST_QUARANTINED, RemovedHeads, newest_quarantined, next_link
+
+    log = AuditLog(tmp_path / "audit.log")
+    log.append("segments_quarantined", paths=["gate/a", "gate/b", "yard/c"], sequences=[4, 9, None],
+               **{NEWEST_QUARANTINED: newest_quarantined([("gate", 4), ("gate", 9), ("yard", None)])})
+    log.append("segments_quarantined", **{NEWEST_QUARANTINED: {"gate": {"sequence": 2},  # an older one
+                                                                "yard": {"sequence": 2**63 - 1}}})  # unusable
+    heads_ = RemovedHeads(log.path)
+    heads_.refresh()
+    assert heads_.quarantined == {"gate": 9}
+    d = "a1" * 32
+    # Past the number set aside, linked to the newest good segment; a head past it wins.
+    assert next_link(ChainHead("gate", 7, d), 9) == (10, bytes.fromhex(d))
+    assert next_link(ChainHead("gate", 12, d), 9) == (13, bytes.fromhex(d))
+    assert next_link(None, None) == (0, bytes(32))

@@ -105,6 +105,31 @@ def test_unrecoverable_partial_is_quarantined_not_deleted(env):
     assert "segments_quarantined" in audit_events(data_dir)
 
 
+def test_the_quarantine_line_names_the_number_each_file_claims(env):
+    """So that the camera's chain goes on past it (chainstart) and verify finds its hole explained: the
+    header's number, when the header can be read and names the camera whose directory holds it."""
+    data_dir, keys, catalog, audit = env
+    stranger = Ed25519PrivateKey.generate()
+    crash_partial(data_dir, keys, sequence=5, signing_key=stranger)
+    crash_partial(data_dir, keys, sequence=9, start_ns=T0 + MIN, signing_key=stranger)
+    misfiled = crash_partial(data_dir, keys, camera="yard", sequence=40, signing_key=stranger)
+    moved = data_dir / "door" / misfiled.relative_to(data_dir / "yard")  # a yard header in door/
+    moved.parent.mkdir(parents=True)
+    misfiled.rename(moved)
+    garbled = data_dir / "gate" / "2026-11-11" / "20261111T000500.000Z.seg.partial"
+    garbled.parent.mkdir(parents=True, exist_ok=True)
+    garbled.write_bytes(b"EDGERSEG" + bytes(1000))  # a header's worth of bytes, not a header
+    report = reconcile(data_dir, catalog, keys.device, audit=audit)
+    assert len(report.quarantined) == 4
+    [line] = [e for e in tail_entries(data_dir / "audit.log") if e["event"] == "segments_quarantined"]
+    claims = {item.split()[0].removeprefix("path="): n for item, n in zip(line["paths"], line["sequences"],
+                                                                         strict=True)}
+    assert sorted(claims.values(), key=str) == [5, 9, None, None]
+    assert claims[garbled.relative_to(data_dir).as_posix()] is None
+    assert claims[moved.relative_to(data_dir).as_posix()] is None
+    assert line["newest_quarantined"] == {"gate": {"sequence": 9}}
+
+
 def test_segment_missing_from_the_catalog_is_adopted(env):
     data_dir, keys, catalog, audit = env
     sealed = write_real(data_dir, keys, sequence=4)

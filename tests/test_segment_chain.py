@@ -305,8 +305,9 @@ def test_a_chain_started_again_after_its_segments_were_deleted_is_a_problem(tmp_
     again = _record_chain(tmp_path, tk, [100, 110])
     report = inventory.verify_tree(tmp_path)
     assert report.problems == [
-        f"{again[i].path} (sequence {i}): the audit log records {old[i].path.relative_to(tmp_path)} with "
-        "this sequence number removed: the camera's chain was started again (its numbers repeat)"
+        f"{again[i].path} (sequence {i}): the audit log records {old[i].path.relative_to(tmp_path)} removed "
+        "with this sequence number: two files claim it (the camera's chain was started again, or did not go "
+        "on past the removed one)"
         for i in (0, 1)]
 
 
@@ -454,3 +455,148 @@ def test_recovered_segments_are_listed_as_such(tmp_path: Path, tk: TestKeys) -> 
     assert report.ok, report.problems
     assert report.recovered == [str(recovered.path)]
     assert report.to_json_dict()["recovered"] == [str(recovered.path)]
+
+
+# ----- numbers set aside at start-up (quarantined): one rule for every hole -------------------------------
+def _foreign_partial(data_dir: Path, tk: TestKeys, sequence: int, start_s: int, prev: bytes) -> Path:
+    """A ``.partial`` left by a power cut that this device cannot recover (another device key signed its
+    header): start-up reconciliation sets it aside."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    meta = make_meta(sequence=sequence, start_ns=START_NS + start_s * SECOND_NS, prev_digest=prev)
+    writer = segfile.SegmentWriter(layout.segment_path(data_dir, meta.camera, meta.start_ns), meta,
+                                   [tk.recipient_public], Ed25519PrivateKey.generate(), chunk_bytes=512)
+    writer.write(os.urandom(1500))
+    writer.note(meta.start_ns + SECOND_NS, 5)
+    writer.poll()
+    snapshot = writer.partial_path.read_bytes()
+    writer.abort()
+    writer.partial_path.write_bytes(snapshot)
+    return writer.partial_path
+
+
+def _reconcile(data_dir: Path, tk: TestKeys) -> None:
+    """Start-up reconciliation as the daemon runs it (real catalog, real audit log)."""
+    from edgerec.audit import AuditLog
+    from edgerec.catalog import Catalog
+    from edgerec.reconcile import reconcile
+
+    cat = Catalog.open(data_dir)
+    try:
+        reconcile(data_dir, cat, tk.device, tk.device.public_key(), audit=AuditLog(data_dir / "audit.log"))
+    finally:
+        cat.close()
+
+
+def _audit_quarantined(data_dir: Path, quarantined: list[tuple[Path, int | None]], *,
+                       sequences: bool = True) -> None:
+    """A segments_quarantined line as reconciliation writes it (``sequences=False``: as older logs do)."""
+    from edgerec.audit import AuditLog
+
+    rels = [str(p.relative_to(data_dir)) for p, _ in quarantined]
+    fields: dict[str, object] = {"count": len(rels),
+                                 "paths": [f"path={r} to=quarantine/{r} why=damaged" for r in rels]}
+    if sequences:
+        fields["sequences"] = [n for _, n in quarantined]
+    AuditLog(data_dir / "audit.log").append("segments_quarantined", **fields)
+
+
+def test_a_number_set_aside_at_start_up_is_explained_and_must_not_come_back(tmp_path: Path,
+                                                                           tk: TestKeys) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10])
+    _foreign_partial(tmp_path, tk, 2, 20, segs[1].digest)
+    _reconcile(tmp_path, tk)
+    # The chain goes on past the number set aside, linked to the last good segment.
+    [after] = _record_chain(tmp_path, tk, [30], first_seq=3, prev=segs[1].digest)
+    report = inventory.verify_tree(tmp_path)
+    assert report.ok, report.problems
+    assert f"{after.path} (sequence 3): follows sequence 1 directly; sequence(s) 2 in between were never " \
+           "sealed: set aside at start-up (the audit log records it)" in report.notes
+    # As the chain went on before: the set-aside number used again. Two files claim it.
+    after.path.unlink()
+    [again] = _record_chain(tmp_path, tk, [30], first_seq=2, prev=segs[1].digest)
+    report = inventory.verify_tree(tmp_path)
+    rel = str(layout.partial_path(layout.segment_path(tmp_path, "front-door", START_NS + 20 * SECOND_NS))
+              .relative_to(tmp_path))
+    assert report.problems == [
+        f"{again.path} (sequence 2): the audit log records {rel} removed with this sequence number: two "
+        "files claim it (the camera's chain was started again, or did not go on past the removed one)"]
+
+
+def test_a_skip_the_audit_log_does_not_explain_is_a_problem(tmp_path: Path, tk: TestKeys) -> None:
+    segs = _record_chain(tmp_path, tk, [0, 10])
+    [after] = _record_chain(tmp_path, tk, [30], first_seq=3, prev=segs[1].digest)
+    _audit_quarantined(tmp_path, [(segs[0].path.with_name("elsewhere.seg"), 7)])  # a log, naming other things
+    report = inventory.verify_tree(tmp_path)
+    assert report.problems == [f"{after.path} (sequence 3): segment(s) 2 missing from the chain and the "
+                               "audit log does not record their removal"]
+
+
+def test_a_quarantine_named_by_path_only_explains_a_skip_by_count(tmp_path: Path, tk: TestKeys) -> None:
+    """Logs written before the numbers were recorded: the set-aside file lies between the neighbours."""
+    segs = _record_chain(tmp_path, tk, [0, 10])
+    partial = _foreign_partial(tmp_path, tk, 2, 20, segs[1].digest)
+    partial.unlink()
+    _audit_quarantined(tmp_path, [(partial, None)], sequences=False)
+    _record_chain(tmp_path, tk, [30], first_seq=3, prev=segs[1].digest)
+    report = inventory.verify_tree(tmp_path)
+    assert report.ok, report.problems
+    assert any("sequence(s) 2 in between were never sealed: set aside at start-up" in n for n in report.notes)
+
+
+def test_a_partial_still_here_accounts_for_a_skip_until_the_next_start(tmp_path: Path, tk: TestKeys) -> None:
+    """A recorder that could not recover its unsealed segment went on past its number; the .partial waits
+    for the next start-up, which sets it aside and records it."""
+    segs = _record_chain(tmp_path, tk, [0, 10])
+    partial = layout.partial_path(layout.segment_path(tmp_path, "front-door", START_NS + 20 * SECOND_NS))
+    partial.write_bytes(b"EDGERSEG\x00\x01")  # its header never reached the card whole
+    [after] = _record_chain(tmp_path, tk, [30], first_seq=3, prev=segs[1].digest)
+    _audit_deleted(tmp_path, [])  # a log exists
+    report = inventory.verify_tree(tmp_path)
+    assert report.ok, report.problems
+    assert f"{after.path} (sequence 3): sequence(s) 2 before it not here, but a .partial is (the next " \
+           "start recovers it or sets it aside)" in report.notes
+    partial.unlink()  # removed by hand instead
+    assert not inventory.verify_tree(tmp_path).ok
+
+
+def test_a_camera_whose_first_segment_was_set_aside_starts_at_one(tmp_path: Path, tk: TestKeys) -> None:
+    _foreign_partial(tmp_path, tk, 0, 0, ZERO)
+    _reconcile(tmp_path, tk)
+    [first] = _record_chain(tmp_path, tk, [10], first_seq=1)
+    report = inventory.verify_tree(tmp_path)
+    assert report.ok, report.problems
+    assert f"{first.path} (sequence 1): the camera's first segment; sequence(s) 0 before it were never " \
+           "sealed: set aside at start-up (the audit log records it)" in report.notes
+    (tmp_path / "audit.log").unlink()
+    assert inventory.verify_tree(tmp_path).problems == [
+        f"{first.path} (sequence 1): segment(s) 0 missing from the chain and there is no audit log"]
+
+
+def test_a_link_past_set_aside_numbers_goes_to_the_deleted_segment_the_log_records(tmp_path: Path,
+                                                                                   tk: TestKeys) -> None:
+    old = _all_deleted(tmp_path, tk)  # 0..2 deleted, the digest of 2 recorded
+    set_aside = layout.segment_path(tmp_path, "front-door", START_NS + 30 * SECOND_NS)
+    _audit_quarantined(tmp_path, [(set_aside, 3)])
+    [after] = _record_chain(tmp_path, tk, [100], first_seq=4, prev=old[2].digest)
+    report = inventory.verify_tree(tmp_path)
+    assert report.ok, report.problems
+    assert f"{after.path} (sequence 4): links to sequence 2, deleted: the audit log records its removal " \
+           "and its digest (sequence(s) 3 after it were set aside at start-up)" in report.notes
+    after.path.unlink()
+    [forged] = _record_chain(tmp_path, tk, [100], first_seq=4, prev=b"\x11" * 32)
+    assert inventory.verify_tree(tmp_path).problems == [
+        f"{forged.path} (sequence 4): hash chain broken: prev_digest is not the digest the audit log records "
+        "for sequence 2 (removed)"]
+
+
+def test_a_wide_hole_is_reported_without_walking_it(tmp_path: Path, tk: TestKeys) -> None:
+    """A header's number can be anything (a damaged header set aside, its number recorded): the check
+    costs what the record holds, not what the hole spans."""
+    [first] = _record_chain(tmp_path, tk, [0])
+    wide = 10**15
+    _audit_quarantined(tmp_path, [(first.path.with_name("x.seg"), wide - 1)])
+    [far] = _record_chain(tmp_path, tk, [10], first_seq=wide, prev=first.digest)
+    report = inventory.verify_tree(tmp_path)
+    assert report.problems == [f"{far.path} (sequence {wide}): segment(s) 1..{wide - 2} missing from the "
+                               "chain and the audit log does not record their removal"]

@@ -452,9 +452,11 @@ class Daemon:
         """Where a camera that had no recorder in this process goes on: after the newest segment it ever
         sealed. That one is queued, catalogued, or removed since (retention, start-up repair), and then
         the audit log names it (``chainstart``): start-up reconciliation recovered what a crash left
-        unsealed, and a segment whose deletion was decided is named in the log before its row goes. A
-        camera that had a recorder goes on from what that one handed over instead: it may have left a
-        segment unsealed, which none of these holds."""
+        unsealed, and a segment whose deletion was decided is named in the log before its row goes. What
+        reconciliation set aside instead (in ``quarantine/``) keeps its number: the chain goes on past the
+        highest number the log records set aside too, still linked to that newest segment. A camera that
+        had a recorder goes on from what that one handed over instead: it may have left a segment
+        unsealed, which none of these holds."""
         self._read_removed_heads()
         queued = self.uncatalogued.last_for(camera)
         last = self.catalog.last_segment(camera)
@@ -462,9 +464,8 @@ class Daemon:
             None if queued is None else ChainHead(camera, queued.meta.sequence, queued.digest.hex()),
             None if last is None else ChainHead(camera, last.sequence, last.digest),
             self.removed_heads.get(camera))
-        if head is None:
-            return ChainState(next_sequence=0, prev_digest=bytes(32))
-        return ChainState(next_sequence=head.sequence + 1, prev_digest=bytes.fromhex(head.digest))
+        sequence, prev_digest = chainstart.next_link(head, self.removed_heads.quarantined_up_to(camera))
+        return ChainState(next_sequence=sequence, prev_digest=prev_digest)
 
     def _make_recorder(self, camera: CameraConfig, handover: Handover | None = None) -> Recorder:
         cfg = self.config
