@@ -246,17 +246,27 @@ def test_plaintext_scan_of_a_segment_skips_its_plaintext_fields_but_not_its_chun
     assert list(scan_tree_for_plaintext(tmp_path)) == [str(seg.path)]
 
 
-def fill_disk_mid_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Rig, FullDisk, Path, int]:
-    """A recorder whose open segment has footage on disk when the disk fills up; returns once the segment
-    could not be sealed and recording waits: (rig, disk, the unsealed .partial, frames on disk before)."""
+def start_yard_with_a_full_disk_switch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, flush_seconds: float, fsync_seconds: float,
+) -> tuple[Rig, FullDisk, Path]:
+    """A looping 2 s clip recorded into one long segment, with an ENOSPC switch for the segment files;
+    returns once the segment's ``.partial`` exists: (rig, disk switch, the .partial)."""
     clip = tmp_path / "clip.mp4"
     make_h264_clip(clip, 2, fps=25, gop=25)
     disk = FullDisk(monkeypatch)
     camera = CameraConfig("yard", str(clip), realtime=True, loop=True)
     rig = make_rig(tmp_path, camera, segment_seconds=60,
-                   durability=DurabilityConfig(flush_seconds=0.2, fsync_seconds=0.5))
+                   durability=DurabilityConfig(flush_seconds=flush_seconds, fsync_seconds=fsync_seconds))
     rig.recorder.start()
     partial = wait_for(lambda: next(rig.data_dir.rglob("*.partial"), None), 10, "an open segment")
+    return rig, disk, partial
+
+
+def fill_disk_mid_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Rig, FullDisk, Path, int]:
+    """A recorder whose open segment has footage on disk when the disk fills up; returns once the segment
+    could not be sealed and recording waits: (rig, disk, the unsealed .partial, frames on disk before)."""
+    rig, disk, partial = start_yard_with_a_full_disk_switch(tmp_path, monkeypatch, flush_seconds=0.2,
+                                                             fsync_seconds=0.5)
     on_disk = wait_for(lambda: len(decrypted_packets(partial, rig.private_key, recover=True)) >= 10, 10,
                        "footage in the open segment")
     disk.full.set()
@@ -384,15 +394,9 @@ def test_a_recorder_stopped_with_a_segment_unsealed_hands_it_over_and_the_next_r
 
 def test_a_segment_whose_seal_at_stop_finds_the_disk_full_is_handed_over_and_recovered_first(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    clip = tmp_path / "clip.mp4"
-    make_h264_clip(clip, 2, fps=25, gop=25)
-    disk = FullDisk(monkeypatch)
-    camera = CameraConfig("yard", str(clip), realtime=True, loop=True)
     # Nothing is flushed before the seal: it is the seal's own writes (last chunk, trailer) that fail.
-    old = make_rig(tmp_path, camera, segment_seconds=60,
-                   durability=DurabilityConfig(flush_seconds=60, fsync_seconds=60))
-    old.recorder.start()
-    partial = wait_for(lambda: next(old.data_dir.rglob("*.partial"), None), 10, "an open segment")
+    old, disk, partial = start_yard_with_a_full_disk_switch(tmp_path, monkeypatch, flush_seconds=60,
+                                                             fsync_seconds=60)
     wait_for(lambda: old.recorder.stats().fps >= 20, 10, "a second of packets")
     disk.full.set()
     old.recorder.stop(5)
