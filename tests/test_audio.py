@@ -24,13 +24,14 @@ from edgerec.payloadstreams import AudioSpec, PayloadStreams, parse_declaration
 from edgerec.recorder import CameraAudio
 from tests.helpers.daemon import wait_for
 from tests.helpers.media import make_h264_clip, needs_rtsp, start_rtsp_server, stop_process
-from tests.helpers.recorder import Rig, decrypted_packets, make_rig
-from tests.test_daemon_rooms import stats as make_stats
+from tests.helpers.recorder import Rig, decrypted_packets, make_rig, recorder_stats
 
 FPS = 25
 GOP = 25
 CLIP_S = 5
-SEGMENT_SECONDS = 1.0
+# Shorter than a GOP by a tenth: every keyframe cuts, whatever jitter the live server's timestamps have
+# (at exactly one GOP a keyframe stamped a tick early would not cut, and a segment would hold two GOPs).
+SEGMENT_SECONDS = 0.9
 ACCESS = ExportAccess("tester", "audio policy check")
 
 
@@ -85,7 +86,7 @@ def test_declaration_round_trip_and_old_segments() -> None:
 
 
 def test_status_shows_the_audio_policy_and_it_is_news() -> None:
-    base = make_stats("gate")
+    base = recorder_stats("gate")
     facts = CatalogFacts(summaries={}, gaps={}, held_bytes=0, open_incident_ids=frozenset())
     dropped = camera_status(CameraStatus(replace(base, audio=CameraAudio("aac", False)), 0), facts)
     assert dropped["audio"] == {"codec": "aac", "policy": "dropped", "dropped_packets": 0}

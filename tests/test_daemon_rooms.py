@@ -27,8 +27,9 @@ from edgerec.daemon.status import (
     status_news,
 )
 from edgerec.daemon.worker import Worker
-from edgerec.recorder import CameraError, RecorderStats
+from edgerec.recorder import CameraError
 from tests.helpers.daemon import wait_for
+from tests.helpers.recorder import recorder_stats as stats
 
 GATE = CameraConfig("gate", "rtsp://127.0.0.1:8554/gate")
 YARD = CameraConfig("yard", "rtsp://127.0.0.1:8554/yard")
@@ -110,12 +111,6 @@ def test_the_disk_full_gate_reports_each_change_once() -> None:
 
 
 # ----- status ----------------------------------------------------------------------------------------------
-def stats(camera: str, state: str = "recording") -> RecorderStats:
-    return RecorderStats(camera=camera, state=state, connected=state == "recording", fps=10.004,
-                         bitrate_bps=1234.5, last_packet_monotonic=1.0, last_packet_age_s=0.123,
-                         segments=3, bytes=300, error=None, reconnects=0)
-
-
 def inputs(**changes: object) -> StatusInputs:
     base = StatusInputs(
         version="1", device_id="dev", pid=42, started_wall_ns=0, uptime_s=12.34, now_ns=86_400 * 10**9,

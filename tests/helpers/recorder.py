@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgerec import segfile
 from edgerec.config import CameraConfig, DurabilityConfig
-from edgerec.recorder import ChainState, Recorder
+from edgerec.recorder import ChainState, Recorder, RecorderStats
 
 
 @dataclass
@@ -99,3 +99,10 @@ class FullDisk:
 
         monkeypatch.setattr(segfile, "os", _Os())
         monkeypatch.setattr(segfile, "recover_partial", recover_partial)
+
+
+def recorder_stats(camera: str, state: str = "recording") -> RecorderStats:
+    """A recorder's stats as the status is built from them (fixed figures; connected while recording)."""
+    return RecorderStats(camera=camera, state=state, connected=state == "recording", fps=10.004,
+                         bitrate_bps=1234.5, last_packet_monotonic=1.0, last_packet_age_s=0.123,
+                         segments=3, bytes=300, error=None, reconnects=0)
