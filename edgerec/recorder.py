@@ -225,21 +225,23 @@ class _Outcome:
 
 
 class _RateWindow:
-    """Packets and bytes per second over the last whole seconds (1-second buckets; O(1) per packet)."""
+    """Packets and bytes per second over the last whole seconds (1-second buckets; O(1) per packet).
+
+    The packet loop counts into ``bucket`` (the current second's ``[packets, bytes]``) without a lock and
+    calls ``start`` under the lock when a new second begins; ``rates`` reads only whole past seconds."""
 
     def __init__(self, seconds: int = RATE_WINDOW_S):
         self.seconds = seconds
         self._buckets: dict[int, list[int]] = {}
+        self.second = -1  # the current bucket's second
+        self.bucket = [0, 0]
 
-    def add(self, now_s: float, size: int) -> None:
-        second = int(now_s)
-        bucket = self._buckets.get(second)
-        if bucket is None:
-            for old in [s for s in self._buckets if s <= second - self.seconds - 1]:
-                del self._buckets[old]
-            bucket = self._buckets[second] = [0, 0]
-        bucket[0] += 1
-        bucket[1] += size
+    def start(self, second: int) -> None:
+        """Begin the bucket of ``second`` (call with the lock that ``rates`` is read under)."""
+        for old in [s for s in self._buckets if s <= second - self.seconds - 1]:
+            del self._buckets[old]
+        self.bucket = self._buckets.setdefault(second, [0, 0])
+        self.second = second
 
     def rates(self, now_s: float) -> tuple[float, float]:
         """(packets/s, bits/s) over the last ``seconds`` complete seconds."""
@@ -509,10 +511,11 @@ class Recorder:
 
     def _pump(self, source: Source, segmenter: Segmenter) -> tuple[str | None, int]:
         """The packet loop: (error message, or None at the end of input or on stop; packets read)."""
-        # Runs once per packet: what it calls is looked up once, here.
+        # Runs once per packet: what it calls is looked up once, here, and it takes no lock but once a
+        # second (``_last_packet_mono`` is one attribute store, the rate bucket is the loop's own).
         wall_ns, monotonic = self._clock.wall_ns, time.monotonic
-        stopping, is_audio = self._stop.is_set, source.is_audio
-        lock, add_to_rate = self._lock, self._rate.add
+        stopping, audio_index = self._stop.is_set, source.audio_index
+        lock, rate, push = self._lock, self._rate, segmenter.push
         health = self._health
         codec_context = source.stream.codec_context
         count = 0
@@ -520,15 +523,18 @@ class Recorder:
             for packet in source.packets():
                 if stopping():
                     return None, count
-                if is_audio(packet):
+                if packet.stream_index == audio_index:
                     segmenter.push_audio(packet)
                     continue
                 count += 1
                 arrival_ns = wall_ns()
-                now = monotonic()
-                with lock:
-                    self._last_packet_mono = now
-                    add_to_rate(now, packet.size)
+                self._last_packet_mono = now = monotonic()
+                if int(now) != rate.second:
+                    with lock:
+                        rate.start(int(now))
+                bucket = rate.bucket
+                bucket[0] += 1
+                bucket[1] += packet.size
                 self._last_packet_wall_ns = arrival_ns
                 if count == 1:
                     self._error_ended(arrival_ns)  # the camera delivers again
@@ -536,7 +542,7 @@ class Recorder:
                         self._came_up(arrival_ns)
                 if health is not None and packet.is_keyframe:
                     health.offer(packet, codec_context=codec_context)
-                segmenter.push(packet, arrival_ns)
+                push(packet, arrival_ns)
         except SourceError as exc:
             self._set(last_error=str(exc))
             return str(exc), count

@@ -22,7 +22,6 @@ import os
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
@@ -312,67 +310,6 @@ def _hash_chunk(out: memoryview, file_hasher: Any, size: int) -> int:
     return ct_end + CHECK_BYTES
 
 
-# ``update_into`` asks for one cipher block of room beyond its input (it would need it for block modes).
-_UPDATE_SLACK_BYTES = 15
-# Below this average size per buffer, gathering the buffers into one (a memcpy) costs less than a call into
-# the streaming cipher per buffer (measured: a call costs about what copying 4 KiB does).
-_STREAM_MIN_AVERAGE_BYTES = 4096
-
-
-class ChunkCipher:
-    """A suite's chunk AEAD over plaintext held as several buffers (the writer's pending packets).
-
-    The result is exactly ``seal_chunk_into`` over the buffers joined. For AES-256-GCM, buffers of a few
-    KiB and more (video frames) go through OpenSSL's streaming interface, one ``update_into`` each, so they
-    are never copied into one piece first (GCM's ciphertext and tag are defined over the concatenation);
-    many small buffers are gathered into a scratch buffer and sealed in one call, which is cheaper for
-    them. ``cryptography`` offers ChaCha20-Poly1305 only as a one-shot AEAD: its buffers are always
-    gathered.
-    """
-
-    def __init__(self, suite: int, payload_key: bytes, chunk_bytes: int):
-        self._aead = payload_aead(suite, payload_key)
-        self._aes = algorithms.AES(payload_key) if suite == SUITE_AES_256_GCM else None
-        self._chunk_bytes = chunk_bytes
-        self._scratch: memoryview | None = None  # made on first use: a stream of large frames never needs it
-
-    def seal_into(
-        self, header_hash: bytes, file_hasher: Any, index: int, last: bool, end_ns: int, frames: int,
-        pieces: Sequence[bytes | memoryview], size: int, out: memoryview,
-    ) -> int:
-        """``seal_chunk_into`` for the ``size`` bytes of ``pieces``. ``out`` must hold the record and
-        ``_UPDATE_SLACK_BYTES`` more."""
-        if len(pieces) == 1:
-            return seal_chunk_into(
-                self._aead, header_hash, file_hasher, index, last, end_ns, frames, pieces[0], out
-            )
-        if self._aes is None or size < len(pieces) * _STREAM_MIN_AVERAGE_BYTES:
-            plaintext = self._gather(pieces, size)
-            return seal_chunk_into(
-                self._aead, header_hash, file_hasher, index, last, end_ns, frames, plaintext, out
-            )
-        aad = _frame_chunk(out, header_hash, last, size, end_ns, frames)
-        encryptor = Cipher(self._aes, modes.GCM(chunk_nonce(index, last))).encryptor()
-        encryptor.authenticate_additional_data(aad)
-        offset = _CHUNK_PREFIX.size
-        for piece in pieces:
-            end = offset + len(piece)
-            encryptor.update_into(piece, out[offset : end + _UPDATE_SLACK_BYTES])
-            offset = end
-        encryptor.finalize()
-        out[offset : offset + TAG_BYTES] = encryptor.tag
-        return _hash_chunk(out, file_hasher, size)
-
-    def _gather(self, pieces: Sequence[bytes | memoryview], size: int) -> memoryview:
-        if self._scratch is None:
-            self._scratch = memoryview(bytearray(self._chunk_bytes))
-        scratch, offset = self._scratch, 0
-        for piece in pieces:
-            scratch[offset : offset + len(piece)] = piece
-            offset += len(piece)
-        return scratch[:size]
-
-
 def seal_chunk(
     aead: PayloadAead, header_hash: bytes, file_hasher: Any, index: int, last: bool, end_ns: int, frames: int,
     plaintext: bytes | bytearray | memoryview,
@@ -525,7 +462,7 @@ class SegmentWriter:
         recipients = list(recipients)
         header = encode_header(meta, recipients, device_public, file_key, stream_nonce, chunk_bytes, suite)
         self.suite = suite
-        self._cipher = ChunkCipher(suite, derive_keys(file_key, stream_nonce)[0], chunk_bytes)
+        self._aead = payload_aead(suite, derive_keys(file_key, stream_nonce)[0])
         del file_key  # only the derived payload key stays in RAM while the segment is open
         header_hasher = hashlib.sha256(header)
         self._header_hash = header_hasher.digest()
@@ -533,13 +470,16 @@ class SegmentWriter:
 
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
-        # The plaintext not sealed yet, as the callers' own bytes objects (a chunk is encrypted straight
-        # from them): ``_pending[0][_pending_head:]`` and the rest, ``_pending_bytes`` in all.
-        self._pending: deque[bytes] = deque()
-        self._pending_head = 0
+        # The plaintext not sealed yet: ``_buffer[:_pending_bytes]``. Each write is copied in at once, while
+        # the muxer's bytes are still in the CPU's cache, and a chunk is sealed from here in one call
+        # (measured: cheaper than keeping the muxer's objects and encrypting from them later).
+        self._buffer = memoryview(bytearray(chunk_bytes))
         self._pending_bytes = 0
+        # Data accepted by a ``write`` whose seal failed before all of it fit in the buffer (disk full):
+        # buffered first by the next write, poll or close.
+        self._spill = b""
         # Chunk records are built here, one at a time (largest: a full chunk plus the framing).
-        self._record = memoryview(bytearray(chunk_bytes + CHUNK_OVERHEAD_BYTES + _UPDATE_SLACK_BYTES))
+        self._record = memoryview(bytearray(chunk_bytes + CHUNK_OVERHEAD_BYTES))
         self._first_pending: float | None = None
         # (end_ns, frames) of the media so far: one tuple, replaced whole, so that a seal on the timer
         # thread never sees the end time of one call with the frame count of another.
@@ -589,12 +529,13 @@ class SegmentWriter:
     @property
     def pending_bytes(self) -> int:
         """Plaintext bytes not in the file yet (buffered, or in a sealed chunk whose write failed)."""
-        return self._pending_bytes + (self._unwritten[2] if self._unwritten is not None else 0)
+        unwritten = self._unwritten[2] if self._unwritten is not None else 0
+        return self._pending_bytes + len(self._spill) + unwritten
 
     @property
     def payload_bytes(self) -> int:
         """Plaintext bytes accepted so far, sealed or still buffered."""
-        return self._payload_bytes + self._pending_bytes
+        return self._payload_bytes + self._pending_bytes + len(self._spill)
 
     @property
     def chunks(self) -> int:
@@ -607,25 +548,28 @@ class SegmentWriter:
 
     # -- public operations
     def write(self, data: bytes) -> None:
-        """Buffer ``data``; seal and write a chunk when ``chunk_bytes`` are pending or the flush is due.
-
-        The writer keeps a reference to ``data`` until it is sealed (the muxer hands over a new ``bytes``
-        object per call); anything else is copied first, so a caller may reuse its buffer."""
+        """Buffer ``data`` (copied at once); seal and write a chunk when ``chunk_bytes`` are pending or the
+        flush is due. If a seal fails (disk full), the error propagates and every byte of ``data`` is
+        still kept: the failed record and the rest go first in the next ``write``, ``poll`` or ``close``."""
+        if type(data) is not bytes:
+            data = bytes(data)  # a view of any format, a bytearray the caller goes on changing
         size = len(data)
         if not size:
             return
-        if type(data) is not bytes:
-            data = bytes(data)
         with self._lock:
             if self._closed or self._broken is not None:
                 self._check_usable()
             now = self._monotonic()
-            if not self._pending_bytes:
-                self._first_pending = now
-            self._pending.append(data)
-            self._pending_bytes += size
-            while self._pending_bytes >= self._chunk_bytes:
-                self._seal(last=False)
+            pending = self._pending_bytes
+            end = pending + size
+            if end < self._chunk_bytes and not self._spill:  # the common case: a packet fits the chunk
+                if not pending:
+                    self._first_pending = now
+                self._buffer[pending:end] = data
+                self._pending_bytes = end
+            else:
+                self._spill = self._spill + bytes(data) if self._spill else data
+                self._buffer_spill(now)
             if self._pending_bytes and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
                 self._seal(last=False)
 
@@ -644,6 +588,7 @@ class SegmentWriter:
                 return
             now = self._monotonic()
             self._write_unwritten()
+            self._buffer_spill(now)
             if self._pending_bytes and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
                 self._seal(last=False)
             sync_to = self._offset
@@ -669,8 +614,7 @@ class SegmentWriter:
                 self._release_fd()
             self._check_usable()  # broken: still a SegmentError, so the caller recovers the .partial
             try:
-                while self._pending_bytes > self._chunk_bytes:
-                    self._seal(last=False)
+                self._buffer_spill(self._monotonic())
                 self._seal(last=True)
                 body_bytes = self._offset
                 end_ns, frames = self._progress
@@ -706,8 +650,8 @@ class SegmentWriter:
             if self._closed:
                 return
             self._release_fd()
-            self._pending.clear()
-            self._pending_head = self._pending_bytes = 0
+            self._pending_bytes = 0
+            self._spill = b""
             self._partial.unlink(missing_ok=True)
         log.info("segment aborted camera=%s sequence=%d path=%s", self.meta.camera, self.meta.sequence,
                  self._partial)
@@ -723,13 +667,14 @@ class SegmentWriter:
             raise RuntimeError(f"segment writer for {self._path} is closed")
 
     def _seal(self, last: bool) -> None:
+        """Seal the buffer as the next chunk and write it."""
         self._write_unwritten()  # records reach the file in nonce order
-        n = self._pending_bytes if last else min(self._pending_bytes, self._chunk_bytes)
+        n = self._pending_bytes
         # The running hash only advances once the record is in the file.
         hasher = self._hasher.copy()
         end_ns, frames = self._progress
-        size = self._cipher.seal_into(
-            self._header_hash, hasher, self._index, last, end_ns, frames, self._take_pending(n), n,
+        size = seal_chunk_into(
+            self._aead, self._header_hash, hasher, self._index, last, end_ns, frames, self._buffer[:n],
             self._record,
         )
         # The nonce is used and the plaintext consumed: from here on this chunk exists only as these exact
@@ -737,30 +682,29 @@ class SegmentWriter:
         # sealing other data under the same nonce would give away the keystream (and GCM's hash key).
         self._index += 1
         self._payload_bytes += n
-        self._first_pending = self._monotonic() if self._pending_bytes else None
+        self._pending_bytes = 0
+        self._first_pending = None
         self._unwritten = (self._record[:size], hasher, n)
         self._write_unwritten()
 
-    def _take_pending(self, n: int) -> list[bytes | memoryview]:
-        """Remove the first ``n`` pending bytes; views of them, in order (the objects stay alive with the
-        views until the chunk is encrypted)."""
-        pending = self._pending
-        pieces: list[bytes | memoryview] = []
-        while n:
-            first = pending[0]
-            head = self._pending_head
-            available = len(first) - head
-            if n < available:  # the chunk ends inside this piece: the rest stays pending
-                pieces.append(memoryview(first)[head : head + n])
-                self._pending_head = head + n
-                self._pending_bytes -= n
-                break
-            pieces.append(memoryview(first)[head:] if head else first)
-            pending.popleft()
-            self._pending_head = 0
-            self._pending_bytes -= available
-            n -= available
-        return pieces
+    def _buffer_spill(self, now: float) -> None:
+        """Move ``_spill`` into the buffer, sealing each chunk it fills. What a failed seal leaves stays."""
+        if not self._spill:
+            return
+        view, pos = memoryview(self._spill), 0
+        try:
+            while pos < len(view):
+                pending = self._pending_bytes
+                if not pending:
+                    self._first_pending = now
+                take = min(len(view) - pos, self._chunk_bytes - pending)
+                self._buffer[pending : pending + take] = view[pos : pos + take]
+                self._pending_bytes = pending + take
+                pos += take
+                if self._pending_bytes == self._chunk_bytes:
+                    self._seal(last=False)
+        finally:
+            self._spill = bytes(view[pos:]) if pos < len(view) else b""
 
     def _write_unwritten(self) -> None:
         if self._unwritten is not None:

@@ -257,7 +257,7 @@ class _SinkAdapter:
         if self.error is not None:
             raise OSError("segment sink failed earlier")
         try:
-            self.sink.write(bytes(data))
+            self.sink.write(data)
         except BaseException as exc:
             self.error = exc
             raise
@@ -357,20 +357,6 @@ class Segmenter:
         if self._in_tb is None:
             self._hold(packet, arrival_ns)
             return
-        self._push_video(packet, arrival_ns)
-
-    def push_audio(self, packet: Any) -> None:
-        """Mux one packet of the audio track (``audio_template``) into the open segment, on the video's
-        timeline. Audio never cuts a segment nor counts as a frame; outside a segment it is dropped."""
-        if self._in_tb is None:
-            if self._held and len(self._held_audio) < RUN_START_MAX_PACKETS:
-                self._held_audio.append(packet)
-            else:
-                self._count(audio_dropped=1)
-            return
-        self._mux_audio(packet)
-
-    def _push_video(self, packet: Any, arrival_ns: int) -> None:
         # The per-packet path: integer arithmetic on plain attributes (this runs 25-30 times a second per
         # camera, and Fraction arithmetic or a frozen dataclass per packet cost more than the muxing).
         # Work in the muxer's own time base: a repair step of one tick must survive the muxer's rescaling.
@@ -416,6 +402,17 @@ class Segmenter:
         if not duration or duration <= 0:
             duration = self._frame_ticks
         self._route(packet, pts, duration, arrival_ns)
+
+    def push_audio(self, packet: Any) -> None:
+        """Mux one packet of the audio track (``audio_template``) into the open segment, on the video's
+        timeline. Audio never cuts a segment nor counts as a frame; outside a segment it is dropped."""
+        if self._in_tb is None:
+            if self._held and len(self._held_audio) < RUN_START_MAX_PACKETS:
+                self._held_audio.append(packet)
+            else:
+                self._count(audio_dropped=1)
+            return
+        self._mux_audio(packet)
 
     def finish(self) -> SegmentSummary | None:
         """End the run (disconnect, stop): seal the open segment. The next push starts a new run."""
@@ -511,7 +508,7 @@ class Segmenter:
                          (first_arrival_ns - self._anchor_ns) // 1_000_000)
         self._start_run(first, first_arrival_ns)
         for packet, arrival_ns in held:
-            self._push_video(packet, arrival_ns)
+            self.push(packet, arrival_ns)  # the run has started: straight to the muxer
         for packet in audio:
             self._mux_audio(packet)
 
@@ -605,7 +602,8 @@ class Segmenter:
             self._count(mux_errors=1)
             log.warning("packet dropped by the muxer camera=%s error=%s", self.camera, exc)
             return
-        end_ns = self._wall_ns(pts + duration)
+        num, den = self._ns_per_tick  # ``_wall_ns(pts + duration)``, inline: once per packet
+        end_ns = self._wall0_ns + (pts + duration - self._pts0) * num // den
         if end_ns > segment.end_ns:
             segment.end_ns = end_ns
         segment.frames += 1

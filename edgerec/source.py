@@ -7,8 +7,8 @@ graphs and the built-in ``testsrc`` camera) are decoded and encoded to H.264 by 
 
 Audio (RTSP, HTTP, TCP and file sources that are passed through, files only when not looped): the
 camera's best audio stream is noted in ``SourceInfo.audio``; with ``audio: keep`` and a codec of
-``payloadstreams.KEPT_AUDIO_CODECS`` its packets are yielded too (``Source.is_audio`` tells them apart),
-otherwise they are dropped while demuxing.
+``payloadstreams.KEPT_AUDIO_CODECS`` its packets are yielded too (their ``stream_index`` is
+``Source.audio_index``), otherwise they are dropped while demuxing.
 
 A ``Source`` is read by one thread (``packets()`` then ``close()``); ``interrupt()`` may be called from
 any thread to make a blocked or pacing reader return soon.
@@ -53,6 +53,7 @@ TESTSRC_DEFAULTS = {"size": "1280x720", "rate": "25"}
 # A paced reader that falls this far behind its schedule (or whose timestamps jump this far ahead of it)
 # starts a new schedule instead of bursting (or waiting).
 PACING_MAX_LAG_S = 1.0
+PACING_SLICE_S = 0.1  # a pacing wait sleeps at most this long between looks at ``interrupt``
 CHILD_EXIT_TIMEOUT_S = 3.0
 # Raw H.264 from a child has no timestamps, so FFmpeg's default probe (5 s of frames) would only delay
 # the start; the parameter sets come first anyway.
@@ -182,7 +183,8 @@ class Source:
         audio = audio_track(camera, audio_stream)
         # The template of the segment muxer's audio stream, when the audio is kept.
         self.audio_stream = audio_stream if audio is not None else None
-        self._audio_index = audio_stream.index if self.audio_stream is not None else None
+        # The stream index of the kept audio track's packets (None: only video packets are yielded).
+        self.audio_index: int | None = audio_stream.index if self.audio_stream is not None else None
         ctx = self.stream.codec_context
         self.info = SourceInfo(
             kind=self.kind,
@@ -202,10 +204,6 @@ class Source:
     def live(self) -> bool:
         """A live source's end of input is a disconnect; a file's (without loop) is its end."""
         return is_live(self.kind)
-
-    def is_audio(self, packet: Any) -> bool:
-        """Is this packet of the kept audio track (not the video)?"""
-        return self._audio_index is not None and packet.stream_index == self._audio_index
 
     @property
     def child_exit_code(self) -> int | None:
@@ -317,24 +315,32 @@ class Source:
 
     def _paced(self, packets: Iterator[Any]) -> Iterator[Any]:
         """Release packets at the pace of their timestamps against the monotonic clock."""
-        tb = as_fraction(self._in_stream.time_base) or Fraction(1, 90_000)
-        anchor: tuple[float, int] | None = None
+        # This runs once per packet on every real-time file camera: float seconds (Fraction arithmetic
+        # would cost more than the rest of the pacing; tick counts are relative to the anchor) and
+        # ``time.sleep``, the cheapest timed wait (about half the CPU of ``Event.wait`` per wake-up),
+        # in slices so that ``interrupt`` still ends a wait within ``PACING_SLICE_S``.
+        seconds_per_tick = float(as_fraction(self._in_stream.time_base) or Fraction(1, 90_000))
+        audio_index, monotonic, stopping = self.audio_index, self._monotonic, self._stop.is_set
+        anchor_s, anchor_ts = 0.0, None
         for packet in packets:
-            if self.is_audio(packet):  # paced by the video it goes with
+            if packet.stream_index == audio_index:  # paced by the video it goes with
                 yield packet
                 continue
             ts = packet.dts if packet.dts is not None else packet.pts
             if ts is not None:
-                now = self._monotonic()
-                if anchor is None:
-                    anchor = (now, ts)
-                due = anchor[0] + float((ts - anchor[1]) * tb)
+                now = monotonic()
+                if anchor_ts is None:
+                    anchor_s, anchor_ts = now, ts
+                due = anchor_s + (ts - anchor_ts) * seconds_per_tick
                 if abs(due - now) > PACING_MAX_LAG_S:
                     # Far behind, or a timestamp jump either way: a camera would go on sending in real
                     # time, so start a new schedule here instead of bursting or waiting out the jump.
-                    anchor, due = (now, ts), now
-                if due > now and self._stop.wait(due - now):
-                    return
+                    anchor_s, anchor_ts, due = now, ts, now
+                while due > now:
+                    time.sleep(min(due - now, PACING_SLICE_S))
+                    if stopping():
+                        return
+                    now = monotonic()
             yield packet
 
 

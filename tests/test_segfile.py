@@ -99,42 +99,38 @@ def test_round_trip_with_default_chunk_size_and_packet_writes(tmp_path: Path, tk
     assert _plain(sealed.path, tk.recipient) == data
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     suite=st.sampled_from(sorted(segfile.SUITE_NAMES)),
-    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=8),
-    unit=st.sampled_from([1, 1000]),  # pieces of bytes (gathered) or of kilobytes (streamed through AES)
-    last=st.booleans(),
-    offset=st.integers(min_value=0, max_value=3),
+    sizes=st.lists(st.integers(min_value=0, max_value=3 * SMALL_CHUNK_BYTES), max_size=12),
 )
-def test_a_chunk_sealed_from_pieces_is_the_chunk_sealed_from_their_join(
-    suite: int, cuts: list[int], unit: int, last: bool, offset: int
+def test_any_write_sizes_give_full_chunks_and_the_same_plaintext(
+    tmp_path_factory: pytest.TempPathFactory, tk: TestKeys, suite: int, sizes: list[int]
 ) -> None:
-    """The writer encrypts a chunk straight from the packets it was given (AES-256-GCM through OpenSSL's
-    streaming interface for large ones, small ones gathered first): the record must be byte for byte the
-    spec's one-shot ``seal_chunk``."""
-    plaintext = _data(300 * unit, seed=offset)
-    cuts = [cut * unit for cut in cuts]
-    bounds = sorted({0, len(plaintext), *cuts})
-    # Pieces as the writer holds them: whole bytes objects and views into the middle of one.
-    pieces: list[bytes | memoryview] = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
-        source = b"?" * offset + plaintext[a:b]
-        pieces.append(memoryview(source)[offset:] if offset else source)
-    key, header_hash = bytes(range(32)), hashlib.sha256(b"header").digest()
-    spec_hasher, hasher = hashlib.sha256(b"before"), hashlib.sha256(b"before")
-    expected = segfile.seal_chunk(segfile.payload_aead(suite, key), header_hash, spec_hasher, 7, last,
-                                  START_NS, 3, plaintext)
-    cipher = segfile.ChunkCipher(suite, key, chunk_bytes=len(plaintext))
-    out = memoryview(bytearray(len(plaintext) + segfile.CHUNK_OVERHEAD_BYTES + 15))
-    size = cipher.seal_into(header_hash, hasher, 7, last, START_NS, 3, pieces, len(plaintext), out)
-    assert bytes(out[:size]) == expected
-    assert hasher.digest() == spec_hasher.digest()
+    """The writer copies each write into its chunk buffer: whatever the sizes of the writes (inside a
+    chunk, across one, several chunks at once), every chunk but the last is exactly ``chunk_bytes`` and
+    the segment decrypts to the writes joined."""
+    plaintext = _data(sum(sizes), seed=len(sizes))
+    path = tmp_path_factory.mktemp("w") / "s.seg"
+    writer = SegmentWriter(path, make_meta(), [tk.recipient_public], tk.device, chunk_bytes=SMALL_CHUNK_BYTES,
+                           suite=suite)
+    offset = 0
+    for size in sizes:
+        writer.write(plaintext[offset : offset + size])
+        offset += size
+    assert writer.payload_bytes == len(plaintext)
+    sealed = writer.close()
+    records = split_records(path.read_bytes())[1]
+    chunks = [r for r in records if r.kind != segfile.KIND_TRAILER]
+    body_sizes = [len(r.raw) - segfile.CHUNK_OVERHEAD_BYTES for r in chunks]
+    assert all(size == SMALL_CHUNK_BYTES for size in body_sizes[:-1])
+    assert sealed.payload_bytes == sum(body_sizes) == len(plaintext)
+    assert _plain(path, tk.recipient) == plaintext
 
 
 def test_a_reused_caller_buffer_does_not_change_what_was_written(tmp_path: Path, tk: TestKeys) -> None:
-    """The writer keeps the ``bytes`` it is given until they are sealed; a buffer the caller reuses is
-    copied first, so changing it after ``write`` returns changes nothing in the segment."""
+    """The writer copies what it is given: changing the caller's buffer after ``write`` returns changes
+    nothing in the segment."""
     writer = SegmentWriter(tmp_path / "s.seg", make_meta(), [tk.recipient_public], tk.device,
                            chunk_bytes=SMALL_CHUNK_BYTES)
     buffer = bytearray(b"a" * 40)
@@ -374,6 +370,37 @@ def test_a_failed_write_is_retried_with_the_same_record_bytes(
     records = split_records(sealed.path.read_bytes())[1]
     assert records[0].raw == attempts[0]
     assert len(records[0].raw) == 40 + segfile.CHUNK_OVERHEAD_BYTES
+    assert _plain(sealed.path, tk.recipient) == data
+    assert segfile.verify(sealed.path, private_key=tk.recipient, device_key=tk.device.public_key()) == []
+
+
+def test_a_write_whose_seal_hits_a_full_disk_keeps_every_byte(
+    tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write of several chunks whose first seal finds the disk full: the error propagates, nothing of
+    the write is dropped, and all of it reaches the file in order once there is room again."""
+    writer = SegmentWriter(tmp_path / "s.seg", make_meta(), [tk.recipient_public], tk.device,
+                           chunk_bytes=SMALL_CHUNK_BYTES)
+    partial = str(writer.partial_path)
+    real_write = os.write
+    disk_full = True
+
+    def write_unless_full(fd: int, data: bytes) -> int:
+        if disk_full and os.readlink(f"/proc/self/fd/{fd}") == partial:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(segfile.os, "write", write_unless_full)
+    data = _data(3 * SMALL_CHUNK_BYTES + 7, seed=9)
+    writer.write(data[:10])
+    with pytest.raises(OSError, match="No space"):
+        writer.write(data[10:])
+    assert writer.payload_bytes == writer.pending_bytes == len(data)
+    with pytest.raises(OSError, match="No space"):
+        writer.poll()  # still full: still nothing lost
+    assert writer.pending_bytes == len(data)
+    disk_full = False
+    sealed = writer.close()
     assert _plain(sealed.path, tk.recipient) == data
     assert segfile.verify(sealed.path, private_key=tk.recipient, device_key=tk.device.public_key()) == []
 
