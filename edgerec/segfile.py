@@ -458,7 +458,9 @@ class SegmentWriter:
 
         file_key = os.urandom(FILE_KEY_BYTES)
         stream_nonce = os.urandom(STREAM_NONCE_BYTES)
-        device_public = _raw_public(signing_key.public_key())
+        signing_public = signing_key.public_key()
+        device_public = _raw_public(signing_public)
+        self._device_key_id = device_key_id(signing_public)
         recipients = list(recipients)
         header = encode_header(meta, recipients, device_public, file_key, stream_nonce, chunk_bytes, suite)
         self.suite = suite
@@ -635,7 +637,7 @@ class SegmentWriter:
                 path=self._path, meta=self.meta, digest=self._hasher.digest(), size_bytes=self._offset,
                 chunks=self._index, payload_bytes=self._payload_bytes, frames=frames,
                 end_ns=end_ns, state="sealed",
-                device_key_id=device_key_id(self._signing_key.public_key()),
+                device_key_id=self._device_key_id,
                 recipient_key_ids=self._recipient_ids,
             )
         log.info(
