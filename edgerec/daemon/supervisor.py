@@ -37,7 +37,7 @@ from ..holdcheck import CheckedHolds, HoldChecker
 from ..incidents import IncidentService
 from ..layout import DataDir
 from ..reconcile import ReconcileReport, reconcile, restore_incidents
-from ..recorder import ChainState, ConnectionChange, Handover, Recorder
+from ..recorder import ChainState, ConnectionChange, Handover, Recorder, RecorderStats
 from ..retention import Sweeper
 from ..segfile import SealedSegment
 from ..spacereserve import RESERVE_BYTES, SpaceReserve, is_disk_full_error
@@ -590,10 +590,12 @@ class Daemon:
             slot.recorder = self._make_recorder(slot.camera, rec.handover())  # from the dead thread
             slot.recorder.start()
 
-    def health_problem(self, now: float | None = None) -> str | None:
+    def health_problem(self, now: float | None = None,
+                       stats: dict[str, RecorderStats] | None = None) -> str | None:
         """Why the watchdog is withheld (for the log), or None when every part is alive: the worker idle
         or within WORKER_STALL_S of one job, every recorder alive and receiving (or backing off on
-        purpose), the MQTT thread alive. The main thread asks, so it is alive too."""
+        purpose), the MQTT thread alive. The main thread asks, so it is alive too. ``stats``: the
+        cameras' stats if the caller has them already."""
         now = time.monotonic() if now is None else now
         if not self.worker.is_alive():
             return "worker thread is dead"
@@ -606,7 +608,7 @@ class Daemon:
                 continue
             if not rec.is_alive():
                 return f"recorder thread of camera {name} is dead"
-            st = rec.stats()
+            st = stats[name] if stats is not None and name in stats else rec.stats()
             if st.state in ("backoff", "connecting", "waiting_disk"):
                 continue
             age = st.last_packet_age_s
@@ -876,12 +878,14 @@ class Daemon:
             rollback_suspected=self.rollback_suspected,
         ))
 
-    def _write_status(self, now: float) -> None:
+    def _write_status(self, now: float, stats: dict[str, RecorderStats] | None = None) -> None:
         """Rebuild the status snapshot every STATUS_FILE_INTERVAL_S, or on the next tick when something
         changed (an event, a camera's state, a segment catalogued), and hand it to the status file and
         systemd; MQTT is told only of news (``status_news``): a sealed segment waits for the periodic
         status, or MQTT would publish one per segment."""
-        states = camera_states({n: s.recorder.stats() for n, s in self.slots.items()})
+        if stats is None:
+            stats = {n: s.recorder.stats() for n, s in self.slots.items()}
+        states = camera_states(stats)
         changed = self._status_dirty.is_set() or states != self._snapshot_cameras
         if not changed and now < self._next_status_monotonic:
             return
@@ -973,8 +977,10 @@ class Daemon:
             handed_back()
         self._finish_retirements(now)
         self._supervise_recorders(now)
-        self._write_status(now)
-        problem = self.health_problem(now)
+        # Each camera's stats once per tick, for the status and the watchdog alike (four ticks a second).
+        stats = {name: slot.recorder.stats() for name, slot in self.slots.items()}
+        self._write_status(now, stats)
+        problem = self.health_problem(now, stats)
         watchdog.tick(problem is None, reason=problem)
 
     def _shutdown(self) -> None:
