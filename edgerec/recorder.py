@@ -189,8 +189,9 @@ class CameraAudio:
 
 @dataclass(frozen=True)
 class UnsealedSegment:
-    """A segment whose sealing failed (a full disk): its ``.partial`` is recovered before the next
-    segment starts, so the hash chain goes on from it."""
+    """A segment whose sealing failed (a full disk; or an I/O error after the rename, which leaves the
+    sealed file under its final name): ``recover_partial(partial)`` closes it, or confirms the renamed
+    file, before the next segment starts, so the hash chain goes on from it."""
 
     partial: Path
     meta: SegmentMeta
@@ -716,8 +717,9 @@ class Recorder:
         return True
 
     def _lose_unsealed(self, unsealed: UnsealedSegment, why: str) -> None:
-        """The unsealed segment is damaged beyond recovery. Start-up reconciliation quarantines its file
-        (or removes it when it holds no footage) exactly as this recovery failed, so the catalogued chain
+        """The unsealed segment is damaged beyond recovery (its ``.partial``, or the file its seal renamed
+        before failing), or gone. Start-up reconciliation quarantines a damaged file (or removes a
+        ``.partial`` that holds no footage) exactly as this recovery failed, so the catalogued chain
         goes on from the last sealed segment: the next segment links to that one. Its sequence number is
         not reused, so the quarantined file and the hole in the sequence numbers point at each other, and
         the lost footage is reported as a gap."""

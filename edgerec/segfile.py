@@ -607,7 +607,9 @@ class SegmentWriter:
     def close(self) -> SealedSegment:
         """Final chunk, signed trailer, fdatasync, rename ``.partial`` to the final name, fsync the dir.
 
-        On an exception the file stays as ``.partial`` for ``recover_partial`` and the writer is done.
+        On an exception the writer is done and ``recover_partial`` of ``partial_path`` closes the segment:
+        the file stays as ``.partial``, unless only the directory fsync after the rename failed; then the
+        sealed file is under its final name already, and ``recover_partial`` checks it and syncs its entry.
         """
         with self._lock:
             if self._broken is not None:
@@ -1362,20 +1364,34 @@ def read_provisional(path: Path, private_key: X25519PrivateKey) -> tuple[SealedS
 
 
 def recover_partial(partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegment:
-    """Turn a ``.partial`` left by a crash into a closed segment with state ``recovered``.
+    """Turn a ``.partial`` left by a crash (or by a seal that failed) into a closed segment with state
+    ``recovered``.
 
     Keeps every complete chunk whose framing and keyless check are intact (the AEAD tags need a private
     key and are not checked), cuts off the rest, appends a trailer signed with ``signing_key``, fsyncs
     and renames to the final name. A partial that is in fact complete (crash between trailer and
     rename) is only renamed and keeps state ``sealed``. A partial without even a complete header raises
-    SegmentError: the caller deletes or quarantines it.
+    SegmentError: the caller deletes or quarantines it. A partial beside an existing final file is
+    refused (SegmentError): two files would claim one name.
+
+    A seal (``SegmentWriter.close``, or an earlier call of this function) that got as far as the rename
+    and then failed to fsync the directory leaves no ``.partial``, only the final file: that file is
+    checked completely (framing, chunk checks, hash, signature by ``signing_key``), its directory entry
+    made durable, and it is returned as it is (state as in its trailer); SegmentError when it fails a
+    check. With neither file there, SegmentError. OSError (the directory fsync failing again, a read
+    error) means: try again later.
     """
     partial = Path(partial)
     if not partial.name.endswith(PARTIAL_SUFFIX):
         raise SegmentError(partial, None, f"not a {PARTIAL_SUFFIX} file")
     final = partial.with_name(partial.name[: -len(PARTIAL_SUFFIX)])
     if final.exists():
+        if not partial.exists():
+            return _confirm_renamed(final, partial, signing_key)
         raise SegmentError(final, None, f"already exists; not replacing it with the recovered {partial.name}")
+    if not partial.exists():
+        raise SegmentError(partial, None, f"gone, and {final.name} is not there either: nothing to recover "
+                                          "(deleted or moved away)")
     signing_pub = signing_key.public_key()
     with _open_path(partial, "r+b") as f:
         src = _Source(f, partial)
@@ -1414,3 +1430,18 @@ def recover_partial(partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegm
     os.rename(partial, final)
     fsync_dir(final.parent, strict=True)  # strict: the recovered segment is catalogued next
     return _sealed_segment(final, header, sealed_trailer, digest, size)
+
+
+def _confirm_renamed(final: Path, partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegment:
+    """The segment a seal renamed to ``final`` before its directory fsync failed: whole and signed by this
+    device, or SegmentError. Its directory entry is made durable now (strict, as the seal's was): the
+    caller goes on with the chain from it and catalogues it."""
+    try:
+        sealed = read_info(final, signing_key.public_key())
+    except SegmentError as exc:
+        raise SegmentError(final, exc.offset, f"no {partial.name} to recover, and the file under the final "
+                                              f"name fails its check: {exc.what}") from exc
+    fsync_dir(final.parent, strict=True)
+    log.warning("segment found renamed to its final name by a seal that failed after the rename; its "
+                "directory entry is durable now path=%s state=%s", final, sealed.state)
+    return sealed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.helpers.media import (
     video_packets,
 )
 from tests.helpers.recorder import FullDisk, Rig, assert_chain, decrypted_packets, make_rig
+from tests.helpers.segments import DirSyncFailsAtSeal
 
 
 def test_file_source_with_exit_at_eof_records_encrypted_segments(tmp_path: Path) -> None:
@@ -403,3 +405,53 @@ def test_a_segment_whose_seal_at_stop_finds_the_disk_full_is_handed_over_and_rec
     assert old.sealed == [] and list(old.data_dir.rglob("*.partial")) == [partial]
     new = next_recorder_recovers_the_handed_over_segment(tmp_path, old, disk, partial)
     assert_recovered_first_in_one_chain(new, partial)
+
+
+def chain_walk(data_dir: Path, camera: str, rig: Rig) -> list[tuple[int, str]]:
+    """How each segment file of ``camera`` on disk follows the one before it (sequence, link status), as
+    ``edgerec verify`` walks the chain; every file must pass every check."""
+    links = []
+    for path in (data_dir / camera).glob("*/*.seg"):
+        check = segfile.check_segment(path, private_key=rig.private_key,
+                                      device_key=rig.recorder.signing_key.public_key())
+        assert check.ok, check.problems
+        link = segfile.ChainLink.of(check)
+        assert link is not None
+        links.append((link, path))
+    walked, previous = [], None
+    for link, _ in segfile.chain_order(links):
+        walked.append((link.sequence, segfile.link_status(previous, link)))
+        previous = link
+    return walked
+
+
+def test_a_seal_whose_directory_fsync_fails_after_the_rename_stays_in_the_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second segment's close renames it and then the directory fsync fails (EIO): the sealed file is
+    under its final name, the .partial gone. The recorder's recovery takes that file as it is, so the chain
+    goes on from its digest: no segment lost, no broken link."""
+    clip = tmp_path / "clip.mp4"
+    make_h264_clip(clip, 2, fps=25, gop=25)
+    dir_sync = DirSyncFailsAtSeal(monkeypatch, nth=2)
+    rig = make_rig(tmp_path, CameraConfig("yard", str(clip), realtime=True, loop=True))
+    rig.recorder.start()
+    try:
+        wait_for(lambda: len(rig.sealed) >= 4, 30, "four segments, one of them past the failed seal")
+    finally:
+        rig.recorder.stop(5)
+    assert dir_sync.failed is not None and dir_sync.seals >= 4
+    first = ChainState(7, bytes(range(32)))
+    assert_chain(rig.sealed, first)  # 7, 8 (its seal failed), 9, ...: one sequence each, every link in place
+    failed = rig.sealed[1]
+    assert failed.meta.sequence == 8 and failed.state == "sealed" and failed.path.parent == dir_sync.failed
+    assert failed.digest == hashlib.sha256(failed.path.read_bytes()).digest()
+    assert len(decrypted_packets(failed.path, rig.private_key)) == failed.frames > 0
+    assert not list(rig.data_dir.rglob("*.partial"))
+    # The files on disk, walked as a verifier does: the same segments, and each one links to the last.
+    walked = chain_walk(rig.data_dir, "yard", rig)
+    assert [seq for seq, _ in walked] == [s.meta.sequence for s in rig.sealed]
+    assert [status for _, status in walked] == [segfile.LINK_FIRST] + [segfile.LINK_OK] * (len(walked) - 1)
+    # The failed seal was an error while it lasted (the connection ended on it); the recovery ended it.
+    stats = rig.recorder.stats()
+    assert stats.error is None and stats.reconnects >= 1
+    assert any("cannot seal" in e.message for e in stats.past_errors)

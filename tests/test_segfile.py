@@ -28,10 +28,12 @@ from hypothesis import strategies as st
 
 from edgerec import keys, segfile
 from edgerec.errors import SegmentError
+from edgerec.fsutil import fsync_dir
 from edgerec.segfile import SegmentWriter
 from tests.helpers.daemon import wait_for
 from tests.helpers.segments import (
     START_NS,
+    DirSyncFailsAtSeal,
     Record,
     TestKeys,
     make_keys,
@@ -1040,6 +1042,94 @@ def test_recover_partial_refuses_other_device_key_and_existing_final(
     with pytest.raises(SegmentError, match="already exists"):
         segfile.recover_partial(partial, tk.device)
     assert partial.read_bytes() == sample[0]
+
+
+def _dir_sync_failing(monkeypatch: pytest.MonkeyPatch, times: int) -> list[Path]:
+    """segfile's directory fsync failing with EIO on its first ``times`` calls, then the real one; returns
+    the directories it was called for."""
+    calls: list[Path] = []
+
+    def dir_sync(path: str | Path, *, strict: bool) -> None:
+        calls.append(Path(path))
+        if len(calls) <= times:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        fsync_dir(path, strict=strict)
+
+    monkeypatch.setattr(segfile, "fsync_dir", dir_sync)
+    return calls
+
+
+def _sealed_but_dir_sync_failed(
+    tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch
+) -> tuple[SegmentWriter, bytes]:
+    """A writer whose close renamed the .partial to the final name, then found the directory fsync failing."""
+    writer, data = _open_partial(tmp_path, tk, 3)
+    dir_sync = DirSyncFailsAtSeal(monkeypatch)
+    with pytest.raises(OSError) as caught:
+        writer.close()
+    assert caught.value.errno == errno.EIO and dir_sync.failed == tmp_path
+    assert writer.closed and not writer.partial_path.exists() and writer.path.exists()
+    return writer, data
+
+
+def test_recover_partial_after_a_seal_whose_directory_fsync_failed_returns_the_sealed_file(
+    tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() raised after its rename: the caller recovers the .partial, which is gone. The file under the
+    final name is the segment, whole and signed: it is returned unchanged, once its directory entry is
+    durable (a directory fsync failing again is an OSError: the caller tries again later)."""
+    writer, data = _sealed_but_dir_sync_failed(tmp_path, tk, monkeypatch)
+    blob = writer.path.read_bytes()
+    calls = _dir_sync_failing(monkeypatch, times=1)
+    with pytest.raises(OSError, match="Input/output error"):
+        segfile.recover_partial(writer.partial_path, tk.device)
+    sealed = segfile.recover_partial(writer.partial_path, tk.device)
+    assert calls == [tmp_path, tmp_path]
+    assert sealed.path == writer.path and sealed.state == "sealed"
+    assert sealed.digest == hashlib.sha256(blob).digest()
+    assert writer.path.read_bytes() == blob and not writer.partial_path.exists()
+    assert sealed.meta == writer.meta and sealed.chunks == 4  # three chunks and the (empty) final one
+    assert sealed == segfile.read_info(writer.path, tk.device.public_key())
+    assert _plain(sealed.path, tk.recipient) == data
+
+
+def test_recover_partial_refuses_a_damaged_or_foreign_file_under_the_final_name(
+    tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer, _ = _sealed_but_dir_sync_failed(tmp_path, tk, monkeypatch)
+    with pytest.raises(SegmentError, match="signed by device key") as caught:
+        segfile.recover_partial(writer.partial_path, Ed25519PrivateKey.generate())
+    assert caught.value.path == str(writer.path)
+    blob = bytearray(writer.path.read_bytes())
+    blob[split_records(bytes(blob))[1][0].offset + 30] ^= 0x01  # a flipped bit in the first chunk
+    writer.path.write_bytes(blob)
+    with pytest.raises(SegmentError, match="fails its check") as caught:
+        segfile.recover_partial(writer.partial_path, tk.device)
+    assert caught.value.path == str(writer.path)
+    assert writer.path.read_bytes() == blob and not writer.partial_path.exists()  # left as found
+
+
+def test_a_recovery_whose_directory_fsync_failed_is_returned_by_the_next_try(
+    tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for recovery's own rename: the next try finds the recovered file and keeps its state."""
+    writer, data = _open_partial(tmp_path, tk, 2)
+    blob = writer.partial_path.read_bytes()
+    writer.abort()
+    partial = _copy(tmp_path, blob, "p.seg.partial")
+    _dir_sync_failing(monkeypatch, times=1)
+    with pytest.raises(OSError, match="Input/output error"):
+        segfile.recover_partial(partial, tk.device)
+    assert not partial.exists()
+    sealed = segfile.recover_partial(partial, tk.device)
+    assert (sealed.state, sealed.chunks, sealed.path) == ("recovered", 2, tmp_path / "p.seg")
+    assert b"".join(segfile.decrypt(sealed.path, tk.recipient, allow_recovered=True)) == data
+
+
+def test_recover_partial_with_neither_file_there_says_so(tmp_path: Path, tk: TestKeys) -> None:
+    with pytest.raises(SegmentError, match="p.seg is not there either: nothing to recover") as caught:
+        segfile.recover_partial(tmp_path / "p.seg.partial", tk.device)
+    assert caught.value.path == str(tmp_path / "p.seg.partial")
 
 
 def test_recover_partial_cuts_at_a_chunk_with_a_bad_check(tmp_path: Path, tk: TestKeys) -> None:

@@ -5,12 +5,16 @@ Other test modules may import these (``from tests.helpers.segments import make_k
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -109,3 +113,25 @@ def split_records(blob: bytes) -> tuple[bytes, list[Record]]:
         records.append(Record(pos, kind, blob[pos : pos + size]))
         pos += size
     return blob[:header_len], records
+
+
+class DirSyncFailsAtSeal:
+    """segfile's directory fsync failing once with EIO: at the ``nth`` seal, on the call
+    ``SegmentWriter.close`` makes after its rename. The sealed file is then under its final name and its
+    ``.partial`` gone, but close raises. Every other call (a writer's open, a recovery) is the real fsync.
+    ``failed``: the directory of the seal that failed, once it has."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, nth: int = 1):
+        self.nth = nth
+        self.seals = 0
+        self.failed: Path | None = None
+        self._real = segfile.fsync_dir
+        monkeypatch.setattr(segfile, "fsync_dir", self)
+
+    def __call__(self, path: str | Path, *, strict: bool) -> None:
+        if sys._getframe(1).f_code is SegmentWriter.close.__code__:  # the seal's call, not another
+            self.seals += 1
+            if self.seals == self.nth:
+                self.failed = Path(path)
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+        self._real(path, strict=strict)
