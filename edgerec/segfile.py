@@ -570,7 +570,7 @@ class SegmentWriter:
                 self._buffer[pending:end] = data
                 self._pending_bytes = end
             else:
-                self._spill = self._spill + bytes(data) if self._spill else data
+                self._spill = self._spill + data if self._spill else data
                 self._buffer_spill(now)
             if self._pending_bytes and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
                 self._seal(last=False)

@@ -602,8 +602,7 @@ class Segmenter:
             self._count(mux_errors=1)
             log.warning("packet dropped by the muxer camera=%s error=%s", self.camera, exc)
             return
-        num, den = self._ns_per_tick  # ``_wall_ns(pts + duration)``, inline: once per packet
-        end_ns = self._wall0_ns + (pts + duration - self._pts0) * num // den
+        end_ns = self._wall_ns(pts + duration)
         if end_ns > segment.end_ns:
             segment.end_ns = end_ns
         segment.frames += 1
