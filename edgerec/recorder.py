@@ -338,6 +338,7 @@ class Recorder:
         # A segment left unsealed (by this recorder, or by the camera's previous one: ``unsealed``).
         self._unsealed: UnsealedSegment | None = unsealed
         self._unsealed_retry_mono = 0.0
+        self._unsealed_error: str | None = None  # why the last recovery try failed, until it is shown
         self._audio: CameraAudio | None = None
 
     # ----- public ---------------------------------------------------------------------------------------
@@ -638,10 +639,15 @@ class Recorder:
 
     def _wait_for_disk(self, start_ns: int) -> None:
         """No segment now (the disk is full): packets are dropped until a later keyframe may start one."""
+        # The state and a failed recovery's error change together: whoever reads the stats in between
+        # must not see the error with the camera still "recording".
+        error, self._unsealed_error = self._unsealed_error, None
         if self._state == "waiting_disk":
+            if error is not None:
+                self._set(last_error=error)
             return
         log.warning("segment not started: disk full camera=%s", self.camera.name)
-        self._set(state="waiting_disk")
+        self._set(state="waiting_disk", last_error=error)
         if self._gap_from_ns is None:
             self._gap_from_ns = self._last_end_ns or start_ns
             self._gap_reason = "disk full"
@@ -706,9 +712,11 @@ class Recorder:
             return True
         except OSError as exc:
             self._unsealed_retry_mono = now + PENDING_RETRY_S
-            self._set(last_error=f"cannot recover unsealed segment {unsealed.partial}: {exc.strerror or exc}")
+            # Shown by the caller, with the state it leaves the recorder in.
+            why = exc.strerror or str(exc)
+            self._unsealed_error = f"cannot recover unsealed segment {unsealed.partial}: {why}"
             log.warning("unsealed segment not recovered yet camera=%s path=%s error=%s", self.camera.name,
-                        unsealed.partial, exc.strerror or exc)
+                        unsealed.partial, why)
             return False
         self._unsealed = None
         log.info("unsealed segment recovered camera=%s sequence=%d path=%s frames=%d state=%s",
@@ -743,6 +751,9 @@ class Recorder:
             self._recover_unsealed()
         except Exception:
             log.exception("unsealed segment recovery failed camera=%s", self.camera.name)
+        error, self._unsealed_error = self._unsealed_error, None
+        if error is not None:
+            self._set(last_error=error)
 
     def _after_seal(self, sealed: SealedSegment, end_ns: int) -> None:
         self.chain = ChainState(next_sequence=sealed.meta.sequence + 1, prev_digest=sealed.digest)
