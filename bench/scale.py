@@ -4,7 +4,8 @@ For each N (default 1, 2, 4, 8, 16) it runs one ``edgerec run`` with N file came
 4 Mbit/s clip in real time (``realtime: true, loop: true``, health analysis at its default), then N
 ``ffmpeg -re -stream_loop -1 -i CLIP -c copy -f segment`` processes, each for ``--seconds``, and samples
 ``/proc`` after a warm-up: CPU (user + system of the process, or of all N ffmpegs) as % of one core, RSS
-(median and peak; summed over the ffmpegs) and threads. edgerec and ffmpeg runs alternate, so background
+(median and peak; summed over the ffmpegs) and threads. edgerec runs with its systemd unit's
+``Environment=`` settings, as deployed. edgerec and ffmpeg runs alternate, so background
 load hits both alike. "Kept up" means edgerec's log has no ``camera stalled``, ``camera down`` or
 ``camera disconnected`` event and every camera's status shows no stall, gap or timestamp discontinuity.
 
@@ -135,12 +136,26 @@ def camera_problems(config: Path, log_text: str, env: dict[str, str], cwd: Path)
     return "; ".join(problems)
 
 
+def unit_environment(source: Path) -> dict[str, str]:
+    """The ``Environment=`` settings of ``source``'s systemd unit: edgerec is measured as it is deployed
+    (``MALLOC_ARENA_MAX`` alone moves its RSS by about 10 %)."""
+    unit = source / "systemd" / "edgerec.service"
+    env: dict[str, str] = {}
+    if not unit.exists():
+        return env
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line.removeprefix("Environment=").partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
 def run_edgerec(work: Path, clip: Path, recipient: str, n: int, seconds: float,
                 source: Path = SOURCE_ROOT, tag: str = "") -> tuple[Sample, str]:
     data_dir = work / f"data{tag}-{n}"
     shutil.rmtree(data_dir, ignore_errors=True)
     config = write_config(work / f"scale{tag}-{n}.yaml", data_dir, recipient, clip, n)
-    env = python_env(work / f"pycache{tag}", source)
+    env = python_env(work / f"pycache{tag}", source) | unit_environment(source)
     log_path = work / f"edgerec{tag}-{n}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "edgerec", "run", "-c", str(config)], stdout=log,
