@@ -191,10 +191,12 @@ class CameraAudio:
 class UnsealedSegment:
     """A segment whose sealing failed (a full disk; or an I/O error after the rename, which leaves the
     sealed file under its final name): ``recover_partial(partial)`` closes it, or confirms the renamed
-    file, before the next segment starts, so the hash chain goes on from it."""
+    file, before the next segment starts, so the hash chain goes on from it. Only the file with this
+    ``meta`` and header (``header_hash``) is taken: a segment put there in its place is not adopted."""
 
     partial: Path
     meta: SegmentMeta
+    header_hash: bytes
 
 
 @dataclass(frozen=True)
@@ -692,7 +694,7 @@ class Recorder:
                   "error=%s", self.camera.name, writer.meta.sequence, writer.partial_path, error)
         # Not recovered at once: the catalog could not take it on a full disk either. The next segment's
         # start (once the disk-full gate opens) or the stop tries it first.
-        self._unsealed = UnsealedSegment(writer.partial_path, writer.meta)
+        self._unsealed = UnsealedSegment(writer.partial_path, writer.meta, writer.header_hash)
         self._unsealed_retry_mono = 0.0
 
     def _recover_unsealed(self) -> bool:
@@ -706,7 +708,8 @@ class Recorder:
         if now < self._unsealed_retry_mono:
             return False
         try:
-            sealed = segfile.recover_partial(unsealed.partial, self.signing_key)
+            sealed = segfile.recover_partial(unsealed.partial, self.signing_key, meta=unsealed.meta,
+                                             header_hash=unsealed.header_hash)
         except SegmentError as exc:
             self._lose_unsealed(unsealed, exc.what)
             return True

@@ -23,7 +23,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, TypeAlias
 
@@ -478,8 +478,10 @@ class SegmentWriter:
         self._buffer = memoryview(bytearray(chunk_bytes))
         self._pending_bytes = 0
         # Data accepted by a ``write`` whose seal failed before all of it fit in the buffer (disk full):
-        # buffered first by the next write, poll or close.
+        # buffered first by the next write, poll or close. ``_spill_since``: when its oldest byte was
+        # accepted (what the flush deadline counts from once it is in the buffer).
         self._spill = b""
+        self._spill_since = 0.0
         # Chunk records are built here, one at a time (largest: a full chunk plus the framing).
         self._record = memoryview(bytearray(chunk_bytes + CHUNK_OVERHEAD_BYTES))
         self._first_pending: float | None = None
@@ -522,6 +524,11 @@ class SegmentWriter:
     @property
     def partial_path(self) -> Path:
         return self._partial
+
+    @property
+    def header_hash(self) -> bytes:
+        """SHA-256 of the header: with ``meta``, what ``recover_partial`` checks the file it finds against."""
+        return self._header_hash
 
     @property
     def bytes_written(self) -> int:
@@ -570,8 +577,11 @@ class SegmentWriter:
                 self._buffer[pending:end] = data
                 self._pending_bytes = end
             else:
-                self._spill = self._spill + data if self._spill else data
-                self._buffer_spill(now)
+                if self._spill:
+                    self._spill += data
+                else:
+                    self._spill, self._spill_since = data, now
+                self._buffer_spill()
             if self._pending_bytes and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
                 self._seal(last=False)
 
@@ -590,7 +600,7 @@ class SegmentWriter:
                 return
             now = self._monotonic()
             self._write_unwritten()
-            self._buffer_spill(now)
+            self._buffer_spill()
             if self._pending_bytes and now - self._first_pending >= self._flush_seconds:  # type: ignore[operator]
                 self._seal(last=False)
             sync_to = self._offset
@@ -618,7 +628,7 @@ class SegmentWriter:
                 self._release_fd()
             self._check_usable()  # broken: still a SegmentError, so the caller recovers the .partial
             try:
-                self._buffer_spill(self._monotonic())
+                self._buffer_spill()
                 self._seal(last=True)
                 body_bytes = self._offset
                 end_ns, frames = self._progress
@@ -691,7 +701,7 @@ class SegmentWriter:
         self._unwritten = (self._record[:size], hasher, n)
         self._write_unwritten()
 
-    def _buffer_spill(self, now: float) -> None:
+    def _buffer_spill(self) -> None:
         """Move ``_spill`` into the buffer, sealing each chunk it fills. What a failed seal leaves stays."""
         if not self._spill:
             return
@@ -700,7 +710,8 @@ class SegmentWriter:
             while pos < len(view):
                 pending = self._pending_bytes
                 if not pending:
-                    self._first_pending = now
+                    # As old as the spill: data a full disk held back is not new when there is room again.
+                    self._first_pending = self._spill_since
                 take = min(len(view) - pos, self._chunk_bytes - pending)
                 self._buffer[pending : pending + take] = view[pos : pos + take]
                 self._pending_bytes = pending + take
@@ -1047,14 +1058,18 @@ def read_info(path: Path, device_key: Ed25519PublicKey | None = None) -> SealedS
     path = Path(path)
     with _open_path(path) as f:
         src = _Source(f, path)
-        header = _read_header(src)
-        tally = _Tally()
-        for record in _scan(src, header, _raise):
-            if isinstance(record, _Chunk):
-                tally.add(record)
-            else:
-                _check_trailer(src, header, record, tally, _raise, device_key)
-                return _sealed_segment(path, header, record, src.hasher.digest(), src.offset)
+        return _read_closed(src, _read_header(src), device_key)
+
+
+def _read_closed(src: _Source, header: Header, device_key: Ed25519PublicKey | None) -> SealedSegment:
+    """``read_info`` from just after the header."""
+    tally = _Tally()
+    for record in _scan(src, header, _raise):
+        if isinstance(record, _Chunk):
+            tally.add(record)
+        else:
+            _check_trailer(src, header, record, tally, _raise, device_key)
+            return _sealed_segment(src.path, header, record, src.hasher.digest(), src.offset)
     raise AssertionError("unreachable: _scan ends with a trailer or raises")  # pragma: no cover
 
 
@@ -1363,7 +1378,10 @@ def read_provisional(path: Path, private_key: X25519PrivateKey) -> tuple[SealedS
     return info, payload
 
 
-def recover_partial(partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegment:
+def recover_partial(
+    partial: Path, signing_key: Ed25519PrivateKey, *, meta: SegmentMeta | None = None,
+    header_hash: bytes | None = None,
+) -> SealedSegment:
     """Turn a ``.partial`` left by a crash (or by a seal that failed) into a closed segment with state
     ``recovered``.
 
@@ -1380,6 +1398,13 @@ def recover_partial(partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegm
     made durable, and it is returned as it is (state as in its trailer); SegmentError when it fails a
     check. With neither file there, SegmentError. OSError (the directory fsync failing again, a read
     error) means: try again later.
+
+    ``meta`` and ``header_hash`` (``SegmentWriter.meta`` and ``header_hash`` of the writer that left the
+    segment): the file found, ``.partial`` or final, must be that very segment, or SegmentError before
+    anything is changed. Without them any segment of this device's key is taken (start-up reconciliation,
+    which has nothing to compare with); with them, another segment moved or copied under the name (an
+    older one of the same camera, say, also signed by this device) is never adopted in its place, where it
+    would fork the chain.
     """
     partial = Path(partial)
     if not partial.name.endswith(PARTIAL_SUFFIX):
@@ -1387,7 +1412,7 @@ def recover_partial(partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegm
     final = partial.with_name(partial.name[: -len(PARTIAL_SUFFIX)])
     if final.exists():
         if not partial.exists():
-            return _confirm_renamed(final, partial, signing_key)
+            return _confirm_renamed(final, partial, signing_key, meta, header_hash)
         raise SegmentError(final, None, f"already exists; not replacing it with the recovered {partial.name}")
     if not partial.exists():
         raise SegmentError(partial, None, f"gone, and {final.name} is not there either: nothing to recover "
@@ -1396,6 +1421,7 @@ def recover_partial(partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegm
     with _open_path(partial, "r+b") as f:
         src = _Source(f, partial)
         header = _read_header(src)
+        _check_identity(partial, header, meta, header_hash)
         if header.device_public != _raw_public(signing_pub):
             raise SegmentError(
                 partial, 36, "written with a different device key than this device's; not re-signing it"
@@ -1432,12 +1458,32 @@ def recover_partial(partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegm
     return _sealed_segment(final, header, sealed_trailer, digest, size)
 
 
-def _confirm_renamed(final: Path, partial: Path, signing_key: Ed25519PrivateKey) -> SealedSegment:
-    """The segment a seal renamed to ``final`` before its directory fsync failed: whole and signed by this
-    device, or SegmentError. Its directory entry is made durable now (strict, as the seal's was): the
-    caller goes on with the chain from it and catalogues it."""
+def _check_identity(path: Path, header: Header, meta: SegmentMeta | None, header_hash: bytes | None) -> None:
+    """SegmentError unless ``header`` is the one expected (see ``recover_partial``)."""
+    if meta is not None and header.meta != meta:
+        found = header.meta
+        differ = [f.name for f in fields(SegmentMeta) if getattr(found, f.name) != getattr(meta, f.name)]
+        raise SegmentError(path, 0, f"not the segment to recover (camera {meta.camera}, sequence "
+                                    f"{meta.sequence}): its header differs in {', '.join(differ)}")
+    if header_hash is not None and not hmac.compare_digest(header.hash, header_hash):
+        who = f" (camera {meta.camera}, sequence {meta.sequence})" if meta is not None else ""
+        raise SegmentError(path, 0, f"not the segment to recover{who}: another file's header")
+
+
+def _confirm_renamed(
+    final: Path, partial: Path, signing_key: Ed25519PrivateKey, meta: SegmentMeta | None,
+    header_hash: bytes | None,
+) -> SealedSegment:
+    """The segment a seal renamed to ``final`` before its directory fsync failed: whole, signed by this
+    device and (given ``meta``/``header_hash``) the one expected, or SegmentError; header and body are
+    judged through one descriptor, so they are of one file. Its directory entry is made durable now
+    (strict, as the seal's was): the caller goes on with the chain from it and catalogues it."""
     try:
-        sealed = read_info(final, signing_key.public_key())
+        with _open_path(final) as f:
+            src = _Source(f, final)
+            header = _read_header(src)
+            _check_identity(final, header, meta, header_hash)
+            sealed = _read_closed(src, header, signing_key.public_key())
     except SegmentError as exc:
         raise SegmentError(final, exc.offset, f"no {partial.name} to recover, and the file under the final "
                                               f"name fails its check: {exc.what}") from exc

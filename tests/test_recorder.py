@@ -455,3 +455,41 @@ def test_a_seal_whose_directory_fsync_fails_after_the_rename_stays_in_the_chain(
     stats = rig.recorder.stats()
     assert stats.error is None and stats.reconnects >= 1
     assert any("cannot seal" in e.message for e in stats.past_errors)
+
+
+def test_a_segment_put_under_a_failed_seals_name_is_not_taken_into_the_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second segment's seal renames it, then its directory fsync fails; before the recovery looks, its
+    file is replaced by a copy of the first segment, signed by this device too. The recovery must not take
+    that file for the segment it lost: sequence 7 would be catalogued twice and the next segment would
+    reuse sequence 8. It is lost instead (a gap, the number skipped) and left for start-up reconciliation."""
+    clip = tmp_path / "clip.mp4"
+    make_h264_clip(clip, 2, fps=25, gop=25)
+    rig = make_rig(tmp_path, CameraConfig("yard", str(clip), realtime=True, loop=True))
+    replaced: list[Path] = []
+
+    def copy_the_first_segment_over_it(directory: Path) -> None:
+        """Someone who can write in the data directory replaces the file the failed seal left under its
+        final name with a copy of the camera's first segment: whole and signed by this device."""
+        [target] = [p for p in directory.glob("*.seg") if p not in {s.path for s in rig.sealed}]
+        copy = target.with_name("swap.tmp")
+        copy.write_bytes(rig.sealed[0].path.read_bytes())
+        copy.replace(target)
+        replaced.append(target)
+
+    DirSyncFailsAtSeal(monkeypatch, nth=2, then=copy_the_first_segment_over_it)
+    rig.recorder.start()
+    try:
+        wait_for(lambda: len(rig.sealed) >= 3, 30, "segments past the failed seal")
+    finally:
+        rig.recorder.stop(5)
+    [swapped] = replaced
+    sequences = [s.meta.sequence for s in rig.sealed]
+    assert sequences == [7, *range(9, 9 + len(sequences) - 1)], sequences  # 8 lost, none twice
+    first, after = rig.sealed[0], rig.sealed[1]
+    assert after.meta.prev_digest == first.digest  # the chain skips the lost number, linked to the last
+    assert swapped.read_bytes() == first.path.read_bytes()  # left as found, for reconciliation
+    assert swapped not in {s.path for s in rig.sealed}
+    [(_, _, to_ns, reason)] = rig.gaps
+    assert reason.startswith("unsealed segment lost") and "not the segment to recover" in reason
+    assert to_ns == after.meta.start_ns

@@ -442,6 +442,104 @@ def test_poll_seals_pending_data_after_flush_seconds(tmp_path: Path, tk: TestKey
     assert sealed.chunks == 3
 
 
+def _disk_full_switch(monkeypatch: pytest.MonkeyPatch, writer: SegmentWriter) -> dict[str, int]:
+    """``os.write`` on ``writer``'s file fails with ENOSPC while ``["full"]`` is set; with ``["short"]``
+    set, the next write there writes only that many bytes (as a filling disk does before ENOSPC)."""
+    partial = str(writer.partial_path)
+    real_write = os.write
+    disk = {"full": 0, "short": 0}
+
+    def write(fd: int, data: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}") == partial:
+            if disk["full"]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            if disk["short"]:
+                data, disk["short"] = bytes(memoryview(data)[: disk["short"]]), 0
+        return real_write(fd, data)
+
+    monkeypatch.setattr(segfile.os, "write", write)
+    return disk
+
+
+def test_data_a_full_disk_held_back_is_sealed_by_the_first_poll_once_there_is_room(
+    tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write across a chunk boundary finds the disk full: the chunk it filled and the byte after it stay
+    in memory. A second later there is room: the next poll writes both, as the byte is flush_seconds old by
+    then (it must not count as new because it only now moved into the chunk buffer)."""
+    clock = FakeClock()
+    writer = SegmentWriter(
+        tmp_path / "s.seg", make_meta(), [tk.recipient_public], tk.device, chunk_bytes=SMALL_CHUNK_BYTES,
+        flush_seconds=1.0, monotonic=clock,
+    )  # fmt: skip
+    disk = _disk_full_switch(monkeypatch, writer)
+    disk["full"] = 1
+    data = _data(SMALL_CHUNK_BYTES + 1, seed=5)
+    with pytest.raises(OSError, match="No space"):
+        writer.write(data)
+    clock.t += 1.0
+    disk["full"] = 0
+    writer.poll()
+    assert (writer.chunks, writer.pending_bytes) == (2, 0)
+    assert writer.partial_path.stat().st_size == writer.bytes_written
+    assert _plain(writer.close().path, tk.recipient) == data
+
+
+_WRITER_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.integers(min_value=0, max_value=4 * SMALL_CHUNK_BYTES)),
+        st.tuples(st.just("poll"), st.sampled_from([0.0, 0.3, 0.5, 1.0, 2.5])),  # after this many seconds
+        st.tuples(st.just("full"), st.integers(min_value=0, max_value=1)),
+        st.tuples(st.just("short"), st.integers(min_value=1, max_value=2 * SMALL_CHUNK_BYTES)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_WRITER_STEPS)
+def test_writes_polls_and_a_disk_that_fills_and_frees_lose_nothing_and_keep_the_flush_bound(
+    tmp_path_factory: pytest.TempPathFactory, tk: TestKeys, monkeypatch: pytest.MonkeyPatch,
+    steps: list[tuple[str, int | float]],
+) -> None:
+    """Any mix of writes (inside a chunk, across one, several at once), polls, a disk that fills and frees
+    and short writes: every accepted byte reaches the segment once and in order, and after a poll that
+    succeeds nothing accepted ``flush_seconds`` ago or earlier is still only in memory."""
+    clock = FakeClock()
+    writer = SegmentWriter(
+        tmp_path_factory.mktemp("w") / "s.seg", make_meta(), [tk.recipient_public], tk.device,
+        chunk_bytes=SMALL_CHUNK_BYTES, flush_seconds=1.0, fsync_seconds=2.0, monotonic=clock,
+    )  # fmt: skip
+    with monkeypatch.context() as patch:
+        disk = _disk_full_switch(patch, writer)
+        accepted = bytearray()
+        accepted_at: list[tuple[float, int]] = []  # (time, bytes accepted by then)
+        for step, arg in steps:
+            if step == "write":
+                data = _data(int(arg), seed=len(accepted_at))
+                try:
+                    writer.write(data)
+                except OSError:
+                    pass  # the data is accepted all the same
+                accepted += data
+                accepted_at.append((clock.t, len(accepted)))
+                assert writer.payload_bytes == len(accepted)
+            elif step == "poll":
+                clock.t += arg
+                try:
+                    writer.poll()
+                except OSError:
+                    continue
+                due = max((n for t, n in accepted_at if t <= clock.t - 1.0), default=0)
+                assert writer.payload_bytes - writer.pending_bytes >= due
+            else:
+                disk[step] = int(arg)
+        disk["full"] = 0
+        sealed = writer.close()
+    assert _plain(sealed.path, tk.recipient) == bytes(accepted)
+    assert segfile.verify(sealed.path, private_key=tk.recipient, device_key=tk.device.public_key()) == []
+
+
 def test_poll_fdatasyncs_on_its_own_schedule(
     tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1107,6 +1205,68 @@ def test_recover_partial_refuses_a_damaged_or_foreign_file_under_the_final_name(
         segfile.recover_partial(writer.partial_path, tk.device)
     assert caught.value.path == str(writer.path)
     assert writer.path.read_bytes() == blob and not writer.partial_path.exists()  # left as found
+
+
+def _other_segment(tmp_path: Path, tk: TestKeys, name: str, *, meta: segfile.SegmentMeta,
+                   close: bool = True) -> bytes:
+    """The bytes of another segment of this device (closed, or a .partial with two chunks)."""
+    if close:
+        return write_segment(tmp_path / name, _data(300, seed=3), tk, meta=meta,
+                             chunk_bytes=SMALL_CHUNK_BYTES).path.read_bytes()
+    writer = SegmentWriter(tmp_path / name, meta, [tk.recipient_public], tk.device,
+                           chunk_bytes=SMALL_CHUNK_BYTES)
+    writer.write(_data(2 * SMALL_CHUNK_BYTES, seed=3))
+    blob = writer.partial_path.read_bytes()
+    writer.abort()
+    return blob
+
+
+def test_recover_partial_takes_only_the_segment_expected_under_the_final_name(
+    tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seal renamed the file and failed; then someone put another segment of this device under that
+    name: an older one of the camera, or one with the same metadata but another file. Given the writer's
+    meta and header hash, recovery refuses both and leaves the file as found; the real one is taken."""
+    writer, data = _sealed_but_dir_sync_failed(tmp_path, tk, monkeypatch)
+    expected = {"meta": writer.meta, "header_hash": writer.header_hash}
+    real = writer.path.read_bytes()
+    older = _other_segment(tmp_path / "o", tk, "o.seg", meta=make_meta(sequence=6, start_ns=START_NS - 10**9))
+    twin = _other_segment(tmp_path / "t", tk, "t.seg", meta=writer.meta)
+    for blob, why in [(older, "its header differs in sequence, start_ns"), (twin, "another file's header")]:
+        writer.path.write_bytes(blob)
+        with pytest.raises(SegmentError, match=why) as caught:
+            segfile.recover_partial(writer.partial_path, tk.device, **expected)
+        assert "not the segment to recover (camera front-door, sequence 7)" in caught.value.what
+        assert caught.value.path == str(writer.path)
+        assert writer.path.read_bytes() == blob and not writer.partial_path.exists()  # left as found
+    assert segfile.recover_partial(writer.partial_path, tk.device).meta == writer.meta  # none expected
+    writer.path.write_bytes(real)
+    sealed = segfile.recover_partial(writer.partial_path, tk.device, **expected)
+    assert (sealed.state, sealed.meta) == ("sealed", writer.meta)
+    assert sealed.digest == hashlib.sha256(real).digest()
+    assert _plain(sealed.path, tk.recipient) == data
+
+
+def test_recover_partial_takes_only_the_segment_expected_as_the_partial(tmp_path: Path, tk: TestKeys) -> None:
+    """A .partial replaced by another segment of this device (an older closed one: it would merely be
+    renamed; or another writer's partial with the same metadata) is refused before anything is changed."""
+    writer, data = _open_partial(tmp_path, tk, 2)
+    expected = {"meta": writer.meta, "header_hash": writer.header_hash}
+    real = writer.partial_path.read_bytes()
+    writer.abort()
+    older = _other_segment(tmp_path / "o", tk, "o.seg", meta=make_meta(sequence=6, prev_digest=bytes(32)))
+    twin = _other_segment(tmp_path / "t", tk, "t.seg", meta=writer.meta, close=False)
+    refused = [(older, "its header differs in sequence, prev_digest"), (twin, "another file's header")]
+    for blob, why in refused:
+        partial = _copy(tmp_path, blob, "p.seg.partial")
+        with pytest.raises(SegmentError, match=why) as caught:
+            segfile.recover_partial(partial, tk.device, **expected)
+        assert caught.value.path == str(partial)
+        assert partial.read_bytes() == blob and not writer.path.exists()  # untouched, nothing renamed
+    partial = _copy(tmp_path, real, "p.seg.partial")
+    sealed = segfile.recover_partial(partial, tk.device, **expected)
+    assert (sealed.state, sealed.chunks, sealed.meta) == ("recovered", 2, writer.meta)
+    assert b"".join(segfile.decrypt(sealed.path, tk.recipient, allow_recovered=True)) == data
 
 
 def test_a_recovery_whose_directory_fsync_failed_is_returned_by_the_next_try(

@@ -92,10 +92,10 @@ class FullDisk:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 return real_os.write(fd, data)
 
-        def recover_partial(partial: Path, signing_key: Any) -> segfile.SealedSegment:
+        def recover_partial(partial: Path, signing_key: Any, **expected: Any) -> segfile.SealedSegment:
             if disk.full.is_set():
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return real_recover(partial, signing_key)
+            return real_recover(partial, signing_key, **expected)
 
         monkeypatch.setattr(segfile, "os", _Os())
         monkeypatch.setattr(segfile, "recover_partial", recover_partial)

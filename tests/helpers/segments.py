@@ -10,7 +10,7 @@ import os
 import random
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -119,10 +119,13 @@ class DirSyncFailsAtSeal:
     """segfile's directory fsync failing once with EIO: at the ``nth`` seal, on the call
     ``SegmentWriter.close`` makes after its rename. The sealed file is then under its final name and its
     ``.partial`` gone, but close raises. Every other call (a writer's open, a recovery) is the real fsync.
-    ``failed``: the directory of the seal that failed, once it has."""
+    ``failed``: the directory of the seal that failed, once it has. ``then(directory)``, if given, runs
+    just before that failure is raised (what else happens to the directory meanwhile)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, nth: int = 1):
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, nth: int = 1,
+                 then: Callable[[Path], None] | None = None):
         self.nth = nth
+        self.then = then
         self.seals = 0
         self.failed: Path | None = None
         self._real = segfile.fsync_dir
@@ -133,5 +136,7 @@ class DirSyncFailsAtSeal:
             self.seals += 1
             if self.seals == self.nth:
                 self.failed = Path(path)
+                if self.then is not None:
+                    self.then(self.failed)
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
         self._real(path, strict=strict)
