@@ -385,8 +385,12 @@ def _check_segments(bundle: BundleFile, manifest: Manifest, catalog: dict[str, d
                 with open(staged, "wb") as f:
                     _check_digest(bundle, manifest, name, report, into=f)
                 report.checked += 1
-                previous = _check_one_segment(staged, name, manifest, catalog.get(name), private_key,
-                                              previous, absent_seqs, report, camera)
+                try:
+                    previous = _check_one_segment(staged, name, manifest, catalog.get(name), private_key,
+                                                  previous, absent_seqs, report, camera)
+                except OSError as exc:  # its copy could not be read: not verified, so a problem all the same
+                    report.problems.append(f"{name}: cannot read its staged copy: {exc.strerror or exc}")
+                    previous = None
             staged.unlink(missing_ok=True)
 
 
@@ -479,6 +483,7 @@ def export_bundle(path: Path, private_key: X25519PrivateKey, out: Path, *, acces
     """Export one camera of a bundle, by default over the whole range it holds (the incident's window
     with its pre- and post-roll), selecting segments as an export from the data directory does."""
     from .exportsource import SegmentSource, export_sources, select_in_range
+    from .inventory import last_segment_end
     from .layout import start_ns_from_name
 
     bundle, manifest = open_checked(path)
@@ -510,11 +515,10 @@ def export_bundle(path: Path, private_key: X25519PrivateKey, out: Path, *, acces
 
             spans = [(start_ns_from_name(Path(PurePosixPath(n).name)) or 0, 0) for n in names]
             if names:
-                try:
-                    last_end = segfile.read_info(stage(names[-1])).end_ns
-                except SegmentError:
-                    last_end = spans[-1][0]
-                spans[-1] = (spans[-1][0], last_end)
+                # A last segment whose end cannot be read may reach into the range: as the range's end, it
+                # is chosen if it starts before that, and the export names it (as a data directory's does).
+                last_end = last_segment_end(stage(names[-1]))
+                spans[-1] = (spans[-1][0], hi if last_end is None else last_end)
             chosen = [names[i] for i in select_in_range(spans, lo, hi)]
             if not chosen:
                 raise EdgerecError(f"no footage of camera {camera!r} between {rfc3339(lo)} and {rfc3339(hi)} "

@@ -522,13 +522,16 @@ def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
     """Check, decrypt and remux one segment; its manifest line, what the chain walk knows of it and
     the wall clock span of the frames it shows. ``expected_digest``: what the catalog, a bundle or a
     store says it is (another one is a substitute)."""
-    check: segfile.SegmentCheck | None = None
     try:
         check, payload = _read_segment(path, private_key)
     except SegmentError as exc:
-        return (*_failed(path, check or segfile.check_segment(path), exc.what, previous), None)
-    except OSError as exc:
-        unread = _report_for(path, None, included=False, verification=f"cannot read: {exc.strerror}")
+        try:
+            damaged = segfile.check_segment(path)  # what the chain walk can still learn from it
+        except OSError:
+            return _report_for(path, None, included=False, verification=exc.what), None, None
+        return (*_failed(path, damaged, exc.what, previous), None)
+    except OSError as exc:  # an error of the system, not of the file: left out, and named as unread
+        unread = _report_for(path, None, included=False, verification=f"cannot read: {exc.strerror or exc}")
         return unread, None, None
     if payload is None:
         return (*_failed(path, check, check.problems[0].what, previous), None)

@@ -51,22 +51,28 @@ def segments_in_range(data_dir: Path, camera: str, from_ns: int, to_ns: int) -> 
     """Segment files of ``camera`` whose time span overlaps [from_ns, to_ns).
 
     A segment's end is taken as the next segment's start (cheap: no file is opened); the last one is
-    opened to read its end.
+    opened to read its end. A last one whose end cannot be read (damaged, or an I/O error) may reach into
+    the range: it is chosen when it starts before the range ends, so that the export reports it (left out,
+    and why) instead of leaving it out unsaid.
     """
     named = [(start_ns_from_name(p), p) for p in segment_files(data_dir, camera)]
     files = [(s, p) for s, p in named if s is not None]
     chosen = []
     for i, (start, path) in enumerate(files):
-        if i + 1 < len(files):
-            end = files[i + 1][0]
-        else:
-            try:
-                end = segfile.read_info(path).end_ns
-            except SegmentError:
-                end = start
-        if start < to_ns and end > from_ns:
+        end = files[i + 1][0] if i + 1 < len(files) else last_segment_end(path)
+        if start < to_ns and (end is None or end > from_ns):
             chosen.append(path)
     return chosen
+
+
+def last_segment_end(path: Path) -> int | None:
+    """The media end of a camera's last segment, or None when it cannot be read (a damaged file, or an
+    error of the system: either way, what it holds is not known)."""
+    try:
+        return segfile.read_info(path).end_ns
+    except (SegmentError, OSError) as exc:
+        log.warning("end of the last segment not readable; taken as unknown path=%s error=%s", path, exc)
+        return None
 
 
 def recorded_gaps(data_dir: Path, camera: str, from_ns: int, to_ns: int) -> list[KnownGap]:
@@ -126,6 +132,10 @@ def listing(data_dir: Path, camera: str | None = None) -> dict[str, Any]:
                     info = segfile.read_info(path)
                 except SegmentError as exc:
                     segs.append({"path": str(path.relative_to(data_dir)), "error": exc.what})
+                    continue
+                except OSError as exc:  # listed as unreadable, never left out
+                    segs.append({"path": str(path.relative_to(data_dir)),
+                                 "error": f"cannot read: {exc.strerror or exc}"})
                     continue
                 segs.append({"start": rfc3339(info.meta.start_ns), "end": rfc3339(info.end_ns),
                              "path": str(path.relative_to(data_dir)), "bytes": info.size_bytes,
@@ -225,7 +235,11 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
             rel = str(path.relative_to(data_dir))
             on_disk.add(rel)
             report.checked += 1
-            check = segfile.check_segment(path, private_key=private_key, device_key=device_key)
+            try:
+                check = segfile.check_segment(path, private_key=private_key, device_key=device_key)
+            except OSError as exc:  # not known to be damaged, but not verified either: a problem all the same
+                report.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+                continue
             report.problems.extend(str(e) for e in check.problems)
             if check.state == "recovered" and check.ok:
                 report.recovered.append(str(path))

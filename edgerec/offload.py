@@ -301,8 +301,12 @@ class Offloader:
         path = self.data_dir / seg.rel_path
         try:
             prefix = segfile.readable_prefix(path)
-        except (OSError, SegmentError):
+        except SegmentError:
             return  # sealed and renamed meanwhile, or not even a header yet
+        except OSError as exc:  # an error of the system: the file is fine, the next pass tries again
+            log.warning("open segment not readable; offloaded at the next pass path=%s error=%s",
+                        seg.rel_path, exc.strerror or exc)
+            return
         if prefix.chunks == 0:
             return
         key = store.join(self.prefix, self.device_id, seg.rel_path)

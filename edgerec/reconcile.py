@@ -13,6 +13,11 @@ Run once at start, before any recorder writes (a ``.partial`` seen here is never
    files that fail are quarantined);
 4. drop rows whose file has vanished.
 
+Only a SegmentError (the file is damaged, not a segment, or not a file at all) sets a file aside. An
+OSError while recovering or adopting it (EIO, EMFILE, EACCES, ...: an error of the system or of the
+moment, ``segfile._open_path``) says nothing about the file: it stays where it is, the error is reported
+(``errors``, logged), and the next reconciliation tries it again.
+
 Each step is logged, reported and (when an audit log is given) audited. The disk is walked one
 directory at a time and the catalog is read in pages, so memory stays flat however much footage there is.
 
@@ -114,6 +119,13 @@ def _rel(data_dir: Path, path: Path) -> str:
     return path.relative_to(data_dir).as_posix()
 
 
+def _error(report: ReconcileReport, what: str) -> None:
+    """A step that could not be done now: in the report, and each one in the log (the summary line only
+    counts them)."""
+    report.errors.append(what)
+    log.error("reconcile error %s", what)
+
+
 def _finish_deletions(data_dir: Path, catalog: Catalog, report: ReconcileReport) -> None:
     pending = catalog.marked_deleting()
     done: list[SegmentRow] = []
@@ -124,7 +136,7 @@ def _finish_deletions(data_dir: Path, catalog: Catalog, report: ReconcileReport)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            report.errors.append(f"path={row.path} cannot delete: {exc.strerror}")
+            _error(report, f"path={row.path} cannot delete: {exc.strerror or exc}")
             continue
         done.append(row)
         report.finished_deletions.append(row.path)
@@ -158,7 +170,12 @@ def _recover(data_dir: Path, partial: Path, catalog: Catalog, signing_key: Ed255
     except SegmentError as exc:
         try:
             size = partial.stat().st_size
-        except OSError:
+        except FileNotFoundError:
+            log.warning("reconcile found a partial gone before its recovery path=%s why=%s", rel, exc.what)
+            return
+        except OSError as stat_exc:  # kept: only a file known to be damaged is set aside
+            _error(report, f"path={rel} cannot recover ({exc.what}), nor look at it: "
+                           f"{stat_exc.strerror or stat_exc}; kept in place")
             return
         if size < segfile.HEADER_MIN_BYTES:
             # Not even a whole header: the crash came before any footage was written.
@@ -168,13 +185,13 @@ def _recover(data_dir: Path, partial: Path, catalog: Catalog, signing_key: Ed255
             return
         _quarantine(data_dir, partial, f"cannot recover: {exc.what}", report)
         return
-    except OSError as exc:
-        report.errors.append(f"path={rel} cannot recover: {exc.strerror}")
+    except OSError as exc:  # not the file's fault: kept in place, tried again at the next start
+        _error(report, f"path={rel} cannot recover: {exc.strerror or exc}; kept in place")
         return
     try:
         row = catalog.add_segment(sealed)
     except CatalogError as exc:
-        report.errors.append(f"path={rel} {exc}")
+        _error(report, f"path={rel} {exc}")
         return
     report.recovered.append(row.path)
     log.warning("reconcile recovered segment path=%s state=%s frames=%d bytes=%d", row.path, sealed.state,
@@ -189,13 +206,13 @@ def _adopt(data_dir: Path, path: Path, catalog: Catalog, device_key: Ed25519Publ
     except SegmentError as exc:
         _quarantine(data_dir, path, f"unreadable segment not in the catalog: {exc.what}", report)
         return
-    except OSError as exc:
-        report.errors.append(f"path={rel} cannot read: {exc.strerror}")
+    except OSError as exc:  # not the file's fault: kept in place, tried again at the next start
+        _error(report, f"path={rel} cannot read: {exc.strerror or exc}; kept in place")
         return
     try:
         catalog.add_segment(info)
     except CatalogError as exc:
-        report.errors.append(f"path={rel} {exc}")
+        _error(report, f"path={rel} {exc}")
         return
     report.adopted.append(rel)
     log.warning("reconcile adopted segment path=%s camera=%s sequence=%d", rel, info.meta.camera,
@@ -226,7 +243,7 @@ def _quarantine(data_dir: Path, path: Path, why: str, report: ReconcileReport) -
         for d in {path.parent, target.parent}:
             fsync_dir(d, strict=False)  # best effort: a move lost to a power cut is redone
     except OSError as exc:
-        report.errors.append(f"path={rel} cannot quarantine: {exc.strerror}")
+        _error(report, f"path={rel} cannot quarantine: {exc.strerror or exc}")
         return
     report.quarantined.append(f"path={rel} to={QUARANTINE_DIR}/{rel} why={why}")
     report.quarantined_claims.append((camera, number))

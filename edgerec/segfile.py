@@ -15,10 +15,13 @@ crash keeps all its complete chunks (``recover_partial``).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
+import io
 import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -993,11 +996,61 @@ def _check_trailer(
         bad(_TRAILER_BODY.size, "trailer signature invalid: the trailer or the header's device key changed")
 
 
-def _open_path(path: Path, mode: Literal["rb", "r+b"] = "rb") -> BinaryIO:
+# The errors of open(2) that say the path itself names no segment file, whenever it is tried: nothing is
+# there (ENOENT; a dangling symlink too), a component of the path is not a directory (ENOTDIR), the name
+# cannot be resolved at all (ELOOP: a symlink loop; ENAMETOOLONG), or it names a directory (EISDIR) or a
+# special file without a device behind it (ENXIO, ENODEV: a socket, a device node). These, and a path that
+# opens but is no regular file (a directory, a FIFO, a device), are SegmentError, which callers act on by
+# setting the file aside or giving the segment up. Every other error is one of the system or of the
+# moment, not of the file (EIO, EMFILE, ENFILE, ENOMEM, EACCES, EPERM, EROFS, ESTALE, EAGAIN, ...): it
+# propagates as OSError, and callers keep the file and try again, or report it. An errno not named here
+# is taken as one of those: when in doubt, the file is kept.
+_NOT_A_SEGMENT_PATH = frozenset({
+    errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EISDIR, errno.ENXIO, errno.ENODEV,
+})
+_OPEN_FLAGS = {"rb": os.O_RDONLY, "r+b": os.O_RDWR}
+# O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever (a FIFO named like a
+# segment in the data directory, or in a copy of one, would hang start-up or verify). It changes nothing
+# for a regular file, and is cleared again once the file is known to be one. Windows has neither.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def _open_path(path: Path, mode: Literal["rb", "r+b"] = "rb") -> io.BufferedReader | io.BufferedRandom:
+    """Open a segment file (``mode`` as ``open``): SegmentError when the path names no regular file (it is
+    not a segment, and never will be), OSError when the open failed for any other reason (see
+    ``_NOT_A_SEGMENT_PATH``)."""
     try:
-        return open(path, mode)  # noqa: SIM115 - closed by the caller's with-block
+        fd = os.open(path, _OPEN_FLAGS[mode] | _NONBLOCK | getattr(os, "O_BINARY", 0))
     except OSError as exc:
-        raise SegmentError(path, None, f"cannot open segment: {exc.strerror}") from None
+        if exc.errno in _NOT_A_SEGMENT_PATH:
+            raise SegmentError(path, None, f"cannot open segment: {exc.strerror}") from None
+        raise
+    try:
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind != stat.S_IFREG:
+            what = _FILE_KINDS.get(kind, "a special file")
+            raise SegmentError(path, None, f"cannot open segment: not a regular file ({what})")
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb") if mode == "rb" else os.fdopen(fd, "r+b")
+
+
+def _present(path: Path) -> bool:
+    """Whether something is at ``path``, by the same rule as ``_open_path``: only an error that says the
+    name leads nowhere means absent; any other error of ``stat`` propagates (``Path.exists`` answers
+    False for every error on newer Pythons, and an I/O error would then read as "the file is gone")."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG):
+            return False
+        raise
+    return True
 
 
 def _unwrap_file_key(header: Header, private_key: X25519PrivateKey, path: Path) -> bytes:
@@ -1053,7 +1106,9 @@ def read_header(path: Path) -> Header:
 def read_info(path: Path, device_key: Ed25519PublicKey | None = None) -> SealedSegment:
     """Check a closed segment without any private key: framing, chunk checks, trailer hash, signature.
 
-    With ``device_key``, the trailer must be signed by that key. Raises SegmentError on the first problem.
+    With ``device_key``, the trailer must be signed by that key. Raises SegmentError on the first problem,
+    OSError when the file cannot be opened or read for a reason of the system (see ``_open_path``): then
+    nothing is known about the file.
     """
     path = Path(path)
     with _open_path(path) as f:
@@ -1101,7 +1156,9 @@ def check_segment(
     Without ``private_key``: framing, chunk checks, trailer hash and signature, and the hash chain when
     ``prev_digest`` is given. With it: also unwrap the file key, check the header MAC and authenticate
     every chunk. A fatal problem ends the walk (it is the last one listed); the digest is that of the
-    bytes as found, so it is known for a damaged segment too as long as its trailer was reached.
+    bytes as found, so it is known for a damaged segment too as long as its trailer was reached. An
+    OSError (an open or read that failed for a reason of the system, ``_open_path``) is no problem of the
+    file and is not listed: it propagates.
     """
     path = Path(path)
     problems: list[SegmentError] = []
@@ -1369,7 +1426,7 @@ def read_provisional(path: Path, private_key: X25519PrivateKey) -> tuple[SealedS
     if real:
         raise real[0]
     header = read_header(path)
-    with open(path, "rb") as f:
+    with _open_path(path) as f:
         digest = hashlib.file_digest(f, "sha256").digest()
     info = SealedSegment(path=path, meta=header.meta, digest=digest, size_bytes=prefix.size_bytes,
                          chunks=prefix.chunks, payload_bytes=prefix.payload_bytes, frames=prefix.frames,
@@ -1396,8 +1453,9 @@ def recover_partial(
     and then failed to fsync the directory leaves no ``.partial``, only the final file: that file is
     checked completely (framing, chunk checks, hash, signature by ``signing_key``), its directory entry
     made durable, and it is returned as it is (state as in its trailer); SegmentError when it fails a
-    check. With neither file there, SegmentError. OSError (the directory fsync failing again, a read
-    error) means: try again later.
+    check. With neither file there, SegmentError. OSError (the directory fsync failing again, an open or
+    read error of the system or the moment: EIO, EMFILE, EACCES, ...; see ``_open_path``) means: the
+    file is kept as it is, try again later.
 
     ``meta`` and ``header_hash`` (``SegmentWriter.meta`` and ``header_hash`` of the writer that left the
     segment): the file found, ``.partial`` or final, must be that very segment, or SegmentError before
@@ -1410,11 +1468,11 @@ def recover_partial(
     if not partial.name.endswith(PARTIAL_SUFFIX):
         raise SegmentError(partial, None, f"not a {PARTIAL_SUFFIX} file")
     final = partial.with_name(partial.name[: -len(PARTIAL_SUFFIX)])
-    if final.exists():
-        if not partial.exists():
+    if _present(final):
+        if not _present(partial):
             return _confirm_renamed(final, partial, signing_key, meta, header_hash)
         raise SegmentError(final, None, f"already exists; not replacing it with the recovered {partial.name}")
-    if not partial.exists():
+    if not _present(partial):
         raise SegmentError(partial, None, f"gone, and {final.name} is not there either: nothing to recover "
                                           "(deleted or moved away)")
     signing_pub = signing_key.public_key()
@@ -1477,7 +1535,9 @@ def _confirm_renamed(
     """The segment a seal renamed to ``final`` before its directory fsync failed: whole, signed by this
     device and (given ``meta``/``header_hash``) the one expected, or SegmentError; header and body are
     judged through one descriptor, so they are of one file. Its directory entry is made durable now
-    (strict, as the seal's was): the caller goes on with the chain from it and catalogues it."""
+    (strict, as the seal's was): the caller goes on with the chain from it and catalogues it. An OSError
+    (opening or reading it, the directory fsync) says nothing about the file: it propagates, and the caller
+    tries again."""
     try:
         with _open_path(final) as f:
             src = _Source(f, final)

@@ -193,6 +193,11 @@ def export_from_store(st: store.Store, url: store.StoreUrl, *, device: str, came
                     problems.append(f"s3://{url.bucket}/{seg.key}: {exc.what}")
                     local.append(dest)  # export reports it too and leaves it out
                     continue
+                except OSError as exc:  # its download cannot be read: the export names it as unread
+                    problems.append(f"s3://{url.bucket}/{seg.key}: cannot read its download: "
+                                    f"{exc.strerror or exc}")
+                    local.append(dest)
+                    continue
                 if info.end_ns <= from_ns:
                     continue
             local.append(dest)

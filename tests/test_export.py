@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -16,13 +17,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edgerec import segfile
+from edgerec import keys, segfile
 from edgerec.config import CameraConfig, DurabilityConfig
 from edgerec.errors import EdgerecError, SegmentError
 from edgerec.export import OUTSIDE_NOTE, RECOVERED_NOTE, ExportAccess, export_segments, manifest_path_for
 from edgerec.recorder import ChainState, Recorder
 from edgerec.timefmt import rfc3339
 from tests.helpers.media import decoded_frame_hashes, make_h264_clip, video_packets
+from tests.helpers.openfails import run_cli_with_open_failing
 
 ACCESS = ExportAccess(by="tester", reason="export tests")
 
@@ -316,4 +318,49 @@ def test_a_range_without_a_frame_exports_nothing_and_says_so(tmp_path: Path, rec
     with pytest.raises(EdgerecError, match="none of the 3 segments has a frame in the requested range"):
         export_segments([s.path for s in recording.segments], recording.private_key, out, access=ACCESS,
                         from_ns=end_ns, to_ns=end_ns + 10 * 1_000_000_000)
+    assert not out.exists()
+
+
+def _officer_key_file(recording: Recording, path: Path) -> Path:
+    path.write_text(keys.format_private_key(recording.private_key) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_a_segment_that_cannot_be_opened_is_named_and_the_rest_exported(tmp_path: Path,
+                                                                         recording: Recording) -> None:
+    """``edgerec export`` of a data directory whose middle segment cannot be opened (EACCES: the tests may
+    run as root, so the open itself is made to fail): the others are exported, the unreadable one is left
+    out and named with the reason, in the manifest and on stderr, and the exit code says so; no traceback.
+    An unreadable last segment is still chosen for a range it may reach into: named, never left out unsaid."""
+    first, middle, last = recording.segments
+    data_dir = first.path.parents[2]
+    key = _officer_key_file(recording, tmp_path / "officer.key")
+    out = tmp_path / "out.mp4"
+
+    def export(unreadable: Path, from_ns: int, to_ns: int) -> subprocess.CompletedProcess[str]:
+        return run_cli_with_open_failing(
+            errno.EACCES, [unreadable], "export", "--data-dir", str(data_dir), "--camera", "gate",
+            "--from", rfc3339(from_ns), "--to", rfc3339(to_ns), "--key", str(key), "-o", str(out),
+            "--reason", "open errors")
+
+    proc = export(middle.path, first.meta.start_ns - 1_000_000, last.end_ns + 1_000_000)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"problem: {middle.path}: cannot read: Permission denied" in proc.stderr.splitlines()
+    manifest = json.loads(manifest_path_for(out).read_text())
+    by_path = {s["path"]: s for s in manifest["segments"]}
+    assert by_path[str(middle.path)]["included"] is False
+    assert by_path[str(middle.path)]["verification"] == "cannot read: Permission denied"
+    assert [s["path"] for s in manifest["segments"] if s["included"]] == [str(first.path), str(last.path)]
+    assert len(video_packets(out)) == first.frames + last.frames
+    assert manifest["problems"] == [f"{middle.path}: cannot read: Permission denied"]
+
+    # The range lies in the last segment, which cannot be opened: its end is unknown, so it is chosen, and
+    # the export says why nothing came out (before, it was passed over as if it ended where it starts).
+    out.unlink()
+    proc = export(last.path, last.meta.start_ns + 500_000_000, last.end_ns)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("edgerec: ")]
+    assert errors == [f"edgerec: nothing exported: no segment could be read ({last.path}: cannot read: "
+                      "Permission denied)"]
     assert not out.exists()

@@ -3,8 +3,10 @@ interrupted deletions; and incidents restored from the real audit log into a rea
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -23,7 +25,7 @@ from edgerec.segfile import SegmentWriter
 from edgerec.timefmt import rfc3339
 from tests.helpers.catalog import MIN, T0, make_config
 from tests.helpers.events import from_records, named
-from tests.helpers.segments import make_keys, make_meta
+from tests.helpers.segments import OpenFails, make_keys, make_meta
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB of "TS"
 
@@ -155,6 +157,42 @@ def test_damaged_or_foreign_segment_not_in_the_catalog_is_quarantined(env):
     assert len(report.quarantined) == 2
     assert not foreign.path.exists() and not damaged.path.exists()
     assert (data_dir / QUARANTINE_DIR / damaged.path.relative_to(data_dir)).exists()
+
+
+@pytest.mark.parametrize("err", [errno.EMFILE, errno.EIO], ids=errno.errorcode.get)
+def test_files_that_cannot_be_opened_now_stay_in_place_and_are_taken_at_the_next_start(
+        env, monkeypatch, caplog, err):
+    """Opening a .partial and a segment the catalog lacks fails for a reason of the system (too many open
+    files, an I/O error). Nothing says either file is damaged: both stay where they are (not set aside),
+    each error is reported naming its file, and the next reconciliation recovers and adopts them."""
+    data_dir, keys, catalog, audit = env
+    sealed = write_real(data_dir, keys, sequence=0)
+    partial = crash_partial(data_dir, keys, sequence=1, start_ns=T0 + MIN)
+    blobs = {p: p.read_bytes() for p in (sealed.path, partial)}
+    opens = OpenFails(monkeypatch, sealed.path, partial, err=err)
+    with caplog.at_level(logging.ERROR, logger="edgerec.reconcile"):
+        report = reconcile(data_dir, catalog, keys.device, keys.device.public_key(), audit=audit)
+    assert opens.failed == 2
+    why = os.strerror(err)
+    rels = {p: p.relative_to(data_dir).as_posix() for p in blobs}
+    assert sorted(report.errors) == sorted([f"path={rels[partial]} cannot recover: {why}; kept in place",
+                                            f"path={rels[sealed.path]} cannot read: {why}; kept in place"])
+    for line in report.errors:  # each one in the log too, not only counted
+        assert any(line in r.getMessage() for r in caplog.records), line
+    assert (report.quarantined, report.recovered, report.adopted, report.removed) == ([], [], [], [])
+    assert not (data_dir / QUARANTINE_DIR).exists()
+    assert {p: p.read_bytes() for p in blobs} == blobs  # both in place, as they were
+    assert catalog.segments() == []
+    assert "segments_quarantined" not in (audit_events(data_dir) if audit.path.exists() else [])
+
+    opens.stop()  # the next start: the error is gone
+    again = reconcile(data_dir, catalog, keys.device, keys.device.public_key(), audit=audit)
+    final = partial.with_name(partial.name.removesuffix(".partial"))
+    assert again.errors == [] and again.quarantined == []
+    assert again.recovered == [final.relative_to(data_dir).as_posix()]
+    assert again.adopted == [rels[sealed.path]]
+    assert [(r.sequence, r.state) for r in catalog.segments()] == [(0, "sealed"), (1, "recovered")]
+    assert sealed.path.read_bytes() == blobs[sealed.path] and not partial.exists()
 
 
 def test_rows_of_vanished_files_are_dropped(env):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import threading
 import time
@@ -23,7 +24,7 @@ from tests.helpers.media import (
     video_packets,
 )
 from tests.helpers.recorder import FullDisk, Rig, assert_chain, decrypted_packets, make_rig
-from tests.helpers.segments import DirSyncFailsAtSeal
+from tests.helpers.segments import DirSyncFailsAtSeal, OpenFails
 
 
 def test_file_source_with_exit_at_eof_records_encrypted_segments(tmp_path: Path) -> None:
@@ -405,6 +406,49 @@ def test_a_segment_whose_seal_at_stop_finds_the_disk_full_is_handed_over_and_rec
     assert old.sealed == [] and list(old.data_dir.rglob("*.partial")) == [partial]
     new = next_recorder_recovers_the_handed_over_segment(tmp_path, old, disk, partial)
     assert_recovered_first_in_one_chain(new, partial)
+
+
+def test_an_unsealed_segment_whose_recovery_cannot_open_it_once_is_recovered_on_the_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Space returns, but the recovery's open of the .partial fails once with EIO: an error of the moment,
+    not a damaged file. The segment is not given up: the retry recovers it and the chain goes on from it."""
+    rig, disk, partial, frames_before = fill_disk_mid_segment(tmp_path, monkeypatch)
+    opens = OpenFails(monkeypatch, partial, err=errno.EIO, times=1)
+    try:
+        disk.full.clear()
+        wait_for(lambda: rig.sealed and set(rig.data_dir.rglob("*.partial")) - {partial}, 15,
+                 "the segment recovered on the retry, and a new one")
+    finally:
+        rig.recorder.stop(5)
+    assert opens.failed == 1
+    assert_recovered_first_in_one_chain(rig, partial)  # 7 (recovered) -> 8: nothing skipped
+    assert len(decrypted_packets(rig.sealed[0].path, rig.private_key, recover=True)) >= frames_before
+    stats = rig.recorder.stats()
+    assert stats.error is None
+    messages = [e.message for e in stats.past_errors]
+    # Shown while it lasted, and never taken for a lost segment.
+    assert f"cannot recover unsealed segment {partial}: Input/output error" in messages
+    assert not [m for m in messages if "lost" in m]
+
+
+def test_a_recorder_stopped_while_its_unsealed_segment_cannot_be_opened_hands_it_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The open keeps failing with EIO, also at the stop's last try: the segment goes to the camera's next
+    recorder (the hand-over), which recovers it first once the error is gone."""
+    old, disk, partial, frames_before = fill_disk_mid_segment(tmp_path, monkeypatch)
+    opens = OpenFails(monkeypatch, partial, err=errno.EIO)
+    disk.full.clear()
+    wait_for(lambda: opens.failed >= 1, 10, "a recovery failing with EIO")
+    failed_before_stop = opens.failed
+    old.recorder.stop(5)
+    assert opens.failed > failed_before_stop  # the stop tried once more
+    assert old.sealed == [] and list(old.data_dir.rglob("*.partial")) == [partial]
+    assert old.recorder.stats().last_error == f"cannot recover unsealed segment {partial}: Input/output error"
+    opens.stop()
+    disk.full.set()  # the next recorder starts on a full disk, as the hand-over helper expects
+    new = next_recorder_recovers_the_handed_over_segment(tmp_path, old, disk, partial)
+    assert_recovered_first_in_one_chain(new, partial)
+    assert len(decrypted_packets(new.sealed[0].path, old.private_key, recover=True)) >= frames_before
 
 
 def chain_walk(data_dir: Path, camera: str, rig: Rig) -> list[tuple[int, str]]:

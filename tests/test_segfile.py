@@ -15,7 +15,9 @@ import tempfile
 import textwrap
 import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -34,6 +36,7 @@ from tests.helpers.daemon import wait_for
 from tests.helpers.segments import (
     START_NS,
     DirSyncFailsAtSeal,
+    OpenFails,
     Record,
     TestKeys,
     make_keys,
@@ -1044,6 +1047,80 @@ def test_not_a_segment_and_missing_file_are_segment_errors(tmp_path: Path, tk: T
     assert len(problems) == 1 and "cannot open segment" in problems[0].what
 
 
+# Errors of the system or of the moment: they say nothing about the file (docs/design/storage.md).
+SYSTEM_ERRORS = [errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EACCES, errno.EPERM, errno.EINTR]
+
+
+def _salvage_errors(path: Path, key: X25519PrivateKey) -> list[SegmentError]:
+    errors: list[SegmentError] = []
+    b"".join(segfile.decrypt(path, key, recover=True, errors=errors))
+    return errors
+
+
+def _every_reader(path: Path, tk: TestKeys) -> dict[str, Callable[[], Any]]:
+    """Each segfile function that opens ``path`` to read it, as a call."""
+    return {
+        "read_header": lambda: segfile.read_header(path),
+        "read_info": lambda: segfile.read_info(path),
+        "check_segment": lambda: segfile.check_segment(path, private_key=tk.recipient).problems,
+        "verify": lambda: segfile.verify(path),
+        "decrypt": lambda: _plain(path, tk.recipient),
+        "decrypt(recover)": lambda: _salvage_errors(path, tk.recipient),
+        "readable_prefix": lambda: segfile.readable_prefix(path),
+        "read_provisional": lambda: segfile.read_provisional(path, tk.recipient),
+    }
+
+
+@pytest.mark.parametrize("err", SYSTEM_ERRORS, ids=errno.errorcode.get)
+def test_an_open_failing_for_a_reason_of_the_system_is_an_oserror_not_a_damaged_segment(
+    tmp_path: Path, tk: TestKeys, sample: tuple[bytes, bytes], monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    path = _copy(tmp_path, sample[0], "s.seg")
+    opens = OpenFails(monkeypatch, path, err=err)
+    readers = _every_reader(path, tk)
+    for name, read in readers.items():
+        with pytest.raises(OSError) as caught:
+            read()
+        assert not isinstance(caught.value, SegmentError), name
+        assert caught.value.errno == err and caught.value.filename == str(path), name
+    assert opens.failed == len(readers)
+    opens.stop()  # the error gone: the same file reads as it always did
+    assert segfile.read_info(path).digest == hashlib.sha256(sample[0]).digest()
+    assert _plain(path, tk.recipient) == sample[1]
+
+
+@pytest.mark.parametrize("kind", ["missing", "missing directory", "under a file", "directory", "symlink loop",
+                                  "dangling symlink", "fifo"])
+def test_a_path_that_names_no_segment_file_is_a_segment_error_naming_it(
+    tmp_path: Path, tk: TestKeys, kind: str
+) -> None:
+    """Only what says the path itself is no segment file is a SegmentError (callers set such a file aside,
+    or give its segment up). A FIFO is refused at once: opening it must not wait for a writer."""
+    path = tmp_path / "s.seg"
+    if kind == "missing directory":
+        path = tmp_path / "gone" / "s.seg"
+    elif kind == "under a file":
+        (tmp_path / "file").write_bytes(b"x")
+        path = tmp_path / "file" / "s.seg"
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "symlink loop":
+        path.symlink_to(path)
+    elif kind == "dangling symlink":
+        path.symlink_to(tmp_path / "nowhere.seg")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    for name, read in _every_reader(path, tk).items():
+        try:
+            problems = list(read())  # the walks and the salvage list what they found
+        except SegmentError as exc:
+            problems = [exc]
+        assert len(problems) == 1, (name, problems)
+        assert problems[0].path == str(path) and problems[0].what.startswith("cannot open segment"), name
+    if kind == "fifo":
+        assert "not a regular file (a FIFO)" in problems[0].what
+
+
 def test_absurd_lengths_are_rejected_without_allocating(
     tmp_path: Path, tk: TestKeys, sample: tuple[bytes, bytes]
 ) -> None:
@@ -1290,6 +1367,47 @@ def test_recover_partial_with_neither_file_there_says_so(tmp_path: Path, tk: Tes
     with pytest.raises(SegmentError, match="p.seg is not there either: nothing to recover") as caught:
         segfile.recover_partial(tmp_path / "p.seg.partial", tk.device)
     assert caught.value.path == str(tmp_path / "p.seg.partial")
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.EMFILE, errno.EACCES], ids=errno.errorcode.get)
+@pytest.mark.parametrize("failing", ["open", "stat"])
+def test_a_recovery_failing_for_a_reason_of_the_system_keeps_the_partial_for_the_next_try(
+    tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch, err: int, failing: str
+) -> None:
+    """Opening the .partial (or finding out whether it is there) fails: an OSError, never a verdict on the
+    file (a SegmentError would have it set aside, or its segment given up). The next try recovers it."""
+    writer, data = _open_partial(tmp_path, tk, 3)
+    blob = writer.partial_path.read_bytes() + bytes([1, 0, 0])  # a chunk torn by the crash
+    writer.abort()
+    partial = _copy(tmp_path, blob, "p.seg.partial")
+    opens = OpenFails(monkeypatch, partial, err=err, times=1, also_stat=failing == "stat")
+    with pytest.raises(OSError) as caught:
+        segfile.recover_partial(partial, tk.device)
+    assert not isinstance(caught.value, SegmentError) and caught.value.errno == err
+    assert partial.read_bytes() == blob and not (tmp_path / "p.seg").exists()  # untouched
+    sealed = segfile.recover_partial(partial, tk.device)
+    assert opens.failed == 1
+    assert (sealed.state, sealed.chunks, sealed.path) == ("recovered", 3, tmp_path / "p.seg")
+    assert b"".join(segfile.decrypt(sealed.path, tk.recipient, allow_recovered=True)) == data
+
+
+@pytest.mark.parametrize("failing", ["open", "stat"])
+def test_the_file_a_failed_seal_renamed_is_kept_when_reading_it_fails_for_a_reason_of_the_system(
+    tmp_path: Path, tk: TestKeys, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The confirm-renamed branch: the sealed file under the final name cannot be opened (or looked at) for
+    an I/O error. That is an OSError, not "fails its check": the caller tries again and the chain keeps it."""
+    writer, data = _sealed_but_dir_sync_failed(tmp_path, tk, monkeypatch)
+    blob = writer.path.read_bytes()
+    opens = OpenFails(monkeypatch, writer.path, err=errno.EIO, times=1, also_stat=failing == "stat")
+    with pytest.raises(OSError) as caught:
+        segfile.recover_partial(writer.partial_path, tk.device)
+    assert not isinstance(caught.value, SegmentError) and caught.value.errno == errno.EIO
+    assert writer.path.read_bytes() == blob and not writer.partial_path.exists()
+    sealed = segfile.recover_partial(writer.partial_path, tk.device)
+    assert opens.failed == 1
+    assert sealed.state == "sealed" and sealed.digest == hashlib.sha256(blob).digest()
+    assert _plain(sealed.path, tk.recipient) == data
 
 
 def test_recover_partial_cuts_at_a_chunk_with_a_bad_check(tmp_path: Path, tk: TestKeys) -> None:

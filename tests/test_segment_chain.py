@@ -3,6 +3,7 @@ end a walk, where truncations are reported, and how a camera's hash chain is wal
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -14,6 +15,7 @@ import pytest
 
 from edgerec import inventory, layout, segfile
 from edgerec.segfile import ChainLink, link_status
+from tests.helpers.openfails import run_cli_with_open_failing
 from tests.helpers.segments import START_NS, TestKeys, make_keys, make_meta, split_records, write_segment
 
 SECOND_NS = 1_000_000_000
@@ -202,6 +204,26 @@ def test_after_a_damaged_segment_the_link_is_unconfirmed_not_a_second_problem(
     report = inventory.verify_tree(tmp_path)
     assert report.problems and all(p.startswith(str(segs[1].path)) for p in report.problems)
     assert any("link not confirmed" in n and str(segs[2].path) in n for n in report.notes)
+
+
+def test_verify_and_ls_name_a_segment_that_cannot_be_read_and_check_the_others(tmp_path: Path,
+                                                                                tk: TestKeys) -> None:
+    """The file cannot be opened (EACCES): not known to be damaged, but not verified either. The command
+    names it and the reason, checks the rest, and says so in its exit code; no traceback."""
+    segs = _record_chain(tmp_path, tk, [0, 10, 20])
+    unreadable = segs[1].path
+    proc = run_cli_with_open_failing(errno.EACCES, [unreadable], "verify", "--data-dir", str(tmp_path))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert f"problem: {unreadable}: cannot read: Permission denied" in lines
+    assert lines[-1].startswith("3 segments checked"), lines
+    others = [line for line in lines if str(segs[0].path) in line or str(segs[2].path) in line]
+    assert not [line for line in others if "cannot read" in line or "hash chain broken" in line], others
+    listing = run_cli_with_open_failing(errno.EACCES, [unreadable], "ls", "--data-dir", str(tmp_path))
+    assert listing.returncode == 0 and "Traceback" not in listing.stderr, listing.stderr
+    rel = unreadable.relative_to(tmp_path)
+    assert f"  BAD  {rel}: cannot read: Permission denied" in listing.stdout.splitlines()
+    assert "front-door: 3 segments" in listing.stdout
 
 
 def _audit_deleted(data_dir: Path, segs: list[segfile.SealedSegment], *, sequences: bool = True,

@@ -10,9 +10,11 @@ import os
 import random
 import struct
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -140,3 +142,49 @@ class DirSyncFailsAtSeal:
                     self.then(self.failed)
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
         self._real(path, strict=strict)
+
+
+class OpenFails:
+    """``os.open`` (and with ``also_stat`` also ``os.stat``) of the files in ``paths`` failing with ``err``
+    (EIO, EMFILE, EACCES, ...) as an error of the system would: the next ``times`` times, or until ``stop``
+    when ``times`` is None. Every other call is the real one, and so is every call once it has stopped.
+    ``failed``: the calls it failed so far."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *paths: Path, err: int, times: int | None = None,
+                 also_stat: bool = False):
+        self.paths = {os.path.abspath(p) for p in paths}
+        self.err = err
+        self.left = times
+        self.failed = 0
+        self._lock = threading.Lock()
+        real_open, real_stat = os.open, os.stat
+
+        def fake_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+            self._maybe_fail(path, dir_fd)
+            return real_open(path, flags, mode, dir_fd=dir_fd)
+
+        def fake_stat(path: Any, *, dir_fd: int | None = None,
+                      follow_symlinks: bool = True) -> os.stat_result:
+            self._maybe_fail(path, dir_fd)
+            return real_stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+
+        monkeypatch.setattr(os, "open", fake_open)
+        if also_stat:
+            monkeypatch.setattr(os, "stat", fake_stat)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.left = 0
+
+    def _maybe_fail(self, path: Any, dir_fd: int | None) -> None:
+        if dir_fd is not None or isinstance(path, int):
+            return
+        if os.path.abspath(os.fsdecode(path)) not in self.paths:
+            return
+        with self._lock:
+            if self.left is not None:
+                if self.left <= 0:
+                    return
+                self.left -= 1
+            self.failed += 1
+        raise OSError(self.err, os.strerror(self.err), os.fsdecode(path))
