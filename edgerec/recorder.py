@@ -23,6 +23,7 @@ to the data directory.
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import threading
@@ -66,6 +67,11 @@ RATE_WINDOW_S = 5  # fps and bitrate are averaged over this many whole seconds
 NS_PER_MS = 1_000_000
 NAME_COLLISION_TRIES = 1000
 PENDING_RETRY_S = 1.0  # how often an unsealed segment's recovery is retried while it waits for space
+# A recovery failing for another reason than space (EIO, EACCES, ...) for this long is given up: the file is
+# left where it is for start-up reconciliation, and the camera records again. Waiting for space has no
+# such limit: the space comes back (retention), and a new segment would need it too.
+UNSEALED_GIVE_UP_S = 30.0
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 # ----- pure helpers -------------------------------------------------------------------------------------
@@ -341,6 +347,7 @@ class Recorder:
         self._unsealed: UnsealedSegment | None = unsealed
         self._unsealed_retry_mono = 0.0
         self._unsealed_error: str | None = None  # why the last recovery try failed, until it is shown
+        self._unsealed_failing_since: float | None = None  # the first of its failures not for want of space
         self._audio: CameraAudio | None = None
 
     # ----- public ---------------------------------------------------------------------------------------
@@ -608,8 +615,11 @@ class Recorder:
     # ----- segment files -----------------------------------------------------------------------------------
     def _open_writer(self, start_ns: int) -> SegmentWriter | None:
         """The segmenter's ``open_sink``: a new encrypted segment file, or None while the disk is full."""
-        if not self._may_start_segment() or not self._recover_unsealed():
-            self._wait_for_disk(start_ns)
+        if not self._may_start_segment():
+            self._wait_for_disk(start_ns, "disk full")
+            return None
+        if not self._recover_unsealed():
+            self._wait_for_disk(start_ns, self._unsealed_wait_reason())
             return None
         path = self._free_path(start_ns)
         now_wall, now_mono = self._clock.wall_ns(), self._clock.monotonic_ns()
@@ -639,8 +649,9 @@ class Recorder:
             self._set(state="recording")
         return writer
 
-    def _wait_for_disk(self, start_ns: int) -> None:
-        """No segment now (the disk is full): packets are dropped until a later keyframe may start one."""
+    def _wait_for_disk(self, start_ns: int, reason: str) -> None:
+        """No segment now (the disk is full, or the unsealed segment before it is not recovered yet):
+        packets are dropped until a later keyframe may start one."""
         # The state and a failed recovery's error change together: whoever reads the stats in between
         # must not see the error with the camera still "recording".
         error, self._unsealed_error = self._unsealed_error, None
@@ -648,11 +659,11 @@ class Recorder:
             if error is not None:
                 self._set(last_error=error)
             return
-        log.warning("segment not started: disk full camera=%s", self.camera.name)
+        log.warning("segment not started camera=%s reason=%s", self.camera.name, reason)
         self._set(state="waiting_disk", last_error=error)
         if self._gap_from_ns is None:
             self._gap_from_ns = self._last_end_ns or start_ns
-            self._gap_reason = "disk full"
+            self._gap_reason = reason
 
     def _free_path(self, start_ns: int) -> Path:
         """The segment's path; a start time already taken (same millisecond) moves on by 1 ms."""
@@ -696,6 +707,7 @@ class Recorder:
         # start (once the disk-full gate opens) or the stop tries it first.
         self._unsealed = UnsealedSegment(writer.partial_path, writer.meta, writer.header_hash)
         self._unsealed_retry_mono = 0.0
+        self._unsealed_failing_since = None
 
     def _recover_unsealed(self) -> bool:
         """Recover the segment that could not be sealed, if any, and go on with the chain from it. False
@@ -714,9 +726,13 @@ class Recorder:
             self._lose_unsealed(unsealed, exc.what)
             return True
         except OSError as exc:
+            why = exc.strerror or str(exc)
+            if self._give_up_unsealed(exc, now):
+                self._lose_unsealed(unsealed, f"cannot recover it for {UNSEALED_GIVE_UP_S:g} s: {why}; the "
+                                              "file is left in place for start-up reconciliation")
+                return True
             self._unsealed_retry_mono = now + PENDING_RETRY_S
             # Shown by the caller, with the state it leaves the recorder in.
-            why = exc.strerror or str(exc)
             self._unsealed_error = f"cannot recover unsealed segment {unsealed.partial}: {why}"
             log.warning("unsealed segment not recovered yet camera=%s path=%s error=%s", self.camera.name,
                         unsealed.partial, why)
@@ -726,6 +742,21 @@ class Recorder:
                  self.camera.name, sealed.meta.sequence, sealed.path, sealed.frames, sealed.state)
         self._after_seal(sealed, sealed.end_ns)
         return True
+
+    def _give_up_unsealed(self, exc: OSError, now: float) -> bool:
+        """Does this recovery failure end the waiting? Only a lasting one that is not for want of space: a
+        camera must not stop recording for good over one file it cannot read (a bad sector, a permission
+        changed by hand)."""
+        if exc.errno in _NO_SPACE:
+            self._unsealed_failing_since = None
+            return False
+        if self._unsealed_failing_since is None:
+            self._unsealed_failing_since = now
+        return now - self._unsealed_failing_since >= UNSEALED_GIVE_UP_S
+
+    def _unsealed_wait_reason(self) -> str:
+        """Why no segment starts while the unsealed one waits: space, or an error its recovery meets."""
+        return "disk full" if self._unsealed_failing_since is None else "unsealed segment not recovered yet"
 
     def _lose_unsealed(self, unsealed: UnsealedSegment, why: str) -> None:
         """The unsealed segment is damaged beyond recovery (its ``.partial``, or the file its seal renamed

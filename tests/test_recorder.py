@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edgerec import recorder as recorder_mod
 from edgerec import segfile
 from edgerec.config import CameraConfig, DurabilityConfig
 from edgerec.layout import segment_path, start_ns_from_name
@@ -449,6 +450,35 @@ def test_a_recorder_stopped_while_its_unsealed_segment_cannot_be_opened_hands_it
     new = next_recorder_recovers_the_handed_over_segment(tmp_path, old, disk, partial)
     assert_recovered_first_in_one_chain(new, partial)
     assert len(decrypted_packets(new.sealed[0].path, old.private_key, recover=True)) >= frames_before
+
+
+def test_an_unsealed_segment_that_stays_unreadable_is_given_up_and_the_camera_records_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Space returns, but every open of the .partial fails with EIO (a bad sector, say). Waiting for it
+    for good would stop the camera until a restart: after UNSEALED_GIVE_UP_S the segment is given up, left
+    in place for start-up, and recording goes on with the next number, linked to the last sealed segment."""
+    monkeypatch.setattr(recorder_mod, "UNSEALED_GIVE_UP_S", 1.0)
+    rig, disk, partial, _ = fill_disk_mid_segment(tmp_path, monkeypatch)
+    opens = OpenFails(monkeypatch, partial, err=errno.EIO)
+    try:
+        disk.full.clear()
+        wait_for(lambda: opens.failed >= 1, 10, "a recovery failing with EIO")
+        # Not for want of space any more: the state says so, and nothing is given up at once.
+        wait_for(lambda: rig.recorder.stats().state == "waiting_disk", 10, "waiting for the unsealed segment")
+        assert rig.sealed == []
+        wait_for(lambda: set(rig.data_dir.rglob("*.partial")) - {partial}, 15,
+                 "a new segment once the unsealed one is given up")
+    finally:
+        rig.recorder.stop(5)
+    assert opens.failed >= 2  # retried before giving up
+    after = rig.sealed[0]
+    assert after.meta.sequence == 8 and after.meta.prev_digest == bytes(range(32))
+    assert partial.exists()  # left for start-up reconciliation, never deleted
+    [(_, _, to_ns, reason)] = rig.gaps
+    assert reason.startswith("unsealed segment lost: cannot recover it for 1 s: Input/output error")
+    assert to_ns == after.meta.start_ns
+    messages = [e.message for e in rig.recorder.stats().past_errors]
+    assert any(m.startswith(f"unsealed segment {partial} lost") for m in messages)
 
 
 def chain_walk(data_dir: Path, camera: str, rig: Rig) -> list[tuple[int, str]]:
