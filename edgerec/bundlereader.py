@@ -369,6 +369,11 @@ def _check_device_pub(bundle: BundleFile, manifest: Manifest, report: BundleRepo
         report.problems.append("wrong device: device.pub is not the key that signed the manifest")
 
 
+# The segment of a camera walked last and the one walked before it (``segfile.link_status``); (None, None)
+# at the start and after a segment without a readable header.
+_Walked = tuple[segfile.ChainLink | None, segfile.ChainLink | None]
+
+
 def _check_segments(bundle: BundleFile, manifest: Manifest, catalog: dict[str, dict[str, Any]],
                     private_key: X25519PrivateKey | None, report: BundleReport) -> None:
     absent_seqs = {(a.get("camera"), a.get("sequence")) for a in manifest.raw.get("absent") or []
@@ -380,41 +385,52 @@ def _check_segments(bundle: BundleFile, manifest: Manifest, catalog: dict[str, d
     with tempfile.TemporaryDirectory(prefix="edgerec-verify-") as tmp:
         staged = Path(tmp) / "segment.seg"
         for camera, cam_names in by_camera.items():
-            previous: tuple[int, bytes] | None = None  # (sequence, digest) of the previous segment
+            walked: _Walked = (None, None)
             for name in cam_names:
                 with open(staged, "wb") as f:
                     _check_digest(bundle, manifest, name, report, into=f)
                 report.checked += 1
                 try:
-                    previous = _check_one_segment(staged, name, manifest, catalog.get(name), private_key,
-                                                  previous, absent_seqs, report, camera)
+                    link = _check_one_segment(staged, name, manifest, catalog.get(name), private_key,
+                                              walked, absent_seqs, report, camera)
                 except OSError as exc:  # its copy could not be read: not verified, so a problem all the same
                     report.problems.append(f"{name}: cannot read its staged copy: {exc.strerror or exc}")
-                    previous = None
+                    link = None
+                walked = (link, walked[0]) if link is not None else (None, None)
             staged.unlink(missing_ok=True)
 
 
 def _check_one_segment(path: Path, name: str, manifest: Manifest, row: dict[str, Any] | None,
-                       private_key: X25519PrivateKey | None, previous: tuple[int, bytes] | None,
+                       private_key: X25519PrivateKey | None, walked: _Walked,
                        absent_seqs: set[tuple[Any, Any]], report: BundleReport,
-                       camera: str) -> tuple[int, bytes] | None:
+                       camera: str) -> segfile.ChainLink | None:
+    """Check one staged segment and its link to the one walked before it; what the walk knows of it (None:
+    its header is unreadable)."""
     try:
         header = segfile.read_header(path)
     except SegmentError as exc:
         report.problems.append(f"{name}: {exc.what}")
         return None
     meta = header.meta
-    prev_digest = None
-    if previous is not None and previous[0] + 1 == meta.sequence:
-        prev_digest = previous[1]
-    elif previous is not None:
-        missing = [s for s in range(previous[0] + 1, meta.sequence) if (camera, s) not in absent_seqs]
-        if missing or meta.sequence <= previous[0]:
+    previous, before = walked
+    if previous is not None and previous.sequence + 1 != meta.sequence:
+        missing = [s for s in range(previous.sequence + 1, meta.sequence) if (camera, s) not in absent_seqs]
+        if missing or meta.sequence <= previous.sequence:
             report.problems.append(f"{name}: hash chain broken: sequence {meta.sequence} follows "
-                                   f"{previous[0]} (a segment is missing)")
-    for error in segfile.verify(path, private_key=private_key, device_key=manifest.device_key,
-                                prev_digest=prev_digest):
-        report.problems.append(f"{name}: {error.what}")
+                                   f"{previous.sequence} (a segment is missing)")
+    check = segfile.check_segment(path, private_key=private_key, device_key=manifest.device_key)
+    report.problems.extend(f"{name}: {error.what}" for error in check.problems)
+    link = segfile.ChainLink.of(check)
+    if link is None:  # read again, the header is unreadable after all
+        return None
+    if previous is not None and previous.sequence + 1 == meta.sequence:
+        status = segfile.link_status(previous, link, before=before)
+        if status == segfile.LINK_BROKEN:
+            report.problems.append(f"{name}: hash chain broken: prev_digest differs from the previous "
+                                   "segment's digest")
+        elif status == segfile.LINK_PAST:
+            assert before is not None
+            report.notes.append(f"{name}: {segfile.past_note(before, previous)}")
     if meta.device_id != manifest.device_id:
         report.problems.append(f"{name}: wrong device: recorded by {meta.device_id!r}, the bundle is from "
                                f"{manifest.device_id!r}")
@@ -423,13 +439,13 @@ def _check_one_segment(path: Path, name: str, manifest: Manifest, row: dict[str,
     try:
         info = segfile.read_info(path)
     except SegmentError:
-        return None
+        return link
     if row is None:
         report.problems.append(f"{name}: no catalog row for this segment")
     elif row.get("digest") != info.digest.hex() or row.get("sequence") != meta.sequence:
         report.problems.append(f"{name}: differs from its catalog row (digest {info.digest.hex()}, catalog "
                                f"{row.get('digest')}): a different segment in its place")
-    return meta.sequence, info.digest
+    return link
 
 
 def _check_audit(bundle: BundleFile, manifest: Manifest, report: BundleReport) -> None:

@@ -457,7 +457,8 @@ def export_segments(
     remuxer = _Mp4Remuxer(tmp, from_ns, to_ns)
     reports: list[SegmentReport] = []
     problems: list[str] = []
-    previous: dict[str, segfile.ChainLink] = {}  # per camera: the segment walked last
+    # per camera: the segment walked last, and the one walked before it
+    walked: dict[str, tuple[segfile.ChainLink, segfile.ChainLink | None]] = {}
     footage: list[tuple[int, int]] = []
     total = len(segment_paths)
     try:
@@ -466,8 +467,9 @@ def export_segments(
             i = by_path[str(path)]
             label = labels[i] if labels is not None else str(path)
             expected = expected_digests[i] if expected_digests is not None else None
-            before = previous.get(header.meta.camera) if header is not None else None
-            report, link, shown = _export_one(path, private_key, remuxer, before, expected)
+            camera = header.meta.camera if header is not None else None
+            previous, before = walked.get(camera, (None, None)) if camera is not None else (None, None)
+            report, link, shown = _export_one(path, private_key, remuxer, previous, expected, before=before)
             if shown is not None:
                 # A segment not cut at --to ends where the device says it ended (after its last frame).
                 end_ns = report.end_ns
@@ -484,8 +486,8 @@ def export_segments(
             elif report.chain == segfile.LINK_DUPLICATE:
                 problems.append(f"{label}: a second segment with sequence {report.sequence}: "
                                 "the chain forked")
-            if link is not None and header is not None and report.chain != segfile.LINK_DUPLICATE:
-                previous[header.meta.camera] = link
+            if link is not None and camera is not None and report.chain != segfile.LINK_DUPLICATE:
+                walked[camera] = (link, previous)
             if progress is not None:
                 progress(done, total)
         if not remuxer.opened:
@@ -517,11 +519,13 @@ def export_segments(
 
 
 def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
-                previous: segfile.ChainLink | None, expected_digest: str | None = None,
+                previous: segfile.ChainLink | None, expected_digest: str | None = None, *,
+                before: segfile.ChainLink | None = None,
                 ) -> tuple[SegmentReport, segfile.ChainLink | None, tuple[int, int] | None]:
     """Check, decrypt and remux one segment; its manifest line, what the chain walk knows of it and
     the wall clock span of the frames it shows. ``expected_digest``: what the catalog, a bundle or a
-    store says it is (another one is a substitute)."""
+    store says it is (another one is a substitute). ``previous`` and ``before``: the camera's segments
+    walked last and before that one (``segfile.link_status``)."""
     try:
         check, payload = _read_segment(path, private_key)
     except SegmentError as exc:
@@ -529,21 +533,21 @@ def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
             damaged = segfile.check_segment(path)  # what the chain walk can still learn from it
         except OSError:
             return _report_for(path, None, included=False, verification=exc.what), None, None
-        return (*_failed(path, damaged, exc.what, previous), None)
+        return (*_failed(path, damaged, exc.what, previous, before), None)
     except OSError as exc:  # an error of the system, not of the file: left out, and named as unread
         unread = _report_for(path, None, included=False, verification=f"cannot read: {exc.strerror or exc}")
         return unread, None, None
     if payload is None:
-        return (*_failed(path, check, check.problems[0].what, previous), None)
+        return (*_failed(path, check, check.problems[0].what, previous, before), None)
     assert check.info is not None
     if expected_digest is not None and check.info.digest.hex() != expected_digest.lower():
         del payload
         what = (f"digest {check.info.digest.hex()} is not the expected {expected_digest} "
                 "(a different segment in its place)")
-        return (*_failed(path, check, what, previous), None)
+        return (*_failed(path, check, what, previous, before), None)
     link = segfile.ChainLink.of(check)
     assert link is not None
-    chain = segfile.link_status(previous, link)
+    chain = segfile.link_status(previous, link, before=before)
     note = {"recovered": RECOVERED_NOTE, segfile.STATE_PROVISIONAL: PROVISIONAL_NOTE}.get(check.state or "")
     try:
         declared = parse_declaration(check.header.meta.codec) if check.header is not None else None
@@ -561,15 +565,15 @@ def _export_one(path: Path, private_key: X25519PrivateKey, remuxer: _Mp4Remuxer,
                        note=note), link, muxed.footage
 
 
-def _failed(path: Path, check: segfile.SegmentCheck, what: str,
-            previous: segfile.ChainLink | None) -> tuple[SegmentReport, segfile.ChainLink | None]:
+def _failed(path: Path, check: segfile.SegmentCheck, what: str, previous: segfile.ChainLink | None,
+            before: segfile.ChainLink | None) -> tuple[SegmentReport, segfile.ChainLink | None]:
     """A segment left out: its line names why; as a link it is damaged (its digest proves nothing)."""
     link = segfile.ChainLink.of(check)
     if link is None:
         return _report_for(path, check, included=False, verification=what), None
     link = segfile.ChainLink(link.sequence, link.prev_digest, link.digest, intact=False)
     return _report_for(path, check, included=False, verification=what,
-                       chain=segfile.link_status(previous, link)), link
+                       chain=segfile.link_status(previous, link, before=before)), link
 
 
 # ----- output files -------------------------------------------------------------------------------

@@ -375,10 +375,11 @@ def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyRepor
                 explainer: _Explainer) -> None:
     """Report how each segment follows the one before it, in sequence order (spec section 7.6), and
     whether the audit log explains each hole (``deletions``)."""
+    before: segfile.ChainLink | None = None  # the one walked before ``previous``
     previous: segfile.ChainLink | None = None
     previous_path: Path | None = None
     for link, path in segfile.chain_order(links):
-        status = segfile.link_status(previous, link)
+        status = segfile.link_status(previous, link, before=before)
         where = f"{path} (sequence {link.sequence})"
         after = f"sequence {previous.sequence}" if previous is not None else ""
         hole = _hole_before(previous, previous_path, link, path)
@@ -396,12 +397,15 @@ def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyRepor
             report.problems.append(f"{where}: a second segment with this sequence number: the chain forked")
         elif status == segfile.LINK_UNCONFIRMED:
             report.notes.append(f"{where}: link not confirmed: {after} before it is damaged")
+        elif status == segfile.LINK_PAST:
+            assert before is not None and previous is not None
+            report.notes.append(f"{where}: {segfile.past_note(before, previous)}")
         elif missing is None:
             note = _explained_note(status, after, hole)
             if note:
                 report.notes.append(f"{where}: {note}")
         if status != segfile.LINK_DUPLICATE:  # a fork: the walk goes on from the first of the two
-            previous, previous_path = link, path
+            before, previous, previous_path = previous, link, path
 
 
 def _check_hole(hole: Hole | None, where: str, explainer: _Explainer, report: VerifyReport) -> Missing | None:

@@ -1306,6 +1306,9 @@ LINK_GAP = "gap"  # numbers skipped, link to another segment: the ones in betwee
 LINK_UNCONFIRMED = "unconfirmed"  # the previous segment is damaged: its digest proves nothing
 LINK_START = "start"  # the camera's first segment ever (prev_digest all zero)
 LINK_FIRST = "first"  # first of the walk, its predecessors are not here (retention, or not selected)
+# next sequence number, linked to the segment before the previous one, which is a recovered one: the
+# recorder gave the previous one up (unreadable) and went on from the last sealed one; start-up recovered it
+LINK_PAST = "past"
 LINK_PROBLEMS = frozenset({LINK_BROKEN, LINK_DUPLICATE})
 
 
@@ -1317,6 +1320,9 @@ class ChainLink:
     prev_digest: bytes
     digest: bytes | None  # None: not known (the walk through the file did not reach its trailer)
     intact: bool  # the file passed every check
+    # Closed by recovery (its signed trailer says "recovered"); only ever known of an intact file: the
+    # state of a damaged one proves nothing.
+    recovered: bool = False
 
     @classmethod
     def of(cls, check: SegmentCheck) -> ChainLink | None:
@@ -1324,7 +1330,8 @@ class ChainLink:
         if check.header is None:
             return None
         meta = check.header.meta
-        return cls(meta.sequence, meta.prev_digest, check.digest, check.ok)
+        recovered = check.ok and check.state == _STATE_NAMES[STATE_RECOVERED]
+        return cls(meta.sequence, meta.prev_digest, check.digest, check.ok, recovered)
 
 
 def chain_order(links: Sequence[tuple[ChainLink, Any]]) -> list[tuple[ChainLink, Any]]:
@@ -1333,21 +1340,53 @@ def chain_order(links: Sequence[tuple[ChainLink, Any]]) -> list[tuple[ChainLink,
     return sorted(links, key=lambda item: item[0].sequence)
 
 
-def link_status(previous: ChainLink | None, current: ChainLink) -> str:
+def link_status(previous: ChainLink | None, current: ChainLink, *, before: ChainLink | None = None) -> str:
     """How ``current`` follows ``previous``, the segment of the same camera walked just before it (by
-    sequence). One of the ``LINK_*`` values; ``LINK_PROBLEMS`` are breaks, the others are explained."""
+    sequence); ``before`` is the one walked before ``previous`` (None: there is none). One of the
+    ``LINK_*`` values; ``LINK_PROBLEMS`` are breaks, the others are explained."""
     if previous is None:
         return LINK_START if current.prev_digest == GENESIS_DIGEST else LINK_FIRST
     if current.sequence == previous.sequence:
         return LINK_DUPLICATE
-    linked = previous.digest is not None and hmac.compare_digest(current.prev_digest, previous.digest)
+    linked = _links_to(current, previous)
     if current.sequence == previous.sequence + 1:
         if linked:
             return LINK_OK
-        return LINK_BROKEN if previous.intact else LINK_UNCONFIRMED
+        if not previous.intact:
+            return LINK_UNCONFIRMED
+        return LINK_PAST if _goes_on_past(before, previous, current) else LINK_BROKEN
     if linked:
         return LINK_SKIP
     return LINK_GAP if previous.intact else LINK_UNCONFIRMED
+
+
+def _links_to(current: ChainLink, previous: ChainLink) -> bool:
+    return previous.digest is not None and hmac.compare_digest(current.prev_digest, previous.digest)
+
+
+def _goes_on_past(before: ChainLink | None, previous: ChainLink, current: ChainLink) -> bool:
+    """Whether ``current`` (numbered right after ``previous``) goes on past ``previous`` the way the recorder
+    goes on past a segment it gave up: it could neither seal nor read that one, so it numbered the next
+    one after it and linked it to the last segment it had sealed; start-up recovered the given-up one
+    later (``docs/design/storage.md``). Exactly that shape and nothing else: ``previous`` intact and
+    recovered, ``current`` intact, and both linking to ``before``, an intact segment numbered lower.
+
+    This explains no tampering: ``prev_digest`` is in the signed header, so without the device's signing
+    key nobody can make a segment N+1 that links to N-1, nor sign a recovered N; both links were written
+    by the recorder. A segment N replaced or altered after N+1 was written is still ``broken``: N+1 then
+    links to that N's old digest, not past it."""
+    if before is None or not (previous.intact and previous.recovered and current.intact and before.intact):
+        return False  # a damaged file proves nothing: its header and digest are not authenticated
+    if before.sequence >= previous.sequence:
+        return False
+    return _links_to(previous, before) and _links_to(current, before)
+
+
+def past_note(before: ChainLink, previous: ChainLink) -> str:
+    """What a chain walk notes about a ``LINK_PAST`` link (after the segment's name)."""
+    return (f"goes on from sequence {before.sequence}, not from sequence {previous.sequence}: the recorder "
+            f"gave up on sequence {previous.sequence} (it could not read it) and went on from the last "
+            "segment it had sealed; start-up recovered it later")
 
 
 # ----------------------------------------------------------------------------------------------- recovery

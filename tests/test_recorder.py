@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from edgerec import bundle as bundle_mod
+from edgerec import keys, segfile
 from edgerec import recorder as recorder_mod
-from edgerec import segfile
+from edgerec.audit import AuditLog
+from edgerec.bundlereader import verify_bundle
+from edgerec.catalog import Catalog, IncidentRow
 from edgerec.config import CameraConfig, DurabilityConfig
+from edgerec.export import ExportAccess, export_segments, manifest_path_for
 from edgerec.layout import segment_path, start_ns_from_name
+from edgerec.reconcile import reconcile
 from edgerec.recorder import ChainState, RecorderClock, backoff_delay
-from tests.helpers.daemon import wait_for
+from tests.helpers.daemon import OfficerKey, run_cli, wait_for
 from tests.helpers.media import (
     make_h264_clip,
     needs_rtsp,
@@ -479,6 +487,111 @@ def test_an_unsealed_segment_that_stays_unreadable_is_given_up_and_the_camera_re
     assert to_ns == after.meta.start_ns
     messages = [e.message for e in rig.recorder.stats().past_errors]
     assert any(m.startswith(f"unsealed segment {partial} lost") for m in messages)
+
+
+def give_up_a_segment_after_a_sealed_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, officer: OfficerKey,
+) -> tuple[Rig, Path, list[segfile.SealedSegment]]:
+    """A camera's chain from its first segment, sealed by one recorder; the next recorder gives up on its
+    first segment (the disk fills, then the .partial stays unreadable: EIO) and records the one after it.
+    Returns once it has stopped and the file reads again: (its rig, the given-up .partial, the segments
+    sealed before)."""
+    camera = CameraConfig("yard", str(tmp_path / "clip.mp4"), realtime=True, loop=True)
+    make_h264_clip(Path(camera.url), 2, fps=25, gop=25)
+    officer_key = keys.load_private_key(officer.private_path)
+    device = keys.load_or_create_device_key(tmp_path / "data")
+    first = make_rig(tmp_path, camera, private_key=officer_key, signing_key=device,
+                     chain=ChainState(0, segfile.GENESIS_DIGEST))
+    first.recorder.start()
+    try:
+        wait_for(lambda: len(first.sealed) >= 2, 30, "two sealed segments")
+    finally:
+        first.recorder.stop(5)
+    assert not list(first.data_dir.rglob("*.partial"))
+    last = first.sealed[-1]
+    monkeypatch.setattr(recorder_mod, "UNSEALED_GIVE_UP_S", 1.0)
+    disk = FullDisk(monkeypatch)
+    rig = make_rig(tmp_path, camera, private_key=officer_key, signing_key=device,
+                   chain=ChainState(last.meta.sequence + 1, last.digest), segment_seconds=60,
+                   durability=DurabilityConfig(flush_seconds=0.2, fsync_seconds=0.5))
+    rig.recorder.start()
+    opens = None
+    try:
+        partial = wait_for(lambda: next(rig.data_dir.rglob("*.partial"), None), 10, "an open segment")
+        wait_for(lambda: len(decrypted_packets(partial, officer_key, recover=True)) >= 10, 10,
+                 "footage in the open segment")
+        disk.full.set()
+        wait_for(lambda: "cannot recover unsealed segment" in (rig.recorder.stats().last_error or ""), 15,
+                 "the segment failing to seal and to recover")
+        opens = OpenFails(monkeypatch, partial, err=errno.EIO)
+        disk.full.clear()
+        wait_for(lambda: set(rig.data_dir.rglob("*.partial")) - {partial}, 15,
+                 "a new segment once the unsealed one is given up")
+    finally:
+        rig.recorder.stop(5)
+        if opens is not None:
+            opens.stop()  # the bad sector is gone by the next start
+    return rig, partial, first.sealed
+
+
+def test_a_given_up_segment_recovered_at_start_up_is_explained_not_a_broken_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, officer: OfficerKey) -> None:
+    """The recorder gives up on segment N (unreadable) and records N+1 linked to N-1; start-up recovers
+    N. Every chain walk (verify of the data directory, an export, verify of a bundle) explains N+1 going
+    on past N instead of reporting a broken chain."""
+    rig, partial, before = give_up_a_segment_after_a_sealed_chain(tmp_path, monkeypatch, officer)
+    [after] = rig.sealed
+    given_up = segfile.read_header(partial).meta.sequence
+    assert after.meta.sequence == given_up + 1 and after.meta.prev_digest == before[-1].digest
+    device = keys.load_device_key(rig.data_dir / "device.key")
+    catalog = Catalog.open(rig.data_dir)
+    try:
+        report = reconcile(rig.data_dir, catalog, device, device.public_key(),
+                           audit=AuditLog(rig.data_dir / "audit.log"))
+    finally:
+        catalog.close()
+    recovered = partial.with_name(partial.name.removesuffix(segfile.PARTIAL_SUFFIX))
+    assert report.recovered == [recovered.relative_to(rig.data_dir).as_posix()] and report.errors == []
+    assert segfile.read_info(recovered, device.public_key()).state == "recovered"
+
+    proc = run_cli("verify", "--data-dir", str(rig.data_dir), "--key", str(officer.private_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    explained = (f"goes on from sequence {given_up - 1}, not from sequence {given_up}: the recorder gave up "
+                 f"on sequence {given_up} (it could not read it) and went on from the last segment it had "
+                 "sealed; start-up recovered it later")
+    assert f"note: {after.path} (sequence {given_up + 1}): {explained}" in lines, lines
+    assert not [line for line in lines if line.startswith("problem:")]
+
+    paths = [s.path for s in before] + [recovered, after.path]
+    result = export_segments(paths, rig.private_key, tmp_path / "out.mp4",
+                             access=ExportAccess(by="tester", reason="a given-up segment"))
+    assert result.problems == ()
+    manifest = json.loads(manifest_path_for(tmp_path / "out.mp4").read_text())
+    assert [s["chain"] for s in manifest["segments"]] == (
+        [segfile.LINK_START] + [segfile.LINK_OK] * len(before) + [segfile.LINK_PAST])
+    # The same walk with N+1 linking to N-2, a third segment (only the device's key could sign that): broken.
+    links = [segfile.ChainLink.of(segfile.check_segment(path)) for path in paths]
+    two_before, last_sealed, given, going_on = links[-4:]
+    assert two_before is not None and given is not None and going_on is not None and given.recovered
+    assert segfile.link_status(given, going_on, before=last_sealed) == segfile.LINK_PAST
+    assert segfile.link_status(given, replace(going_on, prev_digest=two_before.digest),
+                               before=last_sealed) == segfile.LINK_BROKEN
+
+    catalog = Catalog.open(rig.data_dir)
+    try:
+        catalog.insert_incident(IncidentRow("INC-1", "yard", before[0].meta.start_ns, after.end_ns, "r", "b",
+                                            after.end_ns))
+        snapshot = bundle_mod.read_snapshot(catalog, "INC-1", after.end_ns)
+    finally:
+        catalog.close()
+    assert len(snapshot.segments) == len(paths)
+    bundle_mod.write_bundle(rig.data_dir, snapshot, device, "pi-test", tmp_path / "b",
+                            now_ns=after.end_ns, grace_ns=0)
+    bundled = verify_bundle(tmp_path / "b", private_key=rig.private_key)
+    assert bundled.ok, bundled.problems
+    member = bundle_mod.segment_member(after.path.relative_to(rig.data_dir).as_posix())
+    assert [n for n in bundled.notes if "gave up" in n] == [f"{member}: {explained}"]
 
 
 def chain_walk(data_dir: Path, camera: str, rig: Rig) -> list[tuple[int, str]]:

@@ -28,8 +28,9 @@ def tk() -> TestKeys:
 
 
 # ----- link_status (pure) -------------------------------------------------------------------------------
-def _link(seq: int, prev: bytes, digest: bytes | None = None, intact: bool = True) -> ChainLink:
-    return ChainLink(seq, prev, digest if digest is not None else bytes([seq + 1]) * 32, intact)
+def _link(seq: int, prev: bytes, digest: bytes | None = None, intact: bool = True,
+          recovered: bool = False) -> ChainLink:
+    return ChainLink(seq, prev, digest if digest is not None else bytes([seq + 1]) * 32, intact, recovered)
 
 
 @pytest.mark.parametrize(("previous", "current", "status"), [
@@ -46,6 +47,41 @@ def _link(seq: int, prev: bytes, digest: bytes | None = None, intact: bool = Tru
 def test_link_status(previous: ChainLink | None, current: ChainLink, status: str) -> None:
     assert link_status(previous, current) == status
     assert (status in segfile.LINK_PROBLEMS) == (status in {segfile.LINK_BROKEN, segfile.LINK_DUPLICATE})
+
+
+# The recorder gave up on 5 (it could not read it), went on with 6 linked to 4, the last it had sealed;
+# start-up recovered 5 later.
+_SEALED = _link(4, b"\x03" * 32)
+_RECOVERED = _link(5, _SEALED.digest, recovered=True)
+_NEXT = _link(6, _SEALED.digest)
+
+
+def test_a_segment_going_on_past_a_recovered_one_it_was_given_up_for_is_explained() -> None:
+    assert link_status(_SEALED, _RECOVERED) == segfile.LINK_OK
+    assert link_status(_RECOVERED, _NEXT, before=_SEALED) == segfile.LINK_PAST
+    assert segfile.LINK_PAST not in segfile.LINK_PROBLEMS
+    assert link_status(_NEXT, _link(7, _NEXT.digest), before=_RECOVERED) == segfile.LINK_OK
+
+
+@pytest.mark.parametrize(("before", "previous", "current", "status"), [
+    # each condition broken on its own: the status without the rule
+    (None, _RECOVERED, _NEXT, segfile.LINK_BROKEN),  # nothing walked before the recovered one
+    (_SEALED, replace(_RECOVERED, recovered=False), _NEXT, segfile.LINK_BROKEN),  # a sealed 5: replaced?
+    (_SEALED, replace(_RECOVERED, intact=False), _NEXT, segfile.LINK_UNCONFIRMED),  # damaged 5
+    (_SEALED, replace(_RECOVERED, intact=False, recovered=True), _NEXT, segfile.LINK_UNCONFIRMED),
+    (replace(_SEALED, intact=False), _RECOVERED, _NEXT, segfile.LINK_BROKEN),  # 4's digest proves nothing
+    (_SEALED, _RECOVERED, replace(_NEXT, intact=False), segfile.LINK_BROKEN),  # 6's header not authentic
+    (_SEALED, _RECOVERED, replace(_NEXT, prev_digest=_link(3, ZERO).digest), segfile.LINK_BROKEN),  # to 3
+    (_SEALED, _RECOVERED, replace(_NEXT, prev_digest=b"\xee" * 32), segfile.LINK_BROKEN),  # to one not here
+    (_SEALED, replace(_RECOVERED, prev_digest=b"\xee" * 32), _NEXT, segfile.LINK_BROKEN),  # 5 not from 4
+    (replace(_SEALED, sequence=5), _RECOVERED, _NEXT, segfile.LINK_BROKEN),  # "before" not before it
+    (_SEALED, _RECOVERED, replace(_NEXT, sequence=7), segfile.LINK_GAP),  # not the next number
+    (_SEALED, _RECOVERED, replace(_NEXT, sequence=5), segfile.LINK_DUPLICATE),
+])
+def test_only_exactly_the_given_up_shape_goes_on_past(before: ChainLink | None, previous: ChainLink,
+                                                      current: ChainLink, status: str) -> None:
+    assert link_status(previous, current, before=before) == status
+    assert link_status(previous, current) == status
 
 
 def test_chain_order_is_by_sequence_not_by_given_order() -> None:
@@ -477,6 +513,78 @@ def test_recovered_segments_are_listed_as_such(tmp_path: Path, tk: TestKeys) -> 
     assert report.ok, report.problems
     assert report.recovered == [str(recovered.path)]
     assert report.to_json_dict()["recovered"] == [str(recovered.path)]
+
+
+def _recovered_segment(data_dir: Path, tk: TestKeys, sequence: int, start_s: int,
+                       prev: bytes) -> segfile.SealedSegment:
+    """A segment closed by recovery (its ``.partial`` recovered, as start-up does), linked to ``prev``."""
+    meta = make_meta(sequence=sequence, start_ns=START_NS + start_s * SECOND_NS, prev_digest=prev)
+    path = layout.segment_path(data_dir, meta.camera, meta.start_ns)
+    writer = segfile.SegmentWriter(path, meta, [tk.recipient_public], tk.device, chunk_bytes=512)
+    writer.note(meta.start_ns + SECOND_NS, 5)
+    writer.write(os.urandom(2000))
+    writer.poll()
+    recovered = segfile.recover_partial(writer.partial_path, tk.device)
+    writer.abort()
+    assert recovered.state == "recovered"
+    return recovered
+
+
+def test_a_link_knows_a_recovered_segment_only_when_it_is_intact(tmp_path: Path, tk: TestKeys) -> None:
+    [sealed] = _record_chain(tmp_path, tk, [0])
+    recovered = _recovered_segment(tmp_path, tk, 1, 10, sealed.digest)
+
+    def link(path: Path) -> ChainLink:
+        found = ChainLink.of(segfile.check_segment(path, private_key=tk.recipient))
+        assert found is not None
+        return found
+
+    assert (link(sealed.path).recovered, link(recovered.path).recovered) == (False, True)
+    blob = bytearray(recovered.path.read_bytes())
+    blob[len(blob) // 2] ^= 1  # its trailer still says "recovered", but the file is damaged
+    recovered.path.write_bytes(bytes(blob))
+    damaged = link(recovered.path)
+    assert (damaged.intact, damaged.recovered) == (False, False)
+
+
+def _given_up_and_recovered(data_dir: Path, tk: TestKeys, *, second_sealed: bool = False,
+                            next_links_to: int = 1) -> list[segfile.SealedSegment]:
+    """Sequences 0, 1 sealed; 2 given up by the recorder and recovered at start-up; 3, 4 sealed, 3 linked
+    to 1 (the last segment the recorder had sealed when it went on). ``second_sealed``: 2 is a sealed
+    segment instead; ``next_links_to``: 3 links to that one instead."""
+    sealed = _record_chain(data_dir, tk, [0, 10])
+    if second_sealed:
+        [middle] = _record_chain(data_dir, tk, [20], first_seq=2, prev=sealed[1].digest)
+    else:
+        middle = _recovered_segment(data_dir, tk, 2, 20, sealed[1].digest)
+    after = _record_chain(data_dir, tk, [30, 40], first_seq=3, prev=sealed[next_links_to].digest)
+    return [*sealed, middle, *after]
+
+
+PAST_NOTE = ("(sequence 3): goes on from sequence 1, not from sequence 2: the recorder gave up on sequence 2 "
+             "(it could not read it) and went on from the last segment it had sealed; start-up recovered it "
+             "later")
+
+
+def test_verify_explains_a_segment_going_on_past_one_recovered_at_start_up(tmp_path: Path,
+                                                                           tk: TestKeys) -> None:
+    segs = _given_up_and_recovered(tmp_path, tk)
+    report = inventory.verify_tree(tmp_path, private_key=tk.recipient)
+    assert report.ok, report.problems
+    assert report.recovered == [str(segs[2].path)]
+    assert f"{segs[3].path} {PAST_NOTE}" in report.notes, report.notes
+
+
+@pytest.mark.parametrize(("second_sealed", "next_links_to"), [(True, 1), (False, 0)])
+def test_a_segment_linking_past_a_sealed_one_or_to_a_third_one_is_broken(
+        tmp_path: Path, tk: TestKeys, second_sealed: bool, next_links_to: int) -> None:
+    """2 sealed, not recovered (3 linking to 1 then says 2 was replaced after 3 was written); or 2
+    recovered but 3 linking to 0, a segment neither just before it nor before that one."""
+    segs = _given_up_and_recovered(tmp_path, tk, second_sealed=second_sealed, next_links_to=next_links_to)
+    report = inventory.verify_tree(tmp_path, private_key=tk.recipient)
+    assert report.problems == [
+        f"{segs[3].path} (sequence 3): hash chain broken: prev_digest is not the digest of sequence 2"]
+    assert not [n for n in report.notes if "gave up" in n]
 
 
 # ----- numbers set aside at start-up (quarantined): one rule for every hole -------------------------------
