@@ -760,11 +760,13 @@ class Recorder:
 
     def _lose_unsealed(self, unsealed: UnsealedSegment, why: str) -> None:
         """The unsealed segment is damaged beyond recovery (its ``.partial``, or the file its seal renamed
-        before failing), or gone. Start-up reconciliation quarantines a damaged file (or removes a
-        ``.partial`` that holds no footage) exactly as this recovery failed, so the catalogued chain
-        goes on from the last sealed segment: the next segment links to that one. Its sequence number is
-        not reused, so the quarantined file and the hole in the sequence numbers point at each other, and
-        the lost footage is reported as a gap."""
+        before failing), gone, or unreadable for UNSEALED_GIVE_UP_S. Start-up reconciliation quarantines a
+        damaged file (or removes a ``.partial`` that holds no footage) exactly as this recovery failed, so
+        the catalogued chain goes on from the last sealed segment: the next segment links to that one. Its
+        sequence number is not reused, so the quarantined file and the hole in the sequence numbers point
+        at each other, and the lost footage is reported as a gap. A file given up as unreadable that start-up
+        can read again is recovered instead; chain walks explain the next segment's link past it
+        (``segfile.LINK_PAST``)."""
         self._unsealed = None
         self.chain = ChainState(next_sequence=unsealed.meta.sequence + 1, prev_digest=self.chain.prev_digest)
         if self._gap_from_ns is None:
