@@ -8,6 +8,7 @@ devices, sparse and oversized members are refused, and compressed tars are not o
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
@@ -369,13 +370,10 @@ def _check_device_pub(bundle: BundleFile, manifest: Manifest, report: BundleRepo
         report.problems.append("wrong device: device.pub is not the key that signed the manifest")
 
 
-# The segment of a camera walked last and the one walked before it (``segfile.link_status``); (None, None)
-# at the start and after a segment without a readable header.
-_Walked = tuple[segfile.ChainLink | None, segfile.ChainLink | None]
-
-
 def _check_segments(bundle: BundleFile, manifest: Manifest, catalog: dict[str, dict[str, Any]],
                     private_key: X25519PrivateKey | None, report: BundleReport) -> None:
+    """Check every segment on its own (staged one at a time, in name order), then walk each camera's chain
+    by sequence number (``_walk_chain``)."""
     absent_seqs = {(a.get("camera"), a.get("sequence")) for a in manifest.raw.get("absent") or []
                    if isinstance(a, dict)}
     names = [n for n in manifest.segment_names() if n in bundle.members]
@@ -385,57 +383,53 @@ def _check_segments(bundle: BundleFile, manifest: Manifest, catalog: dict[str, d
     with tempfile.TemporaryDirectory(prefix="edgerec-verify-") as tmp:
         staged = Path(tmp) / "segment.seg"
         for camera, cam_names in by_camera.items():
-            walked: _Walked = (None, None)
+            links: list[tuple[segfile.ChainLink, str]] = []
+            unread: set[int] = set()  # what the catalog rows say the segments with no readable header are
             for name in cam_names:
                 with open(staged, "wb") as f:
                     _check_digest(bundle, manifest, name, report, into=f)
                 report.checked += 1
+                row = catalog.get(name)
                 try:
-                    link = _check_one_segment(staged, name, manifest, catalog.get(name), private_key,
-                                              walked, absent_seqs, report, camera)
+                    link = _check_one_segment(staged, name, manifest, row, private_key, report, camera)
                 except OSError as exc:  # its copy could not be read: not verified, so a problem all the same
-                    report.problems.append(f"{name}: cannot read its staged copy: {exc.strerror or exc}")
+                    report.problems.append(f"{name}: cannot read its staged copy: {exc.strerror or exc}; "
+                                           f"{_unread_place(row)}")
                     link = None
-                walked = (link, walked[0]) if link is not None else (None, None)
+                if link is not None:
+                    links.append((link, name))
+                elif (sequence := _row_sequence(row)) is not None:
+                    unread.add(sequence)
             staged.unlink(missing_ok=True)
+            known = {s for c, s in absent_seqs if c == camera and isinstance(s, int)} | unread
+            _walk_chain(links, sorted(known), report)
 
 
 def _check_one_segment(path: Path, name: str, manifest: Manifest, row: dict[str, Any] | None,
-                       private_key: X25519PrivateKey | None, walked: _Walked,
-                       absent_seqs: set[tuple[Any, Any]], report: BundleReport,
+                       private_key: X25519PrivateKey | None, report: BundleReport,
                        camera: str) -> segfile.ChainLink | None:
-    """Check one staged segment and its link to the one walked before it; what the walk knows of it (None:
-    its header is unreadable)."""
-    try:
-        header = segfile.read_header(path)
-    except SegmentError as exc:
-        report.problems.append(f"{name}: {exc.what}")
-        return None
-    meta = header.meta
-    previous, before = walked
-    if previous is not None and previous.sequence + 1 != meta.sequence:
-        missing = [s for s in range(previous.sequence + 1, meta.sequence) if (camera, s) not in absent_seqs]
-        if missing or meta.sequence <= previous.sequence:
-            report.problems.append(f"{name}: hash chain broken: sequence {meta.sequence} follows "
-                                   f"{previous.sequence} (a segment is missing)")
+    """Check one staged segment on its own: what the chain walk knows of it (None: its header cannot be
+    read, so it has no sequence number and no place in the walk)."""
+    from .inventory import name_problem as place_problem
+
     check = segfile.check_segment(path, private_key=private_key, device_key=manifest.device_key)
-    report.problems.extend(f"{name}: {error.what}" for error in check.problems)
+    problems = [f"{name}: {error.what}" for error in check.problems]
     link = segfile.ChainLink.of(check)
-    if link is None:  # read again, the header is unreadable after all
+    if link is None or check.header is None:
+        # Reported once, with the number the (signed) catalog row gives it: the walk does not report
+        # that number again as missing, and the segment stays a problem.
+        *first, last = problems or [f"{name}: its header cannot be read"]
+        report.problems.extend([*first, f"{last}; {_unread_place(row)}"])
         return None
-    if previous is not None and previous.sequence + 1 == meta.sequence:
-        status = segfile.link_status(previous, link, before=before)
-        if status == segfile.LINK_BROKEN:
-            report.problems.append(f"{name}: hash chain broken: prev_digest differs from the previous "
-                                   "segment's digest")
-        elif status == segfile.LINK_PAST:
-            assert before is not None
-            report.notes.append(f"{name}: {segfile.past_note(before, previous)}")
+    report.problems.extend(problems)
+    meta = check.header.meta
     if meta.device_id != manifest.device_id:
         report.problems.append(f"{name}: wrong device: recorded by {meta.device_id!r}, the bundle is from "
                                f"{manifest.device_id!r}")
-    if meta.camera != camera:
-        report.problems.append(f"{name}: recorded by camera {meta.camera!r}, filed under {camera!r}")
+    # The walk goes by sequence, so a segment under another one's name shows here, not as a chain break.
+    misplaced = place_problem(Path(PurePosixPath(name)), Path(camera), meta)
+    if misplaced is not None:
+        report.problems.append(f"{name}: {misplaced}")
     try:
         info = segfile.read_info(path)
     except SegmentError:
@@ -446,6 +440,53 @@ def _check_one_segment(path: Path, name: str, manifest: Manifest, row: dict[str,
         report.problems.append(f"{name}: differs from its catalog row (digest {info.digest.hex()}, catalog "
                                f"{row.get('digest')}): a different segment in its place")
     return link
+
+
+def _row_sequence(row: dict[str, Any] | None) -> int | None:
+    sequence = (row or {}).get("sequence")
+    return sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else None
+
+
+def _unread_place(row: dict[str, Any] | None) -> str:
+    """What is known of the sequence number of a segment whose header cannot be read."""
+    sequence = _row_sequence(row)
+    if sequence is None:
+        return "its sequence number is not known (its header cannot be read, and no catalog row gives it)"
+    return (f"its header cannot be read: its catalog row says it is sequence {sequence}, which is therefore "
+            "not confirmed")
+
+
+def _walk_chain(links: list[tuple[segfile.ChainLink, str]], known: list[int], report: BundleReport) -> None:
+    """One camera's chain, walked by sequence number, never by name or start time (spec section 7.6: a
+    clock step backwards gives a later segment an earlier name, and a name is not authenticated; the
+    sequence is in the signed header). A number missing between two segments is a problem unless it is
+    ``known`` (sorted): listed in the manifest's ``absent``, or the catalog's number of a bundled segment
+    whose header cannot be read (a problem of its own already, naming that number)."""
+    before: segfile.ChainLink | None = None  # the one walked before ``previous``
+    previous: segfile.ChainLink | None = None
+    for link, name in segfile.chain_order(links):
+        status = segfile.link_status(previous, link, before=before)
+        if status == segfile.LINK_DUPLICATE:  # a fork: the walk goes on from the first of the two
+            report.problems.append(f"{name}: a second segment with sequence {link.sequence}: the chain "
+                                   "forked")
+            continue
+        if previous is not None and link.sequence > previous.sequence + 1:
+            if _unaccounted(previous.sequence + 1, link.sequence - 1, known):
+                report.problems.append(f"{name}: hash chain broken: sequence {link.sequence} follows "
+                                       f"{previous.sequence} (a segment is missing)")
+        elif status == segfile.LINK_BROKEN:
+            report.problems.append(f"{name}: hash chain broken: prev_digest differs from the previous "
+                                   "segment's digest")
+        elif status == segfile.LINK_PAST:
+            assert before is not None and previous is not None
+            report.notes.append(f"{name}: {segfile.past_note(before, previous)}")
+        before, previous = previous, link
+
+
+def _unaccounted(first: int, last: int, known: list[int]) -> bool:
+    """Whether some number of ``first``..``last`` is not ``known`` (counted, never walked: a damaged
+    header can claim any number)."""
+    return bisect.bisect_right(known, last) - bisect.bisect_left(known, first) < last - first + 1
 
 
 def _check_audit(bundle: BundleFile, manifest: Manifest, report: BundleReport) -> None:

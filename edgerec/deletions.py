@@ -140,8 +140,9 @@ class Missing:
     count: int
 
     def __str__(self) -> str:
-        """``5``, ``5..9`` or ``5..9 (3 of them)``."""
-        if self.count == 1:
+        """``5``, ``5..9`` or ``5..9 (3 of them)`` (also ``5..6 (1 of them)``: one of the two, not known
+        which)."""
+        if self.count == 1 and self.first == self.last:
             return str(self.first)
         span = f"{self.first}..{self.last}"
         return span if self.last - self.first + 1 == self.count else f"{span} ({self.count} of them)"

@@ -229,8 +229,10 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
     on_disk: set[str] = set()
     found: dict[str, _Found] = {}  # relative path -> what its check found
     chains: dict[str, list[tuple[segfile.ChainLink, Path]]] = {}
+    unread: dict[str, list[_Unreadable]] = {}
     for cam_dir in camera_dirs(data_dir, camera):
         links: list[tuple[segfile.ChainLink, Path]] = []
+        unreadable: list[_Unreadable] = []
         for path in segment_files(data_dir, cam_dir.name):
             rel = str(path.relative_to(data_dir))
             on_disk.add(rel)
@@ -238,15 +240,16 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
             try:
                 check = segfile.check_segment(path, private_key=private_key, device_key=device_key)
             except OSError as exc:  # not known to be damaged, but not verified either: a problem all the same
-                report.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+                unreadable.append(_Unreadable(path, (f"{path}: cannot read: {exc.strerror or exc}",)))
+                continue
+            link = segfile.ChainLink.of(check)
+            if link is None:  # the header is unreadable: no sequence, no place in the chain
+                unreadable.append(_Unreadable(path, tuple(str(e) for e in check.problems)))
                 continue
             report.problems.extend(str(e) for e in check.problems)
             if check.state == "recovered" and check.ok:
                 report.recovered.append(str(path))
                 report.notes.append(f"{path}: recovered after a crash: it ends at its last intact chunk")
-            link = segfile.ChainLink.of(check)
-            if link is None:
-                continue  # the header is unreadable: no sequence, no place in the chain (reported above)
             assert check.header is not None
             digest = link.digest.hex() if link.digest is not None else None
             found[rel] = _Found(link.sequence, digest, check.ok)
@@ -255,16 +258,18 @@ def verify_tree(data_dir: Path, *, private_key: Any = None, camera: str | None =
                 report.problems.append(f"{path}: {misplaced}")
             links.append((link, path))
         chains[cam_dir.name] = links
+        unread[cam_dir.name] = unreadable
+        _report_unreadable(unreadable, links, report)
         partials = sorted(cam_dir.glob(f"*/*{PARTIAL_SUFFIX}"))
-        _walk_chain(links, report, _Explainer.of(removals, cam_dir.name, on_disk, partials))
+        _walk_chain(links, report, _Explainer.of(removals, cam_dir.name, on_disk, partials, unreadable))
         for partial in partials:
             report.notes.append(f"{partial}: unfinished segment (recording, or recovered at next start)")
     _check_catalog(data_dir, camera, on_disk, found, removals, report)
     _check_missing_at_start_up(data_dir, camera, on_disk, removals, report)
     for head in heads:
         if camera is None or head.camera == camera:
-            _check_head(head, chains.get(head.camera, []), _Explainer.of(removals, head.camera, on_disk),
-                        report)
+            explainer = _Explainer.of(removals, head.camera, on_disk, unreadable=unread.get(head.camera, []))
+            _check_head(head, chains.get(head.camera, []), explainer, report)
     return report
 
 
@@ -273,6 +278,69 @@ class _Found:
     sequence: int
     digest: str | None
     intact: bool
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A segment file whose header could not be read (damaged, or the file could not be opened): it has no
+    sequence number, so no place in the chain walk. Its problems are reported once, with the place its
+    name gives it (``_place_of``)."""
+
+    path: Path
+    problems: tuple[str, ...]
+
+
+def _report_unreadable(unreadable: Sequence[_Unreadable], links: list[tuple[segfile.ChainLink, Path]],
+                       report: VerifyReport) -> None:
+    """Each unreadable file's problems, the last one saying which sequence number it may be."""
+    for item in unreadable:
+        *first, last = item.problems or (f"{item.path}: its header cannot be read",)
+        report.problems.extend(first)
+        report.problems.append(f"{last}; {_place_of(item.path, links)}")
+
+
+def _place_of(path: Path, links: list[tuple[segfile.ChainLink, Path]]) -> str:
+    """Which numbers of the camera's chain a file whose header cannot be read may be: those missing between
+    the two segments (walked by sequence) between whose names its name lies. A name is not authenticated,
+    so this is where the file claims to be, not what it is: those numbers stay unconfirmed."""
+    name_ns = start_ns_from_name(path)
+    if name_ns is None:
+        return "its sequence number is not known (its header cannot be read), nor its place (its name)"
+    lies = "its sequence number is not known (its header cannot be read): by its name it lies"
+    walk = _walk_order(links)
+    if not walk:
+        return f"{lies} in a camera with no readable segment"
+    previous: segfile.ChainLink | None = None
+    previous_path: Path | None = None
+    for link, link_path in walk:
+        hole = _hole_before(previous, previous_path, link, link_path)
+        if hole is not None and _named_within(name_ns, hole):
+            where = f"between sequence {previous.sequence} and" if previous is not None else "before"
+            maybe = (f"in the place of sequence {hole.first}, which is therefore not confirmed"
+                     if hole.count == 1 else f"where sequence(s) {_span(hole)} are not here: it may be any "
+                     "of them, none of which is confirmed")
+            return f"{lies} {where} sequence {link.sequence}, {maybe}"
+        previous, previous_path = link, link_path
+    newest, newest_path = walk[-1]
+    newest_ns = start_ns_from_name(newest_path)
+    if newest_ns is not None and name_ns > newest_ns:
+        return f"{lies} after sequence {newest.sequence}, the newest here: it may be a later one"
+    return f"{lies} where no number is missing from the chain: it is none of the chain's segments"
+
+
+def _walk_order(links: list[tuple[segfile.ChainLink, Path]]) -> list[tuple[segfile.ChainLink, Path]]:
+    """The segments the chain walk goes on from, in its order (the first of two with one number)."""
+    walk: list[tuple[segfile.ChainLink, Path]] = []
+    for link, path in segfile.chain_order(links):
+        if not walk or walk[-1][0].sequence != link.sequence:
+            walk.append((link, path))
+    return walk
+
+
+def _named_within(name_ns: int, hole: Hole) -> bool:
+    """Whether a name time lies between a hole's neighbours' names (as ``deletions.unexplained`` counts)."""
+    return ((hole.after_ns is None or name_ns > hole.after_ns)
+            and (hole.before_ns is None or name_ns < hole.before_ns))
 
 
 def _read_removals(data_dir: Path, report: VerifyReport) -> dict[str, CameraRemovals] | None:
@@ -312,18 +380,23 @@ class _Explainer:
     # name times of the camera's .partial files here now: not recorded yet (start-up recovers or sets
     # them aside), so they account for a hole of the walk (by count), as a note
     pending_times: list[int] = field(default_factory=list)
+    # name times of the camera's files here whose header cannot be read: each is a problem of its own,
+    # naming the numbers it may be (``_place_of``), so a hole they account for is not reported again
+    unreadable_times: list[int] = field(default_factory=list)
 
     @classmethod
     def of(cls, record: dict[str, CameraRemovals] | None, camera: str, present: set[str],
-           partials: Sequence[Path] = ()) -> _Explainer:
+           partials: Sequence[Path] = (), unreadable: Sequence[_Unreadable] = ()) -> _Explainer:
         pending = sorted(ns for ns in (start_ns_from_name(p.with_name(p.name.removesuffix(PARTIAL_SUFFIX)))
                                        for p in partials) if ns is not None)
+        unread = sorted(ns for ns in (start_ns_from_name(u.path) for u in unreadable) if ns is not None)
         removals = None if record is None else record.get(camera)
         if removals is None:
-            return cls(None, [], [], record is not None, {}, pending)
+            return cls(None, [], [], record is not None, {}, pending, unread)
         gone = {seq: path for path, seq in removals.by_path.items()
                 if seq is not None and path not in present}
-        return cls(removals, sorted(removals.sequences), removals.name_times(present), True, gone, pending)
+        return cls(removals, sorted(removals.sequences), removals.name_times(present), True, gone, pending,
+                   unread)
 
     def unexplained(self, hole: Hole) -> Missing | None:
         return unexplained(hole, self.sequences, self.name_times)
@@ -332,6 +405,20 @@ class _Explainer:
         """Whether the .partial files here account for what the log leaves unexplained in ``hole``."""
         return bool(self.pending_times) and unexplained(
             hole, self.sequences, sorted(self.name_times + self.pending_times)) is None
+
+    def unaccounted(self, hole: Hole) -> Missing | None:
+        """What the log leaves unexplained in ``hole`` (``unexplained``), less as many numbers as there are
+        files here whose header cannot be read named between its neighbours; None when nothing is left.
+        Those files explain nothing away: each is a problem of its own, naming the numbers it may be
+        (``_place_of``), so verify still fails (also when a segment was removed and a damaged file put
+        in its place); they only keep the hole from being reported a second time. What is left is
+        reported, as the span of the unexplained numbers with the count left (which of them are missing
+        is not known)."""
+        missing = self.unexplained(hole)
+        if missing is None or not self.unreadable_times:
+            return missing
+        left = unexplained(hole, self.sequences, sorted(self.name_times + self.unreadable_times))
+        return None if left is None else Missing(missing.first, missing.last, left.count)
 
     def linked_before(self, sequence: int) -> int:
         """The number a segment links to when the one before it is not here: the next lower one, past the
@@ -418,8 +505,8 @@ def _check_hole(hole: Hole | None, where: str, explainer: _Explainer, report: Ve
     if explainer.pending_explains(hole):
         report.notes.append(f"{where}: sequence(s) {_span(hole)} before it not here, but a .partial is (the "
                             "next start recovers it or sets it aside)")
-    else:
-        report.problems.append(f"{where}: {explainer.problem(missing)}")
+    elif (left := explainer.unaccounted(hole)) is not None:  # else unreadable files here name them
+        report.problems.append(f"{where}: {explainer.problem(left)}")
     return missing
 
 
@@ -494,9 +581,13 @@ def _check_head(head: ChainHead, links: list[tuple[segfile.ChainLink, Path]], ex
     first = 0 if newest is None else newest[0].sequence + 1
     hole = Hole(first, head.sequence, None if newest is None else start_ns_from_name(newest[1]), None)
     missing = explainer.unexplained(hole)
-    if missing is not None:
-        report.problems.append(f"camera {head.camera}: the newest {explainer.problem(missing)} (chain head "
+    left = explainer.unaccounted(hole)
+    if left is not None:
+        report.problems.append(f"camera {head.camera}: the newest {explainer.problem(left)} (chain head "
                                f"{head} seen earlier)")
+    elif missing is not None:  # files here whose header cannot be read may be these: each is a problem
+        report.notes.append(f"chain head {head} seen earlier: not confirmed: a file here whose header cannot "
+                            "be read may be its segment (see its problem)")
     else:
         report.notes.append(f"chain head {head} seen earlier: its segments up to it were removed (the audit "
                             "log records it)")
