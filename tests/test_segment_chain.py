@@ -568,14 +568,7 @@ def test_a_forked_chain_is_a_problem(tmp_path: Path, tk: TestKeys) -> None:
 def test_recovered_segments_are_listed_as_such(tmp_path: Path, tk: TestKeys) -> None:
     _device_pub(tmp_path, tk)
     [seg] = _record_chain(tmp_path, tk, [0])
-    meta = make_meta(sequence=1, start_ns=START_NS + 10 * SECOND_NS, prev_digest=seg.digest)
-    path = layout.segment_path(tmp_path, meta.camera, meta.start_ns)
-    writer = segfile.SegmentWriter(path, meta, [tk.recipient_public], tk.device, chunk_bytes=512)
-    writer.note(meta.start_ns + SECOND_NS, 5)
-    writer.write(os.urandom(2000))
-    writer.poll()
-    recovered = segfile.recover_partial(writer.partial_path, tk.device)
-    writer.abort()
+    recovered = _recovered_segment(tmp_path, tk, 1, 10, seg.digest)
     report = inventory.verify_tree(tmp_path, private_key=tk.recipient)
     assert report.ok, report.problems
     assert report.recovered == [str(recovered.path)]
