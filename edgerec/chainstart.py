@@ -17,6 +17,12 @@ number. So that line carries ``newest_quarantined``: per camera, the highest seq
 number too, but links to the newest segment it can link to (removed, catalogued or queued): a
 quarantined file has no digest to trust (``next_link``).
 
+A ``.partial`` start-up keeps in place because it cannot be read for an error of the system (EIO,
+EACCES, ...: ``reconcile``) is most often the camera's newest segment, left unsealed by a crash, and a
+later start recovers it under its number. So the chain goes on past it too (``past_kept``), exactly as a
+recorder goes on past an unsealed segment it gives up: the next segment takes the number after it and
+still links to the newest segment it can link to; chain walks explain that link as ``segfile.LINK_PAST``.
+
 ``RemovedHeads`` reads those fields from the log (the whole log once per process, then only what was
 appended; only the fields themselves are decoded, not the line's list of paths) and keeps each camera's
 highest; the daemon goes on from the newest of that, the camera's newest catalogued segment and its
@@ -99,6 +105,41 @@ def next_link(head: ChainHead | None, quarantined: int | None) -> tuple[int, byt
     always linked to ``head`` (a zero digest when there is none: the camera's first segment)."""
     after = max(-1 if head is None else head.sequence, -1 if quarantined is None else quarantined)
     return after + 1, bytes(32) if head is None else bytes.fromhex(head.digest)
+
+
+@dataclass(frozen=True)
+class KeptPartial:
+    """A ``.partial`` start-up reconciliation kept in place (an error of the system kept it from being
+    recovered): a segment its camera may have begun after the newest one it sealed."""
+
+    camera: str
+    path: str  # relative to the data directory
+    sequence: int | None  # the number its header claims (None: the header cannot be read either)
+    start_ns: int | None  # the start time its name carries (None: not a segment's name)
+
+
+def past_kept(next_sequence: int, kept: Iterable[KeptPartial],
+              newest_start_ns: int | None) -> tuple[int, list[tuple[KeptPartial, int]]]:
+    """Where a camera's chain goes on, from ``next_sequence``, past the ``.partial`` files of it kept in
+    place (``kept``, this camera's only), and each file it went past with the number left to it. A file
+    whose number is known is passed when that number is still ahead (``>= next_sequence``); one whose
+    header cannot be read is taken for one number when its name is later than the start of the camera's
+    newest segment here (``newest_start_ns``; None: there is none). Files older than the chain's head
+    change nothing: their numbers are behind it. Taken in name order, so that each file whose number is
+    unknown takes the number after the file before it."""
+    passed: list[tuple[KeptPartial, int]] = []
+    for partial in sorted(kept, key=lambda k: (k.start_ns is None, k.start_ns or 0, k.path)):
+        if partial.sequence is not None:
+            if partial.sequence < next_sequence:
+                continue
+            number = partial.sequence
+        elif newest_start_ns is None or (partial.start_ns is not None and partial.start_ns > newest_start_ns):
+            number = next_sequence
+        else:
+            continue
+        passed.append((partial, number))
+        next_sequence = number + 1
+    return next_sequence, passed
 
 
 def _field(raw: bytes, mark: bytes) -> Any:

@@ -16,7 +16,9 @@ Run once at start, before any recorder writes (a ``.partial`` seen here is never
 Only a SegmentError (the file is damaged, not a segment, or not a file at all) sets a file aside. An
 OSError while recovering or adopting it (EIO, EMFILE, EACCES, ...: an error of the system or of the
 moment, ``segfile._open_path``) says nothing about the file: it stays where it is, the error is reported
-(``errors``, logged), and the next reconciliation tries it again.
+(``errors``, logged), and the next reconciliation tries it again. Each ``.partial`` kept so is named in
+``kept`` with the number its header claims (when that can be read) and its name's time: the camera's
+chain goes on past it (``chainstart.past_kept``), as its number is taken once a later start recovers it.
 
 Each step is logged, reported and (when an audit log is given) audited. The disk is walked one
 directory at a time and the catalog is read in pages, so memory stays flat however much footage there is.
@@ -46,7 +48,14 @@ from .catalog import Catalog, IncidentRow, SegmentRow
 from .errors import CatalogError, SegmentError
 from .fsutil import fsync_dir
 from .incidents import incidents_from_audit
-from .layout import PARTIAL_SEGMENT_SUFFIX, QUARANTINE_DIR, SEGMENT_SUFFIX, DataDir
+from .layout import (
+    PARTIAL_SEGMENT_SUFFIX,
+    PARTIAL_SUFFIX,
+    QUARANTINE_DIR,
+    SEGMENT_SUFFIX,
+    DataDir,
+    start_ns_from_name,
+)
 from .spacereserve import SpaceReserve
 from .timefmt import rfc3339
 
@@ -63,6 +72,8 @@ class ReconcileReport:
     quarantined: list[str] = field(default_factory=list)  # files moved to quarantine/ (with why)
     # Each quarantined file's camera and the sequence number it claims (its header's; None: none).
     quarantined_claims: list[tuple[str, int | None]] = field(default_factory=list)
+    # Partials kept in place for an error of the system: the chain goes on past them (chainstart).
+    kept: list[chainstart.KeptPartial] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # partials without footage, deleted
     dropped: list[str] = field(default_factory=list)  # rows whose file had vanished
     finished_deletions: list[str] = field(default_factory=list)  # interrupted deletions completed
@@ -174,8 +185,8 @@ def _recover(data_dir: Path, partial: Path, catalog: Catalog, signing_key: Ed255
             log.warning("reconcile found a partial gone before its recovery path=%s why=%s", rel, exc.what)
             return
         except OSError as stat_exc:  # kept: only a file known to be damaged is set aside
-            _error(report, f"path={rel} cannot recover ({exc.what}), nor look at it: "
-                           f"{stat_exc.strerror or stat_exc}; kept in place")
+            _keep(data_dir, partial, report, f"cannot recover ({exc.what}), nor look at it: "
+                                             f"{stat_exc.strerror or stat_exc}")
             return
         if size < segfile.HEADER_MIN_BYTES:
             # Not even a whole header: the crash came before any footage was written.
@@ -186,7 +197,7 @@ def _recover(data_dir: Path, partial: Path, catalog: Catalog, signing_key: Ed255
         _quarantine(data_dir, partial, f"cannot recover: {exc.what}", report)
         return
     except OSError as exc:  # not the file's fault: kept in place, tried again at the next start
-        _error(report, f"path={rel} cannot recover: {exc.strerror or exc}; kept in place")
+        _keep(data_dir, partial, report, f"cannot recover: {exc.strerror or exc}")
         return
     try:
         row = catalog.add_segment(sealed)
@@ -196,6 +207,16 @@ def _recover(data_dir: Path, partial: Path, catalog: Catalog, signing_key: Ed255
     report.recovered.append(row.path)
     log.warning("reconcile recovered segment path=%s state=%s frames=%d bytes=%d", row.path, sealed.state,
                 sealed.frames, sealed.size_bytes)
+
+
+def _keep(data_dir: Path, partial: Path, report: ReconcileReport, why: str) -> None:
+    """``partial`` stays where it is, reported, with what its camera's chain needs to go on past it."""
+    rel = _rel(data_dir, partial)
+    camera = rel.split("/", 1)[0]
+    _error(report, f"path={rel} {why}; kept in place")
+    report.kept.append(chainstart.KeptPartial(
+        camera, rel, _claimed_number(partial, camera),
+        start_ns_from_name(partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX)))))
 
 
 def _adopt(data_dir: Path, path: Path, catalog: Catalog, device_key: Ed25519PublicKey | None,
@@ -222,7 +243,8 @@ def _adopt(data_dir: Path, path: Path, catalog: Catalog, device_key: Ed25519Publ
 def _claimed_number(path: Path, camera: str) -> int | None:
     """The sequence number a file about to be set aside claims in ``camera``'s chain: its header's, when
     the header can be read and names that camera (one whose number the catalog could hold). Read before
-    it goes: if it was the camera's newest, the chain goes on past it (``chainstart``)."""
+    it goes, or as it is kept in place: if it was the camera's newest, the chain goes on past it
+    (``chainstart``)."""
     try:
         meta = segfile.read_header(path).meta
     except (SegmentError, OSError):

@@ -1384,9 +1384,10 @@ def _goes_on_past(before: ChainLink | None, previous: ChainLink, current: ChainL
 
 def past_note(before: ChainLink, previous: ChainLink) -> str:
     """What a chain walk notes about a ``LINK_PAST`` link (after the segment's name)."""
-    return (f"goes on from sequence {before.sequence}, not from sequence {previous.sequence}: the recorder "
-            f"gave up on sequence {previous.sequence} (it could not read it) and went on from the last "
-            "segment it had sealed; start-up recovered it later")
+    return (f"goes on from sequence {before.sequence}, not from sequence {previous.sequence}: sequence "
+            f"{previous.sequence} could not be read when this one began (the recorder gave it up, or "
+            "start-up kept it in place), so the chain went on from the last segment sealed before it; "
+            "start-up recovered it later")
 
 
 # ----------------------------------------------------------------------------------------------- recovery

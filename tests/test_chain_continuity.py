@@ -9,6 +9,7 @@ where a chain goes on"), so a lost or older catalog must not change where it goe
 
 from __future__ import annotations
 
+import errno
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -296,3 +297,102 @@ def test_removed_heads_keep_the_highest_number_set_aside(tmp_path: Path) -> None
     assert next_link(ChainHead("gate", 7, d), 9) == (10, bytes.fromhex(d))
     assert next_link(ChainHead("gate", 12, d), 9) == (13, bytes.fromhex(d))
     assert next_link(None, None) == (0, bytes(32))
+
+
+# ----- a .partial start-up keeps in place (an error of the system) keeps its number -----------------------
+def test_a_kept_partial_keeps_its_number_and_is_recovered_later(site: Site) -> None:
+    """A crash left gate's newest segment unsealed; at the next start its .partial cannot be opened (EIO:
+    not the file's fault), so start-up keeps it in place. The camera goes on at its number + 1, linked to
+    the last sealed segment, as a recorder goes on past an unsealed segment it gives up; once a later
+    start can read the file it recovers it under its own number, and verify explains the link past it:
+    no number claimed twice, no fork."""
+    from edgerec.keys import load_or_create_device_key
+    from tests.helpers.openfails import run_cli_with_open_failing
+
+    last, last_digest, _ = newest_file(site, "gate")
+    yard_head = newest_file(site, "yard")
+    lost = replace(last, sequence=last.sequence + 1, start_ns=last.start_ns + S, prev_digest=last_digest)
+    partial = write_partial(site.data_dir, lost, load_or_create_device_key(site.data_dir))
+    blob = partial.read_bytes()
+    rel = partial.relative_to(site.data_dir).as_posix()
+
+    site.pass_time_until(lost.start_ns + S)  # the device starts again after the crash
+    before = site.files()
+    proc = run_cli_with_open_failing(errno.EIO, [partial], "run", "-c", str(site.config), "--exit-at-eof",
+                                     clock_shift_ns=site.clock_shift_ns)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"reconcile error path={rel} cannot recover: Input/output error; kept in place" in proc.stderr
+    assert (f"chain goes on past a partial kept in place camera=gate path={rel} skipped={lost.sequence} "
+            "number_known=False") in proc.stderr, proc.stderr[-3000:]
+    assert partial.read_bytes() == blob, "the kept .partial is where it was, as it was"
+    new = [m for m in headers(site, "gate") if m.sequence > last.sequence]
+    assert new and len(site.files() - before) == len(new) + len(
+        [m for m in headers(site, "yard") if m.sequence > yard_head[0].sequence])
+    assert_goes_on_from(new, (lost.sequence, last_digest.hex()))  # at lost + 1, linked to the last sealed
+    assert_goes_on_from([m for m in headers(site, "yard") if m.sequence > yard_head[0].sequence],
+                        (yard_head[0].sequence, yard_head[1].hex()))
+    pending = site.cli("verify")  # the .partial is still there: its number's hole is accounted for
+    assert pending.splitlines()[-1].endswith(": OK"), pending
+
+    after_first = max(m.sequence for m in new)
+    again = record_again(site)  # the error is gone: start-up recovers the .partial under its number
+    assert not partial.exists()
+    recovered = partial.with_name(partial.name.removesuffix(".partial"))
+    info = segfile.read_info(recovered)
+    assert (info.meta.sequence, info.state) == (lost.sequence, "recovered")
+    assert [m.sequence for m in again["gate"]][:2] == [lost.sequence, after_first + 1]  # recovered, then on
+    numbers = [m.sequence for m in headers(site, "gate")]
+    assert len(numbers) == len(set(numbers)), "a number claimed twice"
+    out = site.cli("verify")
+    assert out.splitlines()[-1].endswith(": OK"), out
+    assert "forked" not in out and "problem:" not in out, out
+    assert (f"(sequence {lost.sequence + 1}): goes on from sequence {last.sequence}, not from sequence "
+            f"{lost.sequence}: sequence {lost.sequence} could not be read when this one began") in out, out
+
+
+def test_past_kept_goes_on_past_a_kept_partial_newer_than_the_head() -> None:
+    """The rule of chain_for for .partial files start-up kept in place (chainstart.past_kept): a known
+    number still ahead is passed; an unknown one takes one number if its name is later than the start of
+    the camera's newest segment (or there is none); anything behind the head changes nothing."""
+    from edgerec.chainstart import KeptPartial, past_kept
+
+    newest_start = 1000 * S  # the camera's newest catalogued segment started then; next number 8
+
+    def kept(sequence: int | None, start_ns: int | None, name: str = "a") -> KeptPartial:
+        return KeptPartial("gate", f"gate/d/{name}.seg.partial", sequence, start_ns)
+
+    known = kept(8, newest_start + S)
+    assert past_kept(8, [known], newest_start) == (9, [(known, 8)])
+    far = kept(12, newest_start + S)  # numbers skipped before it: the chain goes on past its number
+    assert past_kept(8, [far], newest_start) == (13, [(far, 12)])
+    assert past_kept(8, [kept(7, newest_start + S), kept(3, 0)], newest_start) == (8, [])  # behind the head
+    unknown = kept(None, newest_start + S)
+    assert past_kept(8, [unknown], newest_start) == (9, [(unknown, 8)])
+    assert past_kept(8, [kept(None, newest_start - S)], newest_start) == (8, [])  # older than the head
+    assert past_kept(8, [kept(None, newest_start)], newest_start) == (8, [])
+    assert past_kept(0, [unknown], None) == (1, [(unknown, 0)])  # nothing catalogued: one number
+    assert past_kept(8, [], newest_start) == (8, [])
+    # Two left unsealed (one given up by the recorder, then a crash): each takes a number, in name order,
+    # the known one after the unknown one before it.
+    first, second = kept(None, newest_start + S, "1"), kept(9, newest_start + 2 * S, "2")
+    assert past_kept(8, [second, first], newest_start) == (10, [(first, 8), (second, 9)])
+
+
+def test_chain_for_goes_on_past_a_kept_partial(site: Site) -> None:
+    """Through the daemon's start-up in this process: the kept .partial of gate (number known, newer than
+    the head) moves gate's chain on, still linked to its newest sealed segment; yard's kept .partial is
+    older than its head and changes nothing."""
+    from edgerec.chainstart import KeptPartial
+
+    gate, gate_digest, _ = newest_file(site, "gate")
+    yard, yard_digest, _ = newest_file(site, "yard")
+    daemon = open_daemon_state(site.config)
+    try:
+        daemon.kept_partials = {
+            "gate": [KeptPartial("gate", "gate/x.seg.partial", gate.sequence + 1, gate.start_ns + S)],
+            "yard": [KeptPartial("yard", "yard/x.seg.partial", None, yard.start_ns - S)]}
+        chains = {cam: daemon.chain_for(cam) for cam in CAMERAS}
+    finally:
+        daemon.catalog.close()
+    assert (chains["gate"].next_sequence, chains["gate"].prev_digest) == (gate.sequence + 2, gate_digest)
+    assert (chains["yard"].next_sequence, chains["yard"].prev_digest) == (yard.sequence + 1, yard_digest)

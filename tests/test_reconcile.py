@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgerec.audit import AuditLog, tail_entries, verify_audit
 from edgerec.catalog import Catalog, IncidentRow
+from edgerec.chainstart import KeptPartial
 from edgerec.errors import CatalogError
 from edgerec.incidents import IncidentService, parse_command, unconfirmed_claims
 from edgerec.layout import CATALOG_NAME, QUARANTINE_DIR
@@ -172,7 +173,7 @@ def test_files_that_cannot_be_opened_now_stay_in_place_and_are_taken_at_the_next
     opens = OpenFails(monkeypatch, sealed.path, partial, err=err)
     with caplog.at_level(logging.ERROR, logger="edgerec.reconcile"):
         report = reconcile(data_dir, catalog, keys.device, keys.device.public_key(), audit=audit)
-    assert opens.failed == 2
+    assert opens.failed == 3  # the partial's recovery and its header (for the number it claims); the segment
     why = os.strerror(err)
     rels = {p: p.relative_to(data_dir).as_posix() for p in blobs}
     assert sorted(report.errors) == sorted([f"path={rels[partial]} cannot recover: {why}; kept in place",
@@ -180,6 +181,9 @@ def test_files_that_cannot_be_opened_now_stay_in_place_and_are_taken_at_the_next
     for line in report.errors:  # each one in the log too, not only counted
         assert any(line in r.getMessage() for r in caplog.records), line
     assert (report.quarantined, report.recovered, report.adopted, report.removed) == ([], [], [], [])
+    # The kept .partial is named for its camera's chain, which goes on past it; its header cannot be read
+    # either, so its number is not known, only its name's time.
+    assert report.kept == [KeptPartial("gate", rels[partial], None, T0 + MIN)]
     assert not (data_dir / QUARANTINE_DIR).exists()
     assert {p: p.read_bytes() for p in blobs} == blobs  # both in place, as they were
     assert catalog.segments() == []
@@ -188,11 +192,23 @@ def test_files_that_cannot_be_opened_now_stay_in_place_and_are_taken_at_the_next
     opens.stop()  # the next start: the error is gone
     again = reconcile(data_dir, catalog, keys.device, keys.device.public_key(), audit=audit)
     final = partial.with_name(partial.name.removesuffix(".partial"))
-    assert again.errors == [] and again.quarantined == []
+    assert again.errors == [] and again.quarantined == [] and again.kept == []
     assert again.recovered == [final.relative_to(data_dir).as_posix()]
     assert again.adopted == [rels[sealed.path]]
     assert [(r.sequence, r.state) for r in catalog.segments()] == [(0, "sealed"), (1, "recovered")]
     assert sealed.path.read_bytes() == blobs[sealed.path] and not partial.exists()
+
+
+def test_a_kept_partial_whose_header_reads_names_its_number(env, monkeypatch):
+    """Only the recovery's open fails (a bad sector met once): the header read after it names the number
+    the file claims, which its camera's chain goes on past."""
+    data_dir, keys, catalog, audit = env
+    write_real(data_dir, keys, sequence=6)
+    partial = crash_partial(data_dir, keys, sequence=7, start_ns=T0 + MIN)
+    opens = OpenFails(monkeypatch, partial, err=errno.EIO, times=1)
+    report = reconcile(data_dir, catalog, keys.device, keys.device.public_key(), audit=audit)
+    assert opens.failed == 1 and partial.exists()
+    assert report.kept == [KeptPartial("gate", partial.relative_to(data_dir).as_posix(), 7, T0 + MIN)]
 
 
 def test_rows_of_vanished_files_are_dropped(env):

@@ -557,9 +557,10 @@ def test_a_given_up_segment_recovered_at_start_up_is_explained_not_a_broken_chai
     proc = run_cli("verify", "--data-dir", str(rig.data_dir), "--key", str(officer.private_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    explained = (f"goes on from sequence {given_up - 1}, not from sequence {given_up}: the recorder gave up "
-                 f"on sequence {given_up} (it could not read it) and went on from the last segment it had "
-                 "sealed; start-up recovered it later")
+    explained = (f"goes on from sequence {given_up - 1}, not from sequence {given_up}: sequence {given_up} "
+                 "could not be read when this one began (the recorder gave it up, or start-up kept it in "
+                 "place), so the chain went on from the last segment sealed before it; start-up recovered "
+                 "it later")
     assert f"note: {after.path} (sequence {given_up + 1}): {explained}" in lines, lines
     assert not [line for line in lines if line.startswith("problem:")]
 
@@ -591,7 +592,7 @@ def test_a_given_up_segment_recovered_at_start_up_is_explained_not_a_broken_chai
     bundled = verify_bundle(tmp_path / "b", private_key=rig.private_key)
     assert bundled.ok, bundled.problems
     member = bundle_mod.segment_member(after.path.relative_to(rig.data_dir).as_posix())
-    assert [n for n in bundled.notes if "gave up" in n] == [f"{member}: {explained}"]
+    assert [n for n in bundled.notes if "gave it up" in n] == [f"{member}: {explained}"]
 
 
 def chain_walk(data_dir: Path, camera: str, rig: Rig) -> list[tuple[int, str]]:

@@ -621,9 +621,9 @@ def _given_up_and_recovered(data_dir: Path, tk: TestKeys, *, second_sealed: bool
     return [*sealed, middle, *after]
 
 
-PAST_NOTE = ("(sequence 3): goes on from sequence 1, not from sequence 2: the recorder gave up on sequence 2 "
-             "(it could not read it) and went on from the last segment it had sealed; start-up recovered it "
-             "later")
+PAST_NOTE = ("(sequence 3): goes on from sequence 1, not from sequence 2: sequence 2 could not be read when "
+             "this one began (the recorder gave it up, or start-up kept it in place), so the chain went on "
+             "from the last segment sealed before it; start-up recovered it later")
 
 
 def test_verify_explains_a_segment_going_on_past_one_recovered_at_start_up(tmp_path: Path,
@@ -644,7 +644,7 @@ def test_a_segment_linking_past_a_sealed_one_or_to_a_third_one_is_broken(
     report = inventory.verify_tree(tmp_path, private_key=tk.recipient)
     assert report.problems == [
         f"{segs[3].path} (sequence 3): hash chain broken: prev_digest is not the digest of sequence 2"]
-    assert not [n for n in report.notes if "gave up" in n]
+    assert not [n for n in report.notes if "gave it up" in n]
 
 
 # ----- numbers set aside at start-up (quarantined): one rule for every hole -------------------------------

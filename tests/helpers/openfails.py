@@ -1,5 +1,6 @@
 """Run the edgerec command with the open of some files failing as an error of the system does (EACCES,
-EIO, EMFILE, ...): ``python -m tests.helpers.openfails ERRNO_NAME PATH[:PATH...] ARGS...``.
+EIO, EMFILE, ...): ``python -m tests.helpers.openfails ERRNO_NAME PATH[:PATH...] [--shifted SPEC] ARGS...``
+(``--shifted``: its clocks moved too, as ``tests.helpers.shifted`` SPEC says).
 
 A real edgerec process, its own exit code and stderr; only ``os.open`` of exactly the files named fails
 (segfile opens segments with it). Tests may run as root, where chmod keeps no file from being read.
@@ -27,18 +28,25 @@ def main() -> int:
         return real_open(path, flags, mode, dir_fd=dir_fd)
 
     os.open = failing_open
+    if sys.argv[3] == "--shifted":
+        from tests.helpers import shifted
+
+        sys.argv = [sys.argv[0], *sys.argv[4:]]
+        return shifted.main()
     from edgerec.cli import main as cli_main
 
     return cli_main(sys.argv[3:])
 
 
-def run_cli_with_open_failing(err: int, paths: Sequence[Path], *args: str,
-                              timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``edgerec ARGS`` with every ``os.open`` of ``paths`` failing with ``err``."""
+def run_cli_with_open_failing(err: int, paths: Sequence[Path], *args: str, timeout: float = 120,
+                              clock_shift_ns: int = 0) -> subprocess.CompletedProcess[str]:
+    """``edgerec ARGS`` with every ``os.open`` of ``paths`` failing with ``err`` (and its clocks
+    ``clock_shift_ns`` ahead: time has passed)."""
     from tests.helpers.daemon import REPO
 
+    shift = ["--shifted", str(clock_shift_ns)] if clock_shift_ns else []
     cmd = [sys.executable, "-m", "tests.helpers.openfails", errno.errorcode[err],
-           os.pathsep.join(str(p) for p in paths), *args]
+           os.pathsep.join(str(p) for p in paths), *shift, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
