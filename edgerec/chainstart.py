@@ -17,11 +17,13 @@ number. So that line carries ``newest_quarantined``: per camera, the highest seq
 number too, but links to the newest segment it can link to (removed, catalogued or queued): a
 quarantined file has no digest to trust (``next_link``).
 
-A ``.partial`` start-up keeps in place because it cannot be read for an error of the system (EIO,
-EACCES, ...: ``reconcile``) is most often the camera's newest segment, left unsealed by a crash, and a
-later start recovers it under its number. So the chain goes on past it too (``past_kept``), exactly as a
-recorder goes on past an unsealed segment it gives up: the next segment takes the number after it and
-still links to the newest segment it can link to; chain walks explain that link as ``segfile.LINK_PAST``.
+A file start-up keeps in place because it cannot be read for an error of the system (EIO, EACCES, ...:
+``reconcile``) is most often the camera's newest segment: a ``.partial`` left unsealed by a crash, or a
+sealed segment the crash kept out of the catalog (between the seal's rename and the catalog insert); a
+later start recovers or adopts it under its number. So the chain goes on past it too (``past_kept``),
+exactly as a recorder goes on past an unsealed segment it gives up: the next segment takes the number
+after it and still links to the newest segment it can link to; chain walks explain that link as
+``segfile.LINK_PAST``.
 
 ``RemovedHeads`` reads those fields from the log (the whole log once per process, then only what was
 appended; only the fields themselves are decoded, not the line's list of paths) and keeps each camera's
@@ -108,9 +110,10 @@ def next_link(head: ChainHead | None, quarantined: int | None) -> tuple[int, byt
 
 
 @dataclass(frozen=True)
-class KeptPartial:
-    """A ``.partial`` start-up reconciliation kept in place (an error of the system kept it from being
-    recovered): a segment its camera may have begun after the newest one it sealed."""
+class KeptFile:
+    """A segment file start-up reconciliation kept in place (an error of the system kept it from being
+    recovered, for a ``.partial``, or adopted, for a sealed segment the catalog lacks): a segment its
+    camera may have begun after the newest one the catalog holds."""
 
     camera: str
     path: str  # relative to the data directory
@@ -118,26 +121,26 @@ class KeptPartial:
     start_ns: int | None  # the start time its name carries (None: not a segment's name)
 
 
-def past_kept(next_sequence: int, kept: Iterable[KeptPartial],
-              newest_start_ns: int | None) -> tuple[int, list[tuple[KeptPartial, int]]]:
-    """Where a camera's chain goes on, from ``next_sequence``, past the ``.partial`` files of it kept in
-    place (``kept``, this camera's only), and each file it went past with the number left to it. A file
-    whose number is known is passed when that number is still ahead (``>= next_sequence``); one whose
-    header cannot be read is taken for one number when its name is later than the start of the camera's
-    newest segment here (``newest_start_ns``; None: there is none). Files older than the chain's head
-    change nothing: their numbers are behind it. Taken in name order, so that each file whose number is
-    unknown takes the number after the file before it."""
-    passed: list[tuple[KeptPartial, int]] = []
-    for partial in sorted(kept, key=lambda k: (k.start_ns is None, k.start_ns or 0, k.path)):
-        if partial.sequence is not None:
-            if partial.sequence < next_sequence:
+def past_kept(next_sequence: int, kept: Iterable[KeptFile],
+              newest_start_ns: int | None) -> tuple[int, list[tuple[KeptFile, int]]]:
+    """Where a camera's chain goes on, from ``next_sequence``, past the files of it kept in place
+    (``kept``, this camera's only; ``.partial`` or sealed, the same rule), and each file it went past with
+    the number left to it. A file whose number is known is passed when that number is still ahead
+    (``>= next_sequence``); one whose header cannot be read is taken for one number when its name is later
+    than the start of the camera's newest segment here (``newest_start_ns``; None: there is none). Files
+    older than the chain's head change nothing: their numbers are behind it. Taken in name order, so that
+    each file whose number is unknown takes the number after the file before it."""
+    passed: list[tuple[KeptFile, int]] = []
+    for file in sorted(kept, key=lambda k: (k.start_ns is None, k.start_ns or 0, k.path)):
+        if file.sequence is not None:
+            if file.sequence < next_sequence:
                 continue
-            number = partial.sequence
-        elif newest_start_ns is None or (partial.start_ns is not None and partial.start_ns > newest_start_ns):
+            number = file.sequence
+        elif newest_start_ns is None or (file.start_ns is not None and file.start_ns > newest_start_ns):
             number = next_sequence
         else:
             continue
-        passed.append((partial, number))
+        passed.append((file, number))
         next_sequence = number + 1
     return next_sequence, passed
 

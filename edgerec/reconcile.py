@@ -16,9 +16,10 @@ Run once at start, before any recorder writes (a ``.partial`` seen here is never
 Only a SegmentError (the file is damaged, not a segment, or not a file at all) sets a file aside. An
 OSError while recovering or adopting it (EIO, EMFILE, EACCES, ...: an error of the system or of the
 moment, ``segfile._open_path``) says nothing about the file: it stays where it is, the error is reported
-(``errors``, logged), and the next reconciliation tries it again. Each ``.partial`` kept so is named in
-``kept`` with the number its header claims (when that can be read) and its name's time: the camera's
-chain goes on past it (``chainstart.past_kept``), as its number is taken once a later start recovers it.
+(``errors``, logged), and the next reconciliation tries it again. Each file kept so (a ``.partial``, or a
+sealed segment the catalog lacks) is named in ``kept`` with the number its header claims (when that can
+be read) and its name's time: the camera's chain goes on past it (``chainstart.past_kept``), as its
+number is taken once a later start recovers or adopts it.
 
 Each step is logged, reported and (when an audit log is given) audited. The disk is walked one
 directory at a time and the catalog is read in pages, so memory stays flat however much footage there is.
@@ -72,8 +73,8 @@ class ReconcileReport:
     quarantined: list[str] = field(default_factory=list)  # files moved to quarantine/ (with why)
     # Each quarantined file's camera and the sequence number it claims (its header's; None: none).
     quarantined_claims: list[tuple[str, int | None]] = field(default_factory=list)
-    # Partials kept in place for an error of the system: the chain goes on past them (chainstart).
-    kept: list[chainstart.KeptPartial] = field(default_factory=list)
+    # Files (.partial or sealed) kept in place for an error of the system: the chain goes on past them.
+    kept: list[chainstart.KeptFile] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # partials without footage, deleted
     dropped: list[str] = field(default_factory=list)  # rows whose file had vanished
     finished_deletions: list[str] = field(default_factory=list)  # interrupted deletions completed
@@ -209,14 +210,16 @@ def _recover(data_dir: Path, partial: Path, catalog: Catalog, signing_key: Ed255
                 sealed.frames, sealed.size_bytes)
 
 
-def _keep(data_dir: Path, partial: Path, report: ReconcileReport, why: str) -> None:
-    """``partial`` stays where it is, reported, with what its camera's chain needs to go on past it."""
-    rel = _rel(data_dir, partial)
+def _keep(data_dir: Path, path: Path, report: ReconcileReport, why: str) -> None:
+    """``path`` (a ``.partial`` or a sealed segment the catalog lacks) stays where it is, reported, with
+    what its camera's chain needs to go on past it: it may be the camera's newest segment, whose number
+    a later start that recovers or adopts it gives it."""
+    rel = _rel(data_dir, path)
     camera = rel.split("/", 1)[0]
     _error(report, f"path={rel} {why}; kept in place")
-    report.kept.append(chainstart.KeptPartial(
-        camera, rel, _claimed_number(partial, camera),
-        start_ns_from_name(partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX)))))
+    report.kept.append(chainstart.KeptFile(
+        camera, rel, _claimed_number(path, camera),
+        start_ns_from_name(path.with_name(path.name.removesuffix(PARTIAL_SUFFIX)))))
 
 
 def _adopt(data_dir: Path, path: Path, catalog: Catalog, device_key: Ed25519PublicKey | None,
@@ -228,7 +231,7 @@ def _adopt(data_dir: Path, path: Path, catalog: Catalog, device_key: Ed25519Publ
         _quarantine(data_dir, path, f"unreadable segment not in the catalog: {exc.what}", report)
         return
     except OSError as exc:  # not the file's fault: kept in place, tried again at the next start
-        _error(report, f"path={rel} cannot read: {exc.strerror or exc}; kept in place")
+        _keep(data_dir, path, report, f"cannot read: {exc.strerror or exc}")
         return
     try:
         catalog.add_segment(info)

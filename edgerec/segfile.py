@@ -1306,8 +1306,9 @@ LINK_GAP = "gap"  # numbers skipped, link to another segment: the ones in betwee
 LINK_UNCONFIRMED = "unconfirmed"  # the previous segment is damaged: its digest proves nothing
 LINK_START = "start"  # the camera's first segment ever (prev_digest all zero)
 LINK_FIRST = "first"  # first of the walk, its predecessors are not here (retention, or not selected)
-# next sequence number, linked to the segment before the previous one, which is a recovered one: the
-# recorder gave the previous one up (unreadable) and went on from the last sealed one; start-up recovered it
+# next sequence number, linked to the segment before the previous one, as the previous one is: it could not
+# be read when this one began (the recorder gave it up, or start-up kept it in place), so the chain went on
+# from the last sealed one; start-up recovered or adopted it later
 LINK_PAST = "past"
 LINK_PROBLEMS = frozenset({LINK_BROKEN, LINK_DUPLICATE})
 
@@ -1365,17 +1366,35 @@ def _links_to(current: ChainLink, previous: ChainLink) -> bool:
 
 
 def _goes_on_past(before: ChainLink | None, previous: ChainLink, current: ChainLink) -> bool:
-    """Whether ``current`` (numbered right after ``previous``) goes on past ``previous`` the way the recorder
-    goes on past a segment it gave up: it could neither seal nor read that one, so it numbered the next
-    one after it and linked it to the last segment it had sealed; start-up recovered the given-up one
-    later (``docs/design/storage.md``). Exactly that shape and nothing else: ``previous`` intact and
-    recovered, ``current`` intact, and both linking to ``before``, an intact segment numbered lower.
+    """Whether ``current`` (numbered right after ``previous``) goes on past ``previous`` the way the chain
+    goes on past a segment that could not be read when ``current`` began: the recorder gave it up (it
+    could neither seal nor read it), or start-up kept it in place (a ``.partial``, or a sealed segment the
+    catalog lacked, that an error of the system kept from being recovered or adopted). The next segment
+    was then numbered after it and linked to the last segment sealed before it, and a later start
+    recovered or adopted it (``docs/design/storage.md``). Exactly that shape and nothing else:
+    ``previous``, ``current`` and ``before`` intact, ``before`` numbered lower, and both ``previous`` and
+    ``current`` linking to ``before``. ``previous`` may be ``recovered`` or ``sealed``: a complete
+    ``.partial`` (crash between trailer and rename) is recovered as ``sealed``, a seal whose directory
+    fsync failed after the rename leaves a sealed file the recorder may give up, and a sealed segment
+    kept out of the catalog is adopted as it is.
 
-    This explains no tampering: ``prev_digest`` is in the signed header, so without the device's signing
-    key nobody can make a segment N+1 that links to N-1, nor sign a recovered N; both links were written
-    by the recorder. A segment N replaced or altered after N+1 was written is still ``broken``: N+1 then
-    links to that N's old digest, not past it."""
-    if before is None or not (previous.intact and previous.recovered and current.intact and before.intact):
+    This explains no tampering. ``prev_digest`` is in the signed header and every trailer is signed, so
+    without the device's signing key nobody can make a segment N+1 that links to N-1, nor an N (sealed
+    or recovered) that links to N-1: all three files and both links were written by this device, and
+    all three are here, intact. What could the shape hide? Not N removed: the shape needs N here (N
+    gone leaves N+1 after N-1, a ``skip`` whose hole the audit log must account for). Not N altered: it
+    would not be intact. Not N replaced: an N that verifies and links to N-1 is one the device signed,
+    and an N+1 written after any N links to that N's digest, never past it; a second N exists only if
+    the device forked, as below. Not a later segment removed: a segment linking to N (an N+1 written
+    after N) would need the device to have numbered two segments N+1, one after N and one past it, which
+    it does only when the state it starts from was rolled back or hidden (an older catalog with N's file
+    out of reach, and the other N+1 out of reach too); the other branch removed then is a chain's newest
+    segments removed, which no chain walk can tell from a chain that ends there (the shape with a
+    ``recovered`` N, which a power cut makes, allows the same), and which the published chain heads
+    catch once a head on that branch was published (``rollback_suspected`` at start, ``edgerec verify
+    --head``). So requiring a ``recovered`` N would add no protection, only report an honest device's
+    chain as broken."""
+    if before is None or not (previous.intact and current.intact and before.intact):
         return False  # a damaged file proves nothing: its header and digest are not authenticated
     if before.sequence >= previous.sequence:
         return False
@@ -1384,10 +1403,11 @@ def _goes_on_past(before: ChainLink | None, previous: ChainLink, current: ChainL
 
 def past_note(before: ChainLink, previous: ChainLink) -> str:
     """What a chain walk notes about a ``LINK_PAST`` link (after the segment's name)."""
+    taken = "recovered" if previous.recovered else "catalogued"
     return (f"goes on from sequence {before.sequence}, not from sequence {previous.sequence}: sequence "
             f"{previous.sequence} could not be read when this one began (the recorder gave it up, or "
             "start-up kept it in place), so the chain went on from the last segment sealed before it; "
-            "start-up recovered it later")
+            f"start-up {taken} it later")
 
 
 # ----------------------------------------------------------------------------------------------- recovery

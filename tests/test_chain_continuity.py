@@ -299,7 +299,7 @@ def test_removed_heads_keep_the_highest_number_set_aside(tmp_path: Path) -> None
     assert next_link(None, None) == (0, bytes(32))
 
 
-# ----- a .partial start-up keeps in place (an error of the system) keeps its number -----------------------
+# ----- a file start-up keeps in place (an error of the system) keeps its number ---------------------------
 def test_a_kept_partial_keeps_its_number_and_is_recovered_later(site: Site) -> None:
     """A crash left gate's newest segment unsealed; at the next start its .partial cannot be opened (EIO:
     not the file's fault), so start-up keeps it in place. The camera goes on at its number + 1, linked to
@@ -322,7 +322,7 @@ def test_a_kept_partial_keeps_its_number_and_is_recovered_later(site: Site) -> N
                                      clock_shift_ns=site.clock_shift_ns)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"reconcile error path={rel} cannot recover: Input/output error; kept in place" in proc.stderr
-    assert (f"chain goes on past a partial kept in place camera=gate path={rel} skipped={lost.sequence} "
+    assert (f"chain goes on past a file kept in place camera=gate path={rel} skipped={lost.sequence} "
             "number_known=False") in proc.stderr, proc.stderr[-3000:]
     assert partial.read_bytes() == blob, "the kept .partial is where it was, as it was"
     new = [m for m in headers(site, "gate") if m.sequence > last.sequence]
@@ -348,18 +348,86 @@ def test_a_kept_partial_keeps_its_number_and_is_recovered_later(site: Site) -> N
     assert "forked" not in out and "problem:" not in out, out
     assert (f"(sequence {lost.sequence + 1}): goes on from sequence {last.sequence}, not from sequence "
             f"{lost.sequence}: sequence {lost.sequence} could not be read when this one began") in out, out
+    assert "start-up recovered it later" in out, out
 
 
-def test_past_kept_goes_on_past_a_kept_partial_newer_than_the_head() -> None:
-    """The rule of chain_for for .partial files start-up kept in place (chainstart.past_kept): a known
-    number still ahead is passed; an unknown one takes one number if its name is later than the start of
-    the camera's newest segment (or there is none); anything behind the head changes nothing."""
-    from edgerec.chainstart import KeptPartial, past_kept
+def write_sealed(data_dir: Path, meta: SegmentMeta, signing_key: Any) -> Path:
+    """A sealed segment as the recorder leaves it (a few chunks, a signed trailer, its final name)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from edgerec.layout import segment_path
+
+    writer = segfile.SegmentWriter(segment_path(data_dir, meta.camera, meta.start_ns), meta,
+                                   [X25519PrivateKey.generate().public_key()], signing_key, chunk_bytes=1024)
+    for i in range(4):
+        writer.write(bytes(range(256)) * 4)
+        writer.note(meta.start_ns + (i + 1) * S // 4, i + 1)
+    return writer.close().path
+
+
+def test_a_kept_uncatalogued_segment_keeps_its_number_and_is_adopted_later(site: Site) -> None:
+    """gate's newest segment was sealed, but a crash came between the seal's rename and the catalog insert;
+    at the next start the file cannot be opened (EIO: not the file's fault), so start-up keeps it in place
+    instead of adopting it. The camera goes on at its number + 1, linked to the newest catalogued
+    segment; once a later start can read the file it adopts it as it is (sealed), and verify explains the
+    link past it: no number claimed twice, no fork."""
+    from edgerec.keys import load_or_create_device_key
+    from tests.helpers.openfails import run_cli_with_open_failing
+
+    last, last_digest, _ = newest_file(site, "gate")
+    yard_head = newest_file(site, "yard")
+    lost = replace(last, sequence=last.sequence + 1, start_ns=last.start_ns + S, prev_digest=last_digest)
+    sealed = write_sealed(site.data_dir, lost, load_or_create_device_key(site.data_dir))
+    blob = sealed.read_bytes()
+    rel = sealed.relative_to(site.data_dir).as_posix()
+    assert rel not in {s["path"] for s in site.segments()["gate"]}, "not in the catalog"
+
+    site.pass_time_until(lost.start_ns + S)  # the device starts again after the crash
+    before = site.files()
+    proc = run_cli_with_open_failing(errno.EIO, [sealed], "run", "-c", str(site.config), "--exit-at-eof",
+                                     clock_shift_ns=site.clock_shift_ns)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"reconcile error path={rel} cannot read: Input/output error; kept in place" in proc.stderr
+    assert (f"chain goes on past a file kept in place camera=gate path={rel} skipped={lost.sequence} "
+            "number_known=False") in proc.stderr, proc.stderr[-3000:]
+    assert sealed.read_bytes() == blob, "the kept segment is where it was, as it was"
+    assert rel not in {s["path"] for s in site.segments()["gate"]}, "not adopted while it cannot be read"
+    new = [m for m in headers(site, "gate") if m.sequence > lost.sequence]
+    yard_new = [m for m in headers(site, "yard") if m.sequence > yard_head[0].sequence]
+    assert new and len(site.files() - before) == len(new) + len(yard_new)
+    assert_goes_on_from(new, (lost.sequence, last_digest.hex()))  # at lost + 1, linked to the last catalogued
+    assert_goes_on_from(yard_new, (yard_head[0].sequence, yard_head[1].hex()))
+    pending = site.cli("verify")  # the file is on disk (verify can read it): the link past it is explained
+    assert pending.splitlines()[-1].endswith(": OK"), pending
+
+    after_first = max(m.sequence for m in new)
+    again = record_again(site)  # the error is gone: start-up adopts the segment under its number
+    catalogued = {s["path"]: s for s in site.segments()["gate"]}
+    assert catalogued[rel]["sequence"] == lost.sequence and catalogued[rel]["state"] == "sealed"
+    assert sealed.read_bytes() == blob, "adopted as it is"
+    assert [m.sequence for m in again["gate"]][0] == after_first + 1
+    numbers = [m.sequence for m in headers(site, "gate")]
+    assert len(numbers) == len(set(numbers)), "a number claimed twice"
+    out = site.cli("verify")
+    assert out.splitlines()[-1].endswith(": OK"), out
+    assert "forked" not in out and "problem:" not in out, out
+    assert (f"(sequence {lost.sequence + 1}): goes on from sequence {last.sequence}, not from sequence "
+            f"{lost.sequence}: sequence {lost.sequence} could not be read when this one began (the recorder "
+            "gave it up, or start-up kept it in place), so the chain went on from the last segment sealed "
+            "before it; start-up catalogued it later") in out, out
+
+
+def test_past_kept_goes_on_past_a_kept_file_newer_than_the_head() -> None:
+    """The rule of chain_for for files (.partial or sealed) start-up kept in place (chainstart.past_kept):
+    a known number still ahead is passed; an unknown one takes one number if its name is later than the
+    start of the camera's newest segment (or there is none); anything behind the head changes nothing."""
+    from edgerec.chainstart import KeptFile, past_kept
 
     newest_start = 1000 * S  # the camera's newest catalogued segment started then; next number 8
 
-    def kept(sequence: int | None, start_ns: int | None, name: str = "a") -> KeptPartial:
-        return KeptPartial("gate", f"gate/d/{name}.seg.partial", sequence, start_ns)
+    def kept(sequence: int | None, start_ns: int | None, name: str = "a", suffix: str = ".seg.partial"
+             ) -> KeptFile:
+        return KeptFile("gate", f"gate/d/{name}{suffix}", sequence, start_ns)
 
     known = kept(8, newest_start + S)
     assert past_kept(8, [known], newest_start) == (9, [(known, 8)])
@@ -376,21 +444,33 @@ def test_past_kept_goes_on_past_a_kept_partial_newer_than_the_head() -> None:
     # the known one after the unknown one before it.
     first, second = kept(None, newest_start + S, "1"), kept(9, newest_start + 2 * S, "2")
     assert past_kept(8, [second, first], newest_start) == (10, [(first, 8), (second, 9)])
+    # A sealed segment kept out of the catalog (kept in place, not adopted) takes its place by the same
+    # rule: its known number, or one number when its name is later than the head's start; and a .partial
+    # begun after it (a crash right after) takes the number after it.
+    sealed = kept(8, newest_start + S, "1", suffix=".seg")
+    assert past_kept(8, [sealed], newest_start) == (9, [(sealed, 8)])
+    assert past_kept(9, [sealed], newest_start) == (9, [])  # its number behind the head: adopted already
+    unreadable = kept(None, newest_start + S, "1", suffix=".seg")
+    assert past_kept(8, [unreadable], newest_start) == (9, [(unreadable, 8)])
+    assert past_kept(8, [kept(None, newest_start - S, suffix=".seg")], newest_start) == (8, [])
+    after = kept(None, newest_start + 2 * S, "2")
+    assert past_kept(8, [after, sealed], newest_start) == (10, [(sealed, 8), (after, 9)])
+    assert past_kept(8, [after, unreadable], newest_start) == (10, [(unreadable, 8), (after, 9)])
 
 
 def test_chain_for_goes_on_past_a_kept_partial(site: Site) -> None:
     """Through the daemon's start-up in this process: the kept .partial of gate (number known, newer than
     the head) moves gate's chain on, still linked to its newest sealed segment; yard's kept .partial is
     older than its head and changes nothing."""
-    from edgerec.chainstart import KeptPartial
+    from edgerec.chainstart import KeptFile
 
     gate, gate_digest, _ = newest_file(site, "gate")
     yard, yard_digest, _ = newest_file(site, "yard")
     daemon = open_daemon_state(site.config)
     try:
-        daemon.kept_partials = {
-            "gate": [KeptPartial("gate", "gate/x.seg.partial", gate.sequence + 1, gate.start_ns + S)],
-            "yard": [KeptPartial("yard", "yard/x.seg.partial", None, yard.start_ns - S)]}
+        daemon.kept_files = {
+            "gate": [KeptFile("gate", "gate/x.seg.partial", gate.sequence + 1, gate.start_ns + S)],
+            "yard": [KeptFile("yard", "yard/x.seg.partial", None, yard.start_ns - S)]}
         chains = {cam: daemon.chain_for(cam) for cam in CAMERAS}
     finally:
         daemon.catalog.close()

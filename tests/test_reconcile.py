@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgerec.audit import AuditLog, tail_entries, verify_audit
 from edgerec.catalog import Catalog, IncidentRow
-from edgerec.chainstart import KeptPartial
+from edgerec.chainstart import KeptFile
 from edgerec.errors import CatalogError
 from edgerec.incidents import IncidentService, parse_command, unconfirmed_claims
 from edgerec.layout import CATALOG_NAME, QUARANTINE_DIR
@@ -173,7 +173,7 @@ def test_files_that_cannot_be_opened_now_stay_in_place_and_are_taken_at_the_next
     opens = OpenFails(monkeypatch, sealed.path, partial, err=err)
     with caplog.at_level(logging.ERROR, logger="edgerec.reconcile"):
         report = reconcile(data_dir, catalog, keys.device, keys.device.public_key(), audit=audit)
-    assert opens.failed == 3  # the partial's recovery and its header (for the number it claims); the segment
+    assert opens.failed == 4  # each file's recovery or adoption, then its header (for the number it claims)
     why = os.strerror(err)
     rels = {p: p.relative_to(data_dir).as_posix() for p in blobs}
     assert sorted(report.errors) == sorted([f"path={rels[partial]} cannot recover: {why}; kept in place",
@@ -181,9 +181,11 @@ def test_files_that_cannot_be_opened_now_stay_in_place_and_are_taken_at_the_next
     for line in report.errors:  # each one in the log too, not only counted
         assert any(line in r.getMessage() for r in caplog.records), line
     assert (report.quarantined, report.recovered, report.adopted, report.removed) == ([], [], [], [])
-    # The kept .partial is named for its camera's chain, which goes on past it; its header cannot be read
-    # either, so its number is not known, only its name's time.
-    assert report.kept == [KeptPartial("gate", rels[partial], None, T0 + MIN)]
+    # Each kept file is named for its camera's chain, which goes on past it; their headers cannot be read
+    # either, so their numbers are not known, only their names' times.
+    assert sorted(report.kept, key=lambda k: k.path) == sorted(
+        [KeptFile("gate", rels[partial], None, T0 + MIN), KeptFile("gate", rels[sealed.path], None, T0)],
+        key=lambda k: k.path)
     assert not (data_dir / QUARANTINE_DIR).exists()
     assert {p: p.read_bytes() for p in blobs} == blobs  # both in place, as they were
     assert catalog.segments() == []
@@ -208,7 +210,27 @@ def test_a_kept_partial_whose_header_reads_names_its_number(env, monkeypatch):
     opens = OpenFails(monkeypatch, partial, err=errno.EIO, times=1)
     report = reconcile(data_dir, catalog, keys.device, keys.device.public_key(), audit=audit)
     assert opens.failed == 1 and partial.exists()
-    assert report.kept == [KeptPartial("gate", partial.relative_to(data_dir).as_posix(), 7, T0 + MIN)]
+    assert report.kept == [KeptFile("gate", partial.relative_to(data_dir).as_posix(), 7, T0 + MIN)]
+
+
+def test_a_kept_uncatalogued_segment_whose_header_reads_names_its_number(env, monkeypatch):
+    """A sealed segment the catalog lacks (a crash between the seal's rename and the catalog insert) whose
+    adoption meets an error of the system once: it stays in place, named with the number its header
+    claims, so its camera's chain goes on past it; the next start adopts it as it is."""
+    data_dir, keys, catalog, audit = env
+    write_real(data_dir, keys, sequence=6)
+    reconcile(data_dir, catalog, keys.device, keys.device.public_key(), audit=audit)
+    sealed = write_real(data_dir, keys, sequence=7, start_ns=T0 + MIN)
+    blob = sealed.path.read_bytes()
+    opens = OpenFails(monkeypatch, sealed.path, err=errno.EIO, times=1)
+    report = reconcile(data_dir, catalog, keys.device, keys.device.public_key(), audit=audit)
+    rel = sealed.path.relative_to(data_dir).as_posix()
+    assert opens.failed == 1 and sealed.path.read_bytes() == blob
+    assert report.errors == [f"path={rel} cannot read: {os.strerror(errno.EIO)}; kept in place"]
+    assert report.kept == [KeptFile("gate", rel, 7, T0 + MIN)] and report.adopted == []
+    again = reconcile(data_dir, catalog, keys.device, keys.device.public_key(), audit=audit)
+    assert again.kept == [] and again.adopted == [rel]
+    assert [(r.sequence, r.state) for r in catalog.segments()] == [(6, "sealed"), (7, "sealed")]
 
 
 def test_rows_of_vanished_files_are_dropped(env):

@@ -61,14 +61,30 @@ def test_a_segment_going_on_past_a_recovered_one_it_was_given_up_for_is_explaine
     assert link_status(_RECOVERED, _NEXT, before=_SEALED) == segfile.LINK_PAST
     assert segfile.LINK_PAST not in segfile.LINK_PROBLEMS
     assert link_status(_NEXT, _link(7, _NEXT.digest), before=_RECOVERED) == segfile.LINK_OK
+    assert segfile.past_note(_SEALED, _RECOVERED).endswith("start-up recovered it later")
+
+
+def test_a_segment_going_on_past_a_sealed_one_kept_out_of_the_catalog_is_explained() -> None:
+    """5 was sealed, but a crash kept it out of the catalog and the next start could not read it (kept in
+    place): 6 was numbered after it and linked to 4; a later start adopted 5 as it is (sealed). The same
+    shape as a recovered 5, and as sound: every link in it was signed by the device."""
+    sealed_5 = replace(_RECOVERED, recovered=False)
+    assert link_status(_SEALED, sealed_5) == segfile.LINK_OK
+    assert link_status(sealed_5, _NEXT, before=_SEALED) == segfile.LINK_PAST
+    assert segfile.past_note(_SEALED, sealed_5) == (
+        "goes on from sequence 4, not from sequence 5: sequence 5 could not be read when this one began "
+        "(the recorder gave it up, or start-up kept it in place), so the chain went on from the last "
+        "segment sealed before it; start-up catalogued it later")
 
 
 @pytest.mark.parametrize(("before", "previous", "current", "status"), [
     # each condition broken on its own: the status without the rule
     (None, _RECOVERED, _NEXT, segfile.LINK_BROKEN),  # nothing walked before the recovered one
-    (_SEALED, replace(_RECOVERED, recovered=False), _NEXT, segfile.LINK_BROKEN),  # a sealed 5: replaced?
     (_SEALED, replace(_RECOVERED, intact=False), _NEXT, segfile.LINK_UNCONFIRMED),  # damaged 5
     (_SEALED, replace(_RECOVERED, intact=False, recovered=True), _NEXT, segfile.LINK_UNCONFIRMED),
+    (_SEALED, replace(_RECOVERED, intact=False, recovered=False), _NEXT, segfile.LINK_UNCONFIRMED),
+    (_SEALED, replace(_RECOVERED, recovered=False, prev_digest=b"\xee" * 32), _NEXT,
+     segfile.LINK_BROKEN),  # a sealed 5 not from 4
     (replace(_SEALED, intact=False), _RECOVERED, _NEXT, segfile.LINK_BROKEN),  # 4's digest proves nothing
     (_SEALED, _RECOVERED, replace(_NEXT, intact=False), segfile.LINK_BROKEN),  # 6's header not authentic
     (_SEALED, _RECOVERED, replace(_NEXT, prev_digest=_link(3, ZERO).digest), segfile.LINK_BROKEN),  # to 3
@@ -623,24 +639,25 @@ def _given_up_and_recovered(data_dir: Path, tk: TestKeys, *, second_sealed: bool
 
 PAST_NOTE = ("(sequence 3): goes on from sequence 1, not from sequence 2: sequence 2 could not be read when "
              "this one began (the recorder gave it up, or start-up kept it in place), so the chain went on "
-             "from the last segment sealed before it; start-up recovered it later")
+             "from the last segment sealed before it; start-up {} it later")
 
 
-def test_verify_explains_a_segment_going_on_past_one_recovered_at_start_up(tmp_path: Path,
-                                                                           tk: TestKeys) -> None:
-    segs = _given_up_and_recovered(tmp_path, tk)
+@pytest.mark.parametrize("second_sealed", [False, True], ids=["recovered", "sealed"])
+def test_verify_explains_a_segment_going_on_past_one_recovered_at_start_up(tmp_path: Path, tk: TestKeys,
+                                                                           second_sealed: bool) -> None:
+    """2 recovered (given up unsealed, or kept as a .partial at start-up) or sealed (kept out of the
+    catalog and unreadable at start-up, or given up after its seal's rename): 3 links past it, to 1."""
+    segs = _given_up_and_recovered(tmp_path, tk, second_sealed=second_sealed)
     report = inventory.verify_tree(tmp_path, private_key=tk.recipient)
     assert report.ok, report.problems
-    assert report.recovered == [str(segs[2].path)]
-    assert f"{segs[3].path} {PAST_NOTE}" in report.notes, report.notes
+    assert report.recovered == ([] if second_sealed else [str(segs[2].path)])
+    note = PAST_NOTE.format("catalogued" if second_sealed else "recovered")
+    assert f"{segs[3].path} {note}" in report.notes, report.notes
 
 
-@pytest.mark.parametrize(("second_sealed", "next_links_to"), [(True, 1), (False, 0)])
-def test_a_segment_linking_past_a_sealed_one_or_to_a_third_one_is_broken(
-        tmp_path: Path, tk: TestKeys, second_sealed: bool, next_links_to: int) -> None:
-    """2 sealed, not recovered (3 linking to 1 then says 2 was replaced after 3 was written); or 2
-    recovered but 3 linking to 0, a segment neither just before it nor before that one."""
-    segs = _given_up_and_recovered(tmp_path, tk, second_sealed=second_sealed, next_links_to=next_links_to)
+def test_a_segment_linking_past_to_a_third_one_is_broken(tmp_path: Path, tk: TestKeys) -> None:
+    """2 recovered but 3 linking to 0, a segment neither just before it nor before that one."""
+    segs = _given_up_and_recovered(tmp_path, tk, next_links_to=0)
     report = inventory.verify_tree(tmp_path, private_key=tk.recipient)
     assert report.problems == [
         f"{segs[3].path} (sequence 3): hash chain broken: prev_digest is not the digest of sequence 2"]

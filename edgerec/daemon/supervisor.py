@@ -151,9 +151,10 @@ class Daemon:
         # What the ended recorder of a removed camera handed over, for the camera's next recorder should it
         # be added again: its chain head, and a segment it could neither seal nor recover.
         self.handed_over: dict[str, Handover] = {}
-        # The .partial files start-up reconciliation kept in place (an error of the system), per camera:
-        # a camera's chain goes on past them (chain_for), as a later start recovers them under their numbers.
-        self.kept_partials: dict[str, list[chainstart.KeptPartial]] = {}
+        # The files (.partial or sealed, not catalogued) start-up reconciliation kept in place (an error of
+        # the system), per camera: a camera's chain goes on past them (chain_for), as a later start
+        # recovers or adopts them under their numbers.
+        self.kept_files: dict[str, list[chainstart.KeptFile]] = {}
         self.last_errors: deque[dict[str, Any]] = deque(maxlen=10)  # appended from any thread
         self.gate = DiskFullGate()  # set by the worker; read by recorders (may_start_segment) and the status
         self.last_sweep: dict[str, Any] | None = None
@@ -382,9 +383,9 @@ class Daemon:
             # the catalog's last segment: wait for space, then reconcile again.
             log.error("start-up repair waits for disk space errors=%d", len(report.errors))
             return False
-        self.kept_partials = {}
-        for partial in report.kept:
-            self.kept_partials.setdefault(partial.camera, []).append(partial)
+        self.kept_files = {}
+        for kept in report.kept:
+            self.kept_files.setdefault(kept.camera, []).append(kept)
         try:  # an incident line whose commit a power cut prevented is voided, so log and catalog agree
             self.incidents.void_unrecorded(tail_entries(self.audit.path))
         except (EdgerecError, OSError) as exc:  # a full disk: the next start tries again
@@ -461,9 +462,9 @@ class Daemon:
         unsealed, and a segment whose deletion was decided is named in the log before its row goes. What
         reconciliation set aside instead (in ``quarantine/``) keeps its number: the chain goes on past the
         highest number the log records set aside too, still linked to that newest segment. So does a
-        ``.partial`` it kept in place, newer than that segment (``chainstart.past_kept``). A camera that
-        had a recorder goes on from what that one handed over instead: it may have left a segment
-        unsealed, which none of these holds."""
+        file it kept in place (a ``.partial``, or a sealed segment not catalogued), newer than that segment
+        (``chainstart.past_kept``). A camera that had a recorder goes on from what that one handed over
+        instead: it may have left a segment unsealed, which none of these holds."""
         self._read_removed_heads()
         queued = self.uncatalogued.last_for(camera)
         last = self.catalog.last_segment(camera)
@@ -474,12 +475,12 @@ class Daemon:
         sequence, prev_digest = chainstart.next_link(head, self.removed_heads.quarantined_up_to(camera))
         starts = [s for s in (None if queued is None else queued.meta.start_ns,
                               None if last is None else last.start_ns) if s is not None]
-        past, passed = chainstart.past_kept(sequence, self.kept_partials.get(camera, ()),
+        past, passed = chainstart.past_kept(sequence, self.kept_files.get(camera, ()),
                                             max(starts, default=None))
-        for partial, number in passed:
-            log.warning("chain goes on past a partial kept in place camera=%s path=%s skipped=%d "
-                        "number_known=%s next_sequence=%d", camera, partial.path, number,
-                        partial.sequence is not None, past)
+        for kept, number in passed:
+            log.warning("chain goes on past a file kept in place camera=%s path=%s skipped=%d "
+                        "number_known=%s next_sequence=%d", camera, kept.path, number,
+                        kept.sequence is not None, past)
         return ChainState(next_sequence=past, prev_digest=prev_digest)
 
     def _make_recorder(self, camera: CameraConfig, handover: Handover | None = None) -> Recorder:
