@@ -223,8 +223,8 @@ def foreign_partial(site: Site, camera: str) -> tuple[SegmentMeta, bytes]:
     return meta, digest
 
 
-def write_partial(data_dir: Path, meta: SegmentMeta, signing_key: Any) -> Path:
-    """A ``.partial`` as a power cut leaves it: a few chunks, the next one torn, no trailer."""
+def _writer_with_chunks(data_dir: Path, meta: SegmentMeta, signing_key: Any) -> segfile.SegmentWriter:
+    """A segment writer of ``meta`` that has been given four chunks of footage."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from edgerec.layout import segment_path
@@ -234,6 +234,12 @@ def write_partial(data_dir: Path, meta: SegmentMeta, signing_key: Any) -> Path:
     for i in range(4):
         writer.write(bytes(range(256)) * 4)
         writer.note(meta.start_ns + (i + 1) * S // 4, i + 1)
+    return writer
+
+
+def write_partial(data_dir: Path, meta: SegmentMeta, signing_key: Any) -> Path:
+    """A ``.partial`` as a power cut leaves it: a few chunks, the next one torn, no trailer."""
+    writer = _writer_with_chunks(data_dir, meta, signing_key)
     writer.poll()
     snapshot = writer.partial_path.read_bytes()
     writer.abort()
@@ -353,16 +359,7 @@ def test_a_kept_partial_keeps_its_number_and_is_recovered_later(site: Site) -> N
 
 def write_sealed(data_dir: Path, meta: SegmentMeta, signing_key: Any) -> Path:
     """A sealed segment as the recorder leaves it (a few chunks, a signed trailer, its final name)."""
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-    from edgerec.layout import segment_path
-
-    writer = segfile.SegmentWriter(segment_path(data_dir, meta.camera, meta.start_ns), meta,
-                                   [X25519PrivateKey.generate().public_key()], signing_key, chunk_bytes=1024)
-    for i in range(4):
-        writer.write(bytes(range(256)) * 4)
-        writer.note(meta.start_ns + (i + 1) * S // 4, i + 1)
-    return writer.close().path
+    return _writer_with_chunks(data_dir, meta, signing_key).close().path
 
 
 def test_a_kept_uncatalogued_segment_keeps_its_number_and_is_adopted_later(site: Site) -> None:
