@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import errno
 import shutil
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -306,54 +307,89 @@ def test_removed_heads_keep_the_highest_number_set_aside(tmp_path: Path) -> None
 
 
 # ----- a file start-up keeps in place (an error of the system) keeps its number ---------------------------
+@dataclass(frozen=True)
+class KeptFile:
+    """gate's newest segment, left on disk by a crash and not catalogued (``path``, as ``blob``), and what
+    came before it: the newest sealed segment (``last``, ``last_digest``) and yard's newest file."""
+
+    path: Path
+    rel: str
+    blob: bytes
+    lost: SegmentMeta
+    last: SegmentMeta
+    last_digest: bytes
+    yard_head: tuple[SegmentMeta, bytes, Path]
+
+
+def leave_gate_newest(site: Site, write: Callable[[Path, SegmentMeta, Any], Path]) -> KeptFile:
+    """gate's next segment written by ``write`` (a ``.partial`` or a sealed file) as a crash leaves it."""
+    from edgerec.keys import load_or_create_device_key
+
+    last, last_digest, _ = newest_file(site, "gate")
+    yard_head = newest_file(site, "yard")
+    lost = replace(last, sequence=last.sequence + 1, start_ns=last.start_ns + S, prev_digest=last_digest)
+    path = write(site.data_dir, lost, load_or_create_device_key(site.data_dir))
+    return KeptFile(path, path.relative_to(site.data_dir).as_posix(), path.read_bytes(), lost, last,
+                    last_digest, yard_head)
+
+
+def start_with_it_unreadable(site: Site, kept: KeptFile, error: str, newer_than: int) -> list[SegmentMeta]:
+    """A start at which opening ``kept.path`` fails with EIO: start-up keeps it in place (``error``, its
+    line in the journal) and gate goes on at its number + 1, linked to the last sealed segment; yard is
+    not affected and verify passes. Returns gate's new segments (numbered above ``newer_than``)."""
+    from tests.helpers.openfails import run_cli_with_open_failing
+
+    site.pass_time_until(kept.lost.start_ns + S)  # the device starts again after the crash
+    before = site.files()
+    proc = run_cli_with_open_failing(errno.EIO, [kept.path], "run", "-c", str(site.config), "--exit-at-eof",
+                                     clock_shift_ns=site.clock_shift_ns)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"reconcile error path={kept.rel} {error}: Input/output error; kept in place" in proc.stderr
+    assert (f"chain goes on past a file kept in place camera=gate path={kept.rel} "
+            f"skipped={kept.lost.sequence} number_known=False") in proc.stderr, proc.stderr[-3000:]
+    assert kept.path.read_bytes() == kept.blob, "the kept file is where it was, as it was"
+    new = [m for m in headers(site, "gate") if m.sequence > newer_than]
+    yard_head = kept.yard_head
+    yard_new = [m for m in headers(site, "yard") if m.sequence > yard_head[0].sequence]
+    assert new and len(site.files() - before) == len(new) + len(yard_new)
+    assert_goes_on_from(new, (kept.lost.sequence, kept.last_digest.hex()))  # at lost + 1, after last sealed
+    assert_goes_on_from(yard_new, (yard_head[0].sequence, yard_head[1].hex()))
+    pending = site.cli("verify")  # the kept file is still there: accounted for, or the link past explained
+    assert pending.splitlines()[-1].endswith(": OK"), pending
+    return new
+
+
+def verify_explains_the_link_past(site: Site, kept: KeptFile) -> str:
+    """Once the kept file is catalogued under its number: no number claimed twice, and verify passes,
+    noting the link past it. Returns verify's output."""
+    numbers = [m.sequence for m in headers(site, "gate")]
+    assert len(numbers) == len(set(numbers)), "a number claimed twice"
+    out = site.cli("verify")
+    assert out.splitlines()[-1].endswith(": OK"), out
+    assert "forked" not in out and "problem:" not in out, out
+    lost = kept.lost.sequence
+    assert (f"(sequence {lost + 1}): goes on from sequence {kept.last.sequence}, not from sequence "
+            f"{lost}: sequence {lost} could not be read when this one began") in out, out
+    return out
+
+
 def test_a_kept_partial_keeps_its_number_and_is_recovered_later(site: Site) -> None:
     """A crash left gate's newest segment unsealed; at the next start its .partial cannot be opened (EIO:
     not the file's fault), so start-up keeps it in place. The camera goes on at its number + 1, linked to
     the last sealed segment, as a recorder goes on past an unsealed segment it gives up; once a later
     start can read the file it recovers it under its own number, and verify explains the link past it:
     no number claimed twice, no fork."""
-    from edgerec.keys import load_or_create_device_key
-    from tests.helpers.openfails import run_cli_with_open_failing
-
-    last, last_digest, _ = newest_file(site, "gate")
-    yard_head = newest_file(site, "yard")
-    lost = replace(last, sequence=last.sequence + 1, start_ns=last.start_ns + S, prev_digest=last_digest)
-    partial = write_partial(site.data_dir, lost, load_or_create_device_key(site.data_dir))
-    blob = partial.read_bytes()
-    rel = partial.relative_to(site.data_dir).as_posix()
-
-    site.pass_time_until(lost.start_ns + S)  # the device starts again after the crash
-    before = site.files()
-    proc = run_cli_with_open_failing(errno.EIO, [partial], "run", "-c", str(site.config), "--exit-at-eof",
-                                     clock_shift_ns=site.clock_shift_ns)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"reconcile error path={rel} cannot recover: Input/output error; kept in place" in proc.stderr
-    assert (f"chain goes on past a file kept in place camera=gate path={rel} skipped={lost.sequence} "
-            "number_known=False") in proc.stderr, proc.stderr[-3000:]
-    assert partial.read_bytes() == blob, "the kept .partial is where it was, as it was"
-    new = [m for m in headers(site, "gate") if m.sequence > last.sequence]
-    assert new and len(site.files() - before) == len(new) + len(
-        [m for m in headers(site, "yard") if m.sequence > yard_head[0].sequence])
-    assert_goes_on_from(new, (lost.sequence, last_digest.hex()))  # at lost + 1, linked to the last sealed
-    assert_goes_on_from([m for m in headers(site, "yard") if m.sequence > yard_head[0].sequence],
-                        (yard_head[0].sequence, yard_head[1].hex()))
-    pending = site.cli("verify")  # the .partial is still there: its number's hole is accounted for
-    assert pending.splitlines()[-1].endswith(": OK"), pending
+    kept = leave_gate_newest(site, write_partial)
+    new = start_with_it_unreadable(site, kept, "cannot recover", newer_than=kept.last.sequence)
 
     after_first = max(m.sequence for m in new)
     again = record_again(site)  # the error is gone: start-up recovers the .partial under its number
-    assert not partial.exists()
-    recovered = partial.with_name(partial.name.removesuffix(".partial"))
+    assert not kept.path.exists()
+    recovered = kept.path.with_name(kept.path.name.removesuffix(".partial"))
     info = segfile.read_info(recovered)
-    assert (info.meta.sequence, info.state) == (lost.sequence, "recovered")
-    assert [m.sequence for m in again["gate"]][:2] == [lost.sequence, after_first + 1]  # recovered, then on
-    numbers = [m.sequence for m in headers(site, "gate")]
-    assert len(numbers) == len(set(numbers)), "a number claimed twice"
-    out = site.cli("verify")
-    assert out.splitlines()[-1].endswith(": OK"), out
-    assert "forked" not in out and "problem:" not in out, out
-    assert (f"(sequence {lost.sequence + 1}): goes on from sequence {last.sequence}, not from sequence "
-            f"{lost.sequence}: sequence {lost.sequence} could not be read when this one began") in out, out
+    assert (info.meta.sequence, info.state) == (kept.lost.sequence, "recovered")
+    assert [m.sequence for m in again["gate"]][:2] == [kept.lost.sequence, after_first + 1]  # recovered, on
+    out = verify_explains_the_link_past(site, kept)
     assert "start-up recovered it later" in out, out
 
 
@@ -368,50 +404,24 @@ def test_a_kept_uncatalogued_segment_keeps_its_number_and_is_adopted_later(site:
     instead of adopting it. The camera goes on at its number + 1, linked to the newest catalogued
     segment; once a later start can read the file it adopts it as it is (sealed), and verify explains the
     link past it: no number claimed twice, no fork."""
-    from edgerec.keys import load_or_create_device_key
-    from tests.helpers.openfails import run_cli_with_open_failing
-
-    last, last_digest, _ = newest_file(site, "gate")
-    yard_head = newest_file(site, "yard")
-    lost = replace(last, sequence=last.sequence + 1, start_ns=last.start_ns + S, prev_digest=last_digest)
-    sealed = write_sealed(site.data_dir, lost, load_or_create_device_key(site.data_dir))
-    blob = sealed.read_bytes()
-    rel = sealed.relative_to(site.data_dir).as_posix()
-    assert rel not in {s["path"] for s in site.segments()["gate"]}, "not in the catalog"
-
-    site.pass_time_until(lost.start_ns + S)  # the device starts again after the crash
-    before = site.files()
-    proc = run_cli_with_open_failing(errno.EIO, [sealed], "run", "-c", str(site.config), "--exit-at-eof",
-                                     clock_shift_ns=site.clock_shift_ns)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"reconcile error path={rel} cannot read: Input/output error; kept in place" in proc.stderr
-    assert (f"chain goes on past a file kept in place camera=gate path={rel} skipped={lost.sequence} "
-            "number_known=False") in proc.stderr, proc.stderr[-3000:]
-    assert sealed.read_bytes() == blob, "the kept segment is where it was, as it was"
-    assert rel not in {s["path"] for s in site.segments()["gate"]}, "not adopted while it cannot be read"
-    new = [m for m in headers(site, "gate") if m.sequence > lost.sequence]
-    yard_new = [m for m in headers(site, "yard") if m.sequence > yard_head[0].sequence]
-    assert new and len(site.files() - before) == len(new) + len(yard_new)
-    assert_goes_on_from(new, (lost.sequence, last_digest.hex()))  # at lost + 1, linked to the last catalogued
-    assert_goes_on_from(yard_new, (yard_head[0].sequence, yard_head[1].hex()))
-    pending = site.cli("verify")  # the file is on disk (verify can read it): the link past it is explained
-    assert pending.splitlines()[-1].endswith(": OK"), pending
+    kept = leave_gate_newest(site, write_sealed)
+    assert kept.rel not in {s["path"] for s in site.segments()["gate"]}, "not in the catalog"
+    new = start_with_it_unreadable(site, kept, "cannot read", newer_than=kept.lost.sequence)
+    assert kept.rel not in {s["path"] for s in site.segments()["gate"]}, "not adopted while it cannot be read"
 
     after_first = max(m.sequence for m in new)
     again = record_again(site)  # the error is gone: start-up adopts the segment under its number
     catalogued = {s["path"]: s for s in site.segments()["gate"]}
-    assert catalogued[rel]["sequence"] == lost.sequence and catalogued[rel]["state"] == "sealed"
-    assert sealed.read_bytes() == blob, "adopted as it is"
+    row = catalogued[kept.rel]
+    assert row["sequence"] == kept.lost.sequence and row["state"] == "sealed"
+    assert kept.path.read_bytes() == kept.blob, "adopted as it is"
     assert [m.sequence for m in again["gate"]][0] == after_first + 1
-    numbers = [m.sequence for m in headers(site, "gate")]
-    assert len(numbers) == len(set(numbers)), "a number claimed twice"
-    out = site.cli("verify")
-    assert out.splitlines()[-1].endswith(": OK"), out
-    assert "forked" not in out and "problem:" not in out, out
-    assert (f"(sequence {lost.sequence + 1}): goes on from sequence {last.sequence}, not from sequence "
-            f"{lost.sequence}: sequence {lost.sequence} could not be read when this one began (the recorder "
-            "gave it up, or start-up kept it in place), so the chain went on from the last segment sealed "
-            "before it; start-up catalogued it later") in out, out
+    out = verify_explains_the_link_past(site, kept)
+    lost, last = kept.lost.sequence, kept.last.sequence
+    assert (f"(sequence {lost + 1}): goes on from sequence {last}, not from sequence {lost}: sequence "
+            f"{lost} could not be read when this one began (the recorder gave it up, or start-up kept it in "
+            "place), so the chain went on from the last segment sealed before it; start-up catalogued it "
+            "later") in out, out
 
 
 def test_past_kept_goes_on_past_a_kept_file_newer_than_the_head() -> None:
