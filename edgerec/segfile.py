@@ -1005,9 +1005,8 @@ def _check_trailer(
 # moment, not of the file (EIO, EMFILE, ENFILE, ENOMEM, EACCES, EPERM, EROFS, ESTALE, EAGAIN, ...): it
 # propagates as OSError, and callers keep the file and try again, or report it. An errno not named here
 # is taken as one of those: when in doubt, the file is kept.
-_NOT_A_SEGMENT_PATH = frozenset({
-    errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EISDIR, errno.ENXIO, errno.ENODEV,
-})
+_NO_SUCH_PATH = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})  # leads nowhere
+_NOT_A_SEGMENT_PATH = _NO_SUCH_PATH | {errno.EISDIR, errno.ENXIO, errno.ENODEV}
 _OPEN_FLAGS = {"rb": os.O_RDONLY, "r+b": os.O_RDWR}
 # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever (a FIFO named like a
 # segment in the data directory, or in a copy of one, would hang start-up or verify). It changes nothing
@@ -1047,7 +1046,7 @@ def _present(path: Path) -> bool:
     try:
         os.stat(path)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG):
+        if exc.errno in _NO_SUCH_PATH:
             return False
         raise
     return True
