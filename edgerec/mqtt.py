@@ -451,7 +451,8 @@ class _Schedule:
 class MqttLink:
     """The daemon's MQTT client.
 
-    ``status()`` and ``incidents()`` give the payloads of the retained status and incidents topics;
+    ``status()`` and ``incidents()`` give the payloads of the retained status and incidents topics (the
+    link sets the status's ``mqtt`` key itself, to ``stats()`` at the time it publishes);
     ``on_command(obj)`` handles a decoded incident command and returns the reply object (it must commit
     before returning: the MQTT message is acknowledged only afterwards, so a crash before the commit
     makes the broker deliver the command again). ``on_refused(fields)`` is told of every payload the link
@@ -689,8 +690,11 @@ class MqttLink:
             for topic, payload in discovery_messages(self._settings, self.topics):
                 self._publish(topic, payload, retain=True)
         if status:
-            self._publish(self.topics.status, json.dumps(redact_obj(self._status()), default=str),
-                          retain=True)
+            # The link's own part is read here, when the status goes out, and not taken from the caller:
+            # a snapshot built before this link existed, or before its SUBACK, would say "not subscribed"
+            # until the next interval, and that change was already published with this status.
+            status_obj = {**self._status(), "mqtt": self.stats()}
+            self._publish(self.topics.status, json.dumps(redact_obj(status_obj), default=str), retain=True)
         if incidents:
             self._publish(self.topics.incidents, json.dumps(redact_obj(self._incidents()), default=str),
                           retain=True)

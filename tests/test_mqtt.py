@@ -339,6 +339,18 @@ def test_status_arrives_retained_and_on_request(running: tuple[Harness, Listener
     assert harness.link.stats()["connected"] is True
 
 
+def test_status_says_subscribed_soon_though_the_callers_status_knows_nothing_of_mqtt(
+        running: tuple[Harness, Listener]) -> None:
+    # The daemon's snapshot can be older than the link (its first one is built before the link starts):
+    # the link's own part of the status is its to set, read when the status goes out.
+    harness, listener = running
+    assert "mqtt" not in harness.status()
+    status = listener.wait_for(harness.topics.status, lambda m: m.json().get("mqtt", {}).get("subscribed"),
+                               timeout_s=5).json()  # well before status_interval_s (30 s)
+    assert status["mqtt"]["connected"] is True and status["mqtt"]["enabled"] is True
+    assert status["cameras"] == {"gate": {"state": "recording", "fps": 25.0}}
+
+
 def test_status_is_republished_every_interval(broker: Broker, tmp_path: Path) -> None:
     h = Harness(make_config(broker, new_device_id(), tmp_path, discovery=False, status_interval_s=0.2))
     with Listener(broker, [h.topics.status]) as listener:
