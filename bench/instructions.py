@@ -1,18 +1,21 @@
 """Where edgerec's ingest cost above the PyAV floor goes: work, or how the CPU runs it.
 
 Timed runs (``bench/ingest.py``) put ``edgerec run --exit-at-eof`` at 1.2-1.3x the CPU time of
-``bench/floor_pyav.py`` on the same clip. This script counts instead of timing: it runs both, whole
-processes with all their threads, under valgrind's cachegrind (simulated caches and branch predictor) on
-a short and a long clip and reports per minute of video (long minus short, so start-up cancels):
+``bench/floor_pyav.py`` on the same clip. This script counts instead of timing: it runs both under
+valgrind's callgrind (simulated caches and branch predictor, counted per thread) on a short and a long
+clip and reports per minute of video (long minus short, so start-up cancels), for edgerec's whole process
+and for its recording thread alone:
 
 - instructions executed (the work itself),
 - first-level instruction cache misses (how much distinct code the loop runs through),
 - mispredicted branches (the interpreter's dispatch among other things).
 
-Counts are deterministic for one build and one input (no noise from other load), and valgrind runs the
-threads one at a time. The simulated CPU is not the real one: a miss or a mispredict costs some 10-20
-cycles on it, which turns the counts into a rough time. Needs valgrind (``apt install valgrind``); a run
-takes a few minutes.
+Counts are deterministic for one build and one input (no noise from other load). Valgrind runs the
+threads one at a time and some 50 times slower, so threads that work per wall-clock second (the daemon's
+main loop, its flush timer) are over-counted in the whole process: the recording thread is the fair
+comparison with the floor, which does all its work in one thread. The simulated CPU is not the real one:
+a miss or a mispredict costs some 10-20 cycles on a current core, which turns the counts into a rough
+time. Needs valgrind (``apt install valgrind``); a run takes a few minutes.
 
     .venv/bin/python bench/instructions.py [--clip FILE] [--short-seconds 30] [--work DIR]
 """
@@ -20,7 +23,6 @@ takes a few minutes.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
@@ -31,9 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ingest  # noqa: E402  (the clip, config and command helpers of the timed benchmark)
 
-# cachegrind's summary lines: "I refs: 1,234", "I1 misses: ...", "Mispredicts: ..." (prefixed "==pid==").
-_SUMMARY = {"instructions": r"I\s+refs:\s+([\d,]+)", "i1_misses": r"I1\s+misses:\s+([\d,]+)",
-            "mispredicts": r"Mispredicts:\s+([\d,]+)"}
+# callgrind's per-thread files: "events: Ir Dr Dw I1mr ... Bc Bcm Bi Bim" and "summary: <counts>".
+_EVENTS = ("Ir", "I1mr", "Bcm", "Bim")
 
 
 @dataclass(frozen=True)
@@ -51,23 +52,42 @@ class Counts:
         return Counts(round(self.instructions * f), round(self.i1_misses * f), round(self.mispredicts * f))
 
 
-def parse_summary(text: str) -> Counts:
-    found = {}
-    for name, pattern in _SUMMARY.items():
-        match = re.search(pattern, text)
-        if match is None:
-            raise RuntimeError(f"no {name} in cachegrind's output:\n{text[-2000:]}")
-        found[name] = int(match.group(1).replace(",", ""))
-    return Counts(**found)
+def parse_counts(text: str) -> Counts:
+    """One callgrind output file (one thread) as Counts (mispredicts: conditional and indirect)."""
+    events = summary = None
+    for line in text.splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("summary:"):
+            summary = [int(v) for v in line.split()[1:]]
+    if events is None or summary is None or any(e not in events for e in _EVENTS):
+        raise RuntimeError("not a callgrind file with cache and branch simulation")
+    value = dict(zip(events, summary, strict=False))
+    return Counts(value["Ir"], value["I1mr"], value["Bcm"] + value["Bim"])
 
 
-def counted(argv: list[str], cwd: Path) -> Counts:
-    proc = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes",
-                           "--cachegrind-out-file=/dev/null", *argv],
+def counted(argv: list[str], cwd: Path, out_file: Path) -> list[Counts]:
+    """Run ``argv`` under callgrind; the counts of each of its threads, in the order they started."""
+    for old in out_file.parent.glob(f"{out_file.name}*"):
+        old.unlink()
+    proc = subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes", "--cache-sim=yes",
+                           "--branch-sim=yes", f"--callgrind-out-file={out_file}", *argv],
                           cwd=cwd, capture_output=True, text=True, env=ingest.python_env(cwd / "pycache"))
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[:3]} failed under valgrind:\n{proc.stderr[-2000:]}")
-    return parse_summary(proc.stderr)
+    files = sorted(out_file.parent.glob(f"{out_file.name}-*"), key=lambda f: int(f.name.rsplit("-", 1)[1]))
+    return [parse_counts(f.read_text()) for f in files]
+
+
+def total(threads: list[Counts]) -> Counts:
+    return Counts(sum(t.instructions for t in threads), sum(t.i1_misses for t in threads),
+                  sum(t.mispredicts for t in threads))
+
+
+def busiest_slope(long: list[Counts], short: list[Counts]) -> Counts:
+    """The thread whose instructions grow most from the short run to the long one (edgerec's recording
+    thread), threads paired by start order."""
+    return max((a.minus(b) for a, b in zip(long, short, strict=False)), key=lambda c: c.instructions)
 
 
 def command(tool: str, clip: Path, out: Path, recipient: str) -> list[str]:
@@ -111,9 +131,12 @@ def main(argv: list[str]) -> int:
                            capture_output=True, env=ingest.python_env(work / "pycache"))
             runs = {}
             for name, clip in (("long", long_clip), ("short", short_clip)):
-                print(f"{tool}, {name} clip, under cachegrind ...", file=sys.stderr, flush=True)
-                runs[name] = counted(command(tool, clip, work / f"out-{tool}-{name}", recipient), work)
-            results[tool] = runs["long"].minus(runs["short"]).per_minute(span_s)
+                print(f"{tool}, {name} clip, under callgrind ...", file=sys.stderr, flush=True)
+                runs[name] = counted(command(tool, clip, work / f"out-{tool}-{name}", recipient), work,
+                                     work / f"callgrind-{tool}-{name}")
+            results[tool] = total(runs["long"]).minus(total(runs["short"])).per_minute(span_s)
+            if tool == "edgerec":
+                results["edgerec-recording"] = busiest_slope(runs["long"], runs["short"]).per_minute(span_s)
         print(report(results))
     finally:
         if args.work is None:
@@ -122,13 +145,17 @@ def main(argv: list[str]) -> int:
 
 
 def report(results: dict[str, Counts]) -> str:
-    edgerec, floor = results["edgerec"], results["floor-pyav"]
+    floor = results["floor-pyav"]
+    columns = (("edgerec", "edgerec, whole process"), ("edgerec-recording", "edgerec, recording thread"))
     rows = [("instructions", "instructions"), ("first-level instruction cache misses", "i1_misses"),
             ("mispredicted branches", "mispredicts")]
-    lines = ["| per minute of video | edgerec | PyAV floor | edgerec / floor |", "|---|---|---|---|"]
+    head = " | ".join(f"{label} | / floor" for _, label in columns)
+    lines = [f"| per minute of video | PyAV floor | {head} |", "|---|---|" + "---|---|" * len(columns)]
     for label, field in rows:
-        e, f = getattr(edgerec, field), getattr(floor, field)
-        lines.append(f"| {label} | {e / 1e6:.1f} M | {f / 1e6:.1f} M | {e / f:.2f}x |")
+        f = getattr(floor, field)
+        cells = " | ".join(f"{getattr(results[k], field) / 1e6:.1f} M | {getattr(results[k], field) / f:.2f}×"
+                           for k, _ in columns)
+        lines.append(f"| {label} | {f / 1e6:.1f} M | {cells} |")
     return "\n".join(lines)
 
 

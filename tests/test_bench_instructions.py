@@ -1,4 +1,5 @@
-"""The pure parts of ``bench/instructions.py``: reading cachegrind's summary and the per-minute slope."""
+"""The pure parts of ``bench/instructions.py``: reading callgrind's per-thread files, the per-minute slope and
+which thread is the recording one."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
-# What cachegrind 3.19 prints with --cache-sim=yes --branch-sim=yes (the lines that matter, abridged).
-SUMMARY = """\
-==20906== I   refs:      2,007,746,808
-==20906== I1  misses:       15,593,540
-==20906== LLi misses:          100,331
-==20906== D   refs:        847,208,181  (528,376,201 rd   + 318,831,980 wr)
-==20906== Branches:        337,813,915  (307,734,825 cond +  30,079,090 ind)
-==20906== Mispredicts:      23,392,909  ( 14,635,134 cond +   8,757,775 ind)
-==20906== Mispred rate:            6.9% (        4.8%     +        29.1%   )
+# The head of a callgrind 3.19 file of one thread (--cache-sim=yes --branch-sim=yes), abridged.
+THREAD_FILE = """\
+# callgrind format
+version: 1
+creator: callgrind-3.19.0
+pid: 20906
+cmd:  python -m edgerec run -c edgerec.yaml --exit-at-eof
+part: 1
+thread: 5
+
+desc: I1 cache: 32768 B, 64 B, 8-way associative
+positions: line
+events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim
+summary: 1319487109 258332945 232391571 4201137 6643974 4678280 7379 3712 94443 217061947 1706622 \
+3296017 1517581
 """
 
 
@@ -37,17 +44,25 @@ def instructions() -> ModuleType:
         sys.path.remove(str(BENCH))
 
 
-def test_summary_is_read_as_whole_numbers(instructions: ModuleType) -> None:
-    counts = instructions.parse_summary(SUMMARY)
-    assert counts == instructions.Counts(2_007_746_808, 15_593_540, 23_392_909)
+def test_a_thread_file_is_read_as_its_counts(instructions: ModuleType) -> None:
+    counts = instructions.parse_counts(THREAD_FILE)
+    assert counts == instructions.Counts(1_319_487_109, 4_201_137, 1_706_622 + 1_517_581)
 
 
-def test_a_summary_without_branch_simulation_is_refused(instructions: ModuleType) -> None:
-    without = "\n".join(line for line in SUMMARY.splitlines() if "Mispred" not in line)
-    with pytest.raises(RuntimeError, match="no mispredicts"):
-        instructions.parse_summary(without)
+def test_a_file_without_branch_simulation_is_refused(instructions: ModuleType) -> None:
+    without = THREAD_FILE.replace(" Bc Bcm Bi Bim", "").replace(" 217061947 1706622 3296017 1517581", "")
+    with pytest.raises(RuntimeError, match="branch simulation"):
+        instructions.parse_counts(without)
 
 
 def test_slope_per_minute_cancels_start_up(instructions: ModuleType) -> None:
     long, short = instructions.Counts(1_000, 100, 50), instructions.Counts(400, 40, 20)
     assert long.minus(short).per_minute(30) == instructions.Counts(1_200, 120, 60)
+
+
+def test_the_recording_thread_is_the_one_that_grows_with_the_clip(instructions: ModuleType) -> None:
+    c = instructions.Counts
+    short = [c(900, 90, 9), c(10, 1, 1), c(300, 30, 3)]  # main thread (start-up), flush timer, recording
+    long = [c(950, 95, 9), c(20, 2, 1), c(1_300, 130, 13)]
+    assert instructions.busiest_slope(long, short) == c(1_000, 100, 10)
+    assert instructions.total(long).minus(instructions.total(short)) == c(1_060, 106, 10)
