@@ -372,9 +372,14 @@ def test_command_sent_while_the_daemon_is_stopped_is_applied_after_it_restarts(
                                              "from": rfc3339(time.time_ns() - 10**9), "by": "pytest",
                                              "transaction": "queued"})
         own.restart()  # persistence: the daemon's session and the queued command survive this too
-        with Listener(own, [setup.result]) as listener, Daemon(setup.config, tmp_path / "d2.log") as d:
+        events = f"{setup.base}/events"
+        with Listener(own, [setup.result, events]) as listener, \
+                Daemon(setup.config, tmp_path / "d2.log") as d:
             reply = listener.wait_for(setup.result, reply_to("queued"), timeout_s=START_TIMEOUT_S).json()
             assert reply["ok"] is True and reply["id"] == "INC-WHILE-DOWN"
+            # Delivered the moment the daemon connects: its event is published like any other's.
+            event = listener.wait_for(events, lambda m: m.json().get("event") == "incident_opened").json()
+            assert event["id"] == "INC-WHILE-DOWN"
             assert [i["id"] for i in incidents_cli(setup)] == ["INC-WHILE-DOWN"]
             assert d.terminate() == 0, d.log()
 

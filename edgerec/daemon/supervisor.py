@@ -417,13 +417,14 @@ class Daemon:
             on_command=self.handle_command,
             on_refused=lambda fields: self.incidents.audit_refusal(fields, "mqtt"),
         )
+        # Known before it starts: once connected, the link at once runs the commands the broker kept for
+        # us, on its own thread, and their events go out through ``self.mqtt``.
+        self.mqtt = link
         try:
             link.start()
         except ConfigError as exc:  # unreadable password file or TLS files: record anyway, without MQTT
             self.mqtt = None
             self._error(f"mqtt not started: {exc}")
-            return
-        self.mqtt = link
 
     def _mqtt_status(self) -> dict[str, Any]:
         """The status for the MQTT publisher thread: the main thread's last snapshot (the link puts its
