@@ -38,6 +38,20 @@ NS_PER_S = 1_000_000_000
 MAX_TIMESTAMP_JUMP_S = 10.0
 DEFAULT_FRAME_RATE = Fraction(25)
 MUX_TIME_BASE = Fraction(1, 90_000)  # MPEG-TS counts in 90 kHz ticks
+
+
+class _PlainRatio:
+    """A ratio whose ``numerator`` and ``denominator`` are plain slots, for PyAV's ``Packet.time_base``
+    setter, which reads just those two: a Fraction's are Python properties, two Python calls on every
+    packet whose time base is set."""
+
+    __slots__ = ("numerator", "denominator")
+
+    def __init__(self, ratio: Fraction):
+        self.numerator, self.denominator = ratio.numerator, ratio.denominator
+
+
+_MUX_TIME_BASE_PLAIN = _PlainRatio(MUX_TIME_BASE)
 TS_MUXER_OPTIONS = {"flush_packets": "1"}  # hand each packet's bytes to the sink at once
 TIMELINES = ("arrival", "stream")
 # A run's first packets are held until their timestamps are known (RTSP gives the first keyframe none, and
@@ -398,10 +412,29 @@ class Segmenter:
         packet.pts = pts
         packet.dts = dts
         if self._retag:
-            packet.time_base = MUX_TIME_BASE
+            packet.time_base = _MUX_TIME_BASE_PLAIN
         if not duration or duration <= 0:
             duration = self._frame_ticks
-        self._route(packet, pts, duration, arrival_ns)
+        # Nearly every packet goes on into the open segment; only a keyframe may cut, so the rule is asked
+        # only then, and the muxing below is written out here rather than called (once per packet).
+        segment = self._segment
+        if segment is None or (packet.is_keyframe and should_cut(True, pts, segment.first_pts,
+                                                                 self._cut_ticks, self._cut_pending)):
+            segment = self._next_segment(bool(packet.is_keyframe), pts, arrival_ns)
+            if segment is None:
+                return
+        packet.stream = segment.stream
+        try:
+            segment.container.mux(packet)
+        except Exception as exc:
+            self._mux_failed(segment, exc)
+            return
+        num, den = self._ns_per_tick  # ``_wall_ns(pts + duration)``
+        end_ns = self._wall0_ns + (pts + duration - self._pts0) * num // den
+        if end_ns > segment.end_ns:
+            segment.end_ns = end_ns
+        segment.frames += 1
+        segment.sink.note(segment.end_ns, segment.frames)
 
     def push_audio(self, packet: Any) -> None:
         """Mux one packet of the audio track (``audio_template``) into the open segment, on the video's
@@ -541,29 +574,26 @@ class Segmenter:
         num, den = self._ns_per_tick
         return self._wall0_ns + (pts - self._pts0) * num // den
 
-    def _route(self, packet: Any, pts: int, duration: int, arrival_ns: int) -> None:
+    def _next_segment(self, keyframe: bool, pts: int, arrival_ns: int) -> _OpenSegment | None:
+        """The segment a packet goes into when none is open or a cut is due (``push`` asked
+        ``should_cut``): the open one is closed, a keyframe opens the next; None drops the packet."""
         segment = self._segment
-        keyframe = bool(packet.is_keyframe)
-        if segment is not None and keyframe and should_cut(keyframe, pts, segment.first_pts, self._cut_ticks,
-                                                           self._cut_pending):
+        if segment is not None:
             if self.timeline == "arrival":
                 # Contiguous on the local clock: this segment ends where the next one starts.
                 segment.end_ns = max(segment.start_ns, arrival_ns)
                 segment.sink.note(segment.end_ns, segment.frames)
             self._close_segment()
-            segment = None
-        if segment is None:
-            if not keyframe:
-                if self._refused:
-                    self._count(dropped_no_sink=1)
-                else:
-                    self._count(dropped_leading=1)
-                return
-            segment = self._open_segment(pts, arrival_ns)
-            if segment is None:
+        if not keyframe:
+            if self._refused:
                 self._count(dropped_no_sink=1)
-                return
-        self._mux(segment, packet, pts, duration)
+            else:
+                self._count(dropped_leading=1)
+            return None
+        segment = self._open_segment(pts, arrival_ns)
+        if segment is None:
+            self._count(dropped_no_sink=1)
+        return segment
 
     def _open_segment(self, pts: int, arrival_ns: int) -> _OpenSegment | None:
         assert self._time_base is not None
@@ -588,25 +618,15 @@ class Segmenter:
             raise
         return self._segment
 
-    def _mux(self, segment: _OpenSegment, packet: Any, pts: int, duration: int) -> None:
-        """``duration``: the packet's, in the muxer's ticks (one frame when the packet has none)."""
-        packet.stream = segment.stream
-        try:
-            segment.container.mux(packet)
-        except Exception as exc:
-            if segment.adapter.error is not None:
-                error = segment.adapter.error
-                self.abort(error)
-                raise SinkFailed(str(error)) from error
-            # The muxer refused this packet (bad timestamps it still sees as wrong): drop it, never raise.
-            self._count(mux_errors=1)
-            log.warning("packet dropped by the muxer camera=%s error=%s", self.camera, exc)
-            return
-        end_ns = self._wall_ns(pts + duration)
-        if end_ns > segment.end_ns:
-            segment.end_ns = end_ns
-        segment.frames += 1
-        segment.sink.note(segment.end_ns, segment.frames)
+    def _mux_failed(self, segment: _OpenSegment, exc: Exception) -> None:
+        """``mux`` raised. The sink failed: the segment is aborted and SinkFailed raised. Otherwise the
+        muxer refused the packet (timestamps it still sees as wrong): it is dropped and counted."""
+        error = segment.adapter.error
+        if error is not None:
+            self.abort(error)
+            raise SinkFailed(str(error)) from error
+        self._count(mux_errors=1)
+        log.warning("packet dropped by the muxer camera=%s error=%s", self.camera, exc)
 
     def _mux_audio(self, packet: Any) -> None:
         """One audio packet on the video's timeline (same time base, same repair offset), into the open
