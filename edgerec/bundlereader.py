@@ -480,7 +480,7 @@ def _walk_chain(links: list[tuple[segfile.ChainLink, str]], known: list[int], re
         elif status == segfile.LINK_PAST:
             assert before is not None and previous is not None
             report.notes.append(f"{name}: {segfile.past_note(before, previous)}")
-        before, previous = previous, link
+        before, previous = segfile.walked_before(status, before, previous), link
 
 
 def _unaccounted(first: int, last: int, known: list[int]) -> bool:

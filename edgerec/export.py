@@ -457,7 +457,7 @@ def export_segments(
     remuxer = _Mp4Remuxer(tmp, from_ns, to_ns)
     reports: list[SegmentReport] = []
     problems: list[str] = []
-    # per camera: the segment walked last, and the one walked before it
+    # per camera: the segment walked last, and the one walked before it (``segfile.walked_before``)
     walked: dict[str, tuple[segfile.ChainLink, segfile.ChainLink | None]] = {}
     footage: list[tuple[int, int]] = []
     total = len(segment_paths)
@@ -487,7 +487,7 @@ def export_segments(
                 problems.append(f"{label}: a second segment with sequence {report.sequence}: "
                                 "the chain forked")
             if link is not None and camera is not None and report.chain != segfile.LINK_DUPLICATE:
-                walked[camera] = (link, previous)
+                walked[camera] = (link, segfile.walked_before(report.chain or "", before, previous))
             if progress is not None:
                 progress(done, total)
         if not remuxer.opened:

@@ -492,7 +492,7 @@ def _walk_chain(links: list[tuple[segfile.ChainLink, Path]], report: VerifyRepor
             if note:
                 report.notes.append(f"{where}: {note}")
         if status != segfile.LINK_DUPLICATE:  # a fork: the walk goes on from the first of the two
-            before, previous, previous_path = previous, link, path
+            before, previous, previous_path = segfile.walked_before(status, before, previous), link, path
 
 
 def _check_hole(hole: Hole | None, where: str, explainer: _Explainer, report: VerifyReport) -> Missing | None:

@@ -1342,8 +1342,9 @@ def chain_order(links: Sequence[tuple[ChainLink, Any]]) -> list[tuple[ChainLink,
 
 def link_status(previous: ChainLink | None, current: ChainLink, *, before: ChainLink | None = None) -> str:
     """How ``current`` follows ``previous``, the segment of the same camera walked just before it (by
-    sequence); ``before`` is the one walked before ``previous`` (None: there is none). One of the
-    ``LINK_*`` values; ``LINK_PROBLEMS`` are breaks, the others are explained."""
+    sequence); ``before`` is the one walked before ``previous`` (None: there is none), or after a ``past``
+    link the one that link went on from (``walked_before``). One of the ``LINK_*`` values;
+    ``LINK_PROBLEMS`` are breaks, the others are explained."""
     if previous is None:
         return LINK_START if current.prev_digest == GENESIS_DIGEST else LINK_FIRST
     if current.sequence == previous.sequence:
@@ -1358,6 +1359,14 @@ def link_status(previous: ChainLink | None, current: ChainLink, *, before: Chain
     if linked:
         return LINK_SKIP
     return LINK_GAP if previous.intact else LINK_UNCONFIRMED
+
+
+def walked_before(status: str, before: ChainLink | None, previous: ChainLink | None) -> ChainLink | None:
+    """The ``before`` of a chain walk's next step, once ``current`` followed ``previous`` with ``status``:
+    ``previous``, except after a ``past`` link, when the chain still goes on from ``before``. A recorder
+    that gives up two segments in a row links the next one to the last segment it sealed, as it did the
+    first: each of the three then goes on past the one before it to that same segment."""
+    return before if status == LINK_PAST else previous
 
 
 def _links_to(current: ChainLink, previous: ChainLink) -> bool:

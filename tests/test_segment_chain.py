@@ -77,6 +77,33 @@ def test_a_segment_going_on_past_a_sealed_one_kept_out_of_the_catalog_is_explain
         "segment sealed before it; start-up catalogued it later")
 
 
+def _walk(links: list[ChainLink]) -> list[str]:
+    """The statuses a chain walk gives, passing ``before`` on as the walkers do."""
+    statuses, before, previous = [], None, None
+    for link in links:
+        status = link_status(previous, link, before=before)
+        statuses.append(status)
+        before, previous = segfile.walked_before(status, before, previous), link
+    return statuses
+
+
+def test_a_run_of_segments_given_up_in_a_row_is_gone_past_to_the_same_segment() -> None:
+    """The recorder gave up 5 and then 6 (neither could be read when the next began): 6 and 7 both link
+    to 4, the last it sealed, as 5 does. Each goes on past the one before it."""
+    given_up_6 = _link(6, _SEALED.digest, recovered=True)
+    after = _link(7, _SEALED.digest)
+    assert _walk([_SEALED, _RECOVERED, given_up_6, after, _link(8, after.digest)]) == [
+        segfile.LINK_FIRST, segfile.LINK_OK, segfile.LINK_PAST, segfile.LINK_PAST, segfile.LINK_OK]
+    # Only that shape: 7 linking to 5 (neither the segment gone past nor the one before it), 6 damaged,
+    # 6 from elsewhere.
+    assert _walk([_SEALED, _RECOVERED, given_up_6, replace(after, prev_digest=_RECOVERED.digest)])[-1] == (
+        segfile.LINK_BROKEN)
+    assert _walk([_SEALED, _RECOVERED, replace(given_up_6, intact=False), after])[-1] == (
+        segfile.LINK_UNCONFIRMED)
+    assert _walk([_SEALED, _RECOVERED, replace(given_up_6, prev_digest=b"\xee" * 32), after])[-2:] == [
+        segfile.LINK_BROKEN, segfile.LINK_BROKEN]
+
+
 @pytest.mark.parametrize(("before", "previous", "current", "status"), [
     # each condition broken on its own: the status without the rule
     (None, _RECOVERED, _NEXT, segfile.LINK_BROKEN),  # nothing walked before the recovered one
@@ -653,6 +680,21 @@ def test_verify_explains_a_segment_going_on_past_one_recovered_at_start_up(tmp_p
     assert report.recovered == ([] if second_sealed else [str(segs[2].path)])
     note = PAST_NOTE.format("catalogued" if second_sealed else "recovered")
     assert f"{segs[3].path} {note}" in report.notes, report.notes
+
+
+def test_verify_explains_two_segments_given_up_in_a_row(tmp_path: Path, tk: TestKeys) -> None:
+    """0, 1 sealed; 2 and 3 given up one after the other and recovered later, both linked to 1; 4 linked
+    to 1 too, 5 to 4: verify explains both links as ``past`` (export and bundle verification walk with the
+    same ``segfile.walked_before``)."""
+    sealed = _record_chain(tmp_path, tk, [0, 10])
+    given_up = [_recovered_segment(tmp_path, tk, 2, 20, sealed[1].digest),
+                _recovered_segment(tmp_path, tk, 3, 30, sealed[1].digest)]
+    after = _record_chain(tmp_path, tk, [40, 50], first_seq=4, prev=sealed[1].digest)
+    report = inventory.verify_tree(tmp_path, private_key=tk.recipient)
+    assert report.ok, report.problems
+    past = [n for n in report.notes if "could not be read when this one began" in n]
+    assert [n.split(" (sequence")[0] for n in past] == [str(given_up[1].path), str(after[0].path)]
+    assert "goes on from sequence 1, not from sequence 3" in past[1]
 
 
 def test_a_segment_linking_past_to_a_third_one_is_broken(tmp_path: Path, tk: TestKeys) -> None:
