@@ -483,6 +483,10 @@ class MqttLink:
         self._publisher: threading.Thread | None = None
         self._connected = False
         self._subscribed = False  # the broker acknowledged our subscriptions on this connection
+        # Events published before ``start`` (a link made to replace another is the daemon's link before it
+        # connects): kept for ``start``, which hands them to paho's queue. Guarded by _lock.
+        self._started = False
+        self._early: list[tuple[str, str | bytes, bool, Properties | None]] = []
 
     # ----- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -516,6 +520,11 @@ class MqttLink:
         self._client = client
         self._stopping.clear()
         client.loop_start()
+        with self._lock:
+            self._started = True
+            early, self._early = self._early, []
+        for topic, payload, retain, properties in early:
+            self._publish(topic, payload, retain=retain, queue=True, properties=properties)
         self._publisher = threading.Thread(target=self._publisher_main, name="mqtt-publisher", daemon=True)
         self._publisher.start()
         tls = "off" if m.tls is None else ("ca_file" if m.tls.ca_file else "system_ca_store")
@@ -702,6 +711,15 @@ class MqttLink:
     def _publish(self, topic: str, payload: str | bytes, *, retain: bool, queue: bool = False,
                  properties: Properties | None = None) -> bool:
         client = self._client
+        if client is None and queue:
+            with self._lock:
+                if not self._started:
+                    if len(self._early) >= MAX_QUEUED_MESSAGES:
+                        log.warning("mqtt publish dropped before start topic=%s", topic)
+                        return False
+                    self._early.append((topic, payload, retain, properties))
+                    return True
+            client = self._client
         if client is None or (not queue and not self._connected):
             return False
         try:

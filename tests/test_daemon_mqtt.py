@@ -329,6 +329,22 @@ def test_reload_changing_mqtt_settings_clears_the_entities_of_a_removed_camera(
         assert daemon.terminate() == 0, daemon.log()
 
 
+def test_reload_turning_mqtt_off_says_offline_and_records_on(tmp_path: Path, broker: Broker,
+                                                            officer: OfficerKey) -> None:
+    setup = make_setup(tmp_path, officer, broker.port)
+    with Listener(broker, [setup.availability]) as listener, \
+            Daemon(setup.config, tmp_path / "d.log") as daemon:
+        wait_online(listener, setup, daemon)
+        listener.clear()
+        setup.reload(daemon, mqtt={"enabled": False})
+        listener.wait_for(setup.availability, is_offline, timeout_s=10)  # the old link's goodbye
+        wait_for(lambda: daemon.events("mqtt stopped"), 10, "the old link stopped")
+        before = len(sealed_segments(setup.data_dir))
+        wait_for_segments(setup.data_dir, before + 2, "segments sealed after MQTT was turned off", daemon)
+        assert not [m for m in listener.on(setup.availability) if is_online(m)]
+        assert daemon.terminate() == 0, daemon.log()
+
+
 def test_broker_outage_brings_the_daemon_back_online_with_no_gap_in_recording(
         tmp_path: Path, officer: OfficerKey) -> None:
     with Broker(tmp_path / "mosquitto", persistence=True) as own:

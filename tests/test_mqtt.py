@@ -860,6 +860,23 @@ def test_discovery_is_retained_and_republished_when_home_assistant_comes_online(
         h.stop()
 
 
+def test_an_event_published_before_the_link_starts_goes_out_once_it_has(broker: Broker,
+                                                                         tmp_path: Path) -> None:
+    """A link made to replace another (an MQTT settings reload) is the daemon's before it starts: an event
+    published meanwhile waits in it; after ``stop`` an event is refused, not kept."""
+    config = make_config(broker, new_device_id(), tmp_path, discovery=False)
+    link = MqttLink(MqttLinkSettings.from_config(config), status=dict, incidents=list, on_command=ok_reply)
+    with Listener(broker, [link.topics.events]) as listener:
+        assert link.publish_event("tamper", camera="gate", state="dark") is True
+        link.start()
+        try:
+            event = listener.wait_for(link.topics.events).json()
+            assert (event["event"], event["camera"], event["state"]) == ("tamper", "gate", "dark")
+        finally:
+            link.stop()
+    assert link.publish_event("tamper", camera="gate", state="ok") is False
+
+
 def test_link_threads_survive_a_failing_status_callback(broker: Broker, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     calls = []

@@ -62,7 +62,7 @@ from .worker import Worker
 
 if TYPE_CHECKING:  # health.py pulls in numpy: loaded only when a camera has health analysis on
     from ..health import HealthChange
-    from ..mqtt import MqttLink
+    from ..mqtt import MqttLink, MqttLinkSettings
 
 log = logging.getLogger(__name__)
 
@@ -403,11 +403,19 @@ class Daemon:
         except OSError:
             return True
 
-    def _start_mqtt(self, config: Config | None = None) -> None:
+    def _start_mqtt(self, config: Config | None = None, replacing: MqttLink | None = None,
+                    next_settings: MqttLinkSettings | None = None) -> list[str]:
+        """Make the MQTT link for ``config`` the daemon's, then start it. ``replacing``: the link it takes
+        over from, stopped in between (told of ``next_settings``), so that an event published meanwhile
+        waits in the new link rather than go to one that is stopping; returns the discovery removals the
+        old link could not send."""
         config = config or self.config
+        unsent: list[str] = []
         if not config.mqtt.enabled:
             self.mqtt = None
-            return
+            if replacing is not None:
+                unsent = replacing.stop(next_settings=next_settings)
+            return unsent
         from ..mqtt import MqttLink, MqttLinkSettings  # paho is only imported when MQTT is on
 
         link = MqttLink(
@@ -420,11 +428,14 @@ class Daemon:
         # Known before it starts: once connected, the link at once runs the commands the broker kept for
         # us, on its own thread, and their events go out through ``self.mqtt``.
         self.mqtt = link
+        if replacing is not None:
+            unsent = replacing.stop(next_settings=next_settings)
         try:
             link.start()
         except ConfigError as exc:  # unreadable password file or TLS files: record anyway, without MQTT
             self.mqtt = None
             self._error(f"mqtt not started: {exc}")
+        return unsent
 
     def _mqtt_status(self) -> dict[str, Any]:
         """The status for the MQTT publisher thread: the main thread's last snapshot (the link puts its
@@ -824,8 +835,7 @@ class Daemon:
             # place (removed cameras; all of them when discovery, the broker or the prefix changed); what
             # it could not send, a new link to the same broker sends once connected.
             settings = MqttLinkSettings.from_config(new)
-            unsent = self.mqtt.stop(next_settings=settings) if self.mqtt is not None else []
-            self._start_mqtt(new)
+            unsent = self._start_mqtt(new, replacing=self.mqtt, next_settings=settings)
             if unsent and self.mqtt is not None:
                 self.mqtt.take_over_removals(unsent, previous=MqttLinkSettings.from_config(old))
         elif self.mqtt is not None:
