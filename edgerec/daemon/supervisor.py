@@ -405,37 +405,34 @@ class Daemon:
 
     def _start_mqtt(self, config: Config | None = None, replacing: MqttLink | None = None,
                     next_settings: MqttLinkSettings | None = None) -> list[str]:
-        """Make the MQTT link for ``config`` the daemon's, then start it. ``replacing``: the link it takes
-        over from, stopped in between (told of ``next_settings``), so that an event published meanwhile
-        waits in the new link rather than go to one that is stopping; returns the discovery removals the
-        old link could not send."""
+        """Make the MQTT link for ``config`` (None when MQTT is off) the daemon's, then start it.
+        ``replacing``: the link it takes over from, stopped in between (told of ``next_settings``), so that
+        an event published meanwhile waits in the new link rather than go to one that is stopping; returns
+        the discovery removals the old link could not send."""
         config = config or self.config
-        unsent: list[str] = []
-        if not config.mqtt.enabled:
-            self.mqtt = None
-            if replacing is not None:
-                unsent = replacing.stop(next_settings=next_settings)
-            return unsent
+        link = self._new_mqtt_link(config) if config.mqtt.enabled else None
+        # Known before it starts: once connected, the link at once runs the commands the broker kept for
+        # us, on its own thread, and their events go out through ``self.mqtt``.
+        self.mqtt = link
+        unsent = replacing.stop(next_settings=next_settings) if replacing is not None else []
+        if link is not None:
+            try:
+                link.start()
+            except ConfigError as exc:  # unreadable password file or TLS files: record anyway, without MQTT
+                self.mqtt = None
+                self._error(f"mqtt not started: {exc}")
+        return unsent
+
+    def _new_mqtt_link(self, config: Config) -> MqttLink:
         from ..mqtt import MqttLink, MqttLinkSettings  # paho is only imported when MQTT is on
 
-        link = MqttLink(
+        return MqttLink(
             MqttLinkSettings.from_config(config),
             status=self._mqtt_status,
             incidents=self._incidents_payload,
             on_command=self.handle_command,
             on_refused=lambda fields: self.incidents.audit_refusal(fields, "mqtt"),
         )
-        # Known before it starts: once connected, the link at once runs the commands the broker kept for
-        # us, on its own thread, and their events go out through ``self.mqtt``.
-        self.mqtt = link
-        if replacing is not None:
-            unsent = replacing.stop(next_settings=next_settings)
-        try:
-            link.start()
-        except ConfigError as exc:  # unreadable password file or TLS files: record anyway, without MQTT
-            self.mqtt = None
-            self._error(f"mqtt not started: {exc}")
-        return unsent
 
     def _mqtt_status(self) -> dict[str, Any]:
         """The status for the MQTT publisher thread: the main thread's last snapshot (the link puts its
